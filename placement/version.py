@@ -1,0 +1,28 @@
+"""The code version recorded with every trace, model and experiment output."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """``<package version>+g<commit>[.dirty]`` from git when run from a checkout, else the package version."""
+    try:
+        package = metadata.version("placement")
+    except metadata.PackageNotFoundError:
+        package = "0+unknown"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return package
+    return f"{package}+g{commit}" + (".dirty" if dirty else "")
