@@ -22,7 +22,7 @@ class PlacementDecision(BaseModel):
     knobs are the machine's defaults (all usable cores, ``"grow"``).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, validate_default=True)
 
     device: Device
     cpu_cores: int = Field(ge=1, le=4096)

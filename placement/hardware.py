@@ -27,7 +27,7 @@ TARGET_KINDS: tuple[str, ...] = tuple(k.value for k in TargetKind)
 class HardwareTarget(BaseModel):
     """A machine a job may be placed on. ``gpu_model`` is ``None`` when there is no GPU."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, validate_default=True)
 
     id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     kind: TargetKind

@@ -42,7 +42,7 @@ class Job(BaseModel):
     optimizer step for ``train`` (roughly 3x forward), for one batch of ``batch_size``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, validate_default=True)
 
     name: str = Field("job", min_length=1, max_length=200, description="Free-form job or model name.")
     family: Family = Field(description="Model family: " + ", ".join(FAMILIES) + ".")

@@ -42,7 +42,7 @@ class DeviceOutcome(BaseModel):
     Powers are averages over the run, in W; ``None`` where not taken.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, validate_default=True)
 
     device: Device
     feasible: bool = True

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from placement.decision import GROW, PlacementDecision
+from placement.job import Job
+from placement.outcome import DeviceOutcome
+
+
+def test_job_rejects_bad_fields_by_name():
+    base = dict(family="cnn", mode="infer", batch_size=1, flops_per_batch=1e9, param_count=10,
+                input_elems_per_sample=3, input_bytes_per_sample=12)
+    Job(**base)
+    for field, value in [("batch_size", 0), ("flops_per_batch", math.nan), ("family", "quantum"),
+                         ("mode", "serve"), ("param_count", -1)]:
+        with pytest.raises(ValidationError, match=field):
+            Job(**{**base, field: value})
+
+
+def test_outcome_energy_eq2_and_methods():
+    cpu = DeviceOutcome(device="cpu", n_samples=100, time_total_s=10.0, avg_cpu_power_w=40.0,
+                        cpu_power_method="modelled")
+    gpu = DeviceOutcome(device="gpu", n_samples=100, time_total_s=1.0, avg_cpu_power_w=40.0,
+                        avg_gpu_power_w=200.0, cpu_power_method="modelled", gpu_power_method="measured")
+    assert cpu.energy_j == pytest.approx(400.0) and gpu.energy_j == pytest.approx(240.0)
+    assert gpu.energy_per_sample_j == pytest.approx(2.4)
+    assert cpu.energy_method == "modelled" and gpu.energy_method == "modelled"
+    missing = DeviceOutcome(device="gpu", n_samples=1, time_total_s=1.0)
+    assert math.isnan(missing.energy_j) and missing.energy_method == "unknown"
+
+
+def test_outcome_consistency_rules():
+    with pytest.raises(ValidationError, match="infeasible_reason"):
+        DeviceOutcome(device="gpu", feasible=False)
+    DeviceOutcome(device="gpu", feasible=False, infeasible_reason="oom")
+    with pytest.raises(ValidationError, match="time_total_s"):
+        DeviceOutcome(device="cpu")
+    with pytest.raises(ValidationError, match="cpu_power_method"):
+        DeviceOutcome(device="cpu", n_samples=1, time_total_s=1.0, cpu_power_method="measured")
+
+
+def test_decision_cap():
+    assert PlacementDecision(device="gpu", cpu_cores=4).gpu_mem_cap == GROW
+    assert PlacementDecision(device="gpu", cpu_cores=4, gpu_mem_cap=2048).gpu_mem_cap_mib == 2048
+    with pytest.raises(ValidationError, match="gpu_mem_cap"):
+        PlacementDecision(device="gpu", cpu_cores=4, gpu_mem_cap=0)
+    with pytest.raises(ValidationError):
+        PlacementDecision(device="tpu", cpu_cores=1)
