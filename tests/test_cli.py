@@ -45,5 +45,5 @@ def test_label_errors_are_clear(args, message):
 
 def test_label_with_stricter_threshold_flips_resnet():
     result = runner.invoke(app, ["label", str(ROOT / "data/traces/paper_table2.csv"), "--json", "-t", "10"])
-    line = next(l for l in result.output.splitlines() if "resnet18" in l)
+    line = next(row for row in result.output.splitlines() if "resnet18" in row)
     assert '"label": "cpu"' in line
