@@ -1,0 +1,359 @@
+"""Paper A's supervised selector: a two-hidden-layer DNN giving P(GPU is a valid acceleration).
+
+Paper A (section 3.3) trains "a lightweight DNN with two hidden layers" with dropout,
+weight decay and early stopping, by SGD with learning rate 0.05 for 800 epochs on binary
+cross-entropy; it reports calibrated probabilities and ROC-AUC near 1. :func:`train_dnn`
+implements that, with two recipes:
+
+* :meth:`DnnConfig.paper` -- the paper's recipe (SGD, lr 0.05, up to 800 epochs, BCE);
+* ``DnnConfig()`` -- our default (AdamW, lr 3e-3, up to 300 epochs), faster on our traces.
+
+Both use early stopping on a stratified validation split and restore the best weights.
+Edge targets optionally train two more heads (core level, GPU-memory-cap level) by
+cross-entropy on the best knob setting seen in the trace (:mod:`agents.knobs`).
+
+:class:`DnnPolicy` serves with numpy (:class:`agents.network.NumpyMlp`), not torch.
+Metrics (:func:`classification_metrics`): accuracy, precision, recall, average precision
+(area under PR), ROC-AUC, Brier score, log loss and expected calibration error, computed
+with scikit-learn.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from agents.knobs import KnobLevels
+from agents.network import NumpyMlp, PlacementNet, sigmoid
+from agents.policy import GPU, Policy, as_batch
+from placement.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, N_FEATURES, Normaliser
+from placement.hardware import HardwareTarget
+from placement.job import Job
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class DnnConfig:
+    """Training recipe. ``hidden`` are layer widths; ``lr`` the learning rate;
+    ``weight_decay`` L2 (decoupled for AdamW); ``patience`` epochs without validation-loss
+    improvement (by more than ``min_delta``) before stopping."""
+
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    max_epochs: int = 300
+    batch_size: int = 256
+    patience: int = 30
+    min_delta: float = 1e-5
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got '{self.optimizer}'")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise ValueError("max_epochs, batch_size and patience must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> DnnConfig:
+        """Paper A's recipe: SGD, lr 0.05, up to 800 epochs, binary cross-entropy (section 3.3)."""
+        base: dict[str, Any] = dict(optimizer="sgd", lr=0.05, momentum=0.0, max_epochs=800, patience=100)
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DnnConfig:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+PRESETS = {"default": DnnConfig, "paper": DnnConfig.paper}
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch mean losses (BCE, plus knob cross-entropy when trained) and where it stopped."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    epochs_run: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "final_train_loss": self.train_loss[-1] if self.train_loss else None,
+            "best_val_loss": min(self.val_loss) if self.val_loss else None,
+        }
+
+
+class DnnPolicy(Policy):
+    """The trained DNN as a policy: raw features in, numpy inference.
+
+    ``net`` (torch, eval mode) is kept for export and for the PPO weight copy; decisions
+    use ``mlp``, the same weights as numpy matrices with the normaliser folded in.
+    """
+
+    name = "dnn"
+
+    def __init__(
+        self,
+        net: PlacementNet,
+        normaliser: Normaliser,
+        config: DnnConfig,
+        knob_levels: KnobLevels | None = None,
+    ) -> None:
+        self.net = net.eval()
+        self.normaliser = normaliser
+        self.config = config
+        self.knob_levels = knob_levels
+        self.mlp = NumpyMlp.from_net(net, normaliser)
+
+    # --- inference -----------------------------------------------------------------
+    def gpu_logit(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        batch, _ = as_batch(obs)
+        return self.mlp.logits(batch)[:, 0]
+
+    def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        return sigmoid(self.gpu_logit(obs))
+
+    def predict(
+        self, obs: npt.ArrayLike, state: object = None, episode_start: object = None, deterministic: bool = True
+    ) -> tuple[npt.NDArray[np.int64], None]:
+        batch, single = as_batch(obs)
+        actions = (self.mlp.logits(batch)[:, 0] >= 0.0).astype(np.int64)  # sigmoid(z) >= 0.5
+        return (actions[0] if single else actions), None
+
+    def knob_logits(self, obs: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Core-level and cap-level logits, shapes ``(n, n_core_levels)`` and ``(n, n_cap_levels)``."""
+        batch, _ = as_batch(obs)
+        logits = self.mlp.logits(batch)
+        nc = self.net.core_head.out_features if self.net.core_head is not None else 0
+        return logits[:, 1 : 1 + nc], logits[:, 1 + nc :]
+
+    def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, int | str]:
+        if self.knob_levels is None or not target.is_edge or self.net.core_head is None:
+            return super().knobs(job, target, device)
+        from placement.features import build_features
+
+        core_logits, cap_logits = self.knob_logits(build_features(job, target))
+        return self.knob_levels.knobs(
+            target, int(np.argmax(core_logits[0])), int(np.argmax(cap_logits[0])) if cap_logits.shape[1] else None,
+            gpu=device == GPU,
+        )
+
+    # --- persistence (torch.load(weights_only=True) safe: tensors and plain values) ---
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "format": "placement.dnn/1",
+            "feature_schema_version": FEATURE_SCHEMA_VERSION,
+            "feature_names": list(FEATURE_NAMES),
+            "n_inputs": self.net.n_inputs,
+            "config": self.config.to_dict(),
+            "n_core_levels": self.net.core_head.out_features if self.net.core_head is not None else 0,
+            "n_cap_levels": self.net.cap_head.out_features if self.net.cap_head is not None else 0,
+            "state_dict": {k: v.detach().clone() for k, v in self.net.state_dict().items()},
+        }
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt: Mapping[str, Any], normaliser: Normaliser, knob_levels: KnobLevels | None = None
+    ) -> DnnPolicy:
+        if ckpt.get("format") != "placement.dnn/1":
+            raise ValueError(f"not a placement DNN checkpoint (format {ckpt.get('format')!r})")
+        if ckpt.get("feature_schema_version") != FEATURE_SCHEMA_VERSION or tuple(ckpt.get("feature_names", ())) != FEATURE_NAMES:
+            raise ValueError(
+                f"DNN checkpoint feature schema (version {ckpt.get('feature_schema_version')}) does not match "
+                f"this code (version {FEATURE_SCHEMA_VERSION}): retrain the model"
+            )
+        config = DnnConfig.from_dict(ckpt["config"])
+        net = PlacementNet(
+            int(ckpt["n_inputs"]), config.hidden, config.dropout, int(ckpt["n_core_levels"]), int(ckpt["n_cap_levels"])
+        )
+        net.load_state_dict(ckpt["state_dict"])
+        return cls(net, normaliser, config, knob_levels)
+
+
+def _split(n: int, y: npt.NDArray[np.bool_], config: DnnConfig) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.arange(n)
+    n_val = int(round(n * config.val_fraction))
+    if config.val_fraction == 0 or n_val < 1 or n - n_val < 1:
+        return idx, idx[:0]
+    stratify = y if min(int(y.sum()), int((~y).sum())) >= 2 else None
+    train, val = train_test_split(idx, test_size=n_val, random_state=config.seed, stratify=stratify)
+    return np.sort(train), np.sort(val)
+
+
+def train_dnn(
+    x_raw: npt.ArrayLike,
+    y_gpu: npt.ArrayLike,
+    *,
+    config: DnnConfig | None = None,
+    normaliser: Normaliser | None = None,
+    core_labels: npt.ArrayLike | None = None,
+    cap_labels: npt.ArrayLike | None = None,
+    knob_levels: KnobLevels | None = None,
+    progress: bool = False,
+) -> tuple[DnnPolicy, TrainingHistory]:
+    """Train the selector on raw features ``x_raw`` ``(n, N_FEATURES)`` and labels ``y_gpu``.
+
+    ``normaliser`` defaults to one fitted on ``x_raw``. ``core_labels`` / ``cap_labels`` are
+    knob-level indices per row (``-1`` where unknown, e.g. non-edge rows); given with
+    ``knob_levels``, the knob heads are trained too. Deterministic for a given ``config.seed``
+    and thread count.
+    """
+    cfg = config or DnnConfig()
+    x = np.asarray(x_raw, dtype=np.float32)
+    y = np.asarray(y_gpu, dtype=bool).reshape(-1)
+    if x.ndim != 2 or x.shape[1] != N_FEATURES:
+        raise ValueError(f"x_raw must have shape (n, {N_FEATURES}) in FEATURE_NAMES order, got {x.shape}")
+    if x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise ValueError(f"need >= 2 rows and one label per row (x has {x.shape[0]} rows, y {y.shape[0]})")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x_raw has NaN or infinite features: check the trace rows it was built from")
+    norm = normaliser or Normaliser.fit(x)
+    n_core = knob_levels.n_core_levels if (knob_levels and core_labels is not None) else 0
+    n_cap = knob_levels.n_cap_levels if (knob_levels and cap_labels is not None) else 0
+    cores = np.asarray(core_labels, dtype=np.int64) if n_core else np.full(len(y), -1, dtype=np.int64)
+    caps = np.asarray(cap_labels, dtype=np.int64) if n_cap else np.full(len(y), -1, dtype=np.int64)
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    net = PlacementNet(N_FEATURES, cfg.hidden, cfg.dropout, n_core, n_cap)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    xt = torch.from_numpy(norm.transform(x))
+    yt = torch.from_numpy(y.astype(np.float32))
+    ct = torch.from_numpy(cores)
+    kt = torch.from_numpy(caps)
+    train_idx, val_idx = _split(len(y), y, cfg)
+    bce = nn.BCEWithLogitsLoss()
+    ce = nn.CrossEntropyLoss(ignore_index=-1, reduction="sum")
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        gpu, core_logits, cap_logits = net(xt[idx])
+        loss = bce(gpu, yt[idx])
+        for logits, labels in ((core_logits, ct[idx]), (cap_logits, kt[idx])):
+            if logits is not None:
+                known = int((labels >= 0).sum())
+                if known:
+                    loss = loss + ce(logits, labels) / known
+        return loss
+
+    history = TrainingHistory()
+    best_state = copy.deepcopy(net.state_dict())
+    best_val = math.inf
+    since_best = 0
+    tidx = torch.from_numpy(train_idx)
+    vidx = torch.from_numpy(val_idx)
+    epochs = range(cfg.max_epochs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(epochs, desc="DNN", unit="epoch")
+        epochs = bar
+    for epoch in epochs:
+        net.train()
+        perm = tidx[torch.randperm(len(tidx), generator=gen)]
+        total, count = 0.0, 0
+        for start in range(0, len(perm), cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            opt.zero_grad()
+            loss = loss_of(idx)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        history.train_loss.append(total / max(count, 1))
+        net.eval()
+        with torch.no_grad():
+            val = float(loss_of(vidx)) if len(vidx) else history.train_loss[-1]
+        history.val_loss.append(val)
+        history.epochs_run = epoch + 1
+        if val < best_val - cfg.min_delta:
+            best_val, since_best = val, 0
+            history.best_epoch = epoch + 1
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            since_best += 1
+        if bar is not None:
+            bar.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}")
+        if since_best >= cfg.patience:
+            break
+    if bar is not None:
+        bar.close()
+    net.load_state_dict(best_state)
+    return DnnPolicy(net, norm, cfg, knob_levels if (n_core or n_cap) else None), history
+
+
+def expected_calibration_error(y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int = 10) -> float:
+    """ECE: mean |accuracy - confidence| over equal-width probability bins, weighted by bin size."""
+    y_arr = np.asarray(y, dtype=np.float64)
+    p_arr = np.asarray(p, dtype=np.float64)
+    bins = np.minimum((p_arr * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(y_arr[mask].mean() - p_arr[mask].mean())
+    return float(ece)
+
+
+def classification_metrics(y_true: npt.ArrayLike, p_gpu: npt.ArrayLike, n_bins: int = 10) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1, PR-AUC (average precision), ROC-AUC, Brier, log loss, ECE
+    and the calibration curve (scikit-learn). AUCs are ``None`` when only one class is present."""
+    y = np.asarray(y_true, dtype=bool)
+    p = np.clip(np.asarray(p_gpu, dtype=np.float64), 0.0, 1.0)
+    pred = p >= 0.5
+    both = 0 < y.sum() < len(y)
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "positives": int(y.sum()),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "average_precision": float(skm.average_precision_score(y, p)) if both else None,
+        "roc_auc": float(skm.roc_auc_score(y, p)) if both else None,
+        "brier": float(skm.brier_score_loss(y, p)),
+        "log_loss": float(skm.log_loss(y, p, labels=[False, True])),
+        "ece": expected_calibration_error(y, p, n_bins),
+    }
+    if both:
+        frac_pos, mean_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+        out["calibration"] = {"mean_predicted": mean_pred.tolist(), "fraction_positive": frac_pos.tolist()}
+    return out
