@@ -220,10 +220,14 @@ def _coerce(frame: pd.DataFrame, errors: list[tuple[int, str, str]]) -> pd.DataF
                 for i in np.flatnonzero(bad.to_numpy())[:MAX_ERRORS]:
                     errors.append((int(i) + 1, col.name, f"expected a number, got {raw.iloc[i]!r}"))
                 if col.kind == "int":
+                    numeric = numeric.astype("float64")
                     frac = numeric.notna() & np.isfinite(numeric.astype("float64")) & (numeric % 1 != 0)
                     for i in np.flatnonzero(frac.to_numpy())[:MAX_ERRORS]:
                         errors.append((int(i) + 1, col.name, f"expected a whole number, got {raw.iloc[i]!r}"))
-                    numeric = numeric.where(~frac & np.isfinite(numeric.astype("float64")))
+                    huge = numeric.notna() & ~(numeric.abs() < 2**62)
+                    for i in np.flatnonzero(huge.to_numpy())[:MAX_ERRORS]:
+                        errors.append((int(i) + 1, col.name, f"expected a finite whole number, got {raw.iloc[i]!r}"))
+                    numeric = numeric.where(~frac & ~huge)
                     out[col.name] = numeric.round().astype("Int64")
                 else:
                     out[col.name] = numeric.astype("Float64")
