@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch import nn
 from agents.knobs import KnobLevels
 from agents.network import NumpyMlp, PlacementNet, sigmoid
 from agents.policy import GPU, Policy, as_batch
+from placement.decision import GpuMemCap
 from placement.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, N_FEATURES, Normaliser
 from placement.hardware import HardwareTarget
 from placement.job import Job
@@ -94,7 +95,8 @@ class DnnConfig:
         return cls(**known)
 
 
-PRESETS = {"default": DnnConfig, "paper": DnnConfig.paper}
+PRESETS: dict[str, Callable[..., DnnConfig]] = {"default": DnnConfig, "paper": DnnConfig.paper}
+"""DNN recipes by name (``placement train --preset``)."""
 
 
 @dataclass
@@ -159,7 +161,7 @@ class DnnPolicy(Policy):
         nc = self.net.core_head.out_features if self.net.core_head is not None else 0
         return logits[:, 1 : 1 + nc], logits[:, 1 + nc :]
 
-    def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, int | str]:
+    def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, GpuMemCap]:
         if self.knob_levels is None or not target.is_edge or self.net.core_head is None:
             return super().knobs(job, target, device)
         from placement.features import build_features

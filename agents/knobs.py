@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from placement.decision import GROW
+from placement.decision import GROW, GpuMemCap
 from placement.hardware import HardwareTarget
 
 
@@ -47,7 +47,7 @@ class KnobLevels:
     def cap_mib(self, target: HardwareTarget, level: int) -> int:
         return max(1, int(self.cap_fractions[level] * target.gpu_mem_mib))
 
-    def knobs(self, target: HardwareTarget, core_level: int, cap_level: int | None, *, gpu: bool) -> tuple[int, int | str]:
+    def knobs(self, target: HardwareTarget, core_level: int, cap_level: int | None, *, gpu: bool) -> tuple[int, GpuMemCap]:
         """``(cpu_cores, gpu_mem_cap)`` for the levels; a CPU placement gets ``"grow"`` (no cap)."""
         cores = self.cores(target, core_level)
         if not gpu or cap_level is None or not target.has_gpu:

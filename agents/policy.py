@@ -20,10 +20,11 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from placement.decision import GROW, PlacementDecision
+from placement.decision import GROW, GpuMemCap, PlacementDecision
 from placement.features import build_features, feature_matrix, job_target_columns
 from placement.hardware import HardwareTarget
 from placement.job import Job
+from placement.outcome import Device
 
 CPU, GPU = 0, 1
 
@@ -52,7 +53,7 @@ class Policy(ABC):
         actions = (p >= 0.5).astype(np.int64)
         return (actions[0] if single else actions), None
 
-    def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, int | str]:
+    def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, GpuMemCap]:
         """CPU cores and GPU memory cap for a job placed on ``device``: the machine's
         defaults (all cores, ``"grow"``). Edge-aware policies override this."""
         return target.cpu_cores, GROW
@@ -60,7 +61,7 @@ class Policy(ABC):
     def decide(self, job: Job, target: HardwareTarget) -> PlacementDecision:
         device = int(self.predict(build_features(job, target))[0]) if target.has_gpu else CPU
         cores, cap = self.knobs(job, target, device)
-        return PlacementDecision(device="gpu" if device == GPU else "cpu", cpu_cores=cores, gpu_mem_cap=cap)
+        return PlacementDecision(device=Device.GPU if device == GPU else Device.CPU, cpu_cores=cores, gpu_mem_cap=cap)
 
     def decide_batch(self, jobs: Sequence[Job], targets: Sequence[HardwareTarget]) -> list[PlacementDecision]:
         if len(jobs) != len(targets):
@@ -76,5 +77,5 @@ class Policy(ABC):
         for job, target, action in zip(jobs, targets, np.atleast_1d(actions), strict=True):
             device = int(action) if target.has_gpu else CPU
             cores, cap = self.knobs(job, target, device)
-            out.append(PlacementDecision(device="gpu" if device == GPU else "cpu", cpu_cores=cores, gpu_mem_cap=cap))
+            out.append(PlacementDecision(device=Device.GPU if device == GPU else Device.CPU, cpu_cores=cores, gpu_mem_cap=cap))
         return out

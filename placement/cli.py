@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from placement.threshold import MissingPower, Thresholds
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(
     help="Device placement for ML jobs: CPU or GPU by a joint speed/energy threshold; cores and "
@@ -112,6 +116,127 @@ def probe() -> None:
     from placement.probe import probe_local
 
     sys.stdout.write(probe_local().model_dump_json(indent=2) + "\n")
+
+
+def _variadic(first: list[Path] | None, ctx: typer.Context, option: str) -> list[Path]:
+    """``--traces A B C`` (click takes one value per option; the rest arrive as extra args)."""
+    extra = list(ctx.args)
+    unknown = [a for a in extra if a.startswith("-")]
+    if unknown:
+        _fail(f"unknown option(s) {', '.join(unknown)} (see --help)")
+    paths = list(first or []) + [Path(a) for a in extra]
+    if not paths:
+        _fail(f"give at least one trace: {option} A.parquet B.csv ...")
+    return paths
+
+
+_VARIADIC = {"allow_extra_args": True, "ignore_unknown_options": True}
+TRACES_OPT = typer.Option(None, "--traces", help="Trace files (.parquet/.csv): --traces A.parquet B.csv ...")
+
+
+@app.command(context_settings=_VARIADIC)
+def train(
+    ctx: typer.Context,
+    traces: list[Path] = TRACES_OPT,
+    out: Path = typer.Option(..., "--out", help="Model directory to write, e.g. models/NAME."),
+    seed: int = typer.Option(0, "--seed"),
+    speedup_min: float = SPEEDUP_OPT,
+    energy_ratio_max: float = ENERGY_OPT,
+    missing_power: str = MISSING_OPT,
+    preset: str = typer.Option("default", "--preset", help="DNN recipe: default (AdamW) or paper (SGD 0.05, 800 epochs)."),
+    ppo_steps: int = typer.Option(20_000, "--ppo-steps", help="PPO fine-tuning steps after the warm start (0: DNN only)."),
+    cv: str = typer.Option("model", "--cv", help="Held out per fold for the reported metrics: model, family, target_id, random."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (0 skips)."),
+    threads: int = typer.Option(2, "--threads", help="torch threads."),
+    version: str | None = typer.Option(None, "--version", help="Model version string (default: code version + content hash)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train the DNN, then PPO warm-started from it, from logged traces; write a versioned model directory."""
+    from agents.dnn import PRESETS
+    from agents.training import TrainSettings, train_from_traces
+    from placement.trace import TraceValidationError
+
+    paths = _variadic(traces, ctx, "--traces")
+    th = thresholds_from(speedup_min, energy_ratio_max, missing_power)
+    if preset not in PRESETS:
+        _fail(f"--preset must be one of {', '.join(PRESETS)}, got '{preset}'")
+    try:
+        settings = TrainSettings(seed=seed, thresholds=th, dnn=PRESETS[preset](), ppo_timesteps=ppo_steps,
+                                 cv_column=cv, cv_folds=folds, version=version, progress=not quiet, threads=threads)
+        result = train_from_traces(paths, out, settings)
+    except (FileNotFoundError, TraceValidationError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    if result.cv_table is not None:
+        _print_table5(result.cv_table, f"held-out {cv} cross-validation ({folds} folds)")
+    console.print(f"model [bold]{result.metadata.version}[/] written to {result.path} (serving: {result.metadata.serving})")
+
+
+def _print_table5(frame: pd.DataFrame, title: str) -> None:
+    table = Table(title=title)
+    heads = {"policy": "policy", "throughput_vs_cpu_only": "throughput", "energy_efficiency_vs_gpu_only": "energy eff",
+             "accuracy": "acc %", "gpu_usage_reduction_pct": "GPU red %", "time_regret_pct": "t regret %",
+             "energy_regret_pct": "E regret %", "reward_ratio": "R/Oracle", "infeasible_choices": "infeasible",
+             "energy_method": "energy"}
+    for h in heads.values():
+        table.add_column(h)
+    for rec in frame.to_dict(orient="records"):
+        cells = []
+        for key in heads:
+            v = rec[key]
+            if key == "accuracy":
+                cells.append(f"{100 * v:.1f}")
+            elif isinstance(v, float):
+                cells.append("-" if v != v else f"{v:.3g}" if key != "reward_ratio" else f"{v:.3f}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    Console(width=max(console.width, 130)).print(table)
+    console.print("throughput: x CPU-only; energy eff: x GPU-only (higher is better); regrets vs the Oracle (joint "
+                  "threshold on true outcomes); energy: how the energies were obtained")
+
+
+@app.command(context_settings=_VARIADIC)
+def evaluate(
+    ctx: typer.Context,
+    traces: list[Path] = TRACES_OPT,
+    model: Path | None = typer.Option(None, "--model", help="Model directory (default: the bundled models/default)."),
+    cv: str = typer.Option("none", "--cv", help="none: score the saved model; model|family|target_id|random: "
+                           "retrain the DNN per fold with the model's recipe and report held-out results."),
+    folds: int = typer.Option(5, "--folds"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON records instead of a table."),
+) -> None:
+    """Print paper A's Table 5 (plus regret against the Oracle) for a model and the baselines on traces."""
+    from agents.artifact import DEFAULT_MODEL_DIR, ArtifactError, load_model
+    from agents.dnn import DnnConfig
+    from agents.evaluation import load_labelled
+    from agents.training import CV_COLUMNS, cross_validate, model_report
+    from placement.trace import TraceValidationError
+
+    paths = _variadic(traces, ctx, "--traces")
+    try:
+        loaded = load_model(model or DEFAULT_MODEL_DIR)
+        data, hashes = load_labelled(paths, loaded.thresholds)
+        if cv == "none":
+            frame = model_report(loaded, data, seed)
+            title = f"model {loaded.metadata.version} on {len(data)} jobs (in-sample for the rule)"
+        elif cv in CV_COLUMNS:
+            frame = cross_validate(data, DnnConfig.from_dict(loaded.metadata.dnn_config), column=cv, folds=folds,
+                                   seed=seed)
+            title = f"held-out {cv}, {folds} folds, DNN recipe of model {loaded.metadata.version}"
+        else:
+            _fail(f"--cv must be none or one of {', '.join(CV_COLUMNS)}, got '{cv}'")
+            return
+    except (ArtifactError, FileNotFoundError, TraceValidationError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        for rec in frame.to_dict(orient="records"):
+            sys.stdout.write(json.dumps({**rec, "trace_hashes": hashes}, default=str) + "\n")
+        return
+    th = loaded.thresholds
+    _print_table5(frame, f"{title}  T_t={th.speedup_min:g} T_e={th.energy_ratio_max:g}")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,0 +1,240 @@
+"""Offline training from logged traces: DNN, then PPO warm-started from it, into a model directory.
+
+:func:`train_from_traces` is what ``placement train --traces A.parquet B.csv --out models/NAME``
+runs:
+
+1. read and validate the traces, pair runs into (job, target) rows and label them by the
+   joint threshold (:func:`placement.trace.pair_outcomes`);
+2. estimate generalisation: grouped k-fold cross-validation (whole model families, or
+   hardware targets, held out per fold) of the DNN and the baselines, reported as paper A's
+   Table 5 with regret against the Oracle (:mod:`agents.evaluation`);
+3. train the DNN on every row (:func:`agents.dnn.train_dnn`);
+4. optionally warm-start PPO from it and fine-tune on ``DevicePlacement-v0`` replaying the
+   same traces (:mod:`agents.ppo`);
+5. write the versioned model directory (:func:`agents.artifact.save_model`) with the trace
+   hashes, seed, thresholds, code version and every metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from agents.artifact import ModelMetadata, save_model
+from agents.baselines import CpuOnlyPolicy, GpuOnlyPolicy, RandomPolicy, RuleBasedPolicy
+from agents.dnn import DnnConfig, DnnPolicy, classification_metrics, train_dnn
+from agents.evaluation import (
+    LabelledSet,
+    Split,
+    covered_rows,
+    evaluate_choices,
+    evaluate_policy,
+    grouped_kfold,
+    labelled_set,
+    out_of_fold,
+    random_split,
+    reports_frame,
+)
+from agents.policy import Policy
+from placement.threshold import Thresholds
+from placement.trace import pair_outcomes, read_traces
+from placement.version import code_version
+
+if TYPE_CHECKING:
+    from agents.ppo import PpoConfig, PpoPolicy
+
+CV_COLUMNS = ("model", "family", "target_id", "random")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides a trained model besides the traces.
+
+    ``cv_column``: the group held out per fold (``model``, ``family``, ``target_id``) or
+    ``random`` rows; ``cv_folds``: number of folds (0 skips cross-validation);
+    ``ppo_timesteps``: PPO fine-tuning steps after the warm start (0 = DNN only).
+    """
+
+    seed: int = 0
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    dnn: DnnConfig = field(default_factory=DnnConfig)
+    ppo_timesteps: int = 0
+    ppo: PpoConfig | None = None
+    cv_column: str = "model"
+    cv_folds: int = 5
+    version: str | None = None
+    progress: bool = False
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.cv_column not in CV_COLUMNS:
+            raise ValueError(f"cv_column must be one of {', '.join(CV_COLUMNS)}, got '{self.cv_column}'")
+        if self.cv_folds < 0 or self.cv_folds == 1:
+            raise ValueError(f"cv_folds must be 0 (skip) or >= 2, got {self.cv_folds}")
+        if self.ppo_timesteps < 0:
+            raise ValueError(f"ppo_timesteps must be >= 0, got {self.ppo_timesteps}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    metadata: ModelMetadata
+    cv_table: pd.DataFrame | None
+    dnn: DnnPolicy
+    ppo: PpoPolicy | None = None
+
+
+def baseline_policies(train: LabelledSet, seed: int) -> dict[str, Policy]:
+    """Paper A's baselines, the rule fitted on ``train``."""
+    return {
+        "cpu_only": CpuOnlyPolicy(),
+        "gpu_only": GpuOnlyPolicy(),
+        "random": RandomPolicy(0.5, seed),
+        "rule_based": RuleBasedPolicy.fit(train.x, train.y),
+    }
+
+
+def cv_splits(data: LabelledSet, column: str, folds: int, seed: int) -> list[Split]:
+    if column == "random":
+        perm = np.random.default_rng(seed).permutation(len(data))
+        return [
+            Split(f"random fold {k}", np.sort(np.setdiff1d(perm, perm[k::folds])), np.sort(perm[k::folds]))
+            for k in range(folds)
+        ]
+    return grouped_kfold(data, column, folds, seed)
+
+
+def cross_validate(
+    data: LabelledSet, dnn_config: DnnConfig, *, column: str = "model", folds: int = 5, seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Out-of-fold Table 5 for the DNN and the baselines (whole ``column`` groups held out per fold)."""
+    splits = cv_splits(data, column, folds, seed)
+    fold_iter: Sequence[Split] = splits
+    if progress:
+        from tqdm.auto import tqdm
+
+        fold_iter = tqdm(splits, desc=f"cross-validation ({column})", unit="fold")
+
+    def fit(train: LabelledSet) -> Mapping[str, Policy]:
+        policies = baseline_policies(train, seed)
+        policies["dnn"], _ = train_dnn(train.x, train.y, config=dnn_config)
+        return policies
+
+    choices = out_of_fold(data, fold_iter, fit)
+    covered = covered_rows(len(data), splits)
+    test = data.subset(np.flatnonzero(covered))
+    reports = [evaluate_choices(test.y, test, "oracle")]
+    reports += [evaluate_choices(c[covered], test, name) for name, c in choices.items()]
+    return reports_frame(reports)
+
+
+def _version(hashes: Mapping[str, str], settings: TrainSettings) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(hashes):
+        digest.update(hashes[path].encode())
+    digest.update(repr((settings.seed, settings.thresholds.as_dict(), settings.dnn.to_dict(),
+                        settings.ppo_timesteps)).encode())
+    return f"{code_version()}-{digest.hexdigest()[:10]}"
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{str(k): (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+            for r in frame.to_dict(orient="records")]
+
+
+def train_from_traces(
+    trace_paths: Sequence[Path], out_dir: Path, settings: TrainSettings | None = None
+) -> TrainResult:
+    """Train a model from trace files and write it to ``out_dir`` (see the module docstring)."""
+    s = settings or TrainSettings()
+    torch.set_num_threads(s.threads)
+    if not trace_paths:
+        raise ValueError("give at least one trace (--traces A.parquet B.csv ...)")
+    frame, hashes = read_traces([Path(p) for p in trace_paths])
+    pairs = pair_outcomes(frame, s.thresholds)
+    data = labelled_set(pairs)
+    if data.y.all() or not data.y.any():
+        raise ValueError(
+            f"every labelled job is {'GPU' if data.y.all() else 'CPU'} under T_t={s.thresholds.speedup_min:g}, "
+            f"T_e={s.thresholds.energy_ratio_max:g}: a selector needs both classes (add traces or change thresholds)"
+        )
+    dnn_config = DnnConfig.from_dict({**s.dnn.to_dict(), "seed": s.seed})
+    metrics: dict[str, Any] = {
+        "n_pairs": len(data),
+        "gpu_label_share": float(data.y.mean()),
+        "sources": sorted(set(pairs["source"].astype(str))),
+        "targets": sorted(set(pairs["target_id"].astype(str))),
+    }
+
+    cv_table = None
+    n_groups = len(set(pairs[s.cv_column].astype(str))) if s.cv_column != "random" else len(data)
+    if s.cv_folds and n_groups >= 2:
+        cv_table = cross_validate(data, dnn_config, column=s.cv_column, folds=min(s.cv_folds, n_groups),
+                                  seed=s.seed, progress=s.progress)
+        metrics["cv"] = {"held_out": s.cv_column, "folds": min(s.cv_folds, n_groups), "table5": _records(cv_table)}
+
+    dnn, history = train_dnn(data.x, data.y, config=dnn_config, progress=s.progress)
+    metrics["dnn_history"] = history.to_dict()
+    metrics["dnn_in_sample"] = {k: v for k, v in classification_metrics(data.y, dnn.gpu_probability(data.x)).items()
+                                if k != "calibration"}
+    metrics["dnn_in_sample_table5"] = evaluate_policy(dnn, data).to_dict()
+
+    ppo = None
+    ppo_config: dict[str, Any] = {}
+    if s.ppo_timesteps:
+        from agents.ppo import PpoConfig, train_warm_ppo
+
+        cfg = s.ppo or PpoConfig()
+        ppo, ppo_metrics = train_warm_ppo(dnn, pairs, timesteps=s.ppo_timesteps, config=cfg, seed=s.seed,
+                                          thresholds=s.thresholds, progress=s.progress)
+        ppo_config = cfg.to_dict()
+        metrics["ppo"] = ppo_metrics
+        metrics["ppo_in_sample_table5"] = evaluate_policy(ppo, data).to_dict()
+
+    meta = ModelMetadata(
+        version=s.version or _version(hashes, s),
+        seed=s.seed,
+        thresholds=s.thresholds.as_dict(),
+        trace_hashes=dict(hashes),
+        metrics=metrics,
+        ppo_config=ppo_config,
+    )
+    path = save_model(Path(out_dir), dnn=dnn, ppo=ppo, normaliser=dnn.normaliser, thresholds=s.thresholds,
+                      metadata=meta)
+    from agents.artifact import read_metadata
+
+    return TrainResult(path, read_metadata(path), cv_table, dnn, ppo)
+
+
+def holdout_report(
+    data: LabelledSet, dnn_config: DnnConfig, *, test_fraction: float = 0.2, seed: int = 0
+) -> pd.DataFrame:
+    """Table 5 on a random held-out share of rows (memorisation check)."""
+    split = random_split(data, test_fraction, seed)
+    train, test = data.subset(split.train), data.subset(split.test)
+    policies = baseline_policies(train, seed)
+    policies["dnn"], _ = train_dnn(train.x, train.y, config=dnn_config)
+    reports = [evaluate_choices(test.y, test, "oracle")] + [evaluate_policy(p, test, n) for n, p in policies.items()]
+    return reports_frame(reports)
+
+
+def model_report(loaded: Any, data: LabelledSet, seed: int = 0) -> pd.DataFrame:
+    """Table 5 for a loaded model (:class:`agents.artifact.LoadedModel`) on ``data``: the Oracle,
+    the baselines (the rule fitted on ``data`` itself, so it is an in-sample upper bound), the
+    model's DNN and, when present, its PPO policy."""
+    policies = baseline_policies(data, seed)
+    policies["dnn"] = loaded.dnn
+    if loaded.ppo is not None:
+        policies["ppo"] = loaded.ppo
+    reports = [evaluate_choices(data.y, data, "oracle")] + [evaluate_policy(p, data, n) for n, p in policies.items()]
+    return reports_frame(reports)
