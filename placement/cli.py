@@ -239,6 +239,74 @@ def evaluate(
     _print_table5(frame, f"{title}  T_t={th.speedup_min:g} T_e={th.energy_ratio_max:g}")
 
 
+@app.command()
+def profile(
+    out: Path = typer.Option(Path("data/traces/local_measured.parquet"), "--out", "-o", help="Trace to write (.parquet); its journal sits beside it."),
+    plan: str = typer.Option("default", "--plan", help="Sweep plan: default (the committed trace's) or smoke (a few rows)."),
+    target: str = typer.Option("auto", "--target", help="'auto' (probe this machine) or a catalogue id."),
+    workloads: str = typer.Option("", "--workloads", help="Comma-separated zoo names to keep (default: all of the plan)."),
+    gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Include GPU rows (needs CUDA and NVML)."),
+    deadline_s: float | None = typer.Option(None, "--deadline-s", min=1, help="Stop cleanly after this many seconds."),
+    resume: bool = typer.Option(True, "--resume/--fresh", help="Skip rows already in the journal (--fresh starts over)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random inputs and weights."),
+    cpu_energy: str = typer.Option("auto", "--cpu-energy", help="auto (RAPL, else INA3221, else modelled), modelled or null."),
+    description: str = typer.Option("", "--description", help="Text stored in the trace metadata."),
+) -> None:
+    """Measure a sweep (workloads x mode x batch x cores x GPU memory cap) and write a trace."""
+    from placement.catalogue import get_target
+    from placement.profiler import ProfileError, ProfileSettings, plan_by_name, resolve_target
+    from placement.profiler import profile as run_profile
+    from placement.trace import file_sha256
+
+    try:
+        tgt = resolve_target(target) if target == "auto" else get_target(target)
+        rows = plan_by_name(plan, tgt.cpu_cores, gpu and tgt.has_gpu,
+                            [w.strip() for w in workloads.split(",") if w.strip()] or None)
+        summary = run_profile(rows, out, tgt, ProfileSettings(seed=seed, cpu_energy=cpu_energy), resume=resume,
+                              deadline_s=deadline_s, description=description)
+    except (ProfileError, KeyError, ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    state = "stopped early (run again to resume)" if summary.stopped_early else "complete"
+    console.print(f"{summary.rows_done}/{summary.rows_planned} rows ({summary.rows_new} new), {state}: {out}"
+                  + (f" sha256 {file_sha256(out)[:12]}" if out.exists() else ""))
+    for failure in summary.failures:
+        err_console.print(f"[yellow]warning:[/] {failure}")
+
+
+@app.command()
+def describe(
+    model: str = typer.Argument(..., help="A zoo workload (e.g. resnet18_cifar10), 'package.module:attribute', or a job spec file (.json/.yaml)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Samples per batch."),
+    mode: str = typer.Option("infer", "--mode", "-m", help="infer or train."),
+    family: str = typer.Option("", "--family", help="Model family (needed for a module path)."),
+    input_shape: str = typer.Option("", "--input-shape", help="Per-sample input shape, e.g. 3,32,32 (module path)."),
+    input_dtype: str = typer.Option("float32", "--input-dtype", help="Input dtype (module path), e.g. float32 or int64."),
+) -> None:
+    """Describe a model as a job (FLOPs per batch counted on 'meta', parameters, input size) as JSON."""
+    from placement.workloads import ZOO, describe_spec, load_job_spec
+
+    try:
+        if model in ZOO:
+            job = describe_spec({"workload": model, "batch_size": batch_size, "mode": mode})
+        elif Path(model).suffix.lower() in (".json", ".yaml", ".yml"):
+            job = load_job_spec(Path(model))
+        else:
+            if not family or not input_shape:
+                _fail("describing a module path needs --family and --input-shape (e.g. --family cnn --input-shape 3,32,32)")
+            try:
+                shape = [int(s) for s in input_shape.split(",") if s.strip()]
+            except ValueError:
+                _fail(f"--input-shape must be whole numbers separated by commas, got {input_shape!r}")
+                return
+            job = describe_spec({"model": model, "family": family, "input_shape": shape, "input_dtype": input_dtype,
+                                 "batch_size": batch_size, "mode": mode})
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    sys.stdout.write(job.model_dump_json(indent=2) + "\n")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -1,0 +1,536 @@
+"""The workload zoo: the models of papers A and B in plain torch, and how any model is described.
+
+Models (no torchvision), each as inference (forward under ``inference_mode``) and as a
+training step (forward, cross-entropy, backward, SGD-with-momentum step):
+
+==============  ==============  ==================================================================
+model           family          architecture
+==============  ==============  ==================================================================
+``mlp``         mlp             paper B's "DNN": flatten -> 1024 -> 512 -> classes, ReLU
+``alexnet``     cnn             AlexNet (5 conv + 3 FC). Inputs >= 64 px use the original stem
+                                (11x11/4, 6x6 adaptive pool, 9216-4096-4096 head); smaller inputs
+                                the usual CIFAR variant (3x3/2 stem, 256x2x2-4096-4096 head)
+``mobilenet``   cnn             MobileNet v1 (13 depthwise-separable blocks, width 1.0)
+``resnet18``    cnn             ResNet-18 (BasicBlock [2, 2, 2, 2], 7x7/2 stem + max-pool)
+``lstm``        rnn             text classifier: embedding 64 -> LSTM 128 -> last state -> classes
+``gru``         rnn             as ``lstm`` with a GRU
+``transformer`` transformer     BERT-like encoder: embedding 128 + learned positions, 2 layers,
+                                4 heads, FFN 512, mean pooling -> classes
+==============  ==============  ==================================================================
+
+Inputs (:data:`DATASETS`): ``cifar10`` (3x32x32 float32, 10 classes), ``imagenet100``
+(3x224x224 float32, 100 classes, paper A's ImageNet-100) and ``imdb`` (128 int64 token ids
+from a 20 000-word vocabulary, 2 classes). Zoo names are ``<model>_<dataset>``.
+
+FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` on the ``meta``
+device: no memory is allocated and nothing runs, and recurrent layers decompose into the
+matrix products the counter sees (on CPU and CUDA the fused LSTM/GRU kernels count as 0).
+A training step's count is forward + backward as counted, plus the optimizer's
+element-wise work (:data:`OPTIMIZER_FLOPS_PER_PARAM` per parameter). Multiply-adds count
+as 2 FLOPs. The counter's own formula for a convolution's backward treats a grouped
+(depthwise) convolution's weight gradient as a full one (10x too many FLOPs for
+MobileNet); :func:`_conv_backward_flops` replaces it: each gradient costs what the
+forward convolution costs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from placement.job import FAMILIES, MODES, Family, Job
+
+OPTIMIZER_FLOPS_PER_PARAM = 4
+"""SGD with momentum and weight decay: about 4 element-wise FLOPs per parameter per step."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Shape of one input sample. ``vocab_size`` > 0 means integer token ids."""
+
+    name: str
+    sample_shape: tuple[int, ...]
+    dtype: str
+    num_classes: int
+    vocab_size: int = 0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    @property
+    def elems_per_sample(self) -> int:
+        return math.prod(self.sample_shape)
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return self.elems_per_sample * torch.empty((), dtype=self.torch_dtype).element_size()
+
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
+
+DATASETS: dict[str, Dataset] = {
+    "cifar10": Dataset("cifar10", (3, 32, 32), "float32", 10),
+    "imagenet100": Dataset("imagenet100", (3, 224, 224), "float32", 100),
+    "imdb": Dataset("imdb", (128,), "int64", 2, vocab_size=20_000),
+}
+
+
+# --------------------------------------------------------------------------- models
+
+
+class MLP(nn.Module):
+    """Paper B's DNN: two hidden layers of 1024 and 512 units."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: Sequence[int] = (1024, 512)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class AlexNet(nn.Module):
+    """AlexNet; the stem and head follow the input size (see the module docstring)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, image_px: int = 224) -> None:
+        super().__init__()
+        if image_px >= 64:
+            self.features = nn.Sequential(
+                nn.Conv2d(in_channels, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+                nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+                nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+            )
+            self.pool: nn.Module = nn.AdaptiveAvgPool2d((6, 6))
+            flat = 256 * 6 * 6
+        else:
+            self.features = nn.Sequential(
+                nn.Conv2d(in_channels, 64, 3, stride=2, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            )
+            self.pool = nn.AdaptiveAvgPool2d((2, 2))
+            flat = 256 * 2 * 2
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5), nn.Linear(flat, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _conv_bn(cin: int, cout: int, stride: int, groups: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1 (Howard et al. 2017), width multiplier 1.0."""
+
+    _BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+               (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(in_channels, 32, 2)]
+        width = 32
+        for out, stride in self._BLOCKS:
+            layers += [_conv_bn(width, width, stride, groups=width), _conv_bn(width, out, 1, kernel=1)]
+            width = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.down(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) with the standard ImageNet stem for every input size."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1),
+        )
+        blocks: list[nn.Module] = []
+        width = 64
+        for out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(width, out, stride), BasicBlock(out, out, 1)]
+            width = out
+        self.layers = nn.Sequential(*blocks)
+        self.head = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class RecurrentClassifier(nn.Module):
+    """Embedding -> one-layer LSTM or GRU -> last hidden state -> classes (paper B's IMDB models)."""
+
+    def __init__(self, cell: str, vocab_size: int, num_classes: int, embed: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed)
+        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = rnn_cls(embed, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.embed(tokens))
+        return self.head(out[:, -1])
+
+
+class TransformerClassifier(nn.Module):
+    """A small BERT-like encoder: learned positions, post-norm layers, mean pooling."""
+
+    def __init__(self, vocab_size: int, num_classes: int, seq_len: int, d_model: int = 128,
+                 heads: int = 4, ffn: int = 512, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Parameter(torch.zeros(1, seq_len, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, heads, ffn, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(self.embed(tokens) + self.pos[:, : tokens.shape[1]])
+        return self.head(x.mean(dim=1))
+
+
+# --------------------------------------------------------------------------- zoo
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A zoo entry: a model builder and the dataset whose samples it takes."""
+
+    name: str
+    model: str
+    family: Family
+    dataset: Dataset
+    build: Callable[[], nn.Module]
+
+
+def _image_builder(model: str, ds: Dataset) -> Callable[[], nn.Module]:
+    channels, height = ds.sample_shape[0], ds.sample_shape[1]
+    if model == "mlp":
+        return lambda: MLP(ds.elems_per_sample, ds.num_classes)
+    if model == "alexnet":
+        return lambda: AlexNet(ds.num_classes, channels, height)
+    if model == "mobilenet":
+        return lambda: MobileNetV1(ds.num_classes, channels)
+    if model == "resnet18":
+        return lambda: ResNet18(ds.num_classes, channels)
+    raise KeyError(model)
+
+
+def _text_builder(model: str, ds: Dataset) -> Callable[[], nn.Module]:
+    if model in ("lstm", "gru"):
+        return lambda: RecurrentClassifier(model, ds.vocab_size, ds.num_classes)
+    if model == "transformer":
+        return lambda: TransformerClassifier(ds.vocab_size, ds.num_classes, ds.sample_shape[0])
+    raise KeyError(model)
+
+
+_MODEL_FAMILY = {
+    "mlp": Family.MLP, "alexnet": Family.CNN, "mobilenet": Family.CNN, "resnet18": Family.CNN,
+    "lstm": Family.RNN, "gru": Family.RNN, "transformer": Family.TRANSFORMER,
+}
+MODELS: tuple[str, ...] = tuple(_MODEL_FAMILY)
+
+
+def _make_zoo() -> dict[str, Workload]:
+    zoo: dict[str, Workload] = {}
+    for model, family in _MODEL_FAMILY.items():
+        datasets = ("imdb",) if family in (Family.RNN, Family.TRANSFORMER) else ("cifar10", "imagenet100")
+        for ds_name in datasets:
+            ds = DATASETS[ds_name]
+            build = _text_builder(model, ds) if ds.vocab_size else _image_builder(model, ds)
+            name = f"{model}_{ds_name}"
+            zoo[name] = Workload(name, model, family, ds, build)
+    return zoo
+
+
+ZOO: dict[str, Workload] = _make_zoo()
+
+
+def get_workload(name: str) -> Workload:
+    """A zoo entry by name; the error lists the known names."""
+    if name not in ZOO:
+        raise KeyError(f"unknown workload '{name}'; known: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def make_batch(ds: Dataset, batch_size: int, device: torch.device | str = "cpu",
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch (inputs, integer labels) shaped like ``ds``; on ``meta`` nothing is filled."""
+    shape = (batch_size, *ds.sample_shape)
+    dev = torch.device(device)
+    if dev.type == "meta":
+        return torch.empty(shape, dtype=ds.torch_dtype, device=dev), torch.empty(batch_size, dtype=torch.int64, device=dev)
+    if ds.vocab_size:
+        x = torch.randint(0, ds.vocab_size, shape, generator=generator, dtype=ds.torch_dtype)
+    else:
+        x = torch.randn(shape, generator=generator).to(ds.torch_dtype)
+    y = torch.randint(0, ds.num_classes, (batch_size,), generator=generator)
+    return x.to(dev), y.to(dev)
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum 0.9 and weight decay 5e-4, the step the FLOP count assumes."""
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def make_step(model: nn.Module, mode: str, optimizer: torch.optim.Optimizer | None = None
+              ) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One step on a batch: ``infer`` = forward under inference mode; ``train`` = forward,
+    cross-entropy, backward, optimizer step. Sets ``model.train()``/``eval()`` accordingly."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "infer":
+        model.eval()
+
+        def infer(x: torch.Tensor, y: torch.Tensor) -> None:
+            with torch.inference_mode():
+                model(x)
+
+        return infer
+    model.train()
+    opt = optimizer or make_optimizer(model)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def train(x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return train
+
+
+# --------------------------------------------------------------------------- description
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a placement policy sees of a model at one batch size and mode."""
+
+    flops_per_batch: float
+    param_count: int
+    input_elems_per_sample: int
+    input_bytes_per_sample: int
+
+
+def _conv_backward_flops(grad_out_shape: Sequence[int], x_shape: Sequence[int], w_shape: Sequence[int],
+                         _bias: Any, _stride: Any, _padding: Any, _dilation: Any, transposed: bool,
+                         _output_padding: Any, _groups: Any, output_mask: Sequence[bool],
+                         out_shape: Any = None, **kwargs: Any) -> int:
+    """Groups-correct FLOPs of ``aten.convolution_backward``: the forward's multiply-adds
+    (``2 * N * output positions * weight elements``) once per gradient asked for."""
+    spatial = (x_shape if transposed else grad_out_shape)[2:]
+    forward = 2 * x_shape[0] * math.prod(spatial) * math.prod(w_shape)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def count_flops(build: Callable[[], nn.Module], sample_shape: Sequence[int], dtype: torch.dtype,
+                batch_size: int, mode: str) -> float:
+    """FLOPs of one step on ``batch_size`` samples, counted on ``meta`` (see module docstring)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build()
+    x = torch.empty((batch_size, *sample_shape), dtype=dtype, device="meta")
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+    if mode == "infer":
+        model.eval()
+        with counter, torch.no_grad():
+            model(x)
+        return float(counter.get_total_flops())
+    model.train()
+    with counter:
+        out = model(x)
+        out.float().sum().backward()
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return float(counter.get_total_flops() + OPTIMIZER_FLOPS_PER_PARAM * params)
+
+
+def describe_model(build: Callable[[], nn.Module], sample_shape: Sequence[int], dtype: str | torch.dtype,
+                   batch_size: int, mode: str) -> ModelDescription:
+    """FLOPs per batch (on meta), trainable parameters and input size of any model."""
+    tdtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    shape = tuple(int(s) for s in sample_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input shape must be positive integers per sample (no batch dim), got {list(sample_shape)}")
+    with torch.device("meta"):
+        model = build()
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    elems = math.prod(shape)
+    return ModelDescription(
+        flops_per_batch=count_flops(build, shape, tdtype, batch_size, mode),
+        param_count=int(params),
+        input_elems_per_sample=int(elems),
+        input_bytes_per_sample=int(elems * torch.empty((), dtype=tdtype).element_size()),
+    )
+
+
+def describe_workload(name: str, batch_size: int, mode: str) -> Job:
+    """The :class:`Job` of a zoo workload at a batch size and mode."""
+    w = get_workload(name)
+    d = describe_model(w.build, w.dataset.sample_shape, w.dataset.dtype, batch_size, mode)
+    return _job(name, w.family.value, mode, batch_size, d)
+
+
+def _job(name: str, family: str, mode: str, batch_size: int, d: ModelDescription) -> Job:
+    return Job.model_validate({
+        "name": name, "family": family, "mode": mode, "batch_size": batch_size,
+        "flops_per_batch": d.flops_per_batch, "param_count": d.param_count,
+        "input_elems_per_sample": d.input_elems_per_sample, "input_bytes_per_sample": d.input_bytes_per_sample,
+    })
+
+
+def load_model_factory(path: str) -> Callable[[], nn.Module]:
+    """``package.module:attribute`` -> a zero-argument factory of an ``nn.Module``.
+
+    The attribute may be an ``nn.Module`` subclass or a function returning a module; it is
+    called without arguments (on ``meta``, so nothing is allocated).
+    """
+    if ":" not in path:
+        raise ValueError(f"model path '{path}': use 'package.module:attribute' (e.g. mypkg.models:Net)")
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model path '{path}': cannot import module '{module_name}': {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model path '{path}': module '{module_name}' has no attribute '{attr}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model path '{path}': '{attr}' is not a class or function")
+
+    def factory() -> nn.Module:
+        model = obj()
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model path '{path}': '{attr}()' returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    return factory
+
+
+_SPEC_KEYS = {"name", "model", "workload", "family", "mode", "batch_size", "input_shape", "input_dtype"}
+
+
+def describe_spec(spec: dict[str, Any]) -> Job:
+    """A :class:`Job` from a job spec (see :func:`load_job_spec` for the keys)."""
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise ValueError(f"job spec: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_SPEC_KEYS))}")
+    for key in ("mode", "batch_size"):
+        if key not in spec:
+            raise ValueError(f"job spec: missing '{key}'")
+    mode = str(spec["mode"])
+    if mode not in MODES:
+        raise ValueError(f"job spec: 'mode' must be one of {', '.join(MODES)}, got {mode!r}")
+    batch = spec["batch_size"]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"job spec: 'batch_size' must be a whole number >= 1, got {batch!r}")
+    if "workload" in spec:
+        job = describe_workload(str(spec["workload"]), batch, mode)
+        return job.model_copy(update={"name": str(spec.get("name", job.name))})
+    if "model" not in spec:
+        raise ValueError("job spec: give 'workload' (a zoo name) or 'model' ('package.module:attribute')")
+    for key in ("family", "input_shape"):
+        if key not in spec:
+            raise ValueError(f"job spec: a 'model' spec needs '{key}'")
+    family = str(spec["family"])
+    if family not in FAMILIES:
+        raise ValueError(f"job spec: 'family' must be one of {', '.join(FAMILIES)}, got {family!r}")
+    shape = spec["input_shape"]
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        raise ValueError("job spec: 'input_shape' must be a list of whole numbers per sample, e.g. [3, 32, 32]")
+    dtype = str(spec.get("input_dtype", "float32"))
+    if dtype not in _DTYPES:
+        raise ValueError(f"job spec: 'input_dtype' must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    factory = load_model_factory(str(spec["model"]))
+    d = describe_model(factory, shape, dtype, batch, mode)
+    return _job(str(spec.get("name", spec["model"])), family, mode, batch, d)
+
+
+def load_job_spec(path: Path) -> Job:
+    """Read a job spec file (JSON or YAML) and describe it.
+
+    Keys: ``mode`` and ``batch_size``, and either ``workload`` (a zoo name) or ``model``
+    (``package.module:attribute``) with ``family``, ``input_shape`` (per sample) and
+    optionally ``input_dtype`` (default ``float32``); ``name`` is optional.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"job spec file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
+        raise ValueError(f"job spec {path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"job spec {path}: expected an object of keys, got {type(data).__name__}")
+    return describe_spec(data)
