@@ -458,6 +458,13 @@ def _worker_main(argv: Sequence[str]) -> int:
 # --------------------------------------------------------------------------- parent side
 
 
+def _code_version() -> str:
+    """:func:`placement.version.code_version`, or ``PLACEMENT_CODE_VERSION`` where the checkout
+    has no git metadata (a copy of the tree sent to a measurement machine)."""
+    found = code_version()
+    return os.environ.get("PLACEMENT_CODE_VERSION", "") if "+g" not in found and os.environ.get("PLACEMENT_CODE_VERSION") else found
+
+
 def machine_fingerprint(target: HardwareTarget) -> dict[str, Any]:
     """What must match for a journal to be resumed here."""
     return {"target_id": target.id, "cpu_model": target.cpu_model, "cpu_cores": target.cpu_cores,
@@ -683,7 +690,7 @@ def profile(
     deadline = None if deadline_s is None else time.time() + deadline_s
     header = {
         "kind": "header", "schema": JOURNAL_SCHEMA, "fingerprint": machine_fingerprint(target),
-        "target": target.model_dump(mode="json"), "settings": settings.to_dict(), "code_version": code_version(),
+        "target": target.model_dump(mode="json"), "settings": settings.to_dict(), "code_version": _code_version(),
         "environment": _environment(), "started_unix_s": time.time(),
     }
     journal = Journal.open(journal_path(out_path), header, resume)
@@ -739,7 +746,7 @@ def _write(journal: Journal, out_path: Path, target: HardwareTarget, settings: P
         source="measured",
         description=description or f"profiler sweep on {target.id}",
         seed=settings.seed,
-        code_version=str(header.get("code_version", code_version())),
+        code_version=str(header.get("code_version", _code_version())),
         hardware=json.dumps({"target": header.get("target"), "environment": env}, sort_keys=True),
         method=METHOD_TEXT,
         extra={
