@@ -555,8 +555,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
             if self._block is None or self._ptr >= self._block["n"]:
                 self._draw_block(self.block_size, None)
         obs = self._observe()
-        block = self._block
-        _require_block(block)
+        block = self._blk()
         info: dict[str, Any] = {"job_id": block["job_id"][self._ptr], "target_id": block["target_id"][self._ptr]}
         if self.contention:
             info["arrival_rate_per_s"] = self._episode_rate
@@ -566,8 +565,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         if not self._episode_open:
             raise RuntimeError("call reset() before step() (and after an episode is truncated)")
         k = self._action_index(action)
-        block = self._block
-        _require_block(block)
+        block = self._blk()
         i = self._ptr
         if self.contention:
             reward = float(self._cur_rewards[k])
@@ -649,8 +647,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
     # observation, actions, contention queue
     # ----------------------------------------------------------------------------------
     def _observe(self) -> npt.NDArray[np.float32]:
-        block = self._block
-        _require_block(block)
+        block = self._blk()
         i = self._ptr
         if not self.contention:
             return block["features"][i].copy()
@@ -670,8 +667,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
 
     def _contention_rewards(self, i: int) -> None:
         """Rewards of every action for job ``i`` given the current GPU wait."""
-        block = self._block
-        _require_block(block)
+        block = self._blk()
         feasible = block["feasible"]
         k = self.n_actions
         if self._wait_s <= 0.0 or not feasible[i, k + 1]:
@@ -691,13 +687,11 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         self._cur_label = (bool(labels.gpu[0]), float(labels.margin[0]), str(labels.reason[0]), bool(labels.energy_unknown[0]))
 
     def _contention_oracle(self, i: int) -> int:
-        block = self._block
-        _require_block(block)
+        block = self._blk()
         return int(self._oracle_index(self._cur_rewards[None, :], block["edge"][i : i + 1])[0])
 
     def _start_queue(self) -> None:
-        block = self._block
-        _require_block(block)
+        block = self._blk()
         k = self.n_actions
         if self.arrival_rate_per_s is not None:
             rate = self.arrival_rate_per_s
@@ -758,8 +752,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
     @property
     def current_target(self) -> HardwareTarget:
         """The target of the job the last observation describes."""
-        block = self._block
-        _require_block(block)
+        block = self._blk()
         return self.targets[int(block["tindex"][self._ptr])]
 
     def oracle_action(self) -> int | npt.NDArray[np.int64]:
@@ -773,8 +766,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         """Reward of every action (flat index, see :func:`knob_table`) for the job at hand."""
         if self.contention:
             return np.array(self._cur_rewards, dtype=np.float64)
-        block = self._block
-        _require_block(block)
+        block = self._blk()
         return np.array(block["rewards"][self._ptr], dtype=np.float64)
 
     def current_label(self) -> dict[str, Any]:
@@ -822,19 +814,17 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         }
 
     def _block_value(self, name: str) -> Any:
-        block = self._block
-        _require_block(block)
-        return block[name][self._ptr]
+        return self._blk()[name][self._ptr]
+
+    def _blk(self) -> dict[str, Any]:
+        if self._block is None:
+            raise RuntimeError("call reset() first: no jobs drawn yet")
+        return self._block
 
 
 # --------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------
-def _require_block(block: dict[str, Any] | None) -> None:
-    if block is None:
-        raise RuntimeError("call reset() first: no jobs drawn yet")
-
-
 def _one_label() -> Labels:
     return joint_threshold(1.0, 0.1, 1.0, 0.1)
 
