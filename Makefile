@@ -29,5 +29,8 @@ pytest: setup
 
 test: lint typecheck pytest
 
+calibration: setup  # performance model: fit on the measured trace, report, then re-simulate
+	$(VENV)/bin/placement calibrate data/traces/h100_measured.parquet --params-out placement/data/perf_params.json --report docs/calibration.md --seed 0 --folds 5 && $(VENV)/bin/placement simulate --out data/traces/simulated.parquet --n-jobs 80 --seed 0
+
 clean-venv:
 	rm -rf $(VENV)

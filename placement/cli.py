@@ -240,6 +240,55 @@ def evaluate(
 
 
 @app.command()
+def simulate(
+    out: Path = typer.Option(Path("data/traces/simulated.parquet"), "--out", "-o", help="Trace file to write (.parquet or .csv)."),
+    n_jobs: int = typer.Option(80, "--n-jobs", "-n", min=1, help="Synthetic jobs (each runs on every target)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (jobs and noise)."),
+    targets: str = typer.Option("all", "--targets", help="Comma-separated catalogue ids, or 'all'."),
+    params: Path | None = typer.Option(None, "--params", help="Performance-model parameters JSON (default: bundled)."),
+) -> None:
+    """Write a simulated trace (source 'simulated', powers 'modelled') from the performance model."""
+    from placement.catalogue import default_catalogue
+    from placement.perfmodel import PerformanceModel, load_params
+    from placement.simulate import write_simulated
+    from placement.trace import file_sha256
+
+    catalogue = default_catalogue()
+    ids = list(catalogue) if targets == "all" else [t.strip() for t in targets.split(",") if t.strip()]
+    unknown = [i for i in ids if i not in catalogue]
+    if unknown or not ids:
+        _fail(f"--targets: unknown target(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(catalogue)}")
+    try:
+        model = PerformanceModel(load_params(params)[0]) if params is not None else PerformanceModel()
+        path = write_simulated(out, [catalogue[i] for i in ids], n_jobs, seed, model=model)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    console.print(f"wrote {path} ({n_jobs} jobs x {len(ids)} targets, seed {seed}) sha256 {file_sha256(path)[:12]}")
+
+
+@app.command()
+def calibrate(
+    traces: list[Path] = typer.Argument(..., help="Measured trace file(s) (.parquet or .csv)."),
+    params_out: Path = typer.Option(Path("placement/data/perf_params.json"), "--params-out", help="Fitted parameters JSON."),
+    report: Path = typer.Option(Path("docs/calibration.md"), "--report", help="Markdown report (figures beside it)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the held-out splits."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds (random rows and whole models)."),
+) -> None:
+    """Fit the performance model to measured traces; report held-out error; write params and report."""
+    from placement.calibration import calibrate_traces
+    from placement.trace import TraceValidationError
+
+    try:
+        result = calibrate_traces(traces, params_out=params_out, report_path=report, seed=seed, folds=folds)
+    except (FileNotFoundError, TraceValidationError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    console.print(result.summary_text())
+    console.print(f"wrote {params_out} and {report}")
+
+
+@app.command()
 def profile(
     out: Path = typer.Option(Path("data/traces/local_measured.parquet"), "--out", "-o", help="Trace to write (.parquet); its journal sits beside it."),
     plan: str = typer.Option("default", "--plan", help="Sweep plan: default (the committed trace's) or smoke (a few rows)."),

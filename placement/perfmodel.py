@@ -19,7 +19,8 @@ Time of one batch (seconds)
   (``cpu_thread_sync_s``), so small jobs stop gaining early (paper B: gains flatten from
   about 4 cores on the Jetsons).
 * **Overheads**: per-op dispatch on the CPU, per-kernel launch on the GPU (overlapping
-  with execution, so combined by the same q-norm), a per-batch host overhead, a GPU
+  with execution, so combined by the same q-norm), a minimum GPU time per kernel
+  (small grids do not fill the GPU), a per-batch host overhead, a GPU
   sync, host input preparation, and host->device transfer of the batch's input over the
   link -- **zero transfer on unified-memory targets** (the Jetsons). Host-side overheads
   scale with the host core's speed: ``(host_ref_core_gflops / core_gflops) **
@@ -164,6 +165,7 @@ class PerfParams:
     cpu_op_overhead_s: float = 8.0e-6  # per framework op on the CPU, reference host core
     cpu_thread_sync_s: float = 1.0e-6  # per op and extra core: fork/join of intra-op threads
     gpu_launch_overhead_s: float = 1.5e-5  # per kernel launch, reference host core
+    gpu_kernel_min_s: float = 3.0e-6  # per kernel on the GPU: ramp-up and tail of a small grid
     batch_overhead_s: float = 2.0e-4  # per batch on the host (Python, optimizer call, loader)
     gpu_sync_overhead_s: float = 3.0e-5  # per batch, device synchronise
     host_ref_core_gflops: float = 128.0  # core speed at which the overheads above hold
@@ -439,6 +441,8 @@ class PerformanceModel:
         cpu_cores: npt.ArrayLike,
         gpu_mem_cap_mib: npt.ArrayLike,
         rng: np.random.Generator | None = None,
+        *,
+        mask_infeasible: bool = True,
     ) -> Prediction:
         """Predict ``n`` rows at once.
 
@@ -449,6 +453,8 @@ class PerformanceModel:
         ``model_parallel_frac``). ``device``: ``'cpu'``/``'gpu'`` per row or one for all.
         ``cpu_cores``: cores used, NaN = all the target's cores. ``gpu_mem_cap_mib``:
         cap in MiB, NaN = grow. ``rng``: draw noise; ``None`` = noiseless.
+        ``mask_infeasible=False`` keeps the modelled time and powers of infeasible rows
+        (calibration uses it; ``feasible`` still says which rows would fail).
         """
         p = self.params
         c = _Cols(columns)
@@ -542,7 +548,7 @@ class PerformanceModel:
         safe_gflops = np.where(has_gpu, gpu_gflops, 1.0)
         t_comp_gpu = flops / (safe_gflops * 1e9 * gpu_eff)
         t_mem_gpu = bytes_moved / (np.where(has_gpu, gpu_bw, 1.0) * 1e9 * p.gpu_mem_eff)
-        t_roof_gpu = _qnorm(t_comp_gpu, t_mem_gpu, p.roofline_q)
+        t_roof_gpu = _qnorm(t_comp_gpu, t_mem_gpu, p.roofline_q) + kernels * p.gpu_kernel_min_s
         t_launch = kernels * p.gpu_launch_overhead_s * host_scale
         t_exec = _qnorm(t_roof_gpu, t_launch, p.roofline_q)
         t_xfer = np.where(unified, 0.0, input_bytes / (np.maximum(link, 1e-3) * 1e9 * p.link_eff) + p.transfer_latency_s)
@@ -588,10 +594,11 @@ class PerformanceModel:
             p_gpu = p_gpu * np.exp(rng.standard_normal(n) * p.noise_power_sigma)
 
         nan = np.full(n, np.nan)
+        shown = feasible | (not mask_infeasible)
         return Prediction(
-            time_per_batch_s=np.where(feasible, time, nan),
-            avg_cpu_power_w=np.where(feasible, p_cpu, nan),
-            avg_gpu_power_w=np.where(feasible & is_gpu, p_gpu, nan),
+            time_per_batch_s=np.where(shown, time, nan),
+            avg_cpu_power_w=np.where(shown, p_cpu, nan),
+            avg_gpu_power_w=np.where(shown & is_gpu, p_gpu, nan),
             feasible=np.asarray(feasible, dtype=bool),
             infeasible_reason=reason,
             working_set_mib=ws_mib,

@@ -233,7 +233,7 @@ def simulate_trace(
     median = np.median(times, axis=0)
     iqr = np.percentile(times, 75, axis=0) - np.percentile(times, 25, axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cv = times.std(axis=0) / times.mean(axis=0)
+        cv = times.std(axis=0, ddof=1) / times.mean(axis=0)
     p_cpu = np.mean([d.avg_cpu_power_w for d in draws], axis=0)
     p_gpu = np.mean([d.avg_gpu_power_w for d in draws], axis=0)
     first = draws[0]
