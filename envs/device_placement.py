@@ -326,7 +326,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
     | `knob_weight`        | float                         | 1.0       | Weight of the knob term (edge). |
     | `knob_energy_weight` | float                         | 1.0       | Energy exponent in the knob score. |
     | `knob_cap`           | float                         | 2.0       | Largest knob penalty before weighting. |
-    | `render_mode`        | None or `"ansi"`              | None      | `"ansi"` renders the last placement as text. |
+    | `render_mode`        | None or `"ansi"`              | None      | `"ansi"` renders the last placement as text; other names render nothing. |
 
     ``reset(options={"target_id": ...})`` fixes the episode's target (contention mode).
     Reproducibility: :meth:`provenance` records seed, thresholds, trace hash, hardware and
@@ -371,8 +371,9 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         self.knob_weight = _non_negative("knob_weight", knob_weight)
         self.knob_energy_weight = _non_negative("knob_energy_weight", knob_energy_weight)
         self.knob_cap = _positive("knob_cap", knob_cap, "natural-log units, e.g. 2.0")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+        if render_mode is not None and not isinstance(render_mode, str):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
+        # other mode names (SB3's make_vec_env passes "rgb_array") are accepted and render nothing
         self.render_mode = render_mode
 
         self.source = _resolve_source(source, targets)
