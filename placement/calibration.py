@@ -85,6 +85,7 @@ _GLOBAL_SPECS: dict[str, tuple[Literal["log", "logit"], float, float]] = {
     "batch_overhead_s": ("log", 1e-7, 1.0),
     "host_prep_gbs_per_core": ("log", 1e-2, 1e3),
     "link_eff": ("log", 1e-2, 1.0),
+    "overalloc_slowdown_per_doubling": ("log", 1e-4, 0.5),
     "gpu_power_base": ("logit", 1e-3, 0.999),
     "host_busy_cores": ("log", 0.05, 64.0),
 }
@@ -212,6 +213,9 @@ def free_params(rows: pd.DataFrame, params: PerfParams, fit_power: bool = False)
         discrete = ~rows["hw_unified_memory"].astype("boolean").fillna(False).to_numpy(dtype=bool)
         if (is_gpu & discrete).any():
             names.append("link_eff")
+        capped = rows["gpu_mem_cap_mib"].notna().to_numpy(dtype=bool) if "gpu_mem_cap_mib" in rows.columns else np.zeros(len(rows), bool)
+        if (is_gpu & capped).any():
+            names.append("overalloc_slowdown_per_doubling")
     if fit_power:
         names += list(POWER_PARAMS)
     for name in names:
@@ -433,6 +437,7 @@ class CalibrationResult:
     uncalibrated: pd.DataFrame
     provenance: dict[str, Any] = field(default_factory=dict)
     power_errors: pd.DataFrame | None = None
+    oom: pd.DataFrame | None = None
 
     def headline(self, split: str = "model") -> dict[str, float]:
         s = summarise(self.held_out[split]).iloc[0]
@@ -467,6 +472,25 @@ def power_errors(frame: pd.DataFrame, params: PerfParams) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["power", "device", "family", "measured_w", "predicted_w", "rel_err"])
 
 
+def oom_agreement(frame: pd.DataFrame, params: PerfParams) -> pd.DataFrame:
+    """Measured vs predicted feasibility of every GPU row with an explicit cap or a measured
+    OOM: counts per (measured, predicted) outcome, each ``'ran'`` or ``'oom'``."""
+    feasible = frame["feasible"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    reason = frame["infeasible_reason"].astype("string").fillna("").to_numpy(dtype=object)
+    gpu = (frame["device"].astype(str) == "gpu").to_numpy()
+    capped = frame["gpu_mem_cap_mib"].notna().to_numpy(dtype=bool)
+    rows = frame.loc[gpu & (capped | (reason == "oom")) & (feasible | (reason == "oom"))].reset_index(drop=True).copy()
+    if rows.empty:
+        return pd.DataFrame(columns=["measured", "predicted", "n"])
+    rows["_time_s"] = 1.0
+    pred = _Arrays.of(rows).predict(params)
+    out = pd.DataFrame({
+        "measured": np.where(rows["feasible"].astype("boolean").fillna(False).to_numpy(dtype=bool), "ran", "oom"),
+        "predicted": np.where(pred.feasible, "ran", "oom"),
+    })
+    return out.value_counts().rename("n").reset_index().sort_values(["measured", "predicted"]).reset_index(drop=True)
+
+
 def calibrate_frame(
     frame: pd.DataFrame,
     seed: int = 0,
@@ -490,6 +514,7 @@ def calibrate_frame(
         uncalibrated=row_errors(frame, start),
         provenance=dict(provenance or {}),
         power_errors=power_errors(frame, fit.params),
+        oom=oom_agreement(frame, fit.params),
     )
 
 
@@ -681,6 +706,13 @@ def write_report(result: CalibrationResult, path: Path, trace_paths: Sequence[st
                   _md_table(summarise(pe, ["power", "device"]), _PCT), ""]
     else:
         lines += ["The trace has no measured power; power constants keep their priors and every modelled power is labelled `modelled`.", ""]
+    lines += ["## GPU memory caps: OOM predicted vs measured", ""]
+    if result.oom is not None and not result.oom.empty:
+        agree = float(result.oom.loc[result.oom["measured"] == result.oom["predicted"], "n"].sum() / result.oom["n"].sum())
+        lines += [f"GPU rows run under an explicit cap (or that hit OOM): the model's working set against the cap "
+                  f"agrees with the measurement on {agree:.0%} of them.", "", _md_table(result.oom), ""]
+    else:
+        lines += ["The trace has no capped GPU rows.", ""]
     noise = {k: result.fit.params.get(k) for k in ("noise_time_sigma", "noise_overhead_sigma", "noise_power_sigma")}
     lines += [
         "## Noise model",

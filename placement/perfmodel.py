@@ -50,6 +50,7 @@ present, holds constants fitted by ``placement calibrate`` and is loaded by defa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -73,6 +74,8 @@ BoolArray = npt.NDArray[np.bool_]
 ColumnsLike = Mapping[str, Any] | pd.DataFrame
 """Named columns: a mapping of name -> array-like, or a trace DataFrame."""
 
+MODEL_VERSION = "perfmodel/1"
+"""Version of the model's equations; bump when they change (parameters are versioned by hash)."""
 PERF_PARAMS_SCHEMA = "placement.perf_params/1"
 PERF_PARAMS_RESOURCE = "data/perf_params.json"
 MIB = float(2**20)
@@ -432,6 +435,12 @@ class PerformanceModel:
         }
         self._rnn = FAMILIES.index("rnn")
         self._mpf = tuple(p.model_parallel_frac.items())
+
+    @property
+    def version(self) -> str:
+        """``perfmodel/<equations>+params.<sha256[:12] of the parameters>``: what produced a prediction."""
+        digest = hashlib.sha256(json.dumps(self.params.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return f"{MODEL_VERSION}+params.{digest}"
 
     # -- vectorised core ---------------------------------------------------------------
     def predict_columns(
