@@ -112,38 +112,43 @@ MAIN_CAPS_MIB = (2048, 512, 128)
 IMAGENET_CAPS_MIB = (2048, 512)
 
 
+def _batches(mode: str, sizes: Sequence[int]) -> list[int]:
+    """Batch sizes of a mode: a training step at batch 1 is undefined with batch norm, so
+    training starts at 2."""
+    return [max(b, 2) if mode == "train" else b for b in sizes]
+
+
 def default_plan(host_cores: int = 16, gpu: bool = True) -> list[RowSpec]:
     """The sweep behind ``data/traces/*_measured.parquet`` (see data/traces/README.md).
 
-    Seven families on CIFAR-10 / IMDB inputs, both modes: CPU at batch 1 and 32 over cores
-    {1, 2, 4, 8, 16} and batch 256 over {4, 8, 16}; GPU at batch 1, 32, 256, 1024 with no
-    cap and batch 256 under caps of 2048, 512 and 128 MiB. ImageNet-100 (224 px) AlexNet,
-    MobileNet and ResNet-18: CPU at batch 1 and 16 on 4 and 16 cores; GPU at batch 1, 16
-    and 64, batch 64 also under 2048 and 512 MiB. Core counts above ``host_cores`` drop.
+    Seven families on CIFAR-10 / IMDB inputs, both modes, batch 1 (inference; 2 for
+    training), 32 and 256. CPU: batch 1/2 and 32 over cores {1, 2, 4, 8, 16}, batch 256 over
+    {4, 8, 16}. GPU: every batch with no cap ("grow"), and batch 256 under caps of 2048, 512
+    and 128 MiB. Then ImageNet-100 (224 px) AlexNet, MobileNet and ResNet-18: CPU at batch
+    1/2 and 8 on 4 and 16 cores; GPU at 1/2, 8 and 64, batch 64 also under 2048 and 512 MiB.
+    Core counts above ``host_cores`` drop. Groups run in this order, so a sweep cut short
+    still holds whole workloads.
     """
-    cores = [c for c in CORE_STEPS if c <= host_cores]
-    if host_cores not in cores:
-        cores.append(host_cores)
-    full = max(cores)
+    cores = sorted({c for c in CORE_STEPS if c <= host_cores} | {host_cores}, reverse=True)
+    full = cores[0]
     rows: list[RowSpec] = []
     for w in MAIN_WORKLOADS:
         for mode in ("infer", "train"):
-            for b in (1, 32):
-                rows += [RowSpec(w, mode, b, "cpu", c) for c in sorted(cores, reverse=True)]
-            rows += [RowSpec(w, mode, 256, "cpu", c) for c in sorted({full, min(8, full), min(4, full)}, reverse=True)]
+            small, mid, big = _batches(mode, (1, 32, 256))
+            for b in (small, mid):
+                rows += [RowSpec(w, mode, b, "cpu", c) for c in cores]
+            rows += [RowSpec(w, mode, big, "cpu", c) for c in sorted({full, min(8, full), min(4, full)}, reverse=True)]
         if gpu:
             for mode in ("infer", "train"):
-                for b in (1, 32, 256, 1024):
-                    rows.append(RowSpec(w, mode, b, "gpu", full))
+                rows += [RowSpec(w, mode, b, "gpu", full) for b in _batches(mode, (1, 32, 256))]
                 rows += [RowSpec(w, mode, 256, "gpu", full, cap) for cap in MAIN_CAPS_MIB]
     for w in IMAGENET_WORKLOADS:
         for mode in ("infer", "train"):
-            for b in (1, 16):
+            for b in _batches(mode, (1, 8)):
                 rows += [RowSpec(w, mode, b, "cpu", c) for c in sorted({full, min(4, full)}, reverse=True)]
         if gpu:
             for mode in ("infer", "train"):
-                for b in (1, 16, 64):
-                    rows.append(RowSpec(w, mode, b, "gpu", full))
+                rows += [RowSpec(w, mode, b, "gpu", full) for b in _batches(mode, (1, 8, 64))]
                 rows += [RowSpec(w, mode, 64, "gpu", full, cap) for cap in IMAGENET_CAPS_MIB]
     return rows
 
@@ -181,7 +186,9 @@ class ProfileSettings:
     gpu_min_repeats: int = 7
     gpu_window_s: float = 2.0
     gpu_max_time_s: float = 20.0
-    min_repeat_s: float = 0.01
+    cpu_min_repeat_s: float = 0.02
+    gpu_min_repeat_s: float = 0.05
+    """GPU repeats are longer: a repeat of many launch-bound steps averages out host jitter."""
     retry_noisy: int = 1
     """Re-measure a row whose CV exceeds the trace's limit (5 %) this many times; keep the steadiest."""
     torch_device: str = "cuda"
@@ -258,31 +265,34 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
 class _Worker:
     """Measures the rows of one group inside this process."""
 
-    def __init__(self, settings: ProfileSettings, target: dict[str, Any]) -> None:
+    def __init__(self, settings: ProfileSettings, target: dict[str, Any],
+                 jobs: dict[str, dict[str, Any]] | None = None) -> None:
         import torch
 
         self.torch = torch
         self.settings = settings
         self.target = target
-        self._descriptions: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self._jobs = dict(jobs or {})
         self._gpu_meter: Any = None
         self._cpu_meter: Any = None
         self._memory: Any = None
 
     def describe(self, spec: RowSpec) -> dict[str, Any]:
-        from placement.workloads import describe_workload
+        if spec.job_id not in self._jobs:
+            self._jobs.update(describe_rows([spec], parallel=False))
+        return self._jobs[spec.job_id]
 
-        key = (spec.workload, spec.mode, spec.batch_size)
-        if key not in self._descriptions:
-            job = describe_workload(spec.workload, spec.batch_size, spec.mode)
-            self._descriptions[key] = {
-                "family": str(job.family),
-                "flops_per_batch": job.flops_per_batch,
-                "param_count": job.param_count,
-                "input_elems_per_sample": job.input_elems_per_sample,
-                "input_bytes_per_sample": job.input_bytes_per_sample,
-            }
-        return self._descriptions[key]
+    def environment(self) -> dict[str, Any]:
+        """Software and device facts of this worker (torch, CUDA, cuDNN, TF32 flags)."""
+        torch = self.torch
+        env: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+        if self.settings.torch_device.startswith("cuda") and torch.cuda.is_available():
+            env.update(cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(0),
+                       cudnn=torch.backends.cudnn.version(),
+                       matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+                       cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                       cudnn_benchmark=torch.backends.cudnn.benchmark)
+        return env
 
     def _cpu(self) -> Any:
         if self._cpu_meter is None:
@@ -292,6 +302,7 @@ class _Worker:
     def measure(self, spec: RowSpec) -> dict[str, Any]:
         result: dict[str, Any] = {"kind": "row", "key": spec.key, "spec": spec.to_dict(), "started_unix_s": time.time()}
         result["job"] = self.describe(spec)
+        result["environment"] = self.environment()
         best: dict[str, Any] | None = None
         attempts = 0
         while attempts < 1 + max(0, self.settings.retry_noisy):
@@ -332,7 +343,7 @@ class _Worker:
             model = w.build()
             step = make_step(model, spec.mode)
             timing = TimingSettings(warmup_steps=s.cpu_warmup_steps, min_repeats=s.cpu_min_repeats,
-                                    min_repeat_s=s.min_repeat_s, min_time_s=s.cpu_min_time_s,
+                                    min_repeat_s=s.cpu_min_repeat_s, min_time_s=s.cpu_min_time_s,
                                     max_time_s=s.cpu_max_time_s)
             stats = time_step(lambda: step(x, y), timing, on_window_start=meter.begin_window,
                               window_can_end=meter.window_can_end)
@@ -380,7 +391,7 @@ class _Worker:
                     step(x_host.to(dev), y_host.to(dev))
 
                 timing = TimingSettings(warmup_steps=s.gpu_warmup_steps, min_repeats=s.gpu_min_repeats,
-                                        min_repeat_s=s.min_repeat_s, min_time_s=s.gpu_window_s,
+                                        min_repeat_s=s.gpu_min_repeat_s, min_time_s=s.gpu_window_s,
                                         max_time_s=s.gpu_max_time_s)
 
                 def open_window() -> None:
@@ -417,12 +428,53 @@ class _Worker:
                 m.close()
 
 
+def _count_task(task: tuple[str, str, int]) -> tuple[tuple[str, str, int], Any]:
+    from placement.workloads import zoo_count
+
+    return task, zoo_count(*task)
+
+
+def describe_rows(rows: Iterable[RowSpec], parallel: bool = True) -> dict[str, dict[str, Any]]:
+    """Job columns (family, FLOPs per batch, parameters, input size) of every row's job, by
+    ``job_id``. FLOPs are counted on ``meta`` at two batch sizes per (workload, mode) and
+    extended exactly (:func:`placement.workloads.describe_workload`); ``parallel`` spreads
+    the counts over processes (they take seconds for recurrent models)."""
+    from placement.workloads import COUNT_BATCHES, describe_workload
+
+    specs = {r.job_id: r for r in rows}
+    tasks = sorted({(r.workload, r.mode, b) for r in specs.values() for b in COUNT_BATCHES})
+    counts: dict[tuple[str, str, int], Any] = {}
+    workers = min(8, len(tasks), max(1, (os.cpu_count() or 1) // 2))
+    if parallel and workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            counts.update(pool.map(_count_task, tasks))
+    else:
+        counts.update(_count_task(t) for t in tasks)
+    out: dict[str, dict[str, Any]] = {}
+    b0, b1 = COUNT_BATCHES
+    for job_id, r in specs.items():
+        job = describe_workload(r.workload, r.batch_size, r.mode,
+                                counts=(counts[(r.workload, r.mode, b0)], counts[(r.workload, r.mode, b1)]))
+        out[job_id] = {
+            "family": str(job.family),
+            "flops_per_batch": job.flops_per_batch,
+            "param_count": job.param_count,
+            "input_elems_per_sample": job.input_elems_per_sample,
+            "input_bytes_per_sample": job.input_bytes_per_sample,
+        }
+    return out
+
+
 def run_rows(rows: Sequence[RowSpec], settings: ProfileSettings, target: dict[str, Any],
              emit: Callable[[dict[str, Any]], None], deadline_unix_s: float | None = None,
-             est_row_s: float = 4.0) -> int:
+             est_row_s: float = 4.0, jobs: dict[str, dict[str, Any]] | None = None) -> int:
     """Measure ``rows`` in this process, passing each result to ``emit``; stops before a row
-    that would start within ``est_row_s`` of the deadline. Returns the rows measured."""
-    worker = _Worker(settings, target)
+    that would start within ``est_row_s`` of the deadline. ``jobs`` are the rows' job
+    columns from :func:`describe_rows` (computed here when missing). Returns the rows measured."""
+    worker = _Worker(settings, target, jobs)
     done = 0
     try:
         for spec in rows:
@@ -451,7 +503,7 @@ def _worker_main(argv: Sequence[str]) -> int:
             fh.write(json.dumps(result) + "\n")
             fh.flush()
 
-        run_rows(rows, settings, request["target"], emit, request.get("deadline_unix_s"))
+        run_rows(rows, settings, request["target"], emit, request.get("deadline_unix_s"), jobs=request.get("jobs"))
     return 0
 
 
@@ -581,25 +633,26 @@ METHOD_TEXT = (
 
 
 def _environment() -> dict[str, Any]:
+    """Host facts for the journal header. CUDA is never initialised in this (parent)
+    process; each worker result records its own torch/CUDA/cuDNN facts."""
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
     try:
         import torch
 
         info["torch"] = torch.__version__
         info["cuda"] = torch.version.cuda
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-            info["cudnn"] = torch.backends.cudnn.version()
-            info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-            info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-            info["cudnn_benchmark"] = torch.backends.cudnn.benchmark
-    except Exception as exc:  # noqa: BLE001 - informational only
-        info["torch_error"] = str(exc)
+    except ImportError:
+        pass
     try:
         import pynvml
 
         pynvml.nvmlInit()
         info["nvidia_driver"] = pynvml.nvmlSystemGetDriverVersion()
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            names.append(name.decode() if isinstance(name, bytes) else str(name))
+        info["gpus"] = names
         pynvml.nvmlShutdown()
     except Exception:  # noqa: BLE001 - no driver here
         pass
@@ -618,7 +671,8 @@ class ProfileSummary:
 
 
 def _run_group_subprocess(rows: Sequence[RowSpec], settings: ProfileSettings, target: HardwareTarget,
-                          deadline_unix_s: float | None, on_result: Callable[[dict[str, Any]], None]) -> str | None:
+                          deadline_unix_s: float | None, on_result: Callable[[dict[str, Any]], None],
+                          jobs: dict[str, dict[str, Any]]) -> str | None:
     """Run one group in a fresh interpreter; streams results; returns an error text or None."""
     with tempfile.TemporaryDirectory(prefix="placement-profile-") as tmp:
         req, res = Path(tmp) / "request.json", Path(tmp) / "results.jsonl"
@@ -626,6 +680,7 @@ def _run_group_subprocess(rows: Sequence[RowSpec], settings: ProfileSettings, ta
         req.write_text(json.dumps({
             "rows": [r.to_dict() for r in rows], "settings": settings.to_dict(),
             "target": target.model_dump(mode="json"), "results": str(res), "deadline_unix_s": deadline_unix_s,
+            "jobs": {r.job_id: jobs[r.job_id] for r in rows if r.job_id in jobs},
         }))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         root = str(Path(__file__).resolve().parent.parent)
@@ -698,6 +753,7 @@ def profile(
     groups: dict[tuple[str, str], list[RowSpec]] = {}
     for r in todo:
         groups.setdefault(r.group, []).append(r)
+    jobs = describe_rows(todo, parallel=isolate) if todo else {}
     failures: list[str] = []
     new = 0
     bar = None
@@ -721,11 +777,11 @@ def profile(
                 stopped = True
                 break
             if isolate:
-                err = _run_group_subprocess(rows, settings, target, deadline, on_result)
+                err = _run_group_subprocess(rows, settings, target, deadline, on_result, jobs)
                 if err:
                     failures.append(err)
             else:
-                run_rows(rows, settings, target.model_dump(mode="json"), on_result, deadline)
+                run_rows(rows, settings, target.model_dump(mode="json"), on_result, deadline, jobs=jobs)
             _write(journal, out_path, target, settings, description, failures)
     finally:
         if bar is not None:

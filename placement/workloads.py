@@ -40,6 +40,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -427,10 +428,35 @@ def describe_model(build: Callable[[], nn.Module], sample_shape: Sequence[int], 
     )
 
 
-def describe_workload(name: str, batch_size: int, mode: str) -> Job:
-    """The :class:`Job` of a zoo workload at a batch size and mode."""
+COUNT_BATCHES = (2, 3)
+"""Batch sizes at which zoo models are counted (batch-norm training needs at least 2)."""
+
+
+@lru_cache(maxsize=64)
+def zoo_count(name: str, mode: str, batch_size: int) -> ModelDescription:
+    """A zoo workload counted on ``meta`` at one batch size (cached per process)."""
     w = get_workload(name)
-    d = describe_model(w.build, w.dataset.sample_shape, w.dataset.dtype, batch_size, mode)
+    return describe_model(w.build, w.dataset.sample_shape, w.dataset.dtype, batch_size, mode)
+
+
+def describe_workload(name: str, batch_size: int, mode: str,
+                      counts: tuple[ModelDescription, ModelDescription] | None = None) -> Job:
+    """The :class:`Job` of a zoo workload at a batch size and mode.
+
+    Every zoo model treats samples independently, so its FLOPs per step are affine in the
+    batch size (``a * b + c``, ``c`` the optimizer's per-parameter work): they are counted
+    on ``meta`` at :data:`COUNT_BATCHES` (cached; or passed in as ``counts``) and extended
+    exactly to ``batch_size``. Counting a recurrent model on ``meta`` takes seconds, which
+    this keeps out of a sweep.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    w = get_workload(name)
+    b0, b1 = COUNT_BATCHES
+    lo, hi = counts if counts is not None else (zoo_count(name, mode, b0), zoo_count(name, mode, b1))
+    slope = (hi.flops_per_batch - lo.flops_per_batch) / (b1 - b0)
+    flops = lo.flops_per_batch + (batch_size - b0) * slope
+    d = ModelDescription(flops, lo.param_count, lo.input_elems_per_sample, lo.input_bytes_per_sample)
     return _job(name, w.family.value, mode, batch_size, d)
 
 
