@@ -151,7 +151,8 @@ class DnnPolicy(Policy):
         self, obs: npt.ArrayLike, state: object = None, episode_start: object = None, deterministic: bool = True
     ) -> tuple[npt.NDArray[np.int64], None]:
         batch, single = as_batch(obs)
-        actions = (self.mlp.logits(batch)[:, 0] >= 0.0).astype(np.int64)  # sigmoid(z) >= 0.5
+        # GPU iff z > 0 (P > 0.5); an exact tie goes to the CPU, as the PPO actor's argmax does
+        actions = (self.mlp.logits(batch)[:, 0] > 0.0).astype(np.int64)
         return (actions[0] if single else actions), None
 
     def knob_logits(self, obs: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:

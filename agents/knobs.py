@@ -1,10 +1,14 @@
-"""Edge knobs as discrete levels: how many CPU cores a job gets and the GPU memory cap (paper B).
+"""Edge knobs as discrete levels, as ``DevicePlacement-v0`` encodes them (paper B).
 
 Paper B (Ma et al. 2025) varies the number of CPU cores and the GPU memory limit on Jetson
 devices; gains flatten from about 4 cores, and an explicit memory cap is the stable choice
-(``mem_grow`` fragments in long runs). A policy answers a *level index* per knob; a
-:class:`KnobLevels` turns the indices into a core count (clipped to the target's cores)
-and a cap in MiB (a fraction of the target's GPU memory) for a given target.
+(``mem_grow`` fragments in long runs). A policy answers a *level index* per knob; the
+environment's grids (:data:`envs.device_placement.CORE_GRID`, ``CAP_GRID``) and
+:func:`envs.device_placement.decode_action` turn levels into a core count and a cap in MiB
+for a target, the same way for every policy, the service and the evaluation.
+
+:class:`KnobLevels` records the grids a model was trained with, so a model whose grids no
+longer match the environment's is refused instead of silently mis-decoded.
 """
 
 from __future__ import annotations
@@ -13,50 +17,49 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from placement.decision import GROW, GpuMemCap
+import numpy as np
+
+from envs.device_placement import CAP_GRID, CORE_GRID, decode_action
+from placement.decision import GpuMemCap
 from placement.hardware import HardwareTarget
 
 
 @dataclass(frozen=True)
 class KnobLevels:
-    """``core_counts``: absolute core counts per level (clipped to the target's cores);
-    ``cap_fractions``: fraction of the target's GPU memory per cap level."""
+    """The core and cap grids of the action encoding (must equal the environment's)."""
 
-    core_counts: tuple[int, ...] = (1, 2, 4, 6, 8, 12)
-    cap_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    core_grid: tuple[int, ...] = CORE_GRID
+    cap_grid: tuple[float | str, ...] = CAP_GRID
 
     def __post_init__(self) -> None:
-        if not self.core_counts or any(c < 1 for c in self.core_counts):
-            raise ValueError(f"core_counts must be positive core counts, got {self.core_counts}")
-        if not self.cap_fractions or any(not 0.0 < f <= 1.0 for f in self.cap_fractions):
-            raise ValueError(f"cap_fractions must be in (0, 1], got {self.cap_fractions}")
-        object.__setattr__(self, "core_counts", tuple(int(c) for c in self.core_counts))
-        object.__setattr__(self, "cap_fractions", tuple(float(f) for f in self.cap_fractions))
+        core = tuple(int(c) for c in self.core_grid)
+        cap = tuple(c if isinstance(c, str) else float(c) for c in self.cap_grid)
+        if core != CORE_GRID or cap != tuple(c if isinstance(c, str) else float(c) for c in CAP_GRID):
+            raise ValueError(
+                f"knob grids {list(core)} / {list(cap)} differ from the environment's {list(CORE_GRID)} / "
+                f"{list(CAP_GRID)}: the model was trained with another action encoding; retrain it"
+            )
+        object.__setattr__(self, "core_grid", core)
+        object.__setattr__(self, "cap_grid", cap)
 
     @property
     def n_core_levels(self) -> int:
-        return len(self.core_counts)
+        return len(self.core_grid)
 
     @property
     def n_cap_levels(self) -> int:
-        return len(self.cap_fractions)
-
-    def cores(self, target: HardwareTarget, level: int) -> int:
-        return max(1, min(self.core_counts[level], target.cpu_cores))
-
-    def cap_mib(self, target: HardwareTarget, level: int) -> int:
-        return max(1, int(self.cap_fractions[level] * target.gpu_mem_mib))
+        return len(self.cap_grid)
 
     def knobs(self, target: HardwareTarget, core_level: int, cap_level: int | None, *, gpu: bool) -> tuple[int, GpuMemCap]:
-        """``(cpu_cores, gpu_mem_cap)`` for the levels; a CPU placement gets ``"grow"`` (no cap)."""
-        cores = self.cores(target, core_level)
-        if not gpu or cap_level is None or not target.has_gpu:
-            return cores, GROW
-        return cores, self.cap_mib(target, cap_level)
+        """``(cpu_cores, gpu_mem_cap)`` for the levels on ``target`` (defaults off the edge;
+        ``"grow"`` on a CPU placement), by :func:`envs.device_placement.decode_action`."""
+        cap = self.n_cap_levels - 1 if cap_level is None else cap_level
+        decision = decode_action(np.array([int(gpu), core_level, cap], dtype=np.int64), target)
+        return decision.cpu_cores, decision.gpu_mem_cap
 
     def to_dict(self) -> dict[str, Any]:
-        return {"core_counts": list(self.core_counts), "cap_fractions": list(self.cap_fractions)}
+        return {"core_grid": list(self.core_grid), "cap_grid": list(self.cap_grid)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KnobLevels:
-        return cls(tuple(data["core_counts"]), tuple(data["cap_fractions"]))
+        return cls(tuple(data["core_grid"]), tuple(data["cap_grid"]))

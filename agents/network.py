@@ -106,18 +106,21 @@ class NumpyMlp:
         cls,
         layers: Sequence[tuple[npt.ArrayLike, npt.ArrayLike]],
         head: tuple[npt.ArrayLike, npt.ArrayLike],
-        normaliser: Normaliser | None,
+        mean: npt.ArrayLike | None,
+        scale: npt.ArrayLike | None,
         n_inputs: int,
     ) -> NumpyMlp:
-        """Build from torch-layout layers (``weight`` of shape ``(out, in)``, ``bias``)."""
+        """Build from torch-layout layers (``weight`` of shape ``(out, in)``, ``bias``); the
+        input standardisation ``(x - mean) / scale`` (first ``len(mean)`` inputs) is folded in."""
         ws = [np.asarray(w, dtype=np.float64).T for w, _ in layers]
         bs = [np.asarray(b, dtype=np.float64) for _, b in layers]
-        if normaliser is not None:
+        if mean is not None and scale is not None:
+            m = np.asarray(mean, dtype=np.float32).astype(np.float64)
+            sc = np.asarray(scale, dtype=np.float32).astype(np.float64)
             mean = np.zeros(ws[0].shape[0])
             scale = np.ones(ws[0].shape[0])
-            k = len(normaliser.mean)
-            mean[:k] = normaliser.mean
-            scale[:k] = normaliser.scale
+            mean[: len(m)] = m
+            scale[: len(sc)] = sc
             # (x - m) / s @ W + b  ==  x @ (W / s[:, None]) + (b - (m / s) @ W)
             bs[0] = bs[0] - (mean / scale) @ ws[0]
             ws[0] = ws[0] / scale[:, None]
@@ -137,7 +140,9 @@ class NumpyMlp:
         heads = [net.gpu_head] + [h for h in (net.core_head, net.cap_head) if h is not None]
         hw = np.concatenate([h.weight.detach().numpy() for h in heads], axis=0)
         hb = np.concatenate([h.bias.detach().numpy() for h in heads], axis=0)
-        return cls.from_layers(layers, (hw, hb), normaliser, net.n_inputs)
+        mean = normaliser.mean if normaliser is not None else None
+        scale = normaliser.scale if normaliser is not None else None
+        return cls.from_layers(layers, (hw, hb), mean, scale, net.n_inputs)
 
 
 def sigmoid(z: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:

@@ -138,6 +138,10 @@ def cross_validate(
     return reports_frame(reports)
 
 
+def _has_edge(pairs: pd.DataFrame) -> bool:
+    return bool((pairs["hw_kind"].astype(str) == "edge").any())
+
+
 def _version(hashes: Mapping[str, str], settings: TrainSettings) -> str:
     digest = hashlib.sha256()
     for path in sorted(hashes):
@@ -183,7 +187,23 @@ def train_from_traces(
                                   seed=s.seed, progress=s.progress)
         metrics["cv"] = {"held_out": s.cv_column, "folds": min(s.cv_folds, n_groups), "table5": _records(cv_table)}
 
-    dnn, history = train_dnn(data.x, data.y, config=dnn_config, progress=s.progress)
+    env = None
+    knob_kwargs: dict[str, Any] = {}
+    if s.ppo_timesteps or _has_edge(pairs):
+        from agents.knobs import KnobLevels
+        from agents.ppo import knob_labels, make_env
+
+        env = make_env(frame, s.thresholds)
+        if env.knobs:
+            edge_ids = [t.id for t in env.targets if t.is_edge]
+            n_edge = int(np.isin(data.pairs["target_id"].astype(str), edge_ids).sum())
+            cores, caps = knob_labels(make_env(frame, s.thresholds, targets=edge_ids), data.pairs,
+                                      max_steps=max(1000, 20 * n_edge), seed=s.seed)
+            knob_kwargs = dict(core_labels=cores, cap_labels=caps, knob_levels=KnobLevels())
+            metrics["knob_labels"] = {"edge_pairs": n_edge, "core_labelled": int((cores >= 0).sum()),
+                                      "cap_labelled": int((caps >= 0).sum())}
+
+    dnn, history = train_dnn(data.x, data.y, config=dnn_config, progress=s.progress, **knob_kwargs)
     metrics["dnn_history"] = history.to_dict()
     metrics["dnn_in_sample"] = {k: v for k, v in classification_metrics(data.y, dnn.gpu_probability(data.x)).items()
                                 if k != "calibration"}
@@ -191,14 +211,14 @@ def train_from_traces(
 
     ppo = None
     ppo_config: dict[str, Any] = {}
-    if s.ppo_timesteps:
+    if s.ppo_timesteps and env is not None:
         from agents.ppo import PpoConfig, train_warm_ppo
 
-        cfg = s.ppo or PpoConfig()
-        ppo, ppo_metrics = train_warm_ppo(dnn, pairs, timesteps=s.ppo_timesteps, config=cfg, seed=s.seed,
-                                          thresholds=s.thresholds, progress=s.progress)
+        cfg = s.ppo or PpoConfig.warm()
+        run = train_warm_ppo(dnn, env, timesteps=s.ppo_timesteps, config=cfg, seed=s.seed, progress=s.progress)
+        ppo = run.policy
         ppo_config = cfg.to_dict()
-        metrics["ppo"] = ppo_metrics
+        metrics["ppo"] = run.metrics
         metrics["ppo_in_sample_table5"] = evaluate_policy(ppo, data).to_dict()
 
     meta = ModelMetadata(

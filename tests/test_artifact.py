@@ -116,3 +116,65 @@ def test_thresholds_must_agree(tmp_path, trained):
     meta = ModelMetadata(version="v", seed=0, thresholds=Thresholds().as_dict(), trace_hashes={})
     with pytest.raises(ArtifactError, match="thresholds"):
         save_model(tmp_path / "m", dnn=policy, normaliser=policy.normaliser, thresholds=Thresholds(3.0), metadata=meta)
+
+
+# --- the offline training pipeline and its CLI -------------------------------------------
+
+def _write_traces(tmp_path):
+    from placement.trace import TraceMeta, write_trace
+    from tests.agents_synthetic import synthetic_trace
+
+    a = write_trace(synthetic_trace(16, seed=7, targets=("A", "D", "jetson-nano")), tmp_path / "a.parquet",
+                    TraceMeta(source="simulated", description="test", seed=7))
+    b = write_trace(synthetic_trace(8, seed=8, targets=("B",)).assign(job_id=lambda f: "b-" + f["job_id"]),
+                    tmp_path / "b.csv", TraceMeta(source="simulated", description="test", seed=8))
+    return a, b
+
+
+def test_train_pipeline_dnn_then_ppo(tmp_path):
+    from agents.ppo import PpoConfig, PpoPolicy
+    from agents.training import TrainSettings, train_from_traces
+    from placement.trace import file_sha256
+
+    a, b = _write_traces(tmp_path)
+    settings = TrainSettings(seed=3, dnn=DnnConfig(max_epochs=8), ppo_timesteps=64, cv_column="family", cv_folds=2,
+                             ppo=PpoConfig.warm(n_steps=64, batch_size=32, value_warmup_steps=64, value_warmup_epochs=2),
+                             threads=1)
+    result = train_from_traces([a, b], tmp_path / "model", settings)
+    loaded = load_model(result.path)
+    assert isinstance(loaded.policy, PpoPolicy) and loaded.policy.knobbed
+    meta = loaded.metadata
+    assert meta.trace_hashes == {str(a): file_sha256(a), str(b): file_sha256(b)}
+    assert meta.seed == 3 and meta.thresholds == Thresholds().as_dict() and meta.knob_levels
+    assert meta.metrics["cv"]["held_out"] == "family" and len(meta.metrics["cv"]["table5"]) == 6
+    assert meta.metrics["ppo"]["timesteps"] == 64 and meta.metrics["knob_labels"]["core_labelled"] > 0
+    assert loaded.dnn.net.core_head is not None
+    # same seed, same traces: the same DNN
+    again = train_from_traces([a, b], tmp_path / "model2", settings)
+    data = labelled_set(synthetic_pairs(5, seed=9))
+    np.testing.assert_array_equal(load_model(again.path).dnn.gpu_logit(data.x), loaded.dnn.gpu_logit(data.x))
+
+
+def test_cli_train_and_evaluate(tmp_path):
+    from typer.testing import CliRunner
+
+    from placement.cli import app
+
+    a, b = _write_traces(tmp_path)
+    runner = CliRunner()
+    out = tmp_path / "cli-model"
+    res = runner.invoke(app, ["train", "--traces", str(a), str(b), "--out", str(out), "--ppo-steps", "0",
+                              "--folds", "2", "--cv", "target_id", "--quiet", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "held-out target_id" in res.output and "rule_based" in res.output
+    assert load_model(out).metadata.serving == "dnn"
+    res = runner.invoke(app, ["evaluate", "--traces", str(a), "--model", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert [r["policy"] for r in rows] == ["oracle", "cpu_only", "gpu_only", "random", "rule_based", "dnn"]
+    res = runner.invoke(app, ["evaluate", "--traces", str(a), "--model", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "model directory not found" in res.output
+    res = runner.invoke(app, ["train", "--out", str(out)])
+    assert res.exit_code == 2 and "give at least one trace" in res.output
+    res = runner.invoke(app, ["train", "--traces", str(a), "--out", str(out), "--preset", "fast"])
+    assert res.exit_code == 2 and "--preset" in res.output

@@ -58,7 +58,7 @@ def test_numpy_path_equals_torch(split, trained):
     with torch.no_grad():
         z = policy.net(torch.from_numpy(policy.normaliser.transform(test.x)))[0].numpy()
     np.testing.assert_allclose(policy.gpu_logit(test.x), z, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(policy.predict(test.x)[0], (z >= 0).astype(np.int64))
+    np.testing.assert_array_equal(policy.predict(test.x)[0], (z > 0).astype(np.int64))
     p = policy.gpu_probability(test.x)
     assert p.shape == (len(test),) and np.all((p >= 0) & (p <= 1))
     assert policy.predict(test.x[0])[0] == policy.predict(test.x[:1])[0][0]
@@ -83,7 +83,7 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path, trained, split):
 
 def test_knob_heads_train_where_labels_exist(split):
     train, _ = split
-    levels = KnobLevels(core_counts=(1, 2, 4), cap_fractions=(0.5, 1.0))
+    levels = KnobLevels()
     rng = np.random.default_rng(0)
     cores = np.where(rng.random(len(train)) < 0.5, -1, (train.x[:, 0] > np.median(train.x[:, 0])).astype(int) * 2)
     caps = np.full(len(train), -1)
@@ -91,7 +91,7 @@ def test_knob_heads_train_where_labels_exist(split):
     policy, _ = train_dnn(train.x, train.y, config=DnnConfig(max_epochs=40, seed=0), core_labels=cores,
                           cap_labels=caps, knob_levels=levels)
     core_logits, cap_logits = policy.knob_logits(train.x)
-    assert core_logits.shape == (len(train), 3) and cap_logits.shape == (len(train), 2)
+    assert core_logits.shape == (len(train), 6) and cap_logits.shape == (len(train), 5)
     known = cores >= 0
     assert (np.argmax(core_logits[known], axis=1) == cores[known]).mean() > 0.8
 

@@ -1,0 +1,674 @@
+"""PPO (stable-baselines3) on ``DevicePlacement-v0``, warm-started from the supervised DNN.
+
+Paper A names an RL scheduler as future work; this is it. The PPO actor has the DNN's
+layout (``net_arch=dict(pi=[128, 64], vf=[128, 64])``, ReLU) behind a
+:class:`NormalisedFeatures` extractor holding the DNN's normaliser as fixed buffers, so:
+
+1. **Weight copy** (:func:`copy_dnn_into`): the DNN trunk goes into
+   ``policy.mlp_extractor.policy_net``; its single GPU logit ``z`` becomes the device
+   logits ``[0, z]`` of ``action_net`` (softmax of ``[0, z]`` is exactly ``sigmoid(z)``);
+   on edge targets (``MultiDiscrete([2, 6, 5])``) the DNN's core-level and cap-level heads
+   fill the remaining logits. Before fine-tuning, the warm policy decides exactly as the
+   DNN does (tested).
+2. **Value warm-up** (:func:`warm_up_value`): with the actor frozen, the value network is
+   regressed on returns collected with the warm policy, so the first policy updates use
+   sensible advantages instead of a random critic's.
+3. **Conservative fine-tuning** (:meth:`PpoConfig.warm`): small learning rate (1e-4),
+   tight clip range (0.1) and an early-stopping target KL (0.02), so the warm start is
+   refined rather than destroyed. :meth:`PpoConfig.cold` is SB3's default recipe on the
+   same architecture (orthogonal initialisation), for comparison.
+
+Plain-mode jobs are independent (a contextual bandit), so the default discount is
+``gamma = 0`` (the return is the job's own reward); contention mode couples jobs through
+the GPU queue and should use ``gamma > 0``.
+
+:class:`PpoPolicy` serves through numpy (the actor's weights exported, normalisation folded
+in), like the DNN; :class:`LearningCurve` records reward / Oracle reward on a fixed set of
+jobs during training (:func:`steps_to_fraction` reads off 95 % / 99 %).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from agents.dnn import DnnPolicy
+from agents.knobs import KnobLevels
+from agents.network import NumpyMlp, sigmoid
+from agents.policy import GPU, Policy, as_batch
+from envs.device_placement import (
+    DEFAULT_CAP_LEVEL,
+    DEFAULT_CORE_LEVEL,
+    N_CAP_LEVELS,
+    N_CORE_LEVELS,
+    DevicePlacementEnv,
+)
+from placement.decision import GpuMemCap
+from placement.features import N_FEATURES, Normaliser, build_features
+from placement.hardware import HardwareTarget
+from placement.job import Job
+from placement.threshold import Thresholds
+
+
+# --------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PpoConfig:
+    """PPO hyper-parameters (SB3 names) plus the warm-start's value warm-up.
+
+    ``value_warmup_steps``: environment steps collected with the warm policy to fit the
+    critic (0 = none); ``value_warmup_epochs`` passes over them at ``value_warmup_lr``.
+    """
+
+    hidden: tuple[int, ...] = (128, 64)
+    learning_rate: float = 1e-4
+    n_steps: int = 512
+    batch_size: int = 128
+    n_epochs: int = 4
+    gamma: float = 0.0
+    gae_lambda: float = 0.95
+    clip_range: float = 0.1
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = 0.02
+    value_warmup_steps: int = 2048
+    value_warmup_epochs: int = 30
+    value_warmup_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.n_steps < 2 or self.batch_size < 2:
+            raise ValueError("n_steps and batch_size must be >= 2 (SB3 normalises advantages per batch)")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0.0 < self.clip_range < 1.0:
+            raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl}")
+        if self.value_warmup_steps < 0 or self.value_warmup_epochs < 0:
+            raise ValueError("value_warmup_steps and value_warmup_epochs must be >= 0")
+
+    @classmethod
+    def warm(cls, **overrides: Any) -> PpoConfig:
+        """Conservative fine-tuning of a warm start (the defaults)."""
+        return cls(**overrides)
+
+    @classmethod
+    def cold(cls, **overrides: Any) -> PpoConfig:
+        """SB3's PPO defaults (lr 3e-4, clip 0.2, 10 epochs, batch 64, no target KL) on the same
+        architecture and discount, without a value warm-up."""
+        base: dict[str, Any] = dict(learning_rate=3e-4, clip_range=0.2, n_epochs=10, batch_size=64,
+                                    target_kl=None, value_warmup_steps=0)
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PpoConfig:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+# --------------------------------------------------------------------------------------
+# the network
+# --------------------------------------------------------------------------------------
+class NormalisedFeatures(BaseFeaturesExtractor):
+    """``(obs - mean) / scale`` with fixed buffers (the DNN's normaliser for the first
+    ``N_FEATURES`` entries; contention extras keep mean 0 and scale 1). No parameters."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, observation_space: spaces.Box, mean: list[float], scale: list[float]) -> None:
+        n = int(observation_space.shape[0])
+        super().__init__(observation_space, features_dim=n)
+        m = torch.zeros(n)
+        s = torch.ones(n)
+        m[: len(mean)] = torch.tensor(mean, dtype=torch.float32)
+        s[: len(scale)] = torch.tensor(scale, dtype=torch.float32)
+        self.register_buffer("mean", m)
+        self.register_buffer("scale", s)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return (observations - self.mean) / self.scale
+
+
+def make_ppo(env: gym.Env | Any, normaliser: Normaliser, config: PpoConfig, seed: int) -> PPO:
+    """A PPO agent with the DNN's architecture and normalisation on ``env`` (not yet warm)."""
+    obs_space = env.observation_space
+    if not isinstance(obs_space, spaces.Box) or obs_space.shape is None or obs_space.shape[0] < N_FEATURES:
+        raise ValueError(f"PPO needs a Box observation of >= {N_FEATURES} raw features (DevicePlacement-v0)")
+    policy_kwargs = dict(
+        net_arch=dict(pi=list(config.hidden), vf=list(config.hidden)),
+        activation_fn=nn.ReLU,
+        features_extractor_class=NormalisedFeatures,
+        features_extractor_kwargs=dict(mean=normaliser.mean.tolist(), scale=normaliser.scale.tolist()),
+        share_features_extractor=True,
+    )
+    return PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=config.learning_rate,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        clip_range=config.clip_range,
+        ent_coef=config.ent_coef,
+        vf_coef=config.vf_coef,
+        max_grad_norm=config.max_grad_norm,
+        target_kl=config.target_kl,
+        policy_kwargs=policy_kwargs,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+
+
+def _knobbed(model: PPO) -> bool:
+    return isinstance(model.action_space, spaces.MultiDiscrete)
+
+
+def _action_net(model: PPO) -> nn.Linear:
+    net = model.policy.action_net
+    if not isinstance(net, nn.Linear):
+        raise TypeError(f"expected a linear action head, got {type(net).__name__}")
+    return net
+
+
+def _actor_layers(model: PPO) -> list[nn.Linear]:
+    return [m for m in model.policy.mlp_extractor.policy_net if isinstance(m, nn.Linear)]
+
+
+def _extractor(model: PPO) -> NormalisedFeatures:
+    ext = model.policy.features_extractor
+    if not isinstance(ext, NormalisedFeatures):
+        raise TypeError(f"PPO model was not built by make_ppo (features extractor {type(ext).__name__})")
+    return ext
+
+
+@torch.no_grad()
+def copy_dnn_into(model: PPO, dnn: DnnPolicy) -> None:
+    """Copy the DNN into the PPO actor (see the module docstring). Raises when the layouts differ."""
+    pi_linear = _actor_layers(model)
+    dnn_linear = dnn.net.linear_layers()
+    if [lin.out_features for lin in pi_linear] != [lin.out_features for lin in dnn_linear]:
+        raise ValueError(
+            f"PPO actor layers {[lin.out_features for lin in pi_linear]} differ from the DNN's "
+            f"{[lin.out_features for lin in dnn_linear]}: use PpoConfig(hidden=dnn.config.hidden)"
+        )
+    for k, (dst, src) in enumerate(zip(pi_linear, dnn_linear, strict=True)):
+        if k == 0:
+            dst.weight.zero_()
+            dst.weight[:, : src.in_features] = src.weight  # contention extras start at weight 0
+        else:
+            dst.weight.copy_(src.weight)
+        dst.bias.copy_(src.bias)
+    action_net = _action_net(model)
+    action_net.weight.zero_()
+    action_net.bias.zero_()
+    action_net.weight[1] = dnn.net.gpu_head.weight[0]
+    action_net.bias[1] = dnn.net.gpu_head.bias[0]
+    if _knobbed(model):
+        core_rows = slice(2, 2 + N_CORE_LEVELS)
+        cap_rows = slice(2 + N_CORE_LEVELS, 2 + N_CORE_LEVELS + N_CAP_LEVELS)
+        if dnn.net.core_head is not None and dnn.net.core_head.out_features == N_CORE_LEVELS:
+            action_net.weight[core_rows] = dnn.net.core_head.weight
+            action_net.bias[core_rows] = dnn.net.core_head.bias
+        else:  # no knob labels: start at the default levels (all cores), as the DNN answers
+            action_net.bias[2 + DEFAULT_CORE_LEVEL] = 4.0
+        if dnn.net.cap_head is not None and dnn.net.cap_head.out_features == N_CAP_LEVELS:
+            action_net.weight[cap_rows] = dnn.net.cap_head.weight
+            action_net.bias[cap_rows] = dnn.net.cap_head.bias
+        else:
+            action_net.bias[2 + N_CORE_LEVELS + DEFAULT_CAP_LEVEL] = 4.0
+
+
+def _vec_returns(rewards: np.ndarray, dones: np.ndarray, boot: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted returns of ``(T, n_envs)`` rollouts; ``boot`` = value added at truncations
+    and at the rollout's end (already discounted by nothing)."""
+    out = np.zeros_like(rewards)
+    running = boot[-1]
+    for t in range(len(rewards) - 1, -1, -1):
+        running = np.where(dones[t], boot[t], running)
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def warm_up_value(model: PPO, steps: int, epochs: int, lr: float, seed: int = 0) -> dict[str, float]:
+    """Fit the critic (actor frozen) on ``steps`` transitions of the current policy.
+
+    Returns ``{"value_mse_before", "value_mse_after", "steps"}``. With ``gamma = 0`` the
+    targets are the rewards themselves; otherwise discounted returns bootstrapped with the
+    critic at truncations, refitted each epoch.
+    """
+    venv = model.get_env()
+    if venv is None or steps <= 0 or epochs <= 0:
+        return {"steps": 0}
+    venv.seed(seed)
+    obs = venv.reset()
+    n_envs = venv.num_envs
+    rollout_obs, rewards, dones, final_obs = [], [], [], []
+    for _ in range(max(1, steps // n_envs)):
+        action, _ = model.predict(obs, deterministic=False)  # type: ignore[arg-type]
+        next_obs, reward, done, infos = venv.step(action)
+        rollout_obs.append(obs)
+        rewards.append(reward)
+        dones.append(done)
+        final_obs.append(np.stack([info.get("terminal_observation", nxt) for info, nxt in zip(infos, next_obs, strict=True)]))
+        obs = next_obs
+    x = torch.as_tensor(np.concatenate(rollout_obs), dtype=torch.float32)  # type: ignore[arg-type]
+    r = np.asarray(rewards, dtype=np.float64)
+    d = np.asarray(dones, dtype=bool)
+    finals = torch.as_tensor(np.concatenate(final_obs), dtype=torch.float32)
+    gamma = float(model.gamma)
+    policy = model.policy
+    params = list(policy.mlp_extractor.value_net.parameters()) + list(policy.value_net.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+
+    def targets() -> torch.Tensor:
+        if gamma == 0.0:
+            return torch.as_tensor(r.reshape(-1), dtype=torch.float32)
+        with torch.no_grad():
+            boot = policy.predict_values(finals).numpy().reshape(r.shape)
+        return torch.as_tensor(_vec_returns(r, d, boot, gamma).reshape(-1), dtype=torch.float32)
+
+    def mse(y: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(((policy.predict_values(x).flatten() - y) ** 2).mean())
+
+    y = targets()
+    before = mse(y)
+    policy.set_training_mode(True)
+    for _ in range(epochs):
+        y = targets()
+        perm = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), model.batch_size):
+            idx = perm[start : start + model.batch_size]
+            opt.zero_grad()
+            loss = ((policy.predict_values(x[idx]).flatten() - y[idx]) ** 2).mean()
+            loss.backward()
+            opt.step()
+    policy.set_training_mode(False)
+    return {"steps": int(len(x)), "value_mse_before": before, "value_mse_after": mse(targets())}
+
+
+def warm_start(dnn: DnnPolicy, env: gym.Env | Any, config: PpoConfig | None = None, seed: int = 0) -> tuple[PPO, dict[str, float]]:
+    """A PPO agent on ``env`` whose actor is the DNN and whose critic is warmed up."""
+    cfg = config or PpoConfig.warm()
+    if cfg.hidden != dnn.config.hidden:
+        cfg = replace(cfg, hidden=dnn.config.hidden)
+    model = make_ppo(env, dnn.normaliser, cfg, seed)
+    copy_dnn_into(model, dnn)
+    warm = warm_up_value(model, cfg.value_warmup_steps, cfg.value_warmup_epochs, cfg.value_warmup_lr, seed)
+    return model, warm
+
+
+# --------------------------------------------------------------------------------------
+# serving
+# --------------------------------------------------------------------------------------
+class PpoPolicy(Policy):
+    """A trained SB3 PPO agent as a placement policy, decisions by numpy (the actor's weights).
+
+    ``predict`` answers the device (0/1) like every :class:`~agents.policy.Policy`;
+    :meth:`env_action` answers the environment's full action (``[device, core_level,
+    cap_level]`` on a knob environment).
+    """
+
+    name = "ppo"
+
+    def __init__(self, model: PPO, knob_levels: KnobLevels | None = None) -> None:
+        self.model = model
+        self.knobbed = _knobbed(model)
+        self.knob_levels = knob_levels if knob_levels is not None else (KnobLevels() if self.knobbed else None)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-export the numpy weights (after the SB3 model was trained further)."""
+        extractor = _extractor(self.model)
+        layers = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in _actor_layers(self.model)]
+        action_net = _action_net(self.model)
+        head = (action_net.weight.detach().numpy(), action_net.bias.detach().numpy())
+        self.mlp = NumpyMlp.from_layers(layers, head, extractor.mean.numpy(), extractor.scale.numpy(),
+                                        int(extractor.mean.shape[0]))
+
+    def gpu_logit(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        batch, _ = as_batch(obs)
+        logits = self.mlp.logits(self._pad(batch))
+        return logits[:, 1] - logits[:, 0]
+
+    def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        return sigmoid(self.gpu_logit(obs))
+
+    def predict(
+        self, obs: npt.ArrayLike, state: object = None, episode_start: object = None, deterministic: bool = True
+    ) -> tuple[npt.NDArray[np.int64], None]:
+        batch, single = as_batch(obs)
+        logits = self.mlp.logits(self._pad(batch))
+        actions = (logits[:, 1] > logits[:, 0]).astype(np.int64)  # argmax, ties to CPU as SB3 does
+        return (actions[0] if single else actions), None
+
+    def env_action(self, obs: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Deterministic environment actions: ``(n,)`` devices or ``(n, 3)`` with knob levels."""
+        batch, single = as_batch(obs)
+        logits = self.mlp.logits(self._pad(batch))
+        device = (logits[:, 1] > logits[:, 0]).astype(np.int64)
+        if not self.knobbed:
+            return device[0] if single else device
+        core = np.argmax(logits[:, 2 : 2 + N_CORE_LEVELS], axis=1)
+        cap = np.argmax(logits[:, 2 + N_CORE_LEVELS :], axis=1)
+        out = np.stack([device, core, cap], axis=1).astype(np.int64)
+        return out[0] if single else out
+
+    def _pad(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Contention-mode models take extras after the features; plain feature rows get zeros."""
+        n_in = self.mlp.n_inputs
+        if batch.shape[1] < n_in:
+            if batch.shape[1] != N_FEATURES:
+                raise ValueError(f"observation has {batch.shape[1]} entries, the PPO policy needs {n_in}")
+            batch = np.concatenate([batch, np.zeros((batch.shape[0], n_in - N_FEATURES), dtype=np.float32)], axis=1)
+        return batch
+
+    def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, GpuMemCap]:
+        if not self.knobbed or not target.is_edge or self.knob_levels is None:
+            return super().knobs(job, target, device)
+        action = self.env_action(build_features(job, target))
+        return self.knob_levels.knobs(target, int(action[1]), int(action[2]), gpu=device == GPU)
+
+    def save(self, path: Path) -> None:
+        self.model.save(str(path))
+
+
+def load_ppo_policy(path: Path, knob_levels: KnobLevels | None = None) -> PpoPolicy:
+    """Load a PPO zip written by :meth:`PpoPolicy.save` (unpickles: verify the file first,
+    as :func:`agents.artifact.load_model` does)."""
+    model = PPO.load(str(path), device="cpu")
+    return PpoPolicy(model, knob_levels)
+
+
+# --------------------------------------------------------------------------------------
+# evaluation on a fixed set of jobs, learning curves
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalJobs:
+    """A fixed set of environment jobs: observations, the reward of every action (flat index
+    as the environment numbers them) and the Oracle's reward, for fast, exact scoring."""
+
+    obs: npt.NDArray[np.float32]
+    rewards: npt.NDArray[np.float64]
+    oracle_reward: npt.NDArray[np.float64]
+    knobbed: bool
+
+    def flat_index(self, actions: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        a = np.asarray(actions, dtype=np.int64)
+        if not self.knobbed:
+            return a.reshape(-1)
+        if a.ndim == 1:  # device only: default knob levels
+            return (a * N_CORE_LEVELS + DEFAULT_CORE_LEVEL) * N_CAP_LEVELS + DEFAULT_CAP_LEVEL
+        return (a[:, 0] * N_CORE_LEVELS + a[:, 1]) * N_CAP_LEVELS + a[:, 2]
+
+    def reward_ratio(self, actions: npt.ArrayLike) -> float:
+        """Mean reward of ``actions`` over the Oracle's mean reward (1.0 = Oracle)."""
+        k = self.flat_index(actions)
+        got = self.rewards[np.arange(len(k)), k]
+        return float(got.mean() / self.oracle_reward.mean())
+
+
+def collect_eval_jobs(env: DevicePlacementEnv, n: int, seed: int) -> EvalJobs:
+    """Step ``env`` ``n`` times along the Oracle's actions, recording each job's observation
+    and the rewards of all actions (plain mode: jobs are independent of the actions)."""
+    if env.contention:
+        raise ValueError("collect_eval_jobs needs a plain-mode environment (contention couples jobs)")
+    obs, _ = env.reset(seed=seed)
+    xs, rs, orc = [], [], []
+    for _ in range(n):
+        rewards = env.action_rewards()
+        xs.append(obs)
+        rs.append(rewards)
+        orc.append(rewards.max())
+        obs, _, _, truncated, _ = env.step(env.oracle_action())
+        if truncated:
+            obs, _ = env.reset()
+    return EvalJobs(np.asarray(xs, dtype=np.float32), np.asarray(rs), np.asarray(orc), env.knobs)
+
+
+def model_actions(model: PPO, obs: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    """SB3's own deterministic actions (torch path)."""
+    actions, _ = model.predict(obs, deterministic=True)
+    return np.asarray(actions, dtype=np.int64)
+
+
+@dataclass
+class CurvePoint:
+    steps: int
+    reward_ratio: float
+
+
+class LearningCurve(BaseCallback):
+    """Every ``every`` environment steps, the deterministic policy's reward / Oracle reward on
+    ``jobs``. ``offset`` adds steps spent before ``learn`` (the value warm-up)."""
+
+    def __init__(self, jobs: EvalJobs, every: int, offset: int = 0) -> None:
+        super().__init__()
+        self.jobs = jobs
+        self.every = max(1, int(every))
+        self.offset = int(offset)
+        self.points: list[CurvePoint] = []
+        self._next = 0
+
+    def record(self, steps: int) -> None:
+        actions, _ = self.model.predict(self.jobs.obs, deterministic=True)
+        self.points.append(CurvePoint(steps, self.jobs.reward_ratio(actions)))
+
+    def _on_training_start(self) -> None:
+        if not self.points:
+            self.record(self.offset)
+        self._next = self.every
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self.record(self.offset + self.num_timesteps)
+            self._next += self.every
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.points or self.points[-1].steps != self.offset + self.num_timesteps:
+            self.record(self.offset + self.num_timesteps)
+
+
+def steps_to_fraction(points: list[CurvePoint], fraction: float) -> int | None:
+    """The first recorded step count whose reward ratio reaches ``fraction`` (``None``: never)."""
+    for p in points:
+        if p.reward_ratio >= fraction:
+            return p.steps
+    return None
+
+
+class _Stopper(BaseCallback):
+    def __init__(self, stop: Callable[[], bool]) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def _on_step(self) -> bool:
+        return not self.stop()
+
+
+def train_curve(
+    model: PPO, jobs: EvalJobs, timesteps: int, *, every: int, offset: int = 0, stop_at: float | None = None,
+    progress: bool = False,
+) -> list[CurvePoint]:
+    """``model.learn(timesteps)`` recording a :class:`LearningCurve`; stops early once the ratio
+    reaches ``stop_at`` (when given)."""
+    curve = LearningCurve(jobs, every, offset)
+    callbacks: list[BaseCallback] = [curve]
+    if stop_at is not None:
+        callbacks.append(_Stopper(lambda: bool(curve.points) and curve.points[-1].reward_ratio >= stop_at))
+    model.learn(total_timesteps=timesteps, callback=CallbackList(callbacks), progress_bar=progress)
+    return curve.points
+
+
+# --------------------------------------------------------------------------------------
+# training entry points
+# --------------------------------------------------------------------------------------
+@dataclass
+class PpoRun:
+    policy: PpoPolicy
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def knob_labels(env: DevicePlacementEnv, keys: pd.DataFrame, max_steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Oracle's core and cap levels per ``(job_id, target_id)`` row of ``keys``, read from
+    ``env`` (its knob reward decides what is best); ``-1`` where unknown (non-edge targets,
+    rows not drawn within ``max_steps``, caps of CPU placements)."""
+    n = len(keys)
+    cores = np.full(n, -1, dtype=np.int64)
+    caps = np.full(n, -1, dtype=np.int64)
+    if not env.knobs:
+        return cores, caps
+    edge_ids = {t.id for t in env.targets if t.is_edge}
+    index = {(str(j), str(t)): i for i, (j, t) in enumerate(zip(keys["job_id"], keys["target_id"], strict=True))
+             if str(t) in edge_ids}
+    todo = set(index.values())
+    _, info = env.reset(seed=seed)
+    for _ in range(max_steps):
+        if not todo:
+            break
+        key = (str(info["job_id"]), str(info["target_id"]))
+        action = env.oracle_action()
+        i = index.get(key)
+        if i is not None and i in todo:
+            a = np.asarray(action).reshape(-1)
+            cores[i] = int(a[1])
+            caps[i] = int(a[2]) if int(a[0]) == GPU else -1
+            todo.discard(i)
+        _, _, _, truncated, info = env.step(action)
+        if truncated:
+            _, info = env.reset()
+    return cores, caps
+
+
+def train_warm_ppo(
+    dnn: DnnPolicy,
+    env: DevicePlacementEnv,
+    *,
+    timesteps: int,
+    config: PpoConfig | None = None,
+    seed: int = 0,
+    eval_jobs: int = 2048,
+    progress: bool = False,
+) -> PpoRun:
+    """Warm-start PPO from ``dnn`` on ``env`` and fine-tune for ``timesteps`` steps, recording the
+    reward ratio to the Oracle on a fixed set of jobs before and after."""
+    cfg = config or PpoConfig.warm()
+    eval_env = DevicePlacementEnv(env.source, targets=list(env.targets), thresholds=env.thresholds)
+    jobs = collect_eval_jobs(eval_env, eval_jobs, seed + 10_000)
+    model, warm = warm_start(dnn, env, cfg, seed)
+    every = max(cfg.n_steps, timesteps // 20) if timesteps else 1
+    points = train_curve(model, jobs, timesteps, every=every, offset=int(warm.get("steps", 0)), progress=progress)
+    policy = PpoPolicy(model, KnobLevels() if env.knobs else None)
+    dnn_ratio = jobs.reward_ratio(env_actions(dnn, jobs.obs, jobs.knobbed))
+    metrics = {
+        "timesteps": timesteps,
+        "value_warmup": warm,
+        "eval_jobs": eval_jobs,
+        "dnn_reward_ratio": dnn_ratio,
+        "reward_ratio_start": points[0].reward_ratio if points else None,
+        "reward_ratio_end": jobs.reward_ratio(policy.env_action(jobs.obs)) if eval_jobs else None,
+        "curve": [asdict(p) for p in points],
+        "knob_actions": bool(env.knobs),
+        "env": env.provenance(),
+    }
+    return PpoRun(policy, metrics)
+
+
+def env_actions(policy: Policy, obs: npt.NDArray[np.float32], knobbed: bool) -> npt.NDArray[np.int64]:
+    """Environment actions of any policy: its ``env_action`` when it has one; a DNN with knob
+    heads answers its argmax levels; other policies the device at default knob levels."""
+    if isinstance(policy, PpoPolicy):
+        return np.asarray(policy.env_action(obs))
+    device = np.asarray(policy.predict(obs)[0], dtype=np.int64).reshape(-1)
+    if not knobbed:
+        return device
+    if isinstance(policy, DnnPolicy) and policy.net.core_head is not None and policy.net.cap_head is not None:
+        core_logits, cap_logits = policy.knob_logits(obs)
+        return np.stack([device, np.argmax(core_logits, axis=1), np.argmax(cap_logits, axis=1)], axis=1)
+    return np.stack([device, np.full_like(device, DEFAULT_CORE_LEVEL), np.full_like(device, DEFAULT_CAP_LEVEL)], axis=1)
+
+
+def make_env(
+    source: Any, thresholds: Thresholds | None = None, targets: list[str] | None = None, **kwargs: Any
+) -> DevicePlacementEnv:
+    """``DevicePlacement-v0`` (unwrapped) on a trace frame/path or ``"model"``."""
+    return DevicePlacementEnv(source, targets=targets, thresholds=thresholds, **kwargs)
+
+
+def fine_tune(loaded: Any, env: DevicePlacementEnv | gym.Env, total_timesteps: int, seed: int = 0,
+              config: PpoConfig | None = None) -> PpoPolicy:
+    """Continue training a loaded model (:class:`agents.artifact.LoadedModel`) on ``env``, e.g.
+    one replaying feedback-derived traces, conservatively; returns a new serving policy.
+
+    When the loaded PPO's spaces match ``env`` its agent continues (same optimiser recipe);
+    otherwise (no PPO saved, or another action space: e.g. no edge target online) a fresh
+    agent is warm-started from the model's DNN.
+    """
+    if total_timesteps < 0:
+        raise ValueError(f"total_timesteps must be >= 0, got {total_timesteps}")
+    cfg = config or PpoConfig.warm()
+    ppo: PpoPolicy | None = getattr(loaded, "ppo", None)
+    if ppo is not None and ppo.model.observation_space == env.observation_space and ppo.model.action_space == env.action_space:
+        model = ppo.model
+        model.set_env(env)
+        model.set_random_seed(seed)
+        model.learn(total_timesteps=total_timesteps, reset_num_timesteps=False)
+        return PpoPolicy(model, ppo.knob_levels)
+    model, _ = warm_start(loaded.dnn, env, cfg, seed)
+    if ppo is not None:
+        _copy_actor(ppo.model, model)
+    model.learn(total_timesteps=total_timesteps)
+    knobbed = isinstance(env.action_space, spaces.MultiDiscrete)
+    return PpoPolicy(model, KnobLevels() if knobbed else None)
+
+
+@torch.no_grad()
+def _copy_actor(src: PPO, dst: PPO) -> None:
+    """Copy a trained actor between agents whose action spaces differ (device logits always;
+    knob logits when both have them)."""
+    s_pi = _actor_layers(src)
+    d_pi = _actor_layers(dst)
+    if [m.weight.shape for m in s_pi[1:]] != [m.weight.shape for m in d_pi[1:]]:
+        return
+    n = min(s_pi[0].in_features, d_pi[0].in_features)
+    d_pi[0].weight.zero_()
+    d_pi[0].weight[:, :n] = s_pi[0].weight[:, :n]
+    d_pi[0].bias.copy_(s_pi[0].bias)
+    for s, d in zip(s_pi[1:], d_pi[1:], strict=True):
+        d.weight.copy_(s.weight)
+        d.bias.copy_(s.bias)
+    s_head, d_head = _action_net(src), _action_net(dst)
+    rows = min(s_head.out_features, d_head.out_features) if _knobbed(src) and _knobbed(dst) else 2
+    d_head.weight[:rows] = s_head.weight[:rows]
+    d_head.bias[:rows] = s_head.bias[:rows]

@@ -1,0 +1,136 @@
+"""PPO warm-started from the DNN: exact weight copy, value warm-up, tiny-budget training, fine-tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.artifact import ModelMetadata, load_model, save_model
+from agents.dnn import DnnConfig, train_dnn
+from agents.evaluation import labelled_set
+from agents.knobs import KnobLevels
+from agents.ppo import (
+    CurvePoint,
+    PpoConfig,
+    PpoPolicy,
+    collect_eval_jobs,
+    env_actions,
+    fine_tune,
+    knob_labels,
+    make_env,
+    make_ppo,
+    model_actions,
+    steps_to_fraction,
+    train_curve,
+    train_warm_ppo,
+    warm_start,
+)
+from envs.device_placement import CORE_GRID, cap_levels
+from placement.catalogue import get_target
+from placement.threshold import Thresholds
+from placement.trace import pair_outcomes, validate
+from tests.agents_synthetic import synthetic_trace
+
+torch.set_num_threads(1)
+TINY = PpoConfig.warm(n_steps=64, batch_size=32, n_epochs=2, value_warmup_steps=64, value_warmup_epochs=5)
+
+
+@pytest.fixture(scope="module")
+def desktop():
+    runs = validate(synthetic_trace(40, seed=5, targets=("A", "D", "h100-host")))
+    data = labelled_set(pair_outcomes(runs))
+    dnn, _ = train_dnn(data.x, data.y, config=DnnConfig(max_epochs=40, seed=0))
+    return runs, data, dnn
+
+
+@pytest.fixture(scope="module")
+def edge():
+    runs = validate(synthetic_trace(24, seed=6, targets=("A", "jetson-nano", "orin-nano")))
+    data = labelled_set(pair_outcomes(runs))
+    cores, caps = knob_labels(make_env(runs, targets=["jetson-nano", "orin-nano"]), data.pairs, 3000, seed=0)
+    dnn, _ = train_dnn(data.x, data.y, config=DnnConfig(max_epochs=40, seed=0), core_labels=cores,
+                       cap_labels=caps, knob_levels=KnobLevels())
+    return runs, data, dnn, cores
+
+
+def test_warm_policy_reproduces_dnn_decisions_exactly(desktop):
+    runs, data, dnn = desktop
+    env = make_env(runs)
+    model, warm = warm_start(dnn, env, TINY, seed=0)
+    jobs = collect_eval_jobs(make_env(runs), 300, seed=1)
+    policy = PpoPolicy(model)
+    for obs in (data.x, jobs.obs):
+        expected = dnn.predict(obs)[0]
+        np.testing.assert_array_equal(policy.predict(obs)[0], expected)  # numpy path
+        np.testing.assert_array_equal(model_actions(model, obs), expected)  # SB3's torch path
+    # softmax([0, z]) == sigmoid(z): the same probabilities
+    np.testing.assert_allclose(policy.gpu_probability(data.x), dnn.gpu_probability(data.x), rtol=1e-5, atol=1e-6)
+    assert warm["steps"] == 64 and warm["value_mse_after"] < warm["value_mse_before"]
+    assert jobs.reward_ratio(policy.env_action(jobs.obs)) == pytest.approx(jobs.reward_ratio(dnn.predict(jobs.obs)[0]))
+
+
+def test_edge_warm_start_copies_knob_heads(edge):
+    runs, data, dnn, cores = edge
+    assert (cores >= 0).sum() > 10 and set(cores[cores >= 0]) <= set(range(len(CORE_GRID)))
+    env = make_env(runs)
+    assert env.knobs
+    model, _ = warm_start(dnn, env, TINY, seed=0)
+    policy = PpoPolicy(model)
+    actions = policy.env_action(data.x)
+    np.testing.assert_array_equal(actions, env_actions(dnn, data.x, True))
+    np.testing.assert_array_equal(model_actions(model, data.x), actions)
+    # decide() on an edge target answers grid knobs
+    nano = get_target("jetson-nano")
+    row = data.pairs.index[data.pairs["target_id"] == "jetson-nano"][0]
+    from placement.job import Job
+
+    p = data.pairs.loc[row]
+    job = Job(family=p["family"], mode=p["mode"], batch_size=int(p["batch_size"]), flops_per_batch=float(p["flops_per_batch"]),
+              param_count=int(p["param_count"]), input_elems_per_sample=int(p["input_elems_per_sample"]),
+              input_bytes_per_sample=int(p["input_bytes_per_sample"]))
+    decision = policy.decide(job, nano)
+    assert decision.cpu_cores in {min(c, nano.cpu_cores) for c in CORE_GRID}
+    assert decision.device == "cpu" or decision.gpu_mem_cap in cap_levels(nano)
+    assert dnn.decide(job, nano) == decision
+
+
+def test_tiny_budget_warm_and_cold_training(desktop):
+    runs, _, dnn = desktop
+    env = make_env(runs)
+    run = train_warm_ppo(dnn, env, timesteps=64, config=TINY, seed=0, eval_jobs=128)
+    assert run.metrics["timesteps"] == 64 and len(run.metrics["curve"]) >= 2
+    assert run.metrics["reward_ratio_start"] == pytest.approx(run.metrics["dnn_reward_ratio"])
+    assert -1.0 <= run.metrics["reward_ratio_end"] <= 1.0 + 1e-9
+    cold = make_ppo(make_env(runs), dnn.normaliser, PpoConfig.cold(n_steps=64, batch_size=32), seed=0)
+    points = train_curve(cold, collect_eval_jobs(make_env(runs), 128, seed=2), 64, every=32)
+    assert [p.steps for p in points][0] == 0 and points[-1].steps == 64
+    assert steps_to_fraction([CurvePoint(0, 0.5), CurvePoint(10, 0.96), CurvePoint(20, 0.99)], 0.95) == 10
+    assert steps_to_fraction([CurvePoint(0, 0.5)], 0.95) is None
+
+
+def test_fine_tune_continues_or_rewarms(tmp_path, desktop, edge):
+    runs, _, dnn = desktop
+    run = train_warm_ppo(dnn, make_env(runs), timesteps=64, config=TINY, seed=0, eval_jobs=64)
+    th = Thresholds()
+    meta = ModelMetadata(version="t", seed=0, thresholds=th.as_dict(), trace_hashes={})
+    path = save_model(tmp_path / "m", dnn=dnn, ppo=run.policy, normaliser=dnn.normaliser, thresholds=th, metadata=meta)
+    loaded = load_model(path)
+    assert isinstance(loaded.policy, PpoPolicy) and loaded.metadata.serving == "ppo"
+    np.testing.assert_array_equal(loaded.policy.predict(runs_x := labelled_set(pair_outcomes(runs)).x)[0],
+                                  run.policy.predict(runs_x)[0])
+    tuned = fine_tune(loaded, make_env(runs), total_timesteps=64, seed=1, config=TINY)
+    assert isinstance(tuned, PpoPolicy) and tuned.model.num_timesteps >= 64
+    # another action space (edge targets online): a fresh agent warm-started from the DNN
+    edge_runs = edge[0]
+    other = fine_tune(loaded, make_env(edge_runs), total_timesteps=64, seed=1, config=TINY)
+    assert other.knobbed and other.env_action(runs_x[:3]).shape == (3, 3)
+
+
+def test_bad_configs_are_named():
+    with pytest.raises(ValueError, match="clip_range"):
+        PpoConfig(clip_range=1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        PpoConfig(gamma=2.0)
+    with pytest.raises(ValueError, match="target_kl"):
+        PpoConfig(target_kl=0.0)
