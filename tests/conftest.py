@@ -23,3 +23,80 @@ def example_job():
         input_elems_per_sample=3 * 224 * 224,
         input_bytes_per_sample=3 * 224 * 224 * 4,
     )
+
+
+# --- serve: a trained model, a simulated world of job outcomes, one Ray Serve app per session ---
+
+
+@pytest.fixture(scope="session")
+def serve_model_dir(tmp_path_factory):
+    """A small placement model trained for the serve tests: the supervised DNN on a simulated
+    trace of 300 jobs on catalogue targets A, B (desktop) and agx-orin (edge), seed 0."""
+    import torch
+
+    from agents.dnn import DnnConfig
+    from agents.training import TrainSettings, train_from_traces
+    from placement.catalogue import get_target
+    from placement.simulate import write_simulated
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("serve_model")
+    targets = [get_target(t) for t in ("A", "B", "agx-orin")]
+    trace = write_simulated(root / "sim.parquet", targets, 300, seed=0, core_grid=(1, 2, 4), cap_fracs=(0.5,))
+    settings = TrainSettings(seed=0, cv_folds=0, threads=1, dnn=DnnConfig(max_epochs=80), version="serve-test-dnn")
+    return train_from_traces([trace], root / "model", settings).path
+
+
+class ServeWorld:
+    """Outcomes of placed jobs, as a client would measure them: the performance model with
+    noise stands in for real runs (energy 'modelled'); ``gpu_slowdown`` scripts drift."""
+
+    def __init__(self, seed: int = 0) -> None:
+        import numpy as np
+
+        from placement.perfmodel import PerformanceModel
+
+        self.model = PerformanceModel()
+        self.rng = np.random.default_rng(seed)
+        self.gpu_slowdown = 1.0
+
+    def outcome(self, job, target, device: str, noise: bool = True) -> dict:
+        import numpy as np
+
+        from placement.perfmodel import model_columns
+
+        pred = self.model.predict_columns(model_columns(job, target), device, np.nan, np.nan, self.rng if noise else None)
+        if not pred.feasible[0]:
+            return {"device": device, "feasible": False, "infeasible_reason": str(pred.infeasible_reason[0])}
+        t = float(pred.time_per_batch_s[0]) * (self.gpu_slowdown if device == "gpu" else 1.0)
+        out = {"device": device, "n_samples": job.batch_size, "time_total_s": t,
+               "avg_cpu_power_w": float(pred.avg_cpu_power_w[0]), "cpu_power_method": "modelled"}
+        if device == "gpu":
+            out.update(avg_gpu_power_w=float(pred.avg_gpu_power_w[0]), gpu_power_method="modelled")
+        return out
+
+    def speedup(self, job, target) -> float:
+        cpu = self.outcome(job, target, "cpu", noise=False)
+        gpu = self.outcome(job, target, "gpu", noise=False)
+        if "time_total_s" not in cpu or "time_total_s" not in gpu:
+            return float("nan")
+        return cpu["time_total_s"] / gpu["time_total_s"]
+
+    def jobs(self, n: int, seed: int = 5) -> list:
+        import numpy as np
+
+        from placement.job import Job
+        from placement.simulate import generate_jobs
+
+        frame = generate_jobs(n, np.random.default_rng(seed))
+        return [
+            Job(name=r.model, family=r.family, mode=r.mode, batch_size=r.batch_size, flops_per_batch=r.flops_per_batch,
+                param_count=r.param_count, input_elems_per_sample=r.input_elems_per_sample,
+                input_bytes_per_sample=r.input_bytes_per_sample)
+            for r in frame.itertuples()
+        ]
+
+
+@pytest.fixture
+def serve_world():
+    return ServeWorld(seed=0)

@@ -1,0 +1,621 @@
+"""The placement service as a library (no Ray, no HTTP): policy, exploration, predictions, storage.
+
+:class:`Placer` answers a :class:`~serve.schemas.PlacementRequest` for one job or a batch,
+vectorised over the batch:
+
+1. **Target**: a catalogue id, ``"local"`` (this host, probed once) or a full description.
+2. **Policy**: the serving version's ``gpu_probability`` on the raw features
+   (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``. A target without a
+   GPU is always CPU (``decided_by='no_gpu'``).
+3. **Per-request thresholds**: the policy was trained for one joint threshold (its
+   ``thresholds``). When a request (or the service settings) asks for another ``T_t`` /
+   ``T_e``, the decision is the joint threshold applied to the performance model's
+   predicted speedup and energy ratio (``decided_by='thresholds'``); ``gpu_probability``
+   still reports the policy's belief under its own thresholds.
+4. **Maximum slowdown**: with ``max_slowdown = m`` the chosen device may be at most ``m``
+   times slower than the other by the performance model; a choice that breaks it is
+   switched (``decided_by='max_slowdown'``).
+5. **Exploration** (bounded, recorded): with probability ``exploration_rate`` (at most
+   :data:`serve.settings.MAX_EXPLORATION_RATE`) the other device is tried -- only for
+   policy decisions on GPU targets, only when the policy is unsure
+   (``|p - 0.5| < explore_band``), never when the flip is predicted infeasible (OOM) or
+   would break ``max_slowdown``, never when the request says ``explore=false``. Each
+   decision stores ``explored`` and the propensity of the action taken (for off-policy
+   evaluation).
+6. **Knobs**: on edge targets the policy's :meth:`~agents.policy.Policy.knobs` (cores, GPU
+   memory cap); elsewhere all cores and ``"grow"``.
+7. **Storage**: the batch is committed to the :class:`~serve.store.Store` before the
+   answer is returned.
+
+Predictions (``predicted_speedup``, ``predicted_energy_ratio``) come from
+:class:`placement.perfmodel.PerformanceModel` at default knobs and are ``modelled``.
+
+Feedback (:meth:`Placer.feedback`) is checked against the stored decision and stored once.
+Policy versions swap atomically (:meth:`Placer.swap`): a request in flight finishes on the
+version it started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydantic_core
+
+from agents.policy import Policy
+from placement.catalogue import default_catalogue
+from placement.decision import GROW
+from placement.features import feature_matrix
+from placement.hardware import HardwareTarget
+from placement.job import Job
+from placement.outcome import Device
+from placement.perfmodel import PerformanceModel
+from placement.threshold import Thresholds, joint_threshold
+from serve.schemas import (
+    LOCAL_TARGET,
+    FeedbackRequest,
+    FeedbackResponse,
+    PlacementRequest,
+    PlacementResponse,
+    ReportedOutcome,
+    column_length,
+)
+from serve.settings import Settings
+from serve.store import DecisionBatch, Store, UnknownDecision, iso
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """A request that is well-formed JSON but cannot be served; ``field`` names the culprit (answered 422)."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+class NotFound(InputError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message, status=404)
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """One servable policy version: the policy, the thresholds it was trained for, its metrics."""
+
+    version: str
+    policy: Policy
+    thresholds: Thresholds
+    metrics: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    loaded: Any = None
+    """The :class:`agents.artifact.LoadedModel` it came from (the learner fine-tunes it)."""
+
+
+def load_bundle(path: Path, version: str | None = None) -> PolicyBundle:
+    """Load a model directory (:func:`agents.artifact.load_model`) as a servable bundle."""
+    from agents.artifact import load_model
+
+    loaded = load_model(Path(path))
+    return PolicyBundle(
+        version=version or loaded.metadata.version,
+        policy=loaded.policy,
+        thresholds=loaded.thresholds,
+        metrics=dict(loaded.metadata.metrics),
+        path=Path(path),
+        loaded=loaded,
+    )
+
+
+def _same_thresholds(a: Thresholds, b: Thresholds) -> bool:
+    return (
+        math.isclose(a.speedup_min, b.speedup_min, rel_tol=1e-12)
+        and math.isclose(a.energy_ratio_max, b.energy_ratio_max, rel_tol=1e-12)
+        and a.missing_power == b.missing_power
+    )
+
+
+_JOB_FIELDS = ("name", "family", "mode", "batch_size", "flops_per_batch", "param_count", "input_elems_per_sample",
+               "input_bytes_per_sample", "dataset_size")
+
+
+@dataclass(frozen=True)
+class JobBatch:
+    """``n`` jobs as columns: ``text`` (name, family, mode) and ``numeric`` (float64; ``dataset_size``
+    NaN where unknown). ``jobs`` keeps the typed records when the request sent them."""
+
+    n: int
+    text: dict[str, list[str]]
+    numeric: dict[str, npt.NDArray[np.float64]]
+    jobs: Sequence[Job] | None = None
+
+    @classmethod
+    def from_jobs(cls, jobs: Sequence[Job]) -> JobBatch:
+        rows = [
+            (j.name, j.family, j.mode, j.batch_size, j.flops_per_batch, j.param_count, j.input_elems_per_sample,
+             j.input_bytes_per_sample, -1 if j.dataset_size is None else j.dataset_size)
+            for j in jobs
+        ]
+        columns = dict(zip(_JOB_FIELDS, (list(c) for c in zip(*rows, strict=True)), strict=True))
+        return cls._build(len(jobs), columns, jobs)
+
+    @classmethod
+    def from_columns(cls, columns: Any) -> JobBatch:
+        n = column_length(columns)
+        data = {name: getattr(columns, name) for name in _JOB_FIELDS}
+        if data["name"] is None:
+            data["name"] = ["job"] * n
+        data["dataset_size"] = [-1] * n if data["dataset_size"] is None else [-1 if v is None else v for v in data["dataset_size"]]
+        return cls._build(n, data, None)
+
+    @classmethod
+    def _build(cls, n: int, columns: Mapping[str, Any], jobs: Sequence[Job] | None) -> JobBatch:
+        text = {k: [str(v) for v in columns[k]] if k != "name" else list(columns[k]) for k in ("name", "family", "mode")}
+        numeric = {k: np.asarray(columns[k], dtype=np.float64) for k in _JOB_FIELDS[3:]}
+        numeric["dataset_size"] = np.where(numeric["dataset_size"] > 0, numeric["dataset_size"], np.nan)
+        return cls(n, text, numeric, jobs)
+
+    def job(self, i: int) -> Job:
+        if self.jobs is not None:
+            return self.jobs[i]
+        ds = self.numeric["dataset_size"][i]
+        return Job.model_construct(
+            name=self.text["name"][i], family=self.text["family"][i], mode=self.text["mode"][i],
+            batch_size=int(self.numeric["batch_size"][i]), flops_per_batch=float(self.numeric["flops_per_batch"][i]),
+            param_count=int(self.numeric["param_count"][i]),
+            input_elems_per_sample=int(self.numeric["input_elems_per_sample"][i]),
+            input_bytes_per_sample=int(self.numeric["input_bytes_per_sample"][i]),
+            dataset_size=None if not math.isfinite(ds) else int(ds),
+        )
+
+    def model_columns(self, target: HardwareTarget) -> dict[str, Any]:
+        """What :func:`feature_matrix` and :meth:`PerformanceModel.predict_columns` read (all
+        cores; ``hw_*`` broadcast)."""
+        n = self.n
+        cols: dict[str, Any] = {
+            "family": np.asarray(self.text["family"], dtype=object),
+            "mode": np.asarray(self.text["mode"], dtype=object),
+            "model": np.asarray(self.text["name"], dtype=object),
+            **{k: v for k, v in self.numeric.items() if k != "dataset_size"},
+        }
+        scalars = {
+            "hw_cpu_cores": target.cpu_cores, "hw_cpu_gflops": target.cpu_gflops, "hw_cpu_tdp_w": target.cpu_tdp_w,
+            "hw_ram_gib": target.ram_gib, "hw_gpu_gflops": target.gpu_gflops, "hw_gpu_mem_gib": target.gpu_mem_gib,
+            "hw_gpu_tdp_w": target.gpu_tdp_w, "hw_host_link_gbs": target.host_link_gbs,
+            "hw_cpu_mem_bw_gbs": target.cpu_mem_bw_gbs, "hw_gpu_mem_bw_gbs": target.gpu_mem_bw_gbs,
+            "hw_cpu_idle_w": target.cpu_idle_w, "hw_gpu_idle_w": target.gpu_idle_w,
+            "cpu_cores": float(target.cpu_cores),
+        }
+        for name, value in scalars.items():
+            cols[name] = np.full(n, float(value), dtype=np.float64)
+        cols["hw_kind"] = np.full(n, target.kind, dtype=object)
+        cols["hw_unified_memory"] = np.full(n, bool(target.unified_memory), dtype=bool)
+        return cols
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Performance-model predictions at default knobs, shape ``(n,)`` (``modelled``)."""
+
+    cpu_time_per_sample_s: npt.NDArray[np.float64]
+    gpu_time_per_sample_s: npt.NDArray[np.float64]
+    cpu_energy_per_sample_j: npt.NDArray[np.float64]
+    gpu_energy_per_sample_j: npt.NDArray[np.float64]
+    cpu_feasible: npt.NDArray[np.bool_]
+    gpu_feasible: npt.NDArray[np.bool_]
+
+    @property
+    def speedup(self) -> npt.NDArray[np.float64]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.cpu_feasible & self.gpu_feasible, self.cpu_time_per_sample_s / self.gpu_time_per_sample_s, np.nan)
+
+    @property
+    def energy_ratio(self) -> npt.NDArray[np.float64]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(
+                self.cpu_feasible & self.gpu_feasible, self.gpu_energy_per_sample_j / self.cpu_energy_per_sample_j, np.nan
+            )
+
+
+def predict_pairs(model: PerformanceModel, cols: Mapping[str, Any], has_gpu: bool) -> Predictions:
+    """CPU and GPU predictions for every row of ``cols`` at default knobs."""
+    n = len(cols["batch_size"])
+    batch = np.asarray(cols["batch_size"], dtype=np.float64)
+    cpu = model.predict_columns(cols, "cpu", np.nan, np.nan)
+    cpu_t = cpu.time_per_batch_s / batch
+    cpu_e = cpu.energy_per_batch_j / batch
+    if has_gpu:
+        gpu = model.predict_columns(cols, "gpu", np.nan, np.nan)
+        gpu_t, gpu_e, gpu_ok = gpu.time_per_batch_s / batch, gpu.energy_per_batch_j / batch, np.asarray(gpu.feasible, dtype=bool)
+    else:
+        gpu_t = np.full(n, np.nan)
+        gpu_e = np.full(n, np.nan)
+        gpu_ok = np.zeros(n, dtype=bool)
+    return Predictions(cpu_t, gpu_t, cpu_e, gpu_e, np.asarray(cpu.feasible, dtype=bool), gpu_ok)
+
+
+def _float_or_none(values: npt.NDArray[np.float64]) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in values.tolist()]
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    """The answers to one request, as columns. :meth:`to_response` gives the typed
+    :class:`~serve.schemas.PlacementResponse`; :meth:`to_json` the same document, fast."""
+
+    batch_id: str
+    created_at: float
+    target: HardwareTarget
+    thresholds: Thresholds
+    max_slowdown: float | None
+    policy_version: str
+    columns_format: bool
+    jobs: JobBatch
+    gpu: npt.NDArray[np.bool_]
+    cpu_cores: npt.NDArray[np.int64]
+    gpu_mem_cap_mib: npt.NDArray[np.int64]
+    """-1 = grow"""
+    gpu_probability: npt.NDArray[np.float64]
+    predicted_speedup: npt.NDArray[np.float64]
+    predicted_energy_ratio: npt.NDArray[np.float64]
+    explored: npt.NDArray[np.bool_]
+    propensity: npt.NDArray[np.float64]
+    decided_by: list[str]
+
+    @property
+    def n(self) -> int:
+        return self.jobs.n
+
+    @property
+    def decision_ids(self) -> list[str]:
+        return [f"{self.batch_id}-{i}" for i in range(self.n)]
+
+    def record(self) -> DecisionBatch:
+        num = self.jobs.numeric
+        columns: dict[str, Any] = {
+            **{k: num[k] for k in ("batch_size", "flops_per_batch", "param_count", "input_elems_per_sample",
+                                   "input_bytes_per_sample")},
+            "dataset_size": np.nan_to_num(num["dataset_size"], nan=-1.0),
+            "gpu": self.gpu, "cpu_cores": self.cpu_cores, "gpu_mem_cap_mib": self.gpu_mem_cap_mib,
+            "gpu_probability": self.gpu_probability, "predicted_speedup": self.predicted_speedup,
+            "predicted_energy_ratio": self.predicted_energy_ratio, "explored": self.explored,
+            "propensity": self.propensity, "decided_by": self.decided_by, **self.jobs.text,
+        }
+        return DecisionBatch(self.batch_id, self.created_at, self.target, self.thresholds, self.max_slowdown,
+                             self.policy_version, columns)
+
+    def _columns(self) -> dict[str, Any]:
+        caps = self.gpu_mem_cap_mib.tolist()
+        sp = _float_or_none(self.predicted_speedup)
+        er = _float_or_none(self.predicted_energy_ratio)
+        return {
+            "decision_id": self.decision_ids,
+            "job_name": self.jobs.text["name"],
+            "device": np.where(self.gpu, "gpu", "cpu").tolist(),
+            "cpu_cores": self.cpu_cores.tolist(),
+            "gpu_mem_cap": [GROW if c < 0 else c for c in caps],
+            "gpu_probability": self.gpu_probability.tolist(),
+            "predicted_speedup": sp,
+            "predicted_energy_ratio": er,
+            "explored": self.explored.tolist(),
+            "decided_by": self.decided_by,
+        }
+
+    def _head(self) -> dict[str, Any]:
+        th = self.thresholds
+        return {
+            "target_id": self.target.id,
+            "policy_version": self.policy_version,
+            "thresholds": {"speedup_min": th.speedup_min, "energy_ratio_max": th.energy_ratio_max,
+                           "missing_power": th.missing_power.value},
+        }
+
+    def _document(self) -> dict[str, Any]:
+        cols = self._columns()
+        if self.columns_format:
+            return {**self._head(), "decisions": None, "columns": {**cols, "prediction_method": "modelled"}}
+        keys = tuple(cols)
+        version = self.policy_version
+        rows = []
+        for values in zip(*cols.values(), strict=True):
+            row = dict(zip(keys, values, strict=True))
+            row["prediction_method"] = "modelled" if (row["predicted_speedup"] is not None
+                                                      or row["predicted_energy_ratio"] is not None) else None
+            row["policy_version"] = version
+            rows.append(row)
+        return {**self._head(), "decisions": rows, "columns": None}
+
+    def to_json(self) -> bytes:
+        """The response document as JSON bytes (the HTTP fast path; same content as :meth:`to_response`)."""
+        return pydantic_core.to_json(self._document())
+
+    def to_response(self) -> PlacementResponse:
+        return PlacementResponse.model_validate(self._document())
+
+
+class Placer:
+    """Answers placement requests and takes feedback; see the module docstring."""
+
+    def __init__(
+        self,
+        bundle: PolicyBundle,
+        *,
+        settings: Settings,
+        store: Store | None,
+        perf_model: PerformanceModel | None = None,
+        catalogue: Mapping[str, HardwareTarget] | None = None,
+        local_target: HardwareTarget | None = None,
+        rng_stream: int = 0,
+    ) -> None:
+        self._bundle = bundle
+        self.settings = settings
+        self.store = store
+        self.perf_model = perf_model if perf_model is not None else PerformanceModel()
+        self.catalogue = dict(catalogue) if catalogue is not None else default_catalogue()
+        self._local = local_target
+        self._rng = np.random.default_rng([settings.seed, rng_stream])
+        self._rng_lock = threading.Lock()
+        self.exploration_rate = settings.exploration_rate
+        self.explore_band = settings.explore_band
+
+    # -- policy versions -----------------------------------------------------------------
+    @property
+    def bundle(self) -> PolicyBundle:
+        return self._bundle
+
+    @property
+    def version(self) -> str:
+        return self._bundle.version
+
+    def swap(self, bundle: PolicyBundle) -> None:
+        """Serve ``bundle`` from now on; requests in flight finish on the old one."""
+        old = self._bundle.version
+        self._bundle = bundle
+        if old != bundle.version:
+            log.info("policy version %s -> %s", old, bundle.version)
+
+    def set_exploration(self, rate: float | None = None, band: float | None = None) -> None:
+        """Change exploration at runtime (Serve ``user_config``); bounds as in :class:`Settings`."""
+        if rate is not None:
+            Settings.from_mapping({**self.settings.model_dump(), "exploration_rate": rate}, origin="user_config")
+            self.exploration_rate = float(rate)
+        if band is not None:
+            Settings.from_mapping({**self.settings.model_dump(), "explore_band": band}, origin="user_config")
+            self.explore_band = float(band)
+
+    # -- targets ---------------------------------------------------------------------------
+    def resolve_target(self, ref: str | HardwareTarget) -> HardwareTarget:
+        if isinstance(ref, HardwareTarget):
+            return ref
+        if ref == LOCAL_TARGET:
+            if self._local is None:
+                from placement.probe import probe_local
+
+                self._local = probe_local(LOCAL_TARGET)
+            return self._local
+        target = self.catalogue.get(ref)
+        if target is None:
+            raise InputError(
+                "target", f"unknown target '{ref}': use 'local', a catalogue id ({', '.join(sorted(self.catalogue))}) "
+                "or a full hardware description"
+            )
+        return target
+
+    def thresholds_for(self, request: PlacementRequest) -> Thresholds:
+        base = self.settings.thresholds
+        if request.thresholds is None:
+            return base
+        return Thresholds(
+            request.thresholds.speedup_min if request.thresholds.speedup_min is not None else base.speedup_min,
+            request.thresholds.energy_ratio_max if request.thresholds.energy_ratio_max is not None else base.energy_ratio_max,
+            base.missing_power,
+        )
+
+    # -- placement -------------------------------------------------------------------------
+    def place(self, request: PlacementRequest) -> PlacementResult:
+        """Decide every job of ``request``, store the decisions, return the answers."""
+        n = request.n_jobs
+        if n > self.settings.max_batch_jobs:
+            raise InputError(
+                "columns" if request.columns is not None else "jobs",
+                f"{n} jobs exceed the limit of {self.settings.max_batch_jobs} per request: split the batch",
+                status=413,
+            )
+        if request.columns is not None:
+            batch = JobBatch.from_columns(request.columns)
+        else:
+            batch = JobBatch.from_jobs([request.job] if request.job is not None else list(request.jobs or []))
+        return self.place_batch(batch, request)
+
+    def place_batch(self, batch: JobBatch, request: PlacementRequest) -> PlacementResult:
+        n = batch.n
+        target = self.resolve_target(request.target)
+        bundle = self._bundle  # one version for the whole request
+        th = self.thresholds_for(request)
+        use_policy = _same_thresholds(th, bundle.thresholds)
+
+        cols = batch.model_columns(target)
+        x = feature_matrix(cols)
+        p_gpu = np.asarray(bundle.policy.gpu_probability(x), dtype=np.float64).reshape(-1)
+        if p_gpu.shape != (n,) or not np.all(np.isfinite(p_gpu)):
+            raise RuntimeError(f"policy {bundle.version} returned bad GPU probabilities (shape {p_gpu.shape})")
+        pred = predict_pairs(self.perf_model, cols, target.has_gpu)
+        speedup, ratio = pred.speedup, pred.energy_ratio
+
+        decided_by = np.full(n, "policy", dtype=object)
+        if not target.has_gpu:
+            gpu = np.zeros(n, dtype=bool)
+            decided_by[:] = "no_gpu"
+        elif use_policy:
+            gpu = p_gpu >= 0.5
+        else:
+            labels = joint_threshold(
+                pred.cpu_time_per_sample_s, pred.gpu_time_per_sample_s, pred.cpu_energy_per_sample_j,
+                pred.gpu_energy_per_sample_j, pred.cpu_feasible, pred.gpu_feasible, th,
+            )
+            gpu = labels.gpu.copy()
+            decided_by[:] = "thresholds"
+
+        slow_ok = np.ones(n, dtype=bool)
+        if request.max_slowdown is not None and target.has_gpu:
+            m = request.max_slowdown
+            with np.errstate(invalid="ignore"):
+                cpu_too_slow = speedup > m
+                gpu_too_slow = speedup < 1.0 / m
+            flip = (~gpu & cpu_too_slow & pred.gpu_feasible) | (gpu & gpu_too_slow & pred.cpu_feasible)
+            gpu = np.where(flip, ~gpu, gpu)
+            decided_by[flip] = "max_slowdown"
+            # may the other device be tried without breaking the constraint?
+            slow_ok = np.where(gpu, ~cpu_too_slow, ~gpu_too_slow)
+
+        rate = self.exploration_rate
+        explored = np.zeros(n, dtype=bool)
+        propensity = np.ones(n, dtype=np.float64)
+        if target.has_gpu and request.explore and rate > 0:
+            flip_feasible = np.where(gpu, pred.cpu_feasible, pred.gpu_feasible)
+            eligible = (decided_by == "policy") & (np.abs(p_gpu - 0.5) < self.explore_band) & flip_feasible & slow_ok
+            if eligible.any():
+                with self._rng_lock:
+                    u = self._rng.random(n)
+                explored = eligible & (u < rate)
+                gpu = np.where(explored, ~gpu, gpu)
+                decided_by[explored] = "exploration"
+                propensity = np.where(eligible, np.where(explored, rate, 1.0 - rate), 1.0)
+
+        if target.is_edge:
+            knobs = [bundle.policy.knobs(batch.job(i), target, int(g)) for i, g in enumerate(gpu.tolist())]
+            cores = np.array([int(k[0]) for k in knobs], dtype=np.int64)
+            caps = np.array([-1 if k[1] == GROW else int(k[1]) for k in knobs], dtype=np.int64)
+        else:
+            cores = np.full(n, target.cpu_cores, dtype=np.int64)
+            caps = np.full(n, -1, dtype=np.int64)
+
+        result = PlacementResult(
+            batch_id=uuid.uuid4().hex, created_at=time.time(), target=target, thresholds=th,
+            max_slowdown=request.max_slowdown, policy_version=bundle.version, columns_format=request.columns is not None,
+            jobs=batch, gpu=gpu, cpu_cores=cores, gpu_mem_cap_mib=caps, gpu_probability=p_gpu,
+            predicted_speedup=speedup, predicted_energy_ratio=ratio, explored=explored, propensity=propensity,
+            decided_by=decided_by.tolist(),
+        )
+        if self.store is not None:
+            self.store.insert_decisions(result.record())
+        return result
+
+    # -- feedback --------------------------------------------------------------------------
+    def feedback(self, request: FeedbackRequest) -> tuple[str, bool]:
+        """Check and store feedback once. Returns ``(response JSON, replayed)``.
+
+        Raises :class:`NotFound` (unknown decision), :class:`InputError` (outcome does not fit
+        the decision) or :class:`serve.store.FeedbackConflict` (a different payload was
+        already recorded for this decision).
+        """
+        if self.store is None:
+            raise RuntimeError("feedback needs a store")
+        try:
+            decision = self.store.get_decision(request.decision_id)
+        except UnknownDecision:
+            raise NotFound("decision_id", f"no decision '{request.decision_id}' (quote decision_id from a placement answer)") from None
+        target = decision.target
+        if request.outcome.device != decision.device:
+            raise InputError(
+                "outcome.device",
+                f"the decision chose '{decision.device}' but outcome.device is '{request.outcome.device}': report the "
+                "chosen device's run as outcome and any other run as other_outcome",
+            )
+        for name, run in (("outcome", request.outcome), ("other_outcome", request.other_outcome)):
+            if run is None:
+                continue
+            if run.device == Device.GPU.value and not target.has_gpu:
+                raise InputError(f"{name}.device", f"target '{target.id}' has no GPU")
+            if run.cpu_cores is not None and run.cpu_cores > target.cpu_cores:
+                raise InputError(f"{name}.cpu_cores", f"target '{target.id}' has {target.cpu_cores} cores, got {run.cpu_cores}")
+            if run.gpu_mem_cap_mib is not None and (run.device != Device.GPU.value or run.gpu_mem_cap_mib > target.gpu_mem_mib):
+                raise InputError(
+                    f"{name}.gpu_mem_cap_mib",
+                    f"a cap is for GPU runs and at most the GPU's {target.gpu_mem_mib} MiB, got {run.gpu_mem_cap_mib}",
+                )
+        payload = request.model_dump_json()
+        digest = hashlib.sha256(payload.encode()).hexdigest()
+        response = self._feedback_response(request, decision.device)
+        return self.store.record_feedback(
+            request.decision_id, digest, response.model_dump_json(), request.outcome, request.other_outcome
+        )
+
+    @staticmethod
+    def _feedback_response(request: FeedbackRequest, device: str) -> FeedbackResponse:
+        observed = [request.outcome.device] + ([request.other_outcome.device] if request.other_outcome else [])
+        speedup = ratio = None
+        method = None
+        both = request.other_outcome
+        if both is not None and request.outcome.feasible and both.feasible:
+            runs: dict[str, ReportedOutcome] = {str(request.outcome.device): request.outcome, str(both.device): both}
+            cpu, gpu = runs["cpu"].device_outcome(), runs["gpu"].device_outcome()
+            speedup = cpu.time_per_sample_s / gpu.time_per_sample_s
+            e_cpu, e_gpu = cpu.energy_per_sample_j, gpu.energy_per_sample_j
+            if math.isfinite(e_cpu) and math.isfinite(e_gpu) and e_cpu > 0:
+                ratio = e_gpu / e_cpu
+                from placement.outcome import combine_methods
+
+                method = combine_methods(cpu.energy_method, gpu.energy_method)
+        return FeedbackResponse(
+            decision_id=request.decision_id, recorded_at=iso(time.time()), device=Device(device),
+            observed_devices=[Device(d) for d in observed], measured_speedup=speedup, measured_energy_ratio=ratio,
+            energy_method=method,
+        )
+
+    # -- versions from the store -----------------------------------------------------------
+    def refresh(self) -> bool:
+        """Serve the store's active version if it changed (placer replicas call this on a timer).
+        Returns whether the version changed."""
+        if self.store is None:
+            return False
+        active = self.store.active_version()
+        if active is None or active == self._bundle.version:
+            return False
+        stored = self.store.get_version(active)
+        self.swap(load_bundle(stored.path, stored.version))
+        return True
+
+
+def bootstrap_store(store: Store, settings: Settings) -> PolicyBundle:
+    """The bundle to serve at start: the store's active version if there is one (a restart
+    keeps serving what was promoted), else the configured model (registered as the first
+    version)."""
+    active = store.active_version()
+    if active is not None:
+        stored = store.get_version(active)
+        try:
+            return load_bundle(stored.path, stored.version)
+        except Exception as exc:  # a deleted or damaged version directory: say so, fall back
+            log.error("active version %s at %s cannot be loaded (%s); serving the configured model", active, stored.path, exc)
+    from agents.artifact import DEFAULT_MODEL_DIR
+
+    path = settings.model_path or DEFAULT_MODEL_DIR
+    bundle = load_bundle(path)
+    try:
+        existing = store.get_version(bundle.version)
+    except KeyError:
+        store.register_version(bundle.version, path, parent=None, status="serving", thresholds=bundle.thresholds,
+                               metrics={"source": "initial model", **_summary(bundle.metrics)}, activate=True)
+    else:
+        if existing.path.resolve() != Path(path).resolve():
+            log.warning("version %s is registered at %s; serving %s", bundle.version, existing.path, path)
+        store.promote(bundle.version, {"reason": "start with configured model"})
+    return bundle
+
+
+def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Small scalar metrics only (the registry row stays small)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}

@@ -1,0 +1,225 @@
+"""Rewards from bandit feedback: the unchosen device's outcome, estimated, so every job gets a label.
+
+Feedback is *bandit* feedback: a client reports the run on the device the service chose,
+not the run it did not make. The joint threshold (paper A) needs both devices' time and
+per-sample energy, so for each feedback we form a pair:
+
+1. **Both measured** (``both_measured``): a client that ran the job on both devices sends
+   ``other_outcome``; both runs are used as reported (labels exact, energy method as
+   reported).
+2. **Estimated** otherwise. The performance model (:mod:`placement.perfmodel`) predicts the
+   unchosen device's time and power; the prediction is corrected by *residuals*
+   ``ln(observed / predicted)`` (time per sample, and eq. 2 power where measured) of runs
+   actually observed on that device and target, taken from, in order:
+
+   * ``history`` -- up to ``neighbours`` similar jobs (same target, device, family and mode;
+     distance in log10 FLOPs/sample, batch size, parameters and input bytes below
+     ``max_distance``), median residual;
+   * ``calibrated_model`` -- the median residual of the ``group_recent`` most recent runs on
+     that target and device (at least ``min_group`` of them);
+   * ``model`` -- the bare performance model.
+
+   Estimated rows are ``modelled`` (never ``measured``), with ``infeasible_reason =
+   'oom (predicted)'`` where the model predicts the run would not fit.
+3. A failed run (OOM, did not run) is a measured infeasibility: by the threshold's
+   missing-data rules the other device wins whatever its estimate (``gpu_infeasible`` ->
+   CPU, ``cpu_infeasible`` -> GPU).
+
+Residuals follow drift: if the GPU's observed runs become 3x slower than the model
+predicts, the residual of GPU runs on that target rises by ln 3 and GPU estimates for
+jobs that ran on the CPU rise with it; the learner's recency window
+(``Settings.history_window``) lets old outcomes age out.
+
+The pairs are labelled by :func:`placement.trace.pair_outcomes` with the serving
+thresholds; the reward of either choice is :func:`placement.threshold.placement_reward`
+(computed by the environment and by :func:`agents.evaluation.evaluate_policy`).
+Exploration keeps the residuals of both devices fresh: bounded, and only where the policy
+is unsure (:mod:`serve.placer`); each explored decision's propensity is stored with it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from placement.perfmodel import PerformanceModel
+from placement.threshold import Thresholds
+from placement.trace import pair_outcomes, validate
+from serve.store import StoredFeedback, job_row, run_row, target_key
+
+ESTIMATE_SOURCES = ("both_measured", "history", "calibrated_model", "model", "not_needed")
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """How the unchosen device's outcome is estimated (see the module docstring)."""
+
+    neighbours: int = 5
+    max_distance: float = 0.5
+    min_group: int = 3
+    group_recent: int = 200
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1 or self.min_group < 1 or self.group_recent < 1:
+            raise ValueError("neighbours, min_group and group_recent must be >= 1")
+        if not self.max_distance > 0:
+            raise ValueError(f"max_distance must be > 0, got {self.max_distance}")
+
+
+@dataclass(frozen=True)
+class FormedRewards:
+    """``trace``: validated trace rows (observed and estimated); ``pairs``: one labelled row per
+    feedback (:func:`placement.trace.pair_outcomes` columns plus ``estimate_source`` and
+    ``feedback_seq``); ``sources``: feedback counted per estimate source."""
+
+    trace: pd.DataFrame
+    pairs: pd.DataFrame
+    sources: dict[str, int] = field(default_factory=dict)
+
+
+_SIMILARITY = ("flops_per_batch", "batch_size", "param_count", "input_bytes_per_sample")
+
+
+def _sim_vector(frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+    cols = []
+    for name in _SIMILARITY:
+        v = frame[name].astype("float64").to_numpy()
+        if name == "flops_per_batch":
+            v = v / frame["batch_size"].astype("float64").to_numpy()
+        cols.append(np.log10(np.maximum(v, 1.0)))
+    return np.stack(cols, axis=1) if cols else np.zeros((len(frame), 0))
+
+
+def _per_sample(frame: pd.DataFrame, pred_time_per_batch: npt.NDArray[np.float64], pred_power: npt.NDArray[np.float64],
+                ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Observed and predicted time per sample and eq. (2) power of trace rows."""
+    t = frame["time_total_s"].astype("float64").to_numpy() / frame["n_samples"].astype("float64").to_numpy()
+    cpu_w = frame["avg_cpu_power_w"].astype("float64").to_numpy()
+    gpu_w = frame["avg_gpu_power_w"].astype("float64").to_numpy()
+    is_gpu = frame["device"].astype(str).to_numpy() == "gpu"
+    power = np.where(is_gpu, cpu_w + gpu_w, cpu_w)
+    pred_t = pred_time_per_batch / frame["batch_size"].astype("float64").to_numpy()
+    return t, power, pred_t, pred_power
+
+
+def form_rewards(
+    feedback: Sequence[StoredFeedback],
+    thresholds: Thresholds,
+    perf_model: PerformanceModel | None = None,
+    settings: RewardSettings | None = None,
+) -> FormedRewards:
+    """One labelled pair per feedback (see the module docstring). Raises ``ValueError`` when
+    ``feedback`` is empty."""
+    if not feedback:
+        raise ValueError("no feedback to form rewards from")
+    rs = settings or RewardSettings()
+    model = perf_model or PerformanceModel()
+
+    observed_rows: list[dict[str, Any]] = []
+    seq_of: dict[str, int] = {}
+    for fb in feedback:
+        seq_of[fb.decision.decision_id] = fb.seq
+        observed_rows.append(run_row(fb.decision, fb.outcome))
+        if fb.other is not None:
+            observed_rows.append(run_row(fb.decision, fb.other))
+    observed = pd.DataFrame(observed_rows)
+    observed["_target_key"] = [target_key(fb.decision.target) for fb in feedback for _ in range(1 + (fb.other is not None))]
+    observed["_order"] = np.arange(len(observed))
+
+    # residuals of observed feasible runs
+    ok = observed["feasible"].to_numpy(dtype=bool)
+    obs_ok = observed[ok].reset_index(drop=True)
+    if len(obs_ok):
+        caps = obs_ok["gpu_mem_cap_mib"].astype("float64").to_numpy()
+        pred = model.predict_columns(obs_ok, obs_ok["device"].to_numpy(dtype=object),
+                                     obs_ok["cpu_cores"].astype("float64").to_numpy(), caps)
+        t, power, pred_t, pred_p = _per_sample(obs_ok, pred.time_per_batch_s, pred.power_w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res_t = np.log(t / pred_t)
+            res_p = np.log(power / pred_p)
+    else:
+        res_t = res_p = np.zeros(0)
+    sim = _sim_vector(obs_ok) if len(obs_ok) else np.zeros((0, len(_SIMILARITY)))
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    fine: dict[tuple[str, str, str, str], list[int]] = defaultdict(list)
+    if len(obs_ok):
+        for i, (tk, dev, fam, mode) in enumerate(zip(obs_ok["_target_key"], obs_ok["device"], obs_ok["family"],
+                                                     obs_ok["mode"], strict=True)):
+            if np.isfinite(res_t[i]):
+                groups[(tk, str(dev))].append(i)
+                fine[(tk, str(dev), str(fam), str(mode))].append(i)
+
+    # counterfactual rows to estimate
+    needed: list[StoredFeedback] = [
+        fb for fb in feedback
+        if fb.other is None and (fb.decision.device == "gpu" or fb.decision.target.has_gpu)
+    ]
+    sources: dict[str, int] = defaultdict(int)
+    for fb in feedback:
+        if fb.other is not None:
+            sources["both_measured"] += 1
+        elif not (fb.decision.device == "gpu" or fb.decision.target.has_gpu):
+            sources["not_needed"] += 1
+    source_of: dict[str, str] = {fb.decision.decision_id: "both_measured" for fb in feedback if fb.other is not None}
+    estimated_rows: list[dict[str, Any]] = []
+    if needed:
+        base = pd.DataFrame([job_row(fb.decision) for fb in needed])
+        dev = np.array(["cpu" if fb.decision.device == "gpu" else "gpu" for fb in needed], dtype=object)
+        cores = base["hw_cpu_cores"].astype("float64").to_numpy()
+        pred = model.predict_columns(base, dev, cores, np.full(len(base), np.nan))
+        pred_tps = pred.time_per_batch_s / base["batch_size"].astype("float64").to_numpy()
+        keys = [target_key(fb.decision.target) for fb in needed]
+        qsim = _sim_vector(base)
+        for i, fb in enumerate(needed):
+            d = str(dev[i])
+            rt, rp, source = 0.0, 0.0, "model"
+            cand = fine.get((keys[i], d, str(fb.decision.job.family), str(fb.decision.job.mode)), [])
+            cand = cand[-rs.group_recent:]
+            picked: list[int] = []
+            if cand:
+                dist = np.linalg.norm(sim[cand] - qsim[i], axis=1)
+                order = np.argsort(dist, kind="stable")[: rs.neighbours]
+                picked = [cand[j] for j in order if dist[j] <= rs.max_distance]
+            if picked:
+                source = "history"
+            else:
+                group = groups.get((keys[i], d), [])[-rs.group_recent:]
+                if len(group) >= rs.min_group:
+                    picked = group
+                    source = "calibrated_model"
+            if picked:
+                rt = float(np.median(res_t[picked]))
+                finite_p = res_p[picked][np.isfinite(res_p[picked])]
+                rp = float(np.median(finite_p)) if len(finite_p) else 0.0
+            sources[source] += 1
+            source_of[fb.decision.decision_id] = source
+            row = dict(base.iloc[i])
+            row.update({"device": d, "cpu_cores": fb.decision.target.cpu_cores, "gpu_mem_cap_mib": None})
+            if not bool(pred.feasible[i]):
+                row.update({"feasible": False, "infeasible_reason": f"{pred.infeasible_reason[i]} (predicted)",
+                            "n_samples": None, "time_total_s": None, "avg_cpu_power_w": None, "avg_gpu_power_w": None,
+                            "cpu_power_method": "unknown", "gpu_power_method": "unknown"})
+            else:
+                scale_p = float(np.exp(rp))
+                gpu_w = float(pred.avg_gpu_power_w[i]) * scale_p if d == "gpu" else None
+                row.update({
+                    "feasible": True, "infeasible_reason": None, "n_samples": int(fb.decision.job.batch_size),
+                    "time_total_s": float(pred_tps[i] * np.exp(rt)) * fb.decision.job.batch_size,
+                    "avg_cpu_power_w": float(pred.avg_cpu_power_w[i]) * scale_p, "avg_gpu_power_w": gpu_w,
+                    "cpu_power_method": "modelled", "gpu_power_method": "modelled" if d == "gpu" else "unknown",
+                })
+            estimated_rows.append(row)
+
+    frame = pd.concat([observed.drop(columns=["_target_key", "_order"]), pd.DataFrame(estimated_rows)],
+                      ignore_index=True) if estimated_rows else observed.drop(columns=["_target_key", "_order"])
+    trace = validate(frame, source="feedback rewards")
+    pairs = pair_outcomes(trace, thresholds)
+    pairs["estimate_source"] = [source_of.get(str(j), "not_needed") for j in pairs["job_id"]]
+    pairs["feedback_seq"] = [seq_of.get(str(j), -1) for j in pairs["job_id"]]
+    return FormedRewards(trace, pairs, dict(sources))

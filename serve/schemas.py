@@ -1,0 +1,355 @@
+"""Request and response records of the placement HTTP API (pydantic; the OpenAPI schema is built from them).
+
+* ``POST /v1/placements``: :class:`PlacementRequest` -> :class:`PlacementResponse`
+* ``POST /v1/feedback``: :class:`FeedbackRequest` -> :class:`FeedbackResponse`
+* ``GET /v1/policy``: :class:`PolicyInfo`; ``POST /v1/policy/rollback``: :class:`RollbackRequest`
+  -> :class:`RollbackResponse`; ``POST /v1/policy/update``: :class:`LearnerReport`
+
+Jobs and hardware are the core records (:class:`placement.job.Job`,
+:class:`placement.hardware.HardwareTarget`); thresholds are paper A's ``T_t``
+(``speedup_min``) and ``T_e`` (``energy_ratio_max``). Units are in field names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, model_validator
+
+from placement.decision import GpuMemCap
+from placement.hardware import HardwareTarget
+from placement.job import Job
+from placement.outcome import Device, DeviceOutcome, EnergyMethod
+
+DECISION_ID_PATTERN = r"^[0-9a-f]{32}-[0-9]{1,7}$"
+LOCAL_TARGET = "local"
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _target_tag(value: Any) -> str:
+    return "id" if isinstance(value, str) else "hardware"
+
+
+TargetRef = Annotated[
+    Annotated[str, Tag("id")] | Annotated[HardwareTarget, Tag("hardware")],
+    Discriminator(_target_tag),
+]
+"""A catalogue id (``GET /v1/targets`` lists them), ``"local"`` (the probed host), or a full
+hardware description."""
+
+
+class RequestThresholds(BaseModel):
+    """Per-request joint threshold (paper A). Omitted fields use the service's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speedup_min: FiniteFloat | None = Field(None, gt=0, le=1e6, description="T_t: GPU must be at least this many times faster.")
+    energy_ratio_max: FiniteFloat | None = Field(
+        None, gt=0, le=1e6, description="T_e: GPU per-sample energy may be at most this multiple of the CPU's."
+    )
+
+
+def _job_columns_model() -> type[BaseModel]:
+    """:class:`JobColumns`: every :class:`~placement.job.Job` field as a list, with the same
+    per-element constraints (derived from ``Job.model_fields``, so the two never disagree)."""
+    fields: dict[str, Any] = {}
+    for name, info in Job.model_fields.items():
+        element: Any = info.annotation
+        extra = [Field(allow_inf_nan=False)] if element is float else []
+        item = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
+        required = info.is_required()
+        fields[name] = (list[item] if required else list[item] | None, Field(... if required else None,
+                                                                             description=info.description))
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        "JobColumns",
+        __config__=ConfigDict(extra="forbid", frozen=True, use_enum_values=True),
+        __doc__="A batch of jobs as columns: each field of Job as a list, all the same length "
+        "(name and dataset_size optional). The fast format for large batches.",
+        **fields,
+    )
+
+
+JobColumns = _job_columns_model()
+
+
+def column_length(columns: BaseModel) -> int:
+    """Rows in a :data:`JobColumns`; raises naming the first column of another length."""
+    n: int | None = None
+    for name in Job.model_fields:
+        values = getattr(columns, name)
+        if values is None:
+            continue
+        if n is None:
+            n = len(values)
+        elif len(values) != n:
+            raise ValueError(f"column '{name}' has {len(values)} values but the first column has {n}: give every column the same length")
+    if not n:
+        raise ValueError("columns hold no jobs")
+    return n
+
+
+class PlacementRequest(BaseModel):
+    """Jobs to place on one target: one ``job``, a list of ``jobs`` (answered as a list of
+    decisions), or ``columns`` (answered as columns: the fast format for large batches)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: Job | None = Field(None, description="One job. Give either job or jobs.")
+    jobs: list[Job] | None = Field(None, min_length=1, description="A batch of jobs (at most the service's max_batch_jobs).")
+    columns: JobColumns | None = Field(None, description="A batch of jobs as columns (answered as columns).")  # type: ignore[valid-type]
+    target: TargetRef = Field(LOCAL_TARGET, description="Catalogue id, 'local' (the probed host) or a hardware description.")
+    thresholds: RequestThresholds | None = Field(None, description="Override T_t / T_e for this request.")
+    max_slowdown: FiniteFloat | None = Field(
+        None, ge=1.0, le=1e6,
+        description="The chosen device may be at most this many times slower than the faster one (by the performance model).",
+    )
+    explore: bool = Field(True, description="Allow exploration for these jobs (false: always the policy's best guess).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PlacementRequest:
+        given = [name for name in ("job", "jobs", "columns") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'job' (one job), 'jobs' (a list of jobs) or 'columns' (jobs as columns)")
+        if self.columns is not None:
+            column_length(self.columns)
+        return self
+
+    @property
+    def n_jobs(self) -> int:
+        if self.columns is not None:
+            return column_length(self.columns)
+        return 1 if self.job is not None else len(self.jobs or [])
+
+
+DecidedBy = Literal["policy", "thresholds", "max_slowdown", "exploration", "no_gpu"]
+
+
+class DecisionOut(BaseModel):
+    """The answer for one job."""
+
+    model_config = ConfigDict(frozen=True, use_enum_values=True)
+
+    decision_id: str = Field(description="Quote it in POST /v1/feedback.")
+    job_name: str
+    device: Device
+    cpu_cores: int = Field(description="Cores the job may use (affinity and intra-op threads).")
+    gpu_mem_cap: GpuMemCap = Field(description="GPU memory cap in MiB, or 'grow' (no cap).")
+    gpu_probability: float = Field(description="The policy's P(GPU is a valid acceleration) under its thresholds.")
+    predicted_speedup: float | None = Field(None, description="T_cpu / T_gpu by the performance model (modelled); null without a GPU or when infeasible.")
+    predicted_energy_ratio: float | None = Field(None, description="GPU/CPU per-sample energy by the performance model (modelled).")
+    prediction_method: Literal["modelled"] | None = Field(None, description="How the predictions were obtained.")
+    explored: bool = Field(description="True when this decision deliberately tried the other device (exploration).")
+    decided_by: DecidedBy
+    policy_version: str
+
+
+class ThresholdsOut(BaseModel):
+    speedup_min: float
+    energy_ratio_max: float
+    missing_power: str
+
+
+class DecisionColumns(BaseModel):
+    """The answers as columns (for a ``columns`` request), same meaning as :class:`DecisionOut`."""
+
+    model_config = ConfigDict(frozen=True, use_enum_values=True)
+
+    decision_id: list[str]
+    job_name: list[str]
+    device: list[Device]
+    cpu_cores: list[int]
+    gpu_mem_cap: list[GpuMemCap]
+    gpu_probability: list[float]
+    predicted_speedup: list[float | None]
+    predicted_energy_ratio: list[float | None]
+    prediction_method: Literal["modelled"] = "modelled"
+    explored: list[bool]
+    decided_by: list[DecidedBy]
+
+
+class PlacementResponse(BaseModel):
+    target_id: str
+    policy_version: str
+    thresholds: ThresholdsOut
+    decisions: list[DecisionOut] | None = Field(None, description="Per job, for 'job' and 'jobs' requests.")
+    columns: DecisionColumns | None = Field(None, description="For 'columns' requests.")
+
+
+class ReportedOutcome(BaseModel):
+    """What one device's run of a placed job measured.
+
+    Give ``time_total_s`` and ``n_samples`` for a run that completed, or ``feasible=false``
+    and ``infeasible_reason`` (``oom``, ``did_not_run``, ...) for one that failed. Energy is
+    either ``energy_j`` (the whole run by paper A eq. 2: the host CPU counts during GPU runs)
+    or average powers; each with its method (``measured`` by a counter, or ``modelled``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+    device: Device
+    feasible: bool = True
+    infeasible_reason: str | None = Field(None, min_length=1, max_length=200)
+    n_samples: int | None = Field(None, ge=1, le=10**13)
+    time_total_s: FiniteFloat | None = Field(None, gt=0, le=1e9)
+    energy_j: FiniteFloat | None = Field(None, ge=0, le=1e15, description="Energy of the whole run, J (eq. 2).")
+    energy_method: EnergyMethod | None = Field(None, description="measured or modelled; required with energy_j.")
+    avg_cpu_power_w: FiniteFloat | None = Field(None, ge=0, le=1e5)
+    avg_gpu_power_w: FiniteFloat | None = Field(None, ge=0, le=1e5)
+    cpu_power_method: EnergyMethod | None = Field(None, description="Required with avg_cpu_power_w.")
+    gpu_power_method: EnergyMethod | None = Field(None, description="Required with avg_gpu_power_w.")
+    cpu_cores: int | None = Field(None, ge=1, le=4096, description="Cores used, if not the decision's.")
+    gpu_mem_cap_mib: int | None = Field(None, ge=1, le=10**8, description="Cap used in MiB, if not the decision's.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReportedOutcome:
+        if self.feasible:
+            for name in ("time_total_s", "n_samples"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name} is required for a run that completed (or set feasible=false with infeasible_reason)")
+            if self.infeasible_reason is not None:
+                raise ValueError("infeasible_reason is only for feasible=false")
+        elif self.infeasible_reason is None:
+            raise ValueError("infeasible_reason is required when feasible=false (e.g. 'oom')")
+        for value, method, vname, mname in (
+            (self.energy_j, self.energy_method, "energy_j", "energy_method"),
+            (self.avg_cpu_power_w, self.cpu_power_method, "avg_cpu_power_w", "cpu_power_method"),
+            (self.avg_gpu_power_w, self.gpu_power_method, "avg_gpu_power_w", "gpu_power_method"),
+        ):
+            if value is not None and method in (None, EnergyMethod.UNKNOWN.value):
+                raise ValueError(f"{mname} is required with {vname}: say 'measured' (by a counter) or 'modelled'")
+            if value is None and method not in (None, EnergyMethod.UNKNOWN.value):
+                raise ValueError(f"{mname} given without {vname}")
+        if self.energy_j is not None and (self.avg_cpu_power_w is not None or self.avg_gpu_power_w is not None):
+            raise ValueError("give either energy_j or average powers (avg_cpu_power_w, avg_gpu_power_w), not both")
+        if self.device == Device.CPU.value and self.avg_gpu_power_w is not None:
+            raise ValueError("avg_gpu_power_w is for GPU runs (a CPU run's energy counts the CPU only)")
+        return self
+
+    def device_outcome(self) -> DeviceOutcome:
+        """The run as a :class:`~placement.outcome.DeviceOutcome` (trace row form).
+
+        ``energy_j`` becomes an average power over the run: on a CPU run the CPU power; on
+        a GPU run the eq. (2) total is carried as ``avg_cpu_power_w`` with
+        ``avg_gpu_power_w = 0`` (the split is unknown; eq. (2) sums them, so labels are exact).
+        """
+        cpu_w, gpu_w = self.avg_cpu_power_w, self.avg_gpu_power_w
+        cpu_m = self.cpu_power_method or EnergyMethod.UNKNOWN.value
+        gpu_m = self.gpu_power_method or EnergyMethod.UNKNOWN.value
+        if self.energy_j is not None and self.time_total_s is not None:
+            cpu_w = self.energy_j / self.time_total_s
+            cpu_m = str(self.energy_method)
+            if self.device == Device.GPU.value:
+                gpu_w, gpu_m = 0.0, str(self.energy_method)
+        return DeviceOutcome.model_validate(
+            {
+                "device": self.device,
+                "feasible": self.feasible,
+                "infeasible_reason": self.infeasible_reason,
+                "n_samples": self.n_samples,
+                "time_total_s": self.time_total_s,
+                "avg_cpu_power_w": cpu_w,
+                "avg_gpu_power_w": gpu_w if self.device == Device.GPU.value else None,
+                "cpu_power_method": cpu_m if cpu_w is not None else EnergyMethod.UNKNOWN.value,
+                "gpu_power_method": gpu_m if (gpu_w is not None and self.device == Device.GPU.value) else EnergyMethod.UNKNOWN.value,
+            }
+        )
+
+    @property
+    def energy_per_sample_j(self) -> float:
+        """Per-sample energy by eq. (2); NaN when unknown or infeasible."""
+        if not self.feasible:
+            return math.nan
+        return self.device_outcome().energy_per_sample_j
+
+
+class FeedbackRequest(BaseModel):
+    """The measured outcome of a placed job. Idempotent per ``decision_id``: the same payload
+    again gets the same answer; a different payload for the same decision is a conflict (409)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision_id: str = Field(pattern=DECISION_ID_PATTERN, description="From the placement answer.")
+    outcome: ReportedOutcome = Field(description="The run on the device the decision chose.")
+    other_outcome: ReportedOutcome | None = Field(
+        None, description="The other device's run, when the client measured both (used directly as the label)."
+    )
+
+    @model_validator(mode="after")
+    def _devices_differ(self) -> FeedbackRequest:
+        if self.other_outcome is not None and self.other_outcome.device == self.outcome.device:
+            raise ValueError("other_outcome must be the other device's run (its device equals outcome.device)")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    model_config = ConfigDict(frozen=True, use_enum_values=True)
+
+    decision_id: str
+    status: Literal["recorded"] = "recorded"
+    recorded_at: str = Field(description="UTC ISO-8601 time the feedback was first stored.")
+    device: Device
+    observed_devices: list[Device]
+    measured_speedup: float | None = Field(None, description="T_cpu / T_gpu when the client measured both devices.")
+    measured_energy_ratio: float | None = Field(None, description="GPU/CPU per-sample energy when both measured (method in energy_method).")
+    energy_method: str | None = None
+
+
+class VersionInfo(BaseModel):
+    version: str
+    status: str
+    created_at: str
+    parent: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class PolicyInfo(BaseModel):
+    version: str
+    thresholds: ThresholdsOut
+    training_metrics: dict[str, Any]
+    decisions: dict[str, Any]
+    feedback: dict[str, Any]
+    learner: dict[str, Any]
+    versions: list[VersionInfo]
+    exploration_rate: float
+    explore_band: float
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str | None = Field(None, min_length=1, max_length=200, description="Version to serve; default: the one promoted before the current.")
+
+
+class RollbackResponse(BaseModel):
+    active_version: str
+    previous_version: str
+
+
+class LearnerReport(BaseModel):
+    """The result of one learner update."""
+
+    status: Literal["promoted", "rejected", "skipped"]
+    reason: str
+    serving_version: str
+    candidate_version: str | None = None
+    feedback_used: int = 0
+    train_rows: int = 0
+    holdout_rows: int = 0
+    serving_holdout_reward: float | None = None
+    candidate_holdout_reward: float | None = None
+    serving_holdout_accuracy: float | None = None
+    candidate_holdout_accuracy: float | None = None
+    reward_sources: dict[str, int] = Field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+class ErrorItem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: list[ErrorItem]

@@ -1,0 +1,154 @@
+"""Service settings, read from ``PLACEMENT_*`` environment variables (or a Serve config's ``args``).
+
+Every field below is the environment variable ``PLACEMENT_<FIELD>`` in upper case, e.g.
+``PLACEMENT_PORT=8000``, ``PLACEMENT_EXPLORATION_RATE=0.05``,
+``PLACEMENT_DB_PATH=/var/lib/placement/placement.db``. A Serve config YAML
+(``serve/config.yaml``) passes the same names as ``args`` of :func:`serve.app.app_builder`.
+
+Units are in the names (``_s`` seconds, ``_bytes``, ``_mib``); thresholds are paper A's
+``T_t`` (``speedup_min``) and ``T_e`` (``energy_ratio_max``). A bad value raises
+:class:`SettingsError` naming the variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from placement.threshold import MissingPower, Thresholds
+
+ENV_PREFIX = "PLACEMENT_"
+MAX_EXPLORATION_RATE = 0.2
+"""Hard upper bound on the exploration rate: at most one decision in five may explore."""
+MAX_EXPLORE_BAND = 0.45
+"""Exploration happens only when ``|p_gpu - 0.5| < explore_band``; the band may not reach the
+certain ends (p < 0.05 or p > 0.95 never explore)."""
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable and the fix."""
+
+
+def default_state_dir() -> Path:
+    """``$XDG_DATA_HOME/placement`` (``~/.local/share/placement``): the database and policy versions."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "placement"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseModel):
+    """All service settings. See the module docstring for how they are set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # --- network ---------------------------------------------------------------------
+    host: str = Field("127.0.0.1", min_length=1, description="Bind address. Non-loopback needs a token.")
+    port: int = Field(8000, ge=1, le=65535, description="The service's HTTP port (the ingress replica's direct port).")
+    ray_proxy_port: int = Field(8100, ge=1, le=65535, description="Ray Serve's own HTTP proxy port (fallback path).")
+    token: str | None = Field(None, min_length=16, description="Bearer token for feedback and policy routes.")
+    max_body_bytes: int = Field(64 * 2**20, ge=1024, le=2**31, description="Largest request body accepted.")
+    max_batch_jobs: int = Field(100_000, ge=1, le=1_000_000, description="Most jobs in one placement request.")
+
+    # --- state -------------------------------------------------------------------------
+    state_dir: Path = Field(default_factory=default_state_dir, description="Policy versions live under it.")
+    db_path: Path | None = Field(None, description="SQLite database (default: <state_dir>/placement.db).")
+    db_synchronous: str = Field("normal", pattern="^(normal|full)$",
+                                description="SQLite synchronous mode under WAL: normal survives process "
+                                "crashes; full also survives power loss (slower).")
+    model_path: Path | None = Field(None, description="Initial model directory (default: the bundled models/default).")
+
+    # --- decisions -----------------------------------------------------------------------
+    speedup_min: float = Field(2.0, gt=0, le=1e6, allow_inf_nan=False, description="T_t (paper A).")
+    energy_ratio_max: float = Field(1.5, gt=0, le=1e6, allow_inf_nan=False, description="T_e (paper A).")
+    missing_power: MissingPower = MissingPower.SPEED_ONLY
+    exploration_rate: float = Field(0.05, ge=0.0, le=MAX_EXPLORATION_RATE, allow_inf_nan=False)
+    explore_band: float = Field(0.3, ge=0.0, le=MAX_EXPLORE_BAND, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Exploration and learner seed.")
+    policy_poll_s: float = Field(2.0, gt=0, le=3600, allow_inf_nan=False,
+                                 description="How often placer replicas look for a newly promoted version.")
+    torch_threads: int = Field(1, ge=1, le=256)
+
+    # --- learner -------------------------------------------------------------------------
+    learner_enabled: bool = True
+    learn_interval_s: float = Field(60.0, gt=0, le=86_400, allow_inf_nan=False)
+    min_feedback_per_update: int = Field(64, ge=1, le=10_000_000)
+    holdout_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    min_holdout: int = Field(16, ge=1)
+    history_window: int = Field(5000, ge=10, le=10_000_000, description="Most recent feedback rows a learner update uses.")
+    ppo_timesteps: int = Field(4096, ge=64, le=10_000_000)
+    gate_tolerance: float = Field(0.0, ge=0.0, le=10.0, description="Candidate may be this much worse in mean holdout reward.")
+
+    # --- Ray resources (fractional CPUs so it runs on 2 cores) ---------------------------
+    ingress_replicas: int = Field(1, ge=1, le=256)
+    ingress_num_cpus: float = Field(0.25, gt=0, le=64)
+    learner_num_cpus: float = Field(0.5, gt=0, le=64)
+    max_ongoing_requests: int = Field(64, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _secure_bind(self) -> Settings:
+        if not is_loopback(self.host) and not self.token:
+            raise ValueError(
+                f"host '{self.host}' is not a loopback address: set PLACEMENT_TOKEN (>= 16 characters) so "
+                "feedback and policy routes need a bearer token, or bind 127.0.0.1"
+            )
+        if self.port == self.ray_proxy_port:
+            raise ValueError("port and ray_proxy_port must differ (the Ray proxy is the fallback path)")
+        return self
+
+    # --- derived ---------------------------------------------------------------------------
+    @property
+    def database(self) -> Path:
+        return self.db_path if self.db_path is not None else self.state_dir / "placement.db"
+
+    @property
+    def policies_dir(self) -> Path:
+        return self.state_dir / "policies"
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.speedup_min, self.energy_ratio_max, MissingPower(self.missing_power))
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to show (the token is redacted)."""
+        data = self.model_dump(mode="json")
+        data["token"] = "set" if self.token else None
+        return data
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], origin: str = "settings") -> Settings:
+        """Validate ``values``; errors name the field (as ``origin`` spells it) and the fix."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            name = f"{ENV_PREFIX}{loc.upper()}" if origin == "environment" and loc else (loc or "settings")
+            raise SettingsError(f"{origin}: {name}: {first['msg']}") from exc
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``PLACEMENT_*`` variables, then ``overrides`` (e.g. CLI options) on top."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        known = set(cls.model_fields)
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in known:
+                values[name] = None if raw == "" and name in ("token", "db_path", "model_path") else raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values, origin="environment")
