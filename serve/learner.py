@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,27 @@ def holdout_mask(decision_ids: pd.Series | list[str], fraction: float, seed: int
     return out
 
 
+Trainer = Callable[[Any, Any, int, int], Any]
+"""``(loaded model, env, timesteps, seed) -> PpoPolicy``: how a candidate is trained."""
+
+
+def ppo_fine_tune(loaded: Any, env: Any, timesteps: int, seed: int) -> Any:
+    """The default trainer: :func:`agents.ppo.fine_tune` with the conservative warm recipe."""
+    from agents.ppo import PpoConfig, fine_tune
+
+    return fine_tune(loaded, env, timesteps, seed=seed, config=PpoConfig.warm())
+
+
 class Learner:
     """Turns feedback into PPO updates behind a safety gate; one instance per service."""
 
     def __init__(self, settings: Settings, store: Store, perf_model: PerformanceModel | None = None,
-                 reward_settings: RewardSettings | None = None) -> None:
+                 reward_settings: RewardSettings | None = None, trainer: Trainer | None = None) -> None:
         self.settings = settings
         self.store = store
         self.perf_model = perf_model or PerformanceModel()
         self.reward_settings = reward_settings or RewardSettings()
+        self.trainer = trainer or ppo_fine_tune
         self._lock = threading.Lock()
 
     def pending_feedback(self) -> int:
@@ -99,7 +112,7 @@ class Learner:
     def _update(self) -> LearnerReport:
         from agents.artifact import ModelMetadata, load_model, save_model
         from agents.evaluation import evaluate_policy, labelled_set
-        from agents.ppo import PpoConfig, fine_tune, make_env
+        from agents.ppo import PpoConfig, make_env
 
         s = self.settings
         serving_version = self.store.active_version()
@@ -135,7 +148,7 @@ class Learner:
         torch.set_num_threads(s.torch_threads)
         serving_score = evaluate_policy(loaded.policy, holdout, "serving")  # before fine-tuning touches the agent
         env = make_env(train_trace, thresholds=thresholds)
-        candidate = fine_tune(loaded, env, s.ppo_timesteps, seed=s.seed, config=PpoConfig.warm())
+        candidate = self.trainer(loaded, env, s.ppo_timesteps, s.seed)
         candidate_score = evaluate_policy(candidate, holdout, "candidate")
         passed = candidate_score.mean_reward >= serving_score.mean_reward - s.gate_tolerance
         gate = {

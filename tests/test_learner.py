@@ -1,0 +1,150 @@
+"""Rewards from bandit feedback and the gated learner (library level, no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from placement.catalogue import get_target
+from placement.perfmodel import model_columns
+from placement.threshold import Thresholds, joint_threshold
+from placement.trace import read_trace
+from serve.learner import Learner
+from serve.placer import Placer, bootstrap_store
+from serve.rewards import form_rewards
+from serve.schemas import FeedbackRequest, PlacementRequest
+from serve.settings import Settings
+from serve.store import Store
+
+TARGET = get_target("B")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _service(tmp_path, model_dir, **overrides):
+    values = {"exploration_rate": 0.0, "min_holdout": 8, **overrides}
+    settings = Settings(state_dir=tmp_path, model_path=Path(model_dir), **values)
+    store = Store(settings.database)
+    placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
+    return settings, store, placer
+
+
+def _run(placer, world, jobs, *, both=False, explore=False):
+    """Place each job, report the chosen device's outcome (and the other's when ``both``)."""
+    devices = []
+    for job in jobs:
+        (d,) = placer.place(PlacementRequest(job=job, target="B", explore=explore)).to_response().decisions
+        body = {"decision_id": d.decision_id, "outcome": world.outcome(job, TARGET, d.device)}
+        if both:
+            body["other_outcome"] = world.outcome(job, TARGET, "cpu" if d.device == "gpu" else "gpu")
+        placer.feedback(FeedbackRequest.model_validate(body))
+        devices.append(d.device)
+    return devices
+
+
+def test_both_measured_feedback_is_labelled_exactly(tmp_path, serve_model_dir, serve_world):
+    _, store, placer = _service(tmp_path, serve_model_dir)
+    jobs = serve_world.jobs(30)
+    _run(placer, serve_world, jobs, both=True)
+    formed = form_rewards(store.recent_feedback(), Thresholds())
+    assert formed.sources == {"both_measured": 30}
+    assert set(formed.trace["cpu_power_method"]) <= {"modelled", "unknown"}  # as the client reported
+    pairs = formed.pairs
+    labels = joint_threshold(pairs["cpu_time_per_sample_s"], pairs["gpu_time_per_sample_s"],
+                             pairs["cpu_energy_per_sample_j"], pairs["gpu_energy_per_sample_j"],
+                             pairs["cpu_feasible"], pairs["gpu_feasible"])
+    assert (labels.gpu == pairs["label_gpu"].to_numpy()).all()
+    assert len(pairs) == 30 and set(pairs["estimate_source"]) == {"both_measured"}
+
+
+def test_estimates_follow_observed_gpu_drift(tmp_path, serve_model_dir, serve_world):
+    _, store, placer = _service(tmp_path, serve_model_dir)
+    serve_world.gpu_slowdown = 3.0
+    devices = _run(placer, serve_world, serve_world.jobs(120))
+    assert 10 < devices.count("gpu") < 110, "the policy places jobs on both devices"
+    formed = form_rewards(store.recent_feedback(), Thresholds())
+    assert formed.sources.get("model", 0) == 0
+    assert formed.sources.get("history", 0) + formed.sources.get("calibrated_model", 0) == 120
+    estimated = formed.trace[(formed.trace["gpu_power_method"] == "modelled") & (formed.trace["device"] == "gpu")]
+    cpu_placed = {fb.decision.decision_id for fb in store.recent_feedback() if fb.decision.device == "cpu"}
+    estimated = estimated[estimated["job_id"].isin(cpu_placed) & estimated["feasible"].astype(bool)]
+    assert len(estimated) >= 5
+    ratios = []
+    for row in estimated.itertuples():
+        job = store.get_decision(row.job_id).job
+        pred = serve_world.model.predict_columns(model_columns(job, TARGET), "gpu", np.nan, np.nan)
+        ratios.append(row.time_total_s / float(pred.time_per_batch_s[0]))
+    assert np.median(ratios) == pytest.approx(3.0, rel=0.15)  # the model's GPU estimate corrected by ~ln 3
+
+
+def test_a_failed_gpu_run_labels_cpu(tmp_path, serve_model_dir, serve_world, example_job):
+    _, store, placer = _service(tmp_path, serve_model_dir)
+    (d,) = placer.place(PlacementRequest(job=example_job, target="B", explore=False)).to_response().decisions
+    assert d.device == "gpu"
+    placer.feedback(FeedbackRequest.model_validate(
+        {"decision_id": d.decision_id, "outcome": {"device": "gpu", "feasible": False, "infeasible_reason": "oom"}}
+    ))
+    (pair,) = form_rewards(store.recent_feedback(), Thresholds()).pairs.itertuples()
+    assert (pair.label_gpu, pair.reason) == (False, "gpu_infeasible")
+
+
+def test_gate_rejects_a_worse_candidate(tmp_path, serve_model_dir, serve_world):
+    from agents.ppo import PpoConfig, fine_tune, make_env
+
+    def cpu_minded(loaded, env, timesteps, seed):
+        """A real PPO candidate trained towards the wrong goal: T_t = 1000 makes every label CPU."""
+        wrong = make_env(env.source, thresholds=Thresholds(speedup_min=1000.0))
+        return fine_tune(loaded, wrong, timesteps, seed=seed, config=PpoConfig.cold(value_warmup_steps=0, learning_rate=3e-3))
+
+    settings, store, placer = _service(tmp_path, serve_model_dir, ppo_timesteps=2048)
+    _run(placer, serve_world, serve_world.jobs(80), both=True)
+    report = Learner(settings, store, trainer=cpu_minded).update()
+    assert report.status == "rejected", report.reason
+    assert report.candidate_holdout_reward < report.serving_holdout_reward
+    assert store.active_version() == "serve-test-dnn" and not placer.refresh()
+    version = store.get_version(report.candidate_version)
+    assert version.status == "rejected" and version.metrics["gate"]["passed"] is False
+    assert (version.path / "ppo.zip").is_file()  # kept for inspection, never served
+    trace = read_trace(tmp_path / "traces" / f"{version.version}.parquet")
+    assert trace.sha256 == version.metrics["training_trace_sha256"] and trace.meta.seed == settings.seed
+    with pytest.raises(ValueError, match="rejected"):
+        store.rollback(report.candidate_version)
+    # nothing new since: a non-forced update waits for min_feedback_per_update
+    assert Learner(settings, store).maybe_update() is None
+
+
+@pytest.mark.slow
+def test_drift_update_is_promoted_and_flips_marginal_jobs(tmp_path, serve_model_dir, serve_world):
+    settings, store, placer = _service(tmp_path, serve_model_dir, ppo_timesteps=8192, history_window=300,
+                                       exploration_rate=0.1)
+    jobs = serve_world.jobs(1500)
+    speedup = np.array([serve_world.speedup(j, TARGET) for j in jobs])
+    marginal = [j for j, s in zip(jobs, speedup, strict=True) if 2.6 < s < 5.5]
+    clear_gpu = [j for j, s in zip(jobs, speedup, strict=True) if s > 12]
+    clear_cpu = [j for j, s in zip(jobs, speedup, strict=True) if s < 1.2]
+
+    def gpu_share(subset):
+        resp = placer.place(PlacementRequest(jobs=subset, target="B", explore=False)).to_response()
+        return np.mean([d.device == "gpu" for d in resp.decisions])
+
+    probe, probe_gpu = marginal[150:230], clear_gpu[75:150]
+    assert gpu_share(probe) > 0.8 and gpu_share(probe_gpu) > 0.95
+    mix = marginal[:150] + clear_gpu[:75] + clear_cpu[:75]
+    mix = [mix[i] for i in np.random.default_rng(2).permutation(len(mix))]
+    _run(placer, serve_world, mix, explore=True)
+    serve_world.gpu_slowdown = 3.0  # drift: every GPU run is now 3x slower
+    _run(placer, serve_world, mix, explore=True)
+    report = Learner(settings, store).update()
+    assert report.status == "promoted", report.reason
+    assert report.candidate_holdout_reward > report.serving_holdout_reward
+    assert placer.refresh() and placer.version == report.candidate_version
+    assert gpu_share(probe) < 0.3  # after the drift they are no longer 2x faster on the GPU
+    assert gpu_share(probe_gpu) > 0.9  # jobs still far above the threshold stay on the GPU
+    assert store.rollback() == ("serve-test-dnn", report.candidate_version)
+    assert placer.refresh() and gpu_share(probe) > 0.8
