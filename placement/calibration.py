@@ -20,6 +20,7 @@ median absolute relative error of the time per batch and the share of rows withi
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from scipy.optimize import least_squares
+from threadpoolctl import threadpool_limits
 
 from placement.perfmodel import PerformanceModel, PerfParams, save_params
 from placement.version import code_version
@@ -57,6 +59,15 @@ class FreeParam:
     transform: Literal["log", "logit"]
     lower: float
     upper: float
+    start: float | None = None  # starting value where the path is not in the parameters yet
+
+    def initial(self, params: PerfParams) -> float:
+        try:
+            return params.get(self.path)
+        except KeyError:
+            if self.start is None:
+                raise
+            return self.start
 
     def forward(self, value: float) -> float:
         v = min(max(value, self.lower), self.upper)
@@ -171,6 +182,12 @@ class _Arrays:
 # --------------------------------------------------------------------------- fit
 
 
+def architecture(model: str) -> str:
+    """The architecture part of a model name: lower-case text before the first ``_`` or
+    ``-`` (``resnet18_cifar10`` -> ``resnet18``), the key of the name-keyed overrides."""
+    return re.split(r"[_\-.\s]", str(model).strip().lower(), maxsplit=1)[0] or "model"
+
+
 def swept_rows(rows: pd.DataFrame) -> npt.NDArray[np.bool_]:
     """Rows of a workload (model or job, mode, batch, target, device) run at more than one core count."""
     key = ["model" if "model" in rows.columns else "job_id", "mode", "batch_size", "target_id", "device"]
@@ -203,6 +220,13 @@ def free_params(rows: pd.DataFrame, params: PerfParams, fit_power: bool = False)
         for key in params.model_parallel_frac:
             if swept_models.str.contains(key, regex=False).any():
                 free.append(FreeParam(f"model_parallel_frac.{key}", "logit", 1e-3, 0.999))
+        # op count per architecture seen (starts at its family's)
+        arch = rows["model"].astype(str).map(architecture)
+        fams_of = pd.DataFrame({"arch": arch, "family": fam}).groupby("arch")["family"].agg(set)
+        for arch_name, fams in sorted(fams_of.items(), key=lambda kv: str(kv[0])):
+            if len(fams) == 1:
+                start = params.families[next(iter(fams))].kernels_per_pass
+                free.append(FreeParam(f"model_kernels_per_pass.{arch_name}", "log", 0.1, 5000.0, start))
     names = ["batch_overhead_s", "host_prep_gbs_per_core"]
     if is_cpu.any():
         names.append("cpu_op_overhead_s")
@@ -236,6 +260,7 @@ class FitResult:
     message: str
     log_residual_sd: float  # robust (1.4826 x MAD) sd of log(pred / measured) on the fitted rows
     power_rows: int = 0
+    start: tuple[float, ...] = ()  # starting value (prior centre) of each free constant
 
 
 def _solve(
@@ -244,7 +269,7 @@ def _solve(
     residuals: Any,
     max_nfev: int,
 ) -> tuple[PerfParams, Any]:
-    x0 = np.array([p.forward(start.get(p.path)) for p in free])
+    x0 = np.array([p.forward(p.initial(start)) for p in free])
     lo = np.array([p.bounds()[0] for p in free])
     hi = np.array([p.bounds()[1] for p in free])
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
@@ -257,8 +282,10 @@ def _solve(
         prior = (x - x0) / PRIOR_SD
         return np.concatenate([data, prior])
 
-    sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=LOSS_SCALE, max_nfev=max_nfev,
-                        x_scale=1.0, method="trf")
+    # one BLAS thread: the Jacobians are small, and threaded SVDs on a busy host are ~50x slower
+    with threadpool_limits(limits=1):
+        sol = least_squares(fun, x0, bounds=(lo, hi), loss="soft_l1", f_scale=LOSS_SCALE, max_nfev=max_nfev,
+                            x_scale=1.0, method="trf")
     return to_params(sol.x), sol
 
 
@@ -321,6 +348,7 @@ def fit_params(
         message=message,
         log_residual_sd=mad_sd,
         power_rows=n_power if power_free else 0,
+        start=tuple(p.initial(start) for p in time_free + power_free),
     )
 
 
@@ -385,7 +413,7 @@ def summarise(errors: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 
 def cross_validate(
     frame: pd.DataFrame,
-    split: Literal["random", "model"],
+    split: Literal["random", "model", "architecture"],
     folds: int = 5,
     seed: int = 0,
     initial: PerfParams | None = None,
@@ -394,21 +422,27 @@ def cross_validate(
     """Held-out errors: fit on K-1 folds, predict the K-th, for every fold.
 
     ``split='random'`` folds rows at random; ``split='model'`` folds whole models (all rows
-    of a ``model`` name fall in one fold), so each error is of a network the fit never saw.
+    of a ``model`` name fall in one fold), so each error is of a network the fit never saw
+    on that input; ``split='architecture'`` folds whole architectures (every input of
+    ``resnet18``), so the fit saw no run of it at all and its name-keyed overrides fall
+    back to the family's.
     Returns :func:`row_errors` rows plus ``fold``.
     """
     rows = fit_rows(frame).drop(columns="_time_s")
     rng = np.random.default_rng(seed)
     if split == "random":
         fold_of = rng.permutation(np.arange(len(rows)) % folds)
-    elif split == "model":
+    elif split in ("model", "architecture"):
         if "model" not in rows.columns:
-            raise ValueError("split='model' needs a 'model' column naming each row's network")
-        models = np.array(sorted(rows["model"].astype(str).unique()))
+            raise ValueError(f"split='{split}' needs a 'model' column naming each row's network")
+        groups = rows["model"].astype(str)
+        if split == "architecture":
+            groups = groups.map(architecture)
+        models = np.array(sorted(groups.unique()))
         if len(models) < folds:
-            raise ValueError(f"split='model' with {folds} folds needs >= {folds} distinct models, got {len(models)}")
+            raise ValueError(f"split='{split}' with {folds} folds needs >= {folds} distinct groups, got {len(models)}")
         assign = dict(zip(rng.permutation(models), np.arange(len(models)) % folds, strict=True))
-        fold_of = rows["model"].astype(str).map(assign).to_numpy()
+        fold_of = groups.map(assign).to_numpy()
     else:
         raise ValueError(f"split must be 'random' or 'model', got {split!r}")
     parts = []
@@ -502,9 +536,11 @@ def calibrate_frame(
     """Cross-validate (random rows, whole models), then fit on all rows."""
     start = initial or PerfParams()
     held_out = {"random": cross_validate(frame, "random", folds, seed, start, max_nfev)}
-    n_models = frame["model"].astype(str).nunique() if "model" in frame.columns else 0
-    if n_models >= folds:
+    models = frame["model"].astype(str) if "model" in frame.columns else pd.Series(dtype=str)
+    if models.nunique() >= folds:
         held_out["model"] = cross_validate(frame, "model", folds, seed, start, max_nfev)
+    if models.map(architecture).nunique() >= folds:
+        held_out["architecture"] = cross_validate(frame, "architecture", folds, seed, start, max_nfev)
     fit = fit_params(frame, start, max_nfev=max_nfev)
     return CalibrationResult(
         fit=fit,
@@ -566,6 +602,7 @@ def _md_table(frame: pd.DataFrame, floatfmt: Mapping[str, str] | None = None) ->
     return "\n".join(lines)
 
 
+_SPLIT_TITLES = {"random": "random rows", "model": "whole models", "architecture": "whole architectures"}
 _PCT = {"median_abs_rel_err": ".1%", "within_25pct": ".1%", "n": ".0f"}
 
 
@@ -685,7 +722,7 @@ def write_report(result: CalibrationResult, path: Path, trace_paths: Sequence[st
         s = summarise(err).iloc[0]
         verdict = "stretch met" if s["median_abs_rel_err"] <= STRETCH_MEDIAN_ERR else (
             "met" if s["median_abs_rel_err"] <= TARGET_MEDIAN_ERR else "missed")
-        head.append({"held out": {"random": "random rows", "model": "whole models"}.get(split, split), "n": s["n"],
+        head.append({"held out": _SPLIT_TITLES.get(split, split), "n": s["n"],
                      "median_abs_rel_err": s["median_abs_rel_err"], "within_25pct": s["within_25pct"], "target": verdict})
     for name, err in (("in-sample (final fit)", result.in_sample), ("uncalibrated defaults", result.uncalibrated)):
         s = summarise(err).iloc[0]
@@ -693,7 +730,7 @@ def write_report(result: CalibrationResult, path: Path, trace_paths: Sequence[st
                      "within_25pct": s["within_25pct"], "target": "(not held out)"})
     lines += [_md_table(pd.DataFrame(head), _PCT), ""]
     for split, err in result.held_out.items():
-        title = {"random": "random rows", "model": "whole models"}.get(split, split)
+        title = _SPLIT_TITLES.get(split, split)
         lines += [f"### Held out: {title}, per device and family", "", _md_table(summarise(err, ["device", "family"]), _PCT), ""]
         lines += [f"### Held out: {title}, per device and mode", "", _md_table(summarise(err, ["device", "mode"]), _PCT), ""]
     if "model" in result.held_out:
@@ -726,7 +763,7 @@ def write_report(result: CalibrationResult, path: Path, trace_paths: Sequence[st
         "",
     ]
     consts = pd.DataFrame({"constant": list(result.fit.free),
-                           "prior (start)": [result.initial.get(p) for p in result.fit.free],
+                           "prior (start)": list(result.fit.start),
                            "fitted": [result.fit.params.get(p) for p in result.fit.free]})
     lines += [_md_table(consts, {"prior (start)": ".4g", "fitted": ".4g"}), ""]
     if params_out is not None:

@@ -155,14 +155,18 @@ def _default_model_parallel_frac() -> dict[str, float]:
 class PerfParams:
     """Every constant of the model, units in the names (s, W-free fractions, GB/s, MiB).
 
-    ``families`` maps each of :data:`placement.job.FAMILIES` to :class:`FamilyParams`;
-    ``model_parallel_frac`` maps a lower-case substring of the model name to an Amdahl
-    fraction that overrides the family's (first match wins). Treat both mappings as
-    read-only; derive new parameters with :meth:`with_values`.
+    ``families`` maps each of :data:`placement.job.FAMILIES` to :class:`FamilyParams`.
+    ``model_parallel_frac`` and ``model_kernels_per_pass`` map a lower-case part of the
+    model name (an architecture: ``lstm``, ``resnet18``) to a value that overrides the
+    family's Amdahl fraction or op count for models whose name contains it (the longest
+    matching key wins); calibration fits them per architecture seen in the trace, and an
+    unseen architecture falls back to its family. Treat the mappings as read-only; derive
+    new parameters with :meth:`with_values`.
     """
 
     families: dict[str, FamilyParams] = field(default_factory=_default_families)
     model_parallel_frac: dict[str, float] = field(default_factory=_default_model_parallel_frac)
+    model_kernels_per_pass: dict[str, float] = field(default_factory=dict)
     train_kernel_mult: float = 3.0  # ops of forward + backward + optimizer step / forward
     train_weight_traffic_mult: float = 4.0  # weight bytes moved when training / inference
     cpu_op_overhead_s: float = 8.0e-6  # per framework op on the CPU, reference host core
@@ -200,13 +204,14 @@ class PerfParams:
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ValueError(f"PerfParams.families has unknown families {', '.join(unknown)}")
-        for key, frac in self.model_parallel_frac.items():
-            if not (0.0 <= float(frac) <= 1.0) or not key or key != key.lower():
-                raise ValueError(
-                    f"PerfParams.model_parallel_frac['{key}'] must be a fraction in [0, 1] keyed by a lower-case name part"
-                )
+        for table, top in (("model_parallel_frac", 1.0), ("model_kernels_per_pass", math.inf)):
+            for key, value in getattr(self, table).items():
+                if not (0.0 <= float(value) <= top) or not key or key != key.lower() or "." in key:
+                    raise ValueError(
+                        f"PerfParams.{table}['{key}'] must be a number in [0, {top}] keyed by a lower-case name part without dots"
+                    )
         for f in fields(self):
-            if f.name in ("families", "model_parallel_frac"):
+            if f.name in _TABLES:
                 continue
             value = getattr(self, f.name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -223,7 +228,8 @@ class PerfParams:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["families"] = {k: asdict(v) for k, v in self.families.items()}
-        data["model_parallel_frac"] = dict(self.model_parallel_frac)
+        for table in _NAME_TABLES:
+            data[table] = dict(getattr(self, table))
         return data
 
     @classmethod
@@ -234,7 +240,7 @@ class PerfParams:
         unknown = [k for k in data if k not in known]
         if unknown:
             raise ValueError(f"unknown PerfParams keys: {', '.join(sorted(unknown))}")
-        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in ("families", "model_parallel_frac")}
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in _TABLES}
         for k, v in kwargs.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"PerfParams.{k} must be a number, got {v!r}")
@@ -248,39 +254,47 @@ class PerfParams:
                 raise ValueError(f"PerfParams.families.{name} has unknown keys {', '.join(bad)}")
             families[name] = replace(families[name], **{k: float(v) for k, v in values.items()})
         kwargs["families"] = families
-        if "model_parallel_frac" in data:
-            kwargs["model_parallel_frac"] = {str(k): float(v) for k, v in dict(data["model_parallel_frac"]).items()}
+        for table in _NAME_TABLES:
+            if table in data:
+                kwargs[table] = {str(k): float(v) for k, v in dict(data[table]).items()}
         return cls(**kwargs)
 
     # -- flat access used by calibration -----------------------------------------------
     def get(self, path: str) -> float:
         """A value by flat path: ``"gpu_launch_overhead_s"``, ``"families.cnn.gpu_eff"`` or
-        ``"model_parallel_frac.lstm"``."""
+        ``"model_parallel_frac.lstm"`` / ``"model_kernels_per_pass.resnet18"``."""
         parts = path.split(".")
         if parts[0] == "families" and len(parts) == 3 and parts[1] in self.families and parts[2] in FAMILY_PARAM_NAMES:
             return float(getattr(self.families[parts[1]], parts[2]))
-        if parts[0] == "model_parallel_frac" and len(parts) == 2 and parts[1] in self.model_parallel_frac:
-            return float(self.model_parallel_frac[parts[1]])
+        if parts[0] in _NAME_TABLES and len(parts) == 2 and parts[1] in getattr(self, parts[0]):
+            return float(getattr(self, parts[0])[parts[1]])
         if len(parts) == 1 and parts[0] in {f.name for f in fields(self)}:
             return float(getattr(self, parts[0]))
         raise KeyError(f"no PerfParams value at '{path}'")
 
     def with_values(self, values: Mapping[str, float]) -> PerfParams:
-        """A copy with the values at the given flat paths replaced."""
+        """A copy with the values at the given flat paths replaced; a path into
+        ``model_parallel_frac`` / ``model_kernels_per_pass`` may add a new key."""
         top: dict[str, float] = {}
         fam: dict[str, dict[str, float]] = {}
-        mpf = dict(self.model_parallel_frac)
+        tables = {t: dict(getattr(self, t)) for t in _NAME_TABLES}
         for path, value in values.items():
-            self.get(path)  # raises on an unknown path
             parts = path.split(".")
+            if parts[0] in _NAME_TABLES and len(parts) == 2:
+                tables[parts[0]][parts[1]] = float(value)
+                continue
+            self.get(path)  # raises on an unknown path
             if parts[0] == "families":
                 fam.setdefault(parts[1], {})[parts[2]] = float(value)
-            elif parts[0] == "model_parallel_frac":
-                mpf[parts[1]] = float(value)
             else:
                 top[parts[0]] = float(value)
         families = {k: (replace(v, **fam[k]) if k in fam else v) for k, v in self.families.items()}
-        return replace(self, families=families, model_parallel_frac=mpf, **top)
+        changes: dict[str, Any] = {"families": families, **tables, **top}
+        return replace(self, **changes)
+
+
+_NAME_TABLES = ("model_parallel_frac", "model_kernels_per_pass")
+_TABLES = ("families", *_NAME_TABLES)
 
 
 def save_params(params: PerfParams, path: Path, provenance: Mapping[str, Any] | None = None) -> Path:
@@ -407,11 +421,14 @@ def _broadcast(value: npt.ArrayLike, n: int, name: str, dtype: Any) -> np.ndarra
 
 def _codes(values: np.ndarray, allowed: tuple[str, ...], name: str) -> npt.NDArray[np.intp]:
     index = {v: i for i, v in enumerate(allowed)}
-    codes = np.fromiter((index.get(v, -1) for v in values.tolist()), dtype=np.intp, count=values.shape[0])
+    codes, uniques = pd.factorize(values)
     if (codes < 0).any():
-        bad = values[codes < 0][0]
+        raise ValueError(f"column '{name}': missing value (one of {', '.join(allowed)})")
+    lookup = np.array([index.get(u, -1) for u in uniques.tolist()], dtype=np.intp)
+    if (lookup < 0).any():
+        bad = uniques[int(np.flatnonzero(lookup < 0)[0])]
         raise ValueError(f"column '{name}': '{bad}' is not one of {', '.join(allowed)}")
-    return codes
+    return np.asarray(lookup[codes], dtype=np.intp)
 
 
 def _qnorm(a: FloatArray, b: FloatArray, q: float) -> FloatArray:
@@ -434,7 +451,9 @@ class PerformanceModel:
             name: np.array([getattr(p.families[f], name) for f in FAMILIES], dtype=np.float64) for name in FAMILY_PARAM_NAMES
         }
         self._rnn = FAMILIES.index("rnn")
-        self._mpf = tuple(p.model_parallel_frac.items())
+        # longest key first, so "resnet18" beats "resnet"
+        self._mpf = tuple(sorted(p.model_parallel_frac.items(), key=lambda kv: -len(kv[0])))
+        self._mkp = tuple(sorted(p.model_kernels_per_pass.items(), key=lambda kv: -len(kv[0])))
 
     @property
     def version(self) -> str:
@@ -458,8 +477,8 @@ class PerformanceModel:
         ``columns``: the names in :data:`placement.features.FEATURE_INPUT_COLUMNS` (its
         ``cpu_cores`` entry is ignored: pass ``cpu_cores`` here), plus, when present,
         ``hw_cpu_mem_bw_gbs``, ``hw_gpu_mem_bw_gbs``, ``hw_cpu_idle_w``, ``hw_gpu_idle_w``
-        (fallbacks in :data:`OPTIONAL_HW_COLUMNS`) and ``model`` (for
-        ``model_parallel_frac``). ``device``: ``'cpu'``/``'gpu'`` per row or one for all.
+        (fallbacks in :data:`OPTIONAL_HW_COLUMNS`) and ``model`` (for the name-keyed
+        overrides ``model_parallel_frac`` and ``model_kernels_per_pass``). ``device``: ``'cpu'``/``'gpu'`` per row or one for all.
         ``cpu_cores``: cores used, NaN = all the target's cores. ``gpu_mem_cap_mib``:
         cap in MiB, NaN = grow. ``rng``: draw noise; ``None`` = noiseless.
         ``mask_infeasible=False`` keeps the modelled time and powers of infeasible rows
@@ -530,8 +549,10 @@ class PerformanceModel:
         kpp = self._fam["kernels_per_pass"][fam]
         abpf = self._fam["act_bytes_per_flop"][fam]
         wtf = self._fam["weight_traffic_frac"][fam]
-        if self._mpf and "model" in columns:
-            par = self._model_parallel_frac(c.strs("model"), par)
+        if (self._mpf or self._mkp) and "model" in columns:
+            names = c.strs("model")
+            par = _name_override(names, par, self._mpf)
+            kpp = _name_override(names, kpp, self._mkp)
 
         # shared terms
         core_gflops = cpu_gflops / hw_cores
@@ -614,17 +635,6 @@ class PerformanceModel:
             is_gpu=is_gpu,
         )
 
-    def _model_parallel_frac(self, models: np.ndarray, par: FloatArray) -> FloatArray:
-        cache: dict[Any, float] = {}
-        out = par.copy()
-        for i, name in enumerate(models.tolist()):
-            if name not in cache:
-                low = str(name).lower()
-                cache[name] = next((frac for key, frac in self._mpf if key in low), math.nan)
-            if not math.isnan(cache[name]):
-                out[i] = cache[name]
-        return out
-
     # -- one job -----------------------------------------------------------------------
     def predict(
         self,
@@ -656,6 +666,18 @@ class PerformanceModel:
             rng,
         )
         return _outcome(pred, 0, dev, job.batch_size)
+
+
+def _name_override(models: np.ndarray, base: FloatArray, table: tuple[tuple[str, float], ...]) -> FloatArray:
+    """``base`` with rows whose model name contains a key of ``table`` set to its value."""
+    if not table:
+        return base
+    codes, uniques = pd.factorize(models)
+    values = np.array(
+        [next((value for key, value in table if key in str(u).lower()), math.nan) for u in uniques.tolist()] + [math.nan]
+    )
+    per_row = values[codes]  # code -1 (missing name) picks the trailing NaN
+    return np.where(np.isnan(per_row), base, per_row)
 
 
 def _device_str(device: Any) -> str:

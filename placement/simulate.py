@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from placement.hardware import HardwareTarget
@@ -88,92 +89,118 @@ JOB_FRAME_COLUMNS = (
 )
 
 
-def _zoo_job(rng: np.random.Generator, family: str) -> tuple[str, float, float, float, int, int, int]:
-    """(model name, fwd FLOPs/sample, train FLOPs/sample, params, elems, bytes, dataset size)."""
-    choices = [t for t in _ZOO if t.family == family]
-    t = choices[int(rng.integers(len(choices)))]
-    width = float(2.0 ** rng.uniform(-2.5, 0.5))  # 0.18x .. 1.4x channels / hidden units
-    depth = float(2.0 ** rng.uniform(-1.0, 1.0))  # 0.5x .. 2x layers
-    fwd, train, params = t.fwd_flops_per_sample, t.train_flops_per_sample, t.param_count
-    elems, nbytes = t.input_elems, t.input_bytes
-    tag = [f"w{width:.2g}", f"d{depth:.2g}"]
-    if t.dataset == "imdb":
-        seq = int(rng.choice((32, 64, 128, 256, 512)))
-        ratio = seq / 128.0
-        if family == "transformer":  # 85% linear in length, 15% attention (quadratic) at 128
-            fwd, train = (x * (0.85 * ratio + 0.15 * ratio**2) for x in (fwd, train))
-        else:
-            fwd, train = fwd * ratio, train * ratio
-        elems, nbytes = seq, seq * (t.input_bytes // t.input_elems)
-        tag.append(f"seq{seq}")
-    else:
-        native = 32 if t.dataset == "cifar10" else 224
-        px = int(rng.choice((32, 48, 64)) if native == 32 else rng.choice((96, 128, 160, 192, 224, 256)))
-        area = (px / native) ** 2
-        fwd, train = fwd * area, train * area
-        elems = int(round(t.input_elems * area))
-        nbytes = int(round(t.input_bytes * area))
-        if family == "mlp":  # the first layer grows with the input
-            params = params * (0.3 + 0.7 * area)
-        tag.append(f"{px}px")
-    scale = width**2 * depth
-    name = f"{t.arch}-{'-'.join(tag)}_{t.dataset}"
-    return name, fwd * scale, train * scale, params * scale, elems, nbytes, _DATASET_SIZE[t.dataset]
-
-
-def _other_job(rng: np.random.Generator, family: str) -> tuple[str, float, float, float, int, int, int]:
-    if family == "embedding":  # DLRM-like: big tables, small dense MLP; 13 dense + 26 sparse ids
-        tables = float(10 ** rng.uniform(6, 8.3))
-        dense = float(10 ** rng.uniform(5, 7.5))
-        fwd = 2 * dense + 26 * 64 * 2
-        return f"dlrm-t{tables:.2g}_criteo", fwd, 3 * fwd, tables + dense, 39, 13 * 4 + 26 * 8, 1_000_000
-    if family == "tree":  # gradient-boosted trees on tabular data
-        trees = int(rng.integers(50, 1001))
-        depth = int(rng.integers(4, 9))
-        feats = int(rng.integers(4, 200))
-        fwd = 2.0 * trees * depth
-        train = fwd + 10.0 * trees * feats  # histogram building per sample
-        return f"xgb-{trees}x{depth}_tabular{feats}", fwd, train, float(trees * 2**depth), feats, feats * 4, int(10 ** rng.uniform(3, 6))
-    # other: autoencoders, GNNs, audio models -- wide random spread
-    fwd = float(10 ** rng.uniform(6, 10))
-    params = float(10 ** rng.uniform(5, 8))
-    elems = int(10 ** rng.uniform(2, 5))
-    return f"other-{fwd:.2g}flop", fwd, 3 * fwd, params, elems, elems * 4, int(10 ** rng.uniform(3, 6))
+def _pick(rng: np.random.Generator, options: Sequence[float], n: int) -> npt.NDArray[np.float64]:
+    return np.asarray(options, dtype=np.float64)[rng.integers(0, len(options), size=n)]
 
 
 def generate_jobs(n: int, rng: np.random.Generator) -> pd.DataFrame:
     """``n`` synthetic jobs as trace job columns (``job_id``, ``model``, ``family``, ``mode``,
     ``batch_size``, ``flops_per_batch``, ``param_count``, ``input_elems_per_sample``,
-    ``input_bytes_per_sample``, ``dataset_size``). Deterministic given ``rng``'s state."""
+    ``input_bytes_per_sample``, ``dataset_size``). Deterministic given ``rng``'s state;
+    vectorised (a few ms per thousand jobs).
+
+    Zoo families draw a zoo model of the family, a width multiplier (0.18x..1.4x: FLOPs and
+    parameters x width^2), a depth multiplier (0.5x..2x), and an input size: 32/48/64 px
+    for CIFAR-like, 96..256 px for ImageNet-like (FLOPs x area), 32..512 tokens for IMDB-like
+    (recurrent FLOPs x length; transformer 85% linear, 15% quadratic in length). Embedding
+    jobs are DLRM-like (large tables, small dense part), tree jobs gradient-boosted trees on
+    tabular rows, other jobs a wide random spread. Batch 1..1024 in powers of two, small
+    batches more common (:data:`BATCH_WEIGHTS`); train and infer equally likely.
+    """
     if isinstance(n, bool) or int(n) != n or n < 0:
         raise ValueError(f"n must be a whole number >= 0, got {n!r}")
-    families = list(FAMILY_MIX)
+    n = int(n)
+    families = np.array(list(FAMILY_MIX), dtype=object)
     weights = np.array([FAMILY_MIX[f] for f in families])
-    rows = []
-    for i in range(int(n)):
-        family = families[int(rng.choice(len(families), p=weights / weights.sum()))]
-        if family in ("embedding", "tree", "other"):
-            name, fwd, train, params, elems, nbytes, size = _other_job(rng, family)
+    family = families[rng.choice(len(families), size=n, p=weights / weights.sum())]
+    train = rng.random(n) < 0.5
+    bw = np.array(BATCH_WEIGHTS)
+    batch = np.asarray(BATCH_SIZES, dtype=np.int64)[rng.choice(len(BATCH_SIZES), size=n, p=bw / bw.sum())]
+
+    # zoo-based jobs: a template of the family, then width / depth / input-size variants
+    tmpl_idx = np.zeros(n, dtype=np.int64)
+    u = rng.random(n)
+    for fam in ("mlp", "cnn", "rnn", "transformer"):
+        members = np.array([i for i, t in enumerate(_ZOO) if t.family == fam])
+        rows = family == fam
+        tmpl_idx[rows] = members[np.minimum((u[rows] * len(members)).astype(np.int64), len(members) - 1)]
+    fwd = np.array([t.fwd_flops_per_sample for t in _ZOO])[tmpl_idx]
+    trn = np.array([t.train_flops_per_sample for t in _ZOO])[tmpl_idx]
+    params = np.array([t.param_count for t in _ZOO], dtype=np.float64)[tmpl_idx]
+    elems0 = np.array([t.input_elems for t in _ZOO], dtype=np.float64)[tmpl_idx]
+    bytes0 = np.array([t.input_bytes for t in _ZOO], dtype=np.float64)[tmpl_idx]
+    dataset = np.array([t.dataset for t in _ZOO], dtype=object)[tmpl_idx]
+    arch = np.array([t.arch for t in _ZOO], dtype=object)[tmpl_idx]
+    width = 2.0 ** rng.uniform(-2.5, 0.5, n)
+    depth = 2.0 ** rng.uniform(-1.0, 1.0, n)
+    seq = _pick(rng, (32, 64, 128, 256, 512), n)
+    px_small = _pick(rng, (32, 48, 64), n)
+    px_large = _pick(rng, (96, 128, 160, 192, 224, 256), n)
+    text = dataset == "imdb"
+    px = np.where(dataset == "cifar10", px_small, px_large)
+    native = np.where(dataset == "cifar10", 32.0, 224.0)
+    ratio = seq / 128.0
+    area = np.where(text, 1.0, (px / native) ** 2)
+    length = np.where(text, np.where(family == "transformer", 0.85 * ratio + 0.15 * ratio**2, ratio), 1.0)
+    scale = width**2 * depth
+    fwd = fwd * area * length * scale
+    trn = trn * area * length * scale
+    params = params * np.where(family == "mlp", 0.3 + 0.7 * area, 1.0) * scale
+    elems = np.where(text, seq, np.round(elems0 * area))
+    nbytes = np.where(text, seq * (bytes0 / elems0), np.round(bytes0 * area))
+    size = np.array([_DATASET_SIZE.get(d, 1) for d in dataset.tolist()], dtype=np.float64)
+
+    # embedding: DLRM-like, 13 dense + 26 sparse ids
+    tables = 10 ** rng.uniform(6, 8.3, n)
+    dense = 10 ** rng.uniform(5, 7.5, n)
+    # tree: gradient-boosted trees on tabular rows
+    trees = rng.integers(50, 1001, n).astype(np.float64)
+    tdepth = rng.integers(4, 9, n).astype(np.float64)
+    feats = rng.integers(4, 200, n).astype(np.float64)
+    tsize = np.round(10 ** rng.uniform(3, 6, n))
+    # other: autoencoders, GNNs, audio models
+    o_fwd = 10 ** rng.uniform(6, 10, n)
+    o_params = 10 ** rng.uniform(5, 8, n)
+    o_elems = np.round(10 ** rng.uniform(2, 5, n))
+    o_size = np.round(10 ** rng.uniform(3, 6, n))
+
+    is_emb, is_tree, is_other = family == "embedding", family == "tree", family == "other"
+    emb_fwd = 2 * dense + 26 * 64 * 2
+    fwd = np.select([is_emb, is_tree, is_other], [emb_fwd, 2.0 * trees * tdepth, o_fwd], fwd)
+    trn = np.select([is_emb, is_tree, is_other], [3 * emb_fwd, 2.0 * trees * tdepth + 10.0 * trees * feats, 3 * o_fwd], trn)
+    params = np.select([is_emb, is_tree, is_other], [tables + dense, trees * 2**tdepth, o_params], params)
+    elems = np.select([is_emb, is_tree, is_other], [np.full(n, 39.0), feats, o_elems], elems)
+    nbytes = np.select([is_emb, is_tree, is_other], [np.full(n, 13 * 4 + 26 * 8.0), feats * 4, o_elems * 4], nbytes)
+    size = np.select([is_emb, is_tree, is_other], [np.full(n, 1e6), tsize, o_size], size)
+
+    flops = np.where(train, batch * trn + OPTIMIZER_FLOPS_PER_PARAM * params, batch * fwd)
+    names = []
+    for i in range(n):
+        f = family[i]
+        if f == "embedding":
+            names.append(f"dlrm-t{tables[i]:.2g}_criteo")
+        elif f == "tree":
+            names.append(f"xgb-{int(trees[i])}x{int(tdepth[i])}_tabular{int(feats[i])}")
+        elif f == "other":
+            names.append(f"other-{o_fwd[i]:.2g}flop")
         else:
-            name, fwd, train, params, elems, nbytes, size = _zoo_job(rng, family)
-        mode = "train" if rng.random() < 0.5 else "infer"
-        batch = int(rng.choice(BATCH_SIZES, p=np.array(BATCH_WEIGHTS) / sum(BATCH_WEIGHTS)))
-        flops = batch * fwd if mode == "infer" else batch * train + OPTIMIZER_FLOPS_PER_PARAM * params
-        rows.append(
-            {
-                "job_id": f"job-{i:05d}",
-                "model": name,
-                "family": family,
-                "mode": mode,
-                "batch_size": batch,
-                "flops_per_batch": float(flops),
-                "param_count": int(round(params)),
-                "input_elems_per_sample": int(max(1, elems)),
-                "input_bytes_per_sample": int(max(1, nbytes)),
-                "dataset_size": int(size),
-            }
-        )
-    return pd.DataFrame(rows, columns=list(JOB_FRAME_COLUMNS))
+            shape = f"seq{int(seq[i])}" if text[i] else f"{int(px[i])}px"
+            names.append(f"{arch[i]}-w{width[i]:.2g}-d{depth[i]:.2g}-{shape}_{dataset[i]}")
+    return pd.DataFrame(
+        {
+            "job_id": [f"job-{i:05d}" for i in range(n)],
+            "model": names,
+            "family": family.astype(str) if n else np.array([], dtype=str),
+            "mode": np.where(train, "train", "infer"),
+            "batch_size": batch,
+            "flops_per_batch": flops.astype(np.float64),
+            "param_count": np.round(params).astype(np.int64),
+            "input_elems_per_sample": np.maximum(1, elems).astype(np.int64),
+            "input_bytes_per_sample": np.maximum(1, np.round(nbytes)).astype(np.int64),
+            "dataset_size": size.astype(np.int64),
+        },
+        columns=list(JOB_FRAME_COLUMNS),
+    )
 
 
 def _knob_rows(target: HardwareTarget, core_grid: Sequence[int], cap_fracs: Sequence[float]) -> list[tuple[str, int, float]]:

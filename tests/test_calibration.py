@@ -47,7 +47,13 @@ def test_fit_recovers_known_constants(synthetic):
     for path, value in TRUE.items():
         assert path in fit.free
         got = fit.params.get(path)
-        assert got == pytest.approx(value, rel=0.25), f"{path}: fitted {got:.4g}, true {value:.4g}"
+        if path == "model_parallel_frac.gru":
+            # weakly identified (few GRU runs are compute-bound): it must move most of the way
+            # from its start (the default) towards the truth
+            start = PerfParams().get(path)
+            assert abs(got - value) < 0.6 * abs(start - value), f"{path}: fitted {got:.4g}, true {value:.4g}, start {start:.4g}"
+            continue
+        assert got == pytest.approx(value, rel=0.1), f"{path}: fitted {got:.4g}, true {value:.4g}"
     # the noise model is read off the recorded repeat spread
     assert fit.params.noise_time_sigma == pytest.approx(true.noise_time_sigma, rel=0.3)
     errors = summarise(row_errors(frame, fit.params)).iloc[0]
@@ -103,7 +109,7 @@ def test_cli_calibrate_writes_params_and_report(tmp_path):
     assert "held-out" in result.output
     params, provenance = load_params(params_out)
     assert provenance["traces"][str(trace)] and provenance["seed"] == 0 and provenance["code_version"]
-    assert set(provenance["held_out"]) == {"random", "model"}
+    assert set(provenance["held_out"]) == {"random", "model", "architecture"}
     assert params.get("families.cnn.gpu_eff") == pytest.approx(0.25, rel=0.3)
     text = report.read_text()
     assert "whole models" in text and "placement calibrate" in text and "sha256" in text
