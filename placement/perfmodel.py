@@ -419,8 +419,16 @@ def _broadcast(value: npt.ArrayLike, n: int, name: str, dtype: Any) -> np.ndarra
     return arr
 
 
+_SMALL = 64  # below this many rows, plain dict lookups beat pandas.factorize
+
+
 def _codes(values: np.ndarray, allowed: tuple[str, ...], name: str) -> npt.NDArray[np.intp]:
     index = {v: i for i, v in enumerate(allowed)}
+    if values.shape[0] <= _SMALL:
+        small = np.array([index.get(v, -1) for v in values.tolist()], dtype=np.intp)
+        if (small < 0).any():
+            raise ValueError(f"column '{name}': '{values[small < 0][0]}' is not one of {', '.join(allowed)}")
+        return small
     codes, uniques = pd.factorize(values)
     if (codes < 0).any():
         raise ValueError(f"column '{name}': missing value (one of {', '.join(allowed)})")
@@ -672,6 +680,9 @@ def _name_override(models: np.ndarray, base: FloatArray, table: tuple[tuple[str,
     """``base`` with rows whose model name contains a key of ``table`` set to its value."""
     if not table:
         return base
+    if models.shape[0] <= _SMALL:
+        found = np.array([next((value for key, value in table if key in str(m).lower()), math.nan) for m in models.tolist()])
+        return np.where(np.isnan(found), base, found)
     codes, uniques = pd.factorize(models)
     values = np.array(
         [next((value for key, value in table if key in str(u).lower()), math.nan) for u in uniques.tolist()] + [math.nan]
