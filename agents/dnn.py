@@ -48,8 +48,12 @@ OPTIMIZERS = ("adamw", "sgd")
 @dataclass(frozen=True)
 class DnnConfig:
     """Training recipe. ``hidden`` are layer widths; ``lr`` the learning rate;
-    ``weight_decay`` L2 (decoupled for AdamW); ``patience`` epochs without validation-loss
-    improvement (by more than ``min_delta``) before stopping."""
+    ``weight_decay`` L2 (decoupled for AdamW); ``patience`` epochs without improvement of the
+    monitored validation figure before stopping: ``monitor="error"`` (default) is the
+    validation error rate of the GPU decision, ties broken by the validation loss (BCE,
+    plus knob cross-entropy); ``"loss"`` the validation loss alone (improvement by more
+    than ``min_delta``). On our traces the validation loss bottoms out while the error
+    rate still falls (probabilities sharpen), so stopping on the loss under-fits."""
 
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = 0.1
@@ -59,9 +63,10 @@ class DnnConfig:
     momentum: float = 0.9
     max_epochs: int = 300
     batch_size: int = 256
-    patience: int = 30
+    patience: int = 50
     min_delta: float = 1e-5
     val_fraction: float = 0.2
+    monitor: str = "error"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +80,8 @@ class DnnConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.monitor not in ("error", "loss"):
+            raise ValueError(f"monitor must be 'error' or 'loss', got '{self.monitor}'")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
     @classmethod
@@ -105,6 +112,7 @@ class TrainingHistory:
 
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    val_error: list[float] = field(default_factory=list)
     best_epoch: int = 0
     epochs_run: int = 0
 
@@ -114,6 +122,7 @@ class TrainingHistory:
             "epochs_run": self.epochs_run,
             "final_train_loss": self.train_loss[-1] if self.train_loss else None,
             "best_val_loss": min(self.val_loss) if self.val_loss else None,
+            "best_val_error": min(self.val_error) if self.val_error else None,
         }
 
 
@@ -278,7 +287,7 @@ def train_dnn(
 
     history = TrainingHistory()
     best_state = copy.deepcopy(net.state_dict())
-    best_val = math.inf
+    best: tuple[float, float] = (math.inf, math.inf)
     since_best = 0
     tidx = torch.from_numpy(train_idx)
     vidx = torch.from_numpy(val_idx)
@@ -304,17 +313,26 @@ def train_dnn(
         history.train_loss.append(total / max(count, 1))
         net.eval()
         with torch.no_grad():
-            val = float(loss_of(vidx)) if len(vidx) else history.train_loss[-1]
+            if len(vidx):
+                val = float(loss_of(vidx))
+                error = float(((net(xt[vidx])[0] > 0) != (yt[vidx] > 0.5)).float().mean())
+            else:
+                val, error = history.train_loss[-1], 0.0
         history.val_loss.append(val)
+        history.val_error.append(error)
         history.epochs_run = epoch + 1
-        if val < best_val - cfg.min_delta:
-            best_val, since_best = val, 0
+        if cfg.monitor == "error" and len(vidx):
+            improved = error < best[0] - 1e-12 or (error <= best[0] + 1e-12 and val < best[1] - cfg.min_delta)
+        else:
+            improved = val < best[1] - cfg.min_delta
+        if improved:
+            best, since_best = (error, val), 0
             history.best_epoch = epoch + 1
             best_state = copy.deepcopy(net.state_dict())
         else:
             since_best += 1
         if bar is not None:
-            bar.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}")
+            bar.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val:.4f}", val_err=f"{error:.3f}")
         if since_best >= cfg.patience:
             break
     if bar is not None:

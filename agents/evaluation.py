@@ -86,7 +86,15 @@ def labelled_set(pairs: pd.DataFrame) -> LabelledSet:
     frame = pairs[keep].reset_index(drop=True)
     if frame.empty:
         raise ValueError("no labelled (job, target) rows on a target with a GPU: nothing to decide")
+    frame["arch"] = model_architecture(frame["model"] if "model" in frame.columns else frame["job_id"])
     return LabelledSet(frame, pairs_features(frame), frame["label_gpu"].to_numpy(dtype=bool))
+
+
+def model_architecture(models: pd.Series) -> npt.NDArray[np.object_]:
+    """The model family of each model name: the part before the first ``_`` or ``-``
+    (``resnet18_cifar10`` -> ``resnet18``, ``gru-w0.4-d0.6-seq128_imdb`` -> ``gru``). Used to
+    hold out whole model families (the ``arch`` group column)."""
+    return np.asarray([str(m).split("_")[0].split("-")[0].lower() or str(m) for m in models], dtype=object)
 
 
 def load_labelled(paths: Iterable[Path], thresholds: Thresholds | None = None) -> tuple[LabelledSet, dict[str, str]]:
@@ -234,9 +242,10 @@ def random_split(data: LabelledSet, test_fraction: float = 0.2, seed: int = 0) -
 
 
 def group_split(data: LabelledSet, column: str, held_out: Sequence[str]) -> Split:
-    """Hold out every row whose ``column`` (e.g. ``family``, ``model``, ``target_id``) is in ``held_out``."""
+    """Hold out every row whose ``column`` (``arch`` = model family, ``family``, ``model``, ``target_id``)
+    is in ``held_out``."""
     if column not in data.pairs.columns:
-        raise ValueError(f"unknown group column '{column}' (try family, model or target_id)")
+        raise ValueError(f"unknown group column '{column}' (try arch, family, model or target_id)")
     values = data.pairs[column].astype(str).to_numpy()
     unknown = sorted(set(held_out) - set(values))
     if unknown:

@@ -50,15 +50,15 @@ from placement.version import code_version
 if TYPE_CHECKING:
     from agents.ppo import PpoConfig, PpoPolicy
 
-CV_COLUMNS = ("model", "family", "target_id", "random")
+CV_COLUMNS = ("arch", "model", "family", "target_id", "random")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything that decides a trained model besides the traces.
 
-    ``cv_column``: the group held out per fold (``model``, ``family``, ``target_id``) or
-    ``random`` rows; ``cv_folds``: number of folds (0 skips cross-validation);
+    ``cv_column``: the group held out per fold (``arch`` = model family such as resnet18 or
+    lstm, ``model``, ``family`` = job family such as cnn, ``target_id``) or ``random`` rows; ``cv_folds``: number of folds (0 skips cross-validation);
     ``ppo_timesteps``: PPO fine-tuning steps after the warm start (0 = DNN only).
     """
 
@@ -67,7 +67,7 @@ class TrainSettings:
     dnn: DnnConfig = field(default_factory=DnnConfig)
     ppo_timesteps: int = 0
     ppo: PpoConfig | None = None
-    cv_column: str = "model"
+    cv_column: str = "arch"
     cv_folds: int = 5
     version: str | None = None
     progress: bool = False
@@ -114,7 +114,7 @@ def cv_splits(data: LabelledSet, column: str, folds: int, seed: int) -> list[Spl
 
 
 def cross_validate(
-    data: LabelledSet, dnn_config: DnnConfig, *, column: str = "model", folds: int = 5, seed: int = 0,
+    data: LabelledSet, dnn_config: DnnConfig, *, column: str = "arch", folds: int = 5, seed: int = 0,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Out-of-fold Table 5 for the DNN and the baselines (whole ``column`` groups held out per fold)."""
@@ -181,7 +181,7 @@ def train_from_traces(
     }
 
     cv_table = None
-    n_groups = len(set(pairs[s.cv_column].astype(str))) if s.cv_column != "random" else len(data)
+    n_groups = len(set(data.pairs[s.cv_column].astype(str))) if s.cv_column != "random" else len(data)
     if s.cv_folds and n_groups >= 2:
         cv_table = cross_validate(data, dnn_config, column=s.cv_column, folds=min(s.cv_folds, n_groups),
                                   seed=s.seed, progress=s.progress)

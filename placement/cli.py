@@ -145,7 +145,7 @@ def train(
     missing_power: str = MISSING_OPT,
     preset: str = typer.Option("default", "--preset", help="DNN recipe: default (AdamW) or paper (SGD 0.05, 800 epochs)."),
     ppo_steps: int = typer.Option(20_000, "--ppo-steps", help="PPO fine-tuning steps after the warm start (0: DNN only)."),
-    cv: str = typer.Option("model", "--cv", help="Held out per fold for the reported metrics: model, family, target_id, random."),
+    cv: str = typer.Option("arch", "--cv", help="Held out per fold for the reported metrics: arch (model family), model, family, target_id, random."),
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds (0 skips)."),
     threads: int = typer.Option(2, "--threads", help="torch threads."),
     version: str | None = typer.Option(None, "--version", help="Model version string (default: code version + content hash)."),
@@ -201,7 +201,7 @@ def evaluate(
     ctx: typer.Context,
     traces: list[Path] = TRACES_OPT,
     model: Path | None = typer.Option(None, "--model", help="Model directory (default: the bundled models/default)."),
-    cv: str = typer.Option("none", "--cv", help="none: score the saved model; model|family|target_id|random: "
+    cv: str = typer.Option("none", "--cv", help="none: score the saved model; arch|model|family|target_id|random: "
                            "retrain the DNN per fold with the model's recipe and report held-out results."),
     folds: int = typer.Option(5, "--folds"),
     seed: int = typer.Option(0, "--seed"),
