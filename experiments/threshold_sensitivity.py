@@ -1,0 +1,281 @@
+"""Study 3 -- threshold sensitivity: T_t over 1.5-3.0 and T_e over a range; GPU share, throughput,
+energy efficiency, and the Pareto front (paper A: a lower T_t raises GPU share and throughput and
+lowers energy efficiency; T_e matters less than T_t).
+
+For every (T_t, T_e) on the grid the jobs of the simulated trace (energy ``modelled``) are
+relabelled by the joint threshold; the *threshold policy* (the Oracle at that threshold) is
+scored by :func:`agents.evaluation.evaluate_choices`: GPU share, throughput vs CPU-only and
+energy efficiency vs GPU-only. On the cross of the grid through the paper's point (every T_t at
+T_e = 1.5, every T_e at T_t = 2.0; the whole grid with ``--full``) the DNN is also trained at
+that threshold and scored out-of-fold (folds of whole models), as Ray tasks.
+
+Run: ``placement experiment threshold_sensitivity`` (``--full``; ``--no-ray``; ``--address``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from agents.evaluation import evaluate_choices, grouped_kfold, labelled_set
+from placement.catalogue import default_catalogue
+from placement.probe import probe_local
+from placement.simulate import simulate_trace
+from placement.threshold import Thresholds
+from placement.trace import pair_outcomes, read_trace
+from placement.version import code_version
+
+
+@dataclass
+class Args:
+    out: str = "results/threshold_sensitivity"
+    seed: int = 0
+    simulated: str = "data/traces/simulated.parquet"
+    sim_jobs: int = 0
+    """> 0: simulate this many jobs on every catalogue target instead of reading `simulated`."""
+    targets: tuple[str, ...] = ()
+    speedup_grid: tuple[float, ...] = (1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0)
+    """T_t values."""
+    energy_grid: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+    """T_e values."""
+    paper_speedup: float = 2.0
+    paper_energy: float = 1.5
+    dnn_points: str = "cross"
+    """Where the DNN is trained: cross (through the paper's point), all, or none."""
+    folds: int = 3
+    dnn_epochs: int = 300
+    threads: int = 1
+    full: bool = False
+    smoke: bool = False
+    ray: bool = True
+    address: str = ""
+
+
+FULL = dict(sim_jobs=400, dnn_points="all", folds=5)
+SMOKE = dict(sim_jobs=16, targets=("A", "D"), speedup_grid=(1.5, 2.0, 3.0), energy_grid=(1.0, 1.5), folds=2,
+             dnn_epochs=20)
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif isinstance(f.default, tuple):
+            parser.add_argument(flag, nargs="*", type=type(f.default[0]) if f.default else str, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    for preset, on in ((FULL, args.full), (SMOKE, args.smoke)):
+        for key, value in preset.items() if on else ():
+            if getattr(args, key) == getattr(Args, key):
+                setattr(args, key, value)
+    return args
+
+
+args = parse_args()
+plt.switch_backend("Agg")
+start = time.time()
+out = Path(args.out)
+out.mkdir(parents=True, exist_ok=True)
+catalogue = default_catalogue()
+if args.sim_jobs > 0:
+    frame = simulate_trace([catalogue[t] for t in (args.targets or tuple(catalogue))], args.sim_jobs, args.seed)
+    trace_hashes = {f"simulate_trace(n_jobs={args.sim_jobs}, seed={args.seed})": "generated in-process"}
+else:
+    trace = read_trace(Path(args.simulated))
+    frame = trace.frame
+    if args.targets:
+        frame = frame[frame["target_id"].isin(args.targets)].reset_index(drop=True)
+    trace_hashes = {args.simulated: trace.sha256}
+
+paper_th = Thresholds(args.paper_speedup, args.paper_energy)
+reference = labelled_set(pair_outcomes(frame, paper_th))
+grid = [(t, e) for t in args.speedup_grid for e in args.energy_grid]
+
+# the threshold policy at every grid point (cheap: relabel and score)
+rows = []
+for t, e in grid:
+    labels = labelled_set(pair_outcomes(frame, Thresholds(t, e)))
+    rep = evaluate_choices(labels.y, reference, f"threshold({t:g},{e:g})")
+    rows.append({"speedup_min": t, "energy_ratio_max": e, "gpu_share": rep.gpu_share,
+                 "throughput_vs_cpu_only": rep.throughput_vs_cpu_only,
+                 "energy_efficiency_vs_gpu_only": rep.energy_efficiency_vs_gpu_only,
+                 "agreement_with_paper_point": rep.accuracy, "energy_method": rep.energy_method})
+table = pd.DataFrame(rows)
+
+
+def dnn_point(frame: pd.DataFrame, t: float, e: float, a: Args) -> dict[str, Any]:
+    """Out-of-fold DNN trained at threshold (t, e): accuracy vs its own labels, GPU share,
+    throughput and energy efficiency."""
+    import torch
+
+    from agents.dnn import DnnConfig, train_dnn
+
+    torch.set_num_threads(a.threads)
+    data = labelled_set(pair_outcomes(frame, Thresholds(t, e)))
+    ref = labelled_set(pair_outcomes(frame, Thresholds(a.paper_speedup, a.paper_energy)))
+    chose = np.zeros(len(data), dtype=bool)
+    for k, split in enumerate(grouped_kfold(data, "model", a.folds, a.seed)):
+        train = data.subset(split.train)
+        if train.y.all() or not train.y.any():
+            chose[split.test] = bool(train.y[0])
+            continue
+        dnn, _ = train_dnn(train.x, train.y, config=DnnConfig(seed=a.seed + k, max_epochs=a.dnn_epochs))
+        chose[split.test] = np.asarray(dnn.predict(data.x[split.test])[0]).reshape(-1) == 1
+    rep = evaluate_choices(chose, ref, "dnn")
+    return {"speedup_min": t, "energy_ratio_max": e, "dnn_accuracy": float((chose == data.y).mean()),
+            "dnn_gpu_share": rep.gpu_share, "dnn_throughput_vs_cpu_only": rep.throughput_vs_cpu_only,
+            "dnn_energy_efficiency_vs_gpu_only": rep.energy_efficiency_vs_gpu_only}
+
+
+if args.dnn_points == "all":
+    dnn_grid = grid
+elif args.dnn_points == "cross":
+    dnn_grid = [(t, e) for t, e in grid if np.isclose(t, args.paper_speedup) or np.isclose(e, args.paper_energy)]
+else:
+    dnn_grid = []
+if dnn_grid and args.ray:
+    import ray
+
+    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
+                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
+    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
+             log_to_driver=False, runtime_env=runtime_env)
+    remote = ray.remote(num_cpus=1)(dnn_point)
+    frame_ref = ray.put(frame)
+    refs = [remote.remote(frame_ref, t, e, args) for t, e in dnn_grid]
+    pending = list(refs)
+    with tqdm(total=len(refs), desc="DNN per threshold") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    dnn_rows = ray.get(refs)
+    ray.shutdown()
+else:
+    dnn_rows = [dnn_point(frame, t, e, args) for t, e in tqdm(dnn_grid, desc="DNN per threshold")]
+if dnn_rows:
+    table = table.merge(pd.DataFrame(dnn_rows), on=["speedup_min", "energy_ratio_max"], how="left")
+
+# Pareto front of the threshold policies: maximise throughput and energy efficiency
+tp = table["throughput_vs_cpu_only"].to_numpy()
+ee = table["energy_efficiency_vs_gpu_only"].to_numpy()
+dominated = np.array([np.any((tp >= tp[i]) & (ee >= ee[i]) & ((tp > tp[i]) | (ee > ee[i]))) for i in range(len(table))])
+table["pareto"] = ~dominated
+table.to_csv(out / "threshold_sensitivity.csv", index=False, float_format="%.4f")
+
+at_paper_e = table[np.isclose(table.energy_ratio_max, args.paper_energy)].sort_values("speedup_min")
+at_paper_t = table[np.isclose(table.speedup_min, args.paper_speedup)].sort_values("energy_ratio_max")
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+ax = axes[0]
+for col, label in (("gpu_share", "GPU share"), ("throughput_vs_cpu_only", "throughput ×CPU-only"),
+                   ("energy_efficiency_vs_gpu_only", "energy eff. ×GPU-only")):
+    ax.plot(at_paper_e.speedup_min, at_paper_e[col], "o-", label=label)
+ax.set_xlabel(f"T_t (T_e = {args.paper_energy:g})")
+ax.set_title("sweep of T_t (threshold policy, modelled)", fontsize=9)
+ax.legend(fontsize=7)
+ax = axes[1]
+for col, label in (("gpu_share", "GPU share"), ("throughput_vs_cpu_only", "throughput ×CPU-only"),
+                   ("energy_efficiency_vs_gpu_only", "energy eff. ×GPU-only")):
+    ax.plot(at_paper_t.energy_ratio_max, at_paper_t[col], "o-", label=label)
+ax.set_xlabel(f"T_e (T_t = {args.paper_speedup:g})")
+ax.set_title("sweep of T_e (threshold policy, modelled)", fontsize=9)
+ax = axes[2]
+sc = ax.scatter(table.throughput_vs_cpu_only, table.energy_efficiency_vs_gpu_only, c=table.speedup_min, cmap="viridis",
+                s=12 + 12 * table.energy_ratio_max)
+front = table[table.pareto].sort_values("throughput_vs_cpu_only")
+ax.plot(front.throughput_vs_cpu_only, front.energy_efficiency_vs_gpu_only, "r-", lw=1, label="Pareto front")
+paper_row = table[np.isclose(table.speedup_min, args.paper_speedup) & np.isclose(table.energy_ratio_max, args.paper_energy)]
+ax.scatter(paper_row.throughput_vs_cpu_only, paper_row.energy_efficiency_vs_gpu_only, marker="*", s=160, c="red",
+           label="paper (2.0, 1.5)")
+fig.colorbar(sc, ax=ax, label="T_t (marker size: T_e)")
+ax.set_xlabel("throughput ×CPU-only")
+ax.set_ylabel("energy efficiency ×GPU-only")
+ax.set_title("Pareto front over (T_t, T_e)", fontsize=9)
+ax.legend(fontsize=7)
+fig.tight_layout()
+fig.savefig(out / "threshold_sensitivity.png", dpi=90)
+plt.close(fig)
+
+span_t = float(at_paper_e.gpu_share.max() - at_paper_e.gpu_share.min()) if len(at_paper_e) else float("nan")
+span_e = float(at_paper_t.gpu_share.max() - at_paper_t.gpu_share.min()) if len(at_paper_t) else float("nan")
+host = probe_local()
+provenance = {
+    "study": "threshold_sensitivity", "args": dataclasses.asdict(args), "seed": args.seed,
+    "thresholds": {"grid_speedup_min": list(args.speedup_grid), "grid_energy_ratio_max": list(args.energy_grid),
+                   "paper_point": paper_th.as_dict()},
+    "trace_hashes": trace_hashes, "code_version": code_version(),
+    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
+                 "platform": platform.platform(), "python": sys.version.split()[0],
+                 "targets": sorted(set(frame["target_id"].astype(str)))},
+    "gpu_share_span": {"over_T_t": span_t, "over_T_e": span_e}, "wall_s": round(time.time() - start, 1),
+}
+(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def trend(col: str, frame: pd.DataFrame, x: str) -> str:
+    v = frame[col].to_numpy(dtype=float)
+    if len(v) < 2:
+        return "n/a"
+    d = np.diff(v)
+    return "falls" if (d <= 1e-12).all() and d.sum() < 0 else "rises" if (d >= -1e-12).all() and d.sum() > 0 else \
+        "is flat" if np.allclose(v, v[0]) else "is not monotone"
+
+
+has_dnn = "dnn_accuracy" in table.columns
+lines = ["## Study 3 — threshold sensitivity", "",
+         f"Simulated trace ({len(reference)} (job, target) pairs; energy **modelled**), seed {args.seed}. Each grid "
+         "point relabels the jobs; the *threshold policy* places every job by its label at that point, scored "
+         "against the fixed CPU-only / GPU-only baselines. The DNN columns are out-of-fold "
+         f"({args.folds} folds of whole models) at that threshold.", "",
+         f"### T_t sweep at T_e = {args.paper_energy:g}", "",
+         "| T_t | GPU share | throughput ×CPU-only | energy eff. ×GPU-only |" + (" DNN accuracy % | DNN GPU share |" if has_dnn else ""),
+         "|---|---|---|---|" + ("---|---|" if has_dnn else "")]
+for _, r in at_paper_e.iterrows():
+    lines.append(f"| {r.speedup_min:g} | {fmt(r.gpu_share)} | {fmt(r.throughput_vs_cpu_only)} | "
+                 f"{fmt(r.energy_efficiency_vs_gpu_only)} |" + (f" {fmt(100 * r.dnn_accuracy, 1)} | {fmt(r.dnn_gpu_share)} |" if has_dnn else ""))
+lines += ["", f"### T_e sweep at T_t = {args.paper_speedup:g}", "",
+          "| T_e | GPU share | throughput ×CPU-only | energy eff. ×GPU-only |" + (" DNN accuracy % | DNN GPU share |" if has_dnn else ""),
+          "|---|---|---|---|" + ("---|---|" if has_dnn else "")]
+for _, r in at_paper_t.iterrows():
+    lines.append(f"| {r.energy_ratio_max:g} | {fmt(r.gpu_share)} | {fmt(r.throughput_vs_cpu_only)} | "
+                 f"{fmt(r.energy_efficiency_vs_gpu_only)} |" + (f" {fmt(100 * r.dnn_accuracy, 1)} | {fmt(r.dnn_gpu_share)} |" if has_dnn else ""))
+lines += ["", "Pareto-optimal (T_t, T_e) points (no other point has both higher throughput and higher energy "
+          "efficiency): " + ", ".join(f"({r.speedup_min:g}, {r.energy_ratio_max:g})" for _, r in front.iterrows()) + ".",
+          "", "![threshold sensitivity](threshold_sensitivity/threshold_sensitivity.png)", "", "Against paper A:", ""]
+lines.append(f"* As T_t rises from {args.speedup_grid[0]:g} to {args.speedup_grid[-1]:g}, the GPU share "
+             f"{trend('gpu_share', at_paper_e, 'speedup_min')}, throughput {trend('throughput_vs_cpu_only', at_paper_e, 'speedup_min')} "
+             f"and energy efficiency {trend('energy_efficiency_vs_gpu_only', at_paper_e, 'speedup_min')} "
+             "(paper: a lower T_t raises GPU share and throughput and lowers energy efficiency).")
+lines.append(f"* GPU share spans {fmt(span_t)} over the T_t range and {fmt(span_e)} over the T_e range "
+             + ("(paper: T_e matters less than T_t — consistent)." if span_e < span_t else
+                "(paper: T_e matters less than T_t — **not** what we see here)."))
+ee_t = at_paper_e.energy_efficiency_vs_gpu_only.to_numpy(dtype=float)
+if len(ee_t) >= 2 and ee_t[-1] < ee_t[0]:
+    lines.append("* Energy efficiency *falls* as T_t rises in our model: the jobs a higher T_t sends back to the "
+                 "CPU are still cheaper per sample on the GPU (the energy condition rarely binds; modelled GPU "
+                 "energy per sample is below the CPU's for most jobs). The paper's trade-off assumes the CPU is the "
+                 "frugal device for those jobs; here it is not.")
+lines += ["", f"Provenance: `threshold_sensitivity/provenance.json` (code {code_version()}, trace sha256 "
+          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+(out / "section.md").write_text("\n".join(lines))
+print(table.to_string(index=False))
+print(f"wrote {out} in {time.time() - start:.0f} s")
