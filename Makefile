@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck pytest clean-venv
+.PHONY: setup run test lint typecheck pytest clean-venv model bench-decide evaluation-report
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,17 @@ test: lint typecheck pytest
 
 calibration: setup  # performance model: fit on the measured trace, report, then re-simulate
 	$(VENV)/bin/placement calibrate data/traces/h100_measured.parquet --params-out placement/data/perf_params.json --report docs/calibration.md --seed 0 --folds 5 && $(VENV)/bin/placement simulate --out data/traces/simulated.parquet --n-jobs 80 --seed 0
+
+# the bundled default model: DNN + warm PPO from the shipped traces (paper, simulated, measured when present)
+MODEL_TRACES = $(wildcard data/traces/paper_table2.csv data/traces/simulated.parquet data/traces/h100_measured.parquet)
+model: setup
+	$(VENV)/bin/placement train --traces $(MODEL_TRACES) --out models/default --seed 0 --ppo-steps 20000 --threads 1 --quiet
+
+bench-decide: setup  # single-decision latency and batched decisions/s per policy
+	$(PY) benchmarks/bench_decide.py
+
+evaluation-report: setup  # docs/evaluation.md and docs/figures/ (held-out Table 5, warm vs cold PPO curves)
+	$(PY) -m agents.report
 
 clean-venv:
 	rm -rf $(VENV)

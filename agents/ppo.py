@@ -400,7 +400,8 @@ class PpoPolicy(Policy):
         return self.knob_levels.knobs(target, int(action[1]), int(action[2]), gpu=device == GPU)
 
     def save(self, path: Path) -> None:
-        self.model.save(str(path))
+        # episode statistics carry wall-clock times; serving does not need them
+        self.model.save(str(path), exclude=["ep_info_buffer", "ep_success_buffer"])
 
 
 def load_ppo_policy(path: Path, knob_levels: KnobLevels | None = None) -> PpoPolicy:
