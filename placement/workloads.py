@@ -490,7 +490,13 @@ def load_model_factory(path: str) -> Callable[[], nn.Module]:
         raise ValueError(f"model path '{path}': '{attr}' is not a class or function")
 
     def factory() -> nn.Module:
-        model = obj()
+        try:
+            model = obj()
+        except TypeError as exc:
+            raise ValueError(
+                f"model path '{path}': calling {attr}() without arguments failed ({exc}); point at a "
+                "function that builds the model with its arguments"
+            ) from exc
         if not isinstance(model, nn.Module):
             raise ValueError(f"model path '{path}': '{attr}()' returned {type(model).__name__}, not a torch.nn.Module")
         return model
