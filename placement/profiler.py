@@ -762,8 +762,11 @@ def profile(
 
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), unit="row", desc="profile", dynamic_ncols=True)
 
+    row_code_version = _code_version()
+
     def on_result(result: dict[str, Any]) -> None:
         nonlocal new
+        result["code_version"] = row_code_version  # a resumed sweep may run newer code
         journal.append(result)
         new += 1
         if bar is not None:

@@ -249,3 +249,15 @@ def test_meter_set_opens_and_closes_together():
     out = both.end_window()
     assert out["gpu"].avg_power_w == 100.0 and out["cpu"].avg_power_w == 20.0
     assert out["cpu"].method == "modelled"
+
+
+def test_real_nvml_counter_where_present():
+    try:
+        m = NvmlMeter(0, min_window_s=0.3)
+    except MeterError:
+        pytest.skip("no NVIDIA driver here")
+    m.begin_window()
+    while not m.window_can_end(0.0):
+        time.sleep(0.01)
+    r = m.end_window()
+    assert r.method == "measured" and r.duration_s >= 0.3 and r.avg_power_w > 0

@@ -203,3 +203,19 @@ def test_committed_measured_trace_meets_the_issue():
     assert meta.extra["thresholds"] and meta.extra["journal_sha256"]
     counts = Counter(pair_outcomes(f)["label_gpu"])
     assert counts[True] > 0 and counts[False] > 0  # the joint threshold splits real jobs both ways
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs an NVIDIA GPU (runs on the measurement host)")
+def test_profile_on_a_real_gpu(tmp_path, target):
+    """Real CUDA allocator, real NVML counter windows, a real OOM under a 16 MiB cap."""
+    import torch
+
+    gpu = target.model_copy(update={"gpu_model": torch.cuda.get_device_name(0)})
+    rows = [RowSpec("mlp_cifar10", "train", 32, "gpu", 2), RowSpec("resnet18_cifar10", "train", 64, "gpu", 2, 16)]
+    settings = ProfileSettings(gpu_window_s=0.5, cpu_energy="modelled")
+    summary = profile(rows, tmp_path / "gpu.parquet", gpu, settings, isolate=True, progress=False)
+    assert summary.rows_done == 2 and not summary.failures, summary.failures
+    f = read_trace(tmp_path / "gpu.parquet").frame.sort_values("gpu_mem_cap_mib", na_position="first")
+    ok, oom = f.iloc[0], f.iloc[1]
+    assert ok["feasible"] and ok["gpu_power_method"] == "measured" and ok["avg_gpu_power_w"] > 10
+    assert not oom["feasible"] and oom["infeasible_reason"] == "oom"
