@@ -106,6 +106,7 @@ class Learner:
             report = self._update()
             report = report.model_copy(update={"duration_s": time.perf_counter() - start})
             self.store.set_meta(LAST_REPORT_KEY, report.model_dump_json())
+            self.store.increment_meta(f"learner_updates_{report.status}")
             log.info("learner update: %s (%s)", report.status, report.reason)
             return report
 

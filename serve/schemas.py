@@ -62,8 +62,13 @@ def _job_columns_model() -> type[BaseModel]:
         required = info.is_required()
         fields[name] = (list[item] if required else list[item] | None, Field(... if required else None,
                                                                              description=info.description))
+    def _same_length(self: BaseModel) -> BaseModel:
+        column_length(self)
+        return self
+
     return create_model(  # type: ignore[call-overload, no-any-return]
         "JobColumns",
+        __validators__={"_same_length": model_validator(mode="after")(_same_length)},
         __config__=ConfigDict(extra="forbid", frozen=True, use_enum_values=True),
         __doc__="A batch of jobs as columns: each field of Job as a list, all the same length "
         "(name and dataset_size optional). The fast format for large batches.",
@@ -112,8 +117,6 @@ class PlacementRequest(BaseModel):
         given = [name for name in ("job", "jobs", "columns") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'job' (one job), 'jobs' (a list of jobs) or 'columns' (jobs as columns)")
-        if self.columns is not None:
-            column_length(self.columns)
         return self
 
     @property

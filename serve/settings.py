@@ -12,6 +12,7 @@ Units are in the names (``_s`` seconds, ``_bytes``, ``_mib``); thresholds are pa
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -59,6 +60,8 @@ class Settings(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="The service's HTTP port (the ingress replica's direct port).")
     ray_proxy_port: int = Field(8100, ge=1, le=65535, description="Ray Serve's own HTTP proxy port (fallback path).")
     token: str | None = Field(None, min_length=16, description="Bearer token for feedback and policy routes.")
+    token_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                                     description="sha256 of the token: what replicas get instead of the token.")
     max_body_bytes: int = Field(64 * 2**20, ge=1024, le=2**31, description="Largest request body accepted.")
     max_batch_jobs: int = Field(100_000, ge=1, le=1_000_000, description="Most jobs in one placement request.")
 
@@ -99,7 +102,7 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _secure_bind(self) -> Settings:
-        if not is_loopback(self.host) and not self.token:
+        if not is_loopback(self.host) and not (self.token or self.token_sha256):
             raise ValueError(
                 f"host '{self.host}' is not a loopback address: set PLACEMENT_TOKEN (>= 16 characters) so "
                 "feedback and policy routes need a bearer token, or bind 127.0.0.1"
@@ -121,10 +124,26 @@ class Settings(BaseModel):
     def thresholds(self) -> Thresholds:
         return Thresholds(self.speedup_min, self.energy_ratio_max, MissingPower(self.missing_power))
 
+    @property
+    def token_digest(self) -> str | None:
+        """sha256 (hex) of the bearer token, or None when no token is configured."""
+        if self.token:
+            return hashlib.sha256(self.token.encode()).hexdigest()
+        return self.token_sha256
+
+    def for_replicas(self) -> dict[str, Any]:
+        """Settings to hand to Ray deployments: JSON-safe, the token replaced by its sha256
+        (the secret stays in the launching process; replicas compare digests)."""
+        data = self.model_dump(mode="json")
+        data["token_sha256"] = self.token_digest
+        data["token"] = None
+        return data
+
     def public(self) -> dict[str, Any]:
         """Settings safe to show (the token is redacted)."""
         data = self.model_dump(mode="json")
-        data["token"] = "set" if self.token else None
+        data["token"] = "set" if self.token_digest else None
+        data["token_sha256"] = None
         return data
 
     @classmethod

@@ -445,6 +445,7 @@ class Store:
                 "COALESCE(SUM(both_measured), 0) FROM feedback"
             ).fetchone()
             events = dict(self._conn.execute("SELECT kind, COUNT(*) FROM policy_events GROUP BY kind").fetchall())
+            learner = dict(self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'learner_updates_%'").fetchall())
         total = int(d[0])
         return {
             "decisions": {"total": total, "gpu": int(d[1]), "cpu": total - int(d[1]), "explored": int(d[2]),
@@ -452,6 +453,7 @@ class Store:
             "feedback": {"total": int(f[0]), "gpu": int(f[1]), "cpu": int(f[0]) - int(f[1]), "failures": int(f[2]),
                          "both_measured": int(f[3])},
             "events": {k: int(events.get(k, 0)) for k in ("register", "promote", "reject", "rollback")},
+            "learner": {k: int(learner.get(f"learner_updates_{k}", 0)) for k in ("promoted", "rejected", "skipped")},
         }
 
     # -- policy versions -------------------------------------------------------------------
@@ -543,6 +545,13 @@ class Store:
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def increment_meta(self, key: str) -> int:
+        with self._tx() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            value = (int(row[0]) if row else 0) + 1
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+        return value
 
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as conn:

@@ -100,3 +100,71 @@ class ServeWorld:
 @pytest.fixture
 def serve_world():
     return ServeWorld(seed=0)
+
+
+def _free_port_block(size: int) -> int:
+    """A base port with ``size`` consecutive free ports on 127.0.0.1 (random start, so parallel runs differ)."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 29_000)
+        try:
+            socks = []
+            for p in range(base, base + size):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError("no free port block on 127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def serve_app(tmp_path_factory, serve_model_dir):
+    """One real Ray Serve instance of the placement app for the whole session (loopback only).
+
+    Yields a namespace: ``url`` (direct ingress), ``proxy_url`` (Ray's HTTP proxy), ``settings``,
+    ``token`` and ``headers`` (bearer auth). Learner updates run on demand (POST /v1/policy/update)."""
+    import time
+    from types import SimpleNamespace
+
+    import httpx
+
+    from serve import app as serve_app_module
+    from serve.settings import Settings
+
+    base = _free_port_block(24)
+    token = "e2e-test-token-0123456789"
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("serve_state"), model_path=serve_model_dir, port=base,
+        ray_proxy_port=base + 20, token=token, exploration_rate=0.2, explore_band=0.45, learn_interval_s=3600,
+        ppo_timesteps=8192, history_window=300, min_holdout=8, policy_poll_s=0.5, max_body_bytes=4 * 2**20,
+        max_batch_jobs=20_000,
+    )
+    saved_env = dict(os.environ)
+    url = serve_app_module.start(settings, num_cpus=2)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"placement app did not answer on {url}")
+        time.sleep(0.2)
+    yield SimpleNamespace(url=url, proxy_url=f"http://127.0.0.1:{settings.ray_proxy_port}", settings=settings,
+                          token=token, headers={"Authorization": f"Bearer {token}"}, module=serve_app_module)
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    os.environ.clear()
+    os.environ.update(saved_env)

@@ -1,0 +1,601 @@
+"""HTTP API (FastAPI) and its Ray Serve deployments: a thin ingress that parses, calls the library, formats.
+
+Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
+
+=============================  =====  =========================================================
+route                          auth*  what
+=============================  =====  =========================================================
+``POST /v1/placements``               one job, a list of jobs or jobs as columns -> decisions
+``POST /v1/feedback``          yes    measured outcome of a placed job (idempotent per id)
+``GET /v1/policy``             yes    serving version, training and gate metrics, counts
+``POST /v1/policy/rollback``   yes    serve an earlier version
+``POST /v1/policy/update``     yes    run one learner update now (normally periodic)
+``GET /v1/targets``                   the hardware catalogue ids
+``GET /healthz``                      liveness and the serving version
+``GET /metrics``                      Prometheus text: decisions, GPU share, feedback, learner
+                                      updates, request latency
+=============================  =====  =========================================================
+
+\\* a bearer token (``Authorization: Bearer ...``) is required when ``PLACEMENT_TOKEN`` is
+set, and it must be set to bind a non-loopback address.
+
+Every bad input is a 4xx whose body names the field (:class:`serve.schemas.ErrorResponse`):
+422 for invalid values, 413 for an oversized body or batch, 404 for an unknown decision, 409
+for conflicting feedback, 401 for a missing token.
+
+:func:`build_fastapi` makes the app around a :class:`PlacementService`; the Ray Serve
+deployment :class:`PlacementIngress` builds one per replica (``__serve_build_asgi_app__``),
+and the plain-FastAPI benchmark builds the same app without Ray. :class:`PlacementLearner`
+is the learner deployment (one replica); :func:`build_app` binds both, :func:`app_builder`
+is the Serve-config entry point (``import_path: serve.app:app_builder``) and :func:`run`
+starts local Ray and the app (``placement serve``).
+
+Latency: Ray Serve's HTTP proxy adds a hop (proxy actor -> replica) that costs several
+milliseconds per request on this 2-core machine. :func:`ray_env` turns on Ray Serve's
+throughput-optimised mode, in which each ingress replica serves HTTP itself ("direct
+ingress"); the first replica's port is ``PLACEMENT_PORT`` (8000) and Ray's own proxy stays
+on ``PLACEMENT_RAY_PROXY_PORT`` (8100) as a fallback path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
+
+from serve.placer import InputError, Placer, bootstrap_store
+from serve.schemas import (
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    LearnerReport,
+    PlacementRequest,
+    PlacementResponse,
+    PolicyInfo,
+    RollbackRequest,
+    RollbackResponse,
+    ThresholdsOut,
+    VersionInfo,
+)
+from serve.settings import Settings
+from serve.store import FeedbackConflict, Store, iso
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "placement"
+INLINE_MAX_JOBS = 256
+"""Batches up to this size are decided on the event loop; larger ones in a worker thread."""
+_TARGET_TAGS = {"hardware", "id"}
+
+
+# --------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------
+class HttpError(Exception):
+    def __init__(self, status: int, error: str, field: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.field, self.message, self.headers = status, error, field, message, headers
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    prev: Any = None
+    for part in loc:
+        if prev == "target" and part in _TARGET_TAGS:
+            prev = part
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+        prev = part
+    return out or "body"
+
+
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    """Pydantic errors as ``{field, message}`` (``jobs[3].batch_size``), the first 20."""
+    items = []
+    for err in exc.errors(include_url=False)[:20]:
+        path = _field_path(tuple(err["loc"]))
+        if err["type"] == "json_invalid":
+            message = f"the body is not valid JSON ({err.get('ctx', {}).get('error', err['msg'])}): send a JSON object"
+            path = "body"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            value = err.get("input")
+            if isinstance(value, float) and not math.isfinite(value):
+                message = f"{value} is not accepted: give a finite number"
+            elif err["type"] == "missing":
+                message = "field required: add it"
+            elif err["type"] == "extra_forbidden":
+                message = "unknown field: remove it (see /openapi.json for the fields)"
+        items.append({"field": (prefix + path) if path != "body" or not prefix else prefix.rstrip("."), "message": message})
+    return items
+
+
+def _error(status: int, error: str, detail: list[dict[str, str]], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorResponse.model_validate({"error": error, "detail": detail}).model_dump(), status_code=status,
+                        headers=headers)
+
+
+# --------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------
+class ServiceMetrics:
+    """Prometheus metrics of one replica, plus store-wide counts read at scrape time."""
+
+    def __init__(self, service: PlacementService, replica: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = {"replica": replica}
+        self.requests = Counter("placement_http_requests", "HTTP requests answered", ["route", "status", "replica"],
+                                registry=self.registry)
+        self.latency = Histogram(
+            "placement_http_request_duration_seconds", "Time from body received to answer, by route", ["route", "replica"],
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+            registry=self.registry,
+        )
+        self.decisions = Counter("placement_replica_decisions", "Decisions answered by this replica", ["device", "replica"],
+                                 registry=self.registry)
+        self.explored = Counter("placement_replica_explored_decisions", "Exploring decisions by this replica",
+                                ["replica"], registry=self.registry)
+        self.labels = labels
+        self.registry.register(_StoreCollector(service))
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status), self.labels["replica"]).inc()
+        self.latency.labels(route, self.labels["replica"]).observe(seconds)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StoreCollector:
+    """Store-wide figures (all replicas, all time): decisions, GPU share, feedback, learner updates."""
+
+    def __init__(self, service: PlacementService) -> None:
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        stats = self.service.store.stats()
+        d, f, e = stats["decisions"], stats["feedback"], stats["events"]
+        g = GaugeMetricFamily("placement_decisions_total", "Decisions stored (all replicas)", labels=["device"])
+        g.add_metric(["gpu"], d["gpu"])
+        g.add_metric(["cpu"], d["cpu"])
+        yield g
+        yield GaugeMetricFamily("placement_decisions_explored_total", "Exploring decisions stored", value=d["explored"])
+        yield GaugeMetricFamily("placement_gpu_share", "Share of stored decisions placed on the GPU",
+                                value=d["gpu_share"] if d["gpu_share"] is not None else 0.0)
+        fb = GaugeMetricFamily("placement_feedback_total", "Feedback stored", labels=["device"])
+        fb.add_metric(["gpu"], f["gpu"])
+        fb.add_metric(["cpu"], f["cpu"])
+        yield fb
+        yield GaugeMetricFamily("placement_feedback_failures_total", "Feedback reporting a failed run", value=f["failures"])
+        up = GaugeMetricFamily("placement_learner_updates_total", "Learner updates by result", labels=["result"])
+        for result in ("promoted", "rejected", "skipped"):
+            up.add_metric([result], stats["learner"][result])
+        yield up
+        ev = GaugeMetricFamily("placement_policy_events_total", "Policy version events", labels=["kind"])
+        for kind, count in e.items():
+            ev.add_metric([kind], count)
+        yield ev
+        info = GaugeMetricFamily("placement_policy_info", "The policy version this replica serves", labels=["version"])
+        info.add_metric([self.service.placer.version], 1)
+        yield info
+
+
+# --------------------------------------------------------------------------------------
+# the service behind the routes
+# --------------------------------------------------------------------------------------
+LearnerCall = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class PlacementService:
+    """Everything a replica needs: store, placer, learner access, metrics, policy polling."""
+
+    def __init__(self, settings: Settings, *, learner: LearnerCall | None = None, replica: str = "local",
+                 placer: Placer | None = None, poll: bool = True) -> None:
+        self.settings = settings
+        self.replica = replica
+        if placer is None:
+            store = Store(settings.database, synchronous=settings.db_synchronous)
+            placer = Placer(bootstrap_store(store, settings), settings=settings, store=store,
+                            rng_stream=int(hashlib.sha256(replica.encode()).hexdigest()[:8], 16))
+        self.placer = placer
+        if placer.store is None:
+            raise ValueError("the HTTP service needs a placer with a store")
+        self.store: Store = placer.store
+        self.learner = learner
+        self.metrics = ServiceMetrics(self, replica)
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        if poll:
+            self._poller = threading.Thread(target=self._poll, name="policy-poll", daemon=True)
+            self._poller.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        """Pick up versions promoted by the learner (or rolled back) without a restart."""
+        while not self._stop.wait(self.settings.policy_poll_s):
+            try:
+                self.placer.refresh()
+            except Exception:  # keep serving the current version; the next poll retries
+                log.exception("policy refresh failed; still serving %s", self.placer.version)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve ``user_config``: exploration_rate / explore_band change without a restart."""
+        self.placer.set_exploration(config.get("exploration_rate"), config.get("explore_band"))
+
+    # -- request plumbing -----------------------------------------------------------------
+    def authorize(self, request: Request) -> None:
+        digest = self.settings.token_digest
+        if digest is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        presented = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
+        if not hmac.compare_digest(presented, digest):
+            raise HttpError(401, "unauthorized", "Authorization",
+                            "this route needs 'Authorization: Bearer <token>' (the service's PLACEMENT_TOKEN)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    async def body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise HttpError(400, "bad_request", "Content-Length", "not a number") from None
+            if size > limit:
+                raise HttpError(413, "too_large", "body", f"{size} bytes exceed the limit of {limit} bytes "
+                                "(PLACEMENT_MAX_BODY_BYTES): split the batch")
+            return await request.body()
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise HttpError(413, "too_large", "body", f"body exceeds the limit of {limit} bytes: split the batch")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- routes ----------------------------------------------------------------------------
+    async def place(self, request: Request) -> Response:
+        raw = await self.body(request)
+        try:
+            req = PlacementRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            return _error(422, "invalid_request", validation_errors(exc))
+        except ValueError as exc:  # a column-length mismatch raised outside pydantic's own checks
+            return _error(422, "invalid_request", [{"field": "columns", "message": str(exc)}])
+        if req.n_jobs <= INLINE_MAX_JOBS:
+            result = self.placer.place(req)
+        else:
+            result = await asyncio.to_thread(self.placer.place, req)
+        n_gpu = int(result.gpu.sum())
+        replica = self.metrics.labels["replica"]
+        self.metrics.decisions.labels("gpu", replica).inc(n_gpu)
+        self.metrics.decisions.labels("cpu", replica).inc(result.n - n_gpu)
+        explored = int(result.explored.sum())
+        if explored:
+            self.metrics.explored.labels(replica).inc(explored)
+        return Response(result.to_json(), media_type="application/json")
+
+    async def feedback(self, request: Request) -> Response:
+        self.authorize(request)
+        raw = await self.body(request)
+        try:
+            req = FeedbackRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            return _error(422, "invalid_request", validation_errors(exc))
+        try:
+            answer, replayed = self.placer.feedback(req)
+        except FeedbackConflict as exc:
+            return _error(409, "conflict", [{"field": "decision_id", "message": str(exc)}])
+        return Response(answer, media_type="application/json", headers={"Idempotent-Replayed": "true" if replayed else "false"})
+
+    async def policy(self, request: Request) -> Response:
+        self.authorize(request)
+        bundle = self.placer.bundle
+        stats = self.store.stats()
+        report = self.store.get_meta("learner_last_report")
+        versions = [
+            VersionInfo(version=v.version, status=v.status, created_at=iso(v.created_at), parent=v.parent,
+                        metrics=v.metrics)
+            for v in self.store.versions()
+        ]
+        th = bundle.thresholds
+        info = PolicyInfo(
+            version=bundle.version,
+            thresholds=ThresholdsOut(speedup_min=th.speedup_min, energy_ratio_max=th.energy_ratio_max,
+                                     missing_power=th.missing_power.value),
+            training_metrics=_jsonable(bundle.metrics),
+            decisions=stats["decisions"],
+            feedback=stats["feedback"],
+            learner={
+                "updates": stats["learner"],
+                "rollbacks": stats["events"]["rollback"],
+                "last_report": None if report is None else json.loads(report),
+                "active_version_in_store": self.store.active_version(),
+                "enabled": self.settings.learner_enabled,
+                "interval_s": self.settings.learn_interval_s,
+            },
+            versions=versions,
+            exploration_rate=self.placer.exploration_rate,
+            explore_band=self.placer.explore_band,
+        )
+        return Response(info.model_dump_json(), media_type="application/json")
+
+    async def rollback(self, request: Request) -> Response:
+        self.authorize(request)
+        raw = await self.body(request)
+        try:
+            req = RollbackRequest.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            return _error(422, "invalid_request", validation_errors(exc))
+        try:
+            new, old = self.store.rollback(req.version)
+        except KeyError as exc:
+            return _error(404 if req.version else 409, "not_found" if req.version else "conflict",
+                          [{"field": "version", "message": str(exc.args[0] if exc.args else exc)}])
+        except ValueError as exc:
+            return _error(409, "conflict", [{"field": "version", "message": str(exc)}])
+        await asyncio.to_thread(self.placer.refresh)
+        return Response(RollbackResponse(active_version=new, previous_version=old).model_dump_json(),
+                        media_type="application/json")
+
+    async def update(self, request: Request) -> Response:
+        self.authorize(request)
+        if self.learner is None:
+            return _error(503, "no_learner", [{"field": "learner", "message": "this app runs no learner"}])
+        report = LearnerReport.model_validate(await self.learner())
+        await asyncio.to_thread(self.placer.refresh)
+        return Response(report.model_dump_json(), media_type="application/json")
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "policy_version": self.placer.version, "replica": self.replica,
+                "uptime_s": round(time.time() - self.started_at, 3)}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+# --------------------------------------------------------------------------------------
+# the FastAPI app
+# --------------------------------------------------------------------------------------
+def _body_schema(model: type) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": why}
+    for code, why in ((401, "token missing or wrong"), (404, "unknown decision or version"), (409, "conflict"),
+                      (413, "body or batch too large"), (422, "invalid field (named in detail)"))
+}
+
+
+def build_fastapi(service: PlacementService, *, title: str = "placement") -> FastAPI:
+    """The HTTP API around ``service`` (used by the Ray ingress and by the plain benchmark app)."""
+    app = FastAPI(
+        title=title,
+        version="1",
+        description="Device placement for ML jobs: CPU or GPU by paper A's joint threshold (GPU only when >= T_t "
+        "times faster and <= T_e times the CPU's per-sample energy, host CPU counted), cores and GPU memory cap "
+        "on edge targets; learns online from feedback.",
+    )
+
+    @app.exception_handler(HttpError)
+    async def _http_error(request: Request, exc: HttpError) -> JSONResponse:
+        return _error(exc.status, exc.error, [{"field": exc.field, "message": exc.message}], exc.headers)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+        return _error(exc.status, "not_found" if exc.status == 404 else "invalid_request",
+                      [{"field": exc.field, "message": exc.message}])
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        service.metrics.observe(getattr(route, "path", "other"), response.status_code, time.perf_counter() - start)
+        return response
+
+    @app.post("/v1/placements", response_model=PlacementResponse, responses=_ERRORS, openapi_extra=_body_schema(PlacementRequest),
+              summary="Place one job, a list of jobs, or jobs as columns")
+    async def place(request: Request) -> Response:
+        return await service.place(request)
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, responses=_ERRORS, openapi_extra=_body_schema(FeedbackRequest),
+              summary="Report the measured outcome of a placed job (idempotent per decision_id)")
+    async def feedback(request: Request) -> Response:
+        return await service.feedback(request)
+
+    @app.get("/v1/policy", response_model=PolicyInfo, responses=_ERRORS, summary="The serving policy and counts")
+    async def policy(request: Request) -> Response:
+        return await service.policy(request)
+
+    @app.post("/v1/policy/rollback", response_model=RollbackResponse, responses=_ERRORS,
+              openapi_extra=_body_schema(RollbackRequest), summary="Serve an earlier version")
+    async def rollback(request: Request) -> Response:
+        return await service.rollback(request)
+
+    @app.post("/v1/policy/update", response_model=LearnerReport, responses=_ERRORS,
+              summary="Run one learner update now (PPO on feedback, safety gate, promotion)")
+    async def update(request: Request) -> Response:
+        return await service.update(request)
+
+    @app.get("/v1/targets", summary="Catalogue target ids (plus 'local' for the probed host)")
+    async def targets() -> dict[str, Any]:
+        return {"targets": [{"id": t.id, "kind": t.kind, "cpu_model": t.cpu_model, "gpu_model": t.gpu_model}
+                            for t in service.placer.catalogue.values()], "local": "local"}
+
+    @app.get("/healthz", summary="Liveness and the serving version")
+    async def healthz() -> dict[str, Any]:
+        return await service.health()
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        _, defs = models_json_schema([(m, "validation") for m in (PlacementRequest, FeedbackRequest, RollbackRequest)],
+                                     ref_template="#/components/schemas/{model}")
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+# --------------------------------------------------------------------------------------
+# Ray Serve
+# --------------------------------------------------------------------------------------
+def ray_env(settings: Settings) -> dict[str, str]:
+    """Environment for Ray Serve's throughput-optimised mode with direct ingress on ``settings.port``.
+
+    Must be in ``os.environ`` before Ray starts (the controller and replicas read it at import)."""
+    last = settings.port + settings.ingress_replicas + 16
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(last),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        "RAY_SERVE_DIRECT_INGRESS_PORT_RETRY_COUNT": "4",
+        # no HAProxy in front, so a restarted replica may take its port back at once
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning"),
+    }
+
+
+def _deployments() -> tuple[Any, Any]:
+    """The two deployment classes (defined lazily so importing this module needs no Ray)."""
+    from ray import serve
+
+    @serve.deployment(name="PlacementLearner", num_replicas=1, max_ongoing_requests=4, health_check_period_s=5)
+    class PlacementLearner:
+        """The learner (one replica): periodic gated PPO updates, and ``update()`` on demand."""
+
+        def __init__(self, settings: dict[str, Any]) -> None:
+            import torch
+
+            from serve.learner import Learner
+
+            self.settings = Settings.model_validate(settings)
+            torch.set_num_threads(self.settings.torch_threads)
+            self.learner = Learner(self.settings, Store(self.settings.database, synchronous=self.settings.db_synchronous))
+            self._stop = threading.Event()
+            if self.settings.learner_enabled:
+                threading.Thread(target=self._loop, name="learner", daemon=True).start()
+
+        def _loop(self) -> None:
+            while not self._stop.wait(self.settings.learn_interval_s):
+                try:
+                    self.learner.maybe_update()
+                except Exception:
+                    log.exception("learner update failed")
+
+        async def update(self) -> dict[str, Any]:
+            report = await asyncio.to_thread(self.learner.update)
+            return report.model_dump(mode="json")
+
+        def __del__(self) -> None:
+            self._stop.set()
+
+    @serve.deployment(name="PlacementIngress", health_check_period_s=5)
+    @serve.ingress()
+    class PlacementIngress:
+        """One HTTP replica: its own store connection, placer and metrics."""
+
+        def __init__(self, settings: dict[str, Any], learner: Any = None) -> None:
+            import torch
+
+            self.settings = Settings.model_validate(settings)
+            torch.set_num_threads(self.settings.torch_threads)
+            replica = serve.get_replica_context().replica_id.unique_id
+            call: LearnerCall | None = None
+            if learner is not None:
+                async def call() -> dict[str, Any]:
+                    return dict(await learner.update.remote())
+            self.service = PlacementService(self.settings, learner=call, replica=str(replica))
+
+        def __serve_build_asgi_app__(self) -> FastAPI:
+            return build_fastapi(self.service)
+
+        def reconfigure(self, config: dict[str, Any]) -> None:
+            self.service.reconfigure(config)
+
+        def check_health(self) -> None:
+            self.service.store.active_version()  # raises if the database became unusable
+
+    return PlacementIngress, PlacementLearner
+
+
+def build_app(settings: Settings) -> Any:
+    """The Serve application: the ingress (``ingress_replicas`` replicas) and the learner (one)."""
+    ingress_cls, learner_cls = _deployments()
+    args = settings.for_replicas()
+    learner = learner_cls.options(ray_actor_options={"num_cpus": settings.learner_num_cpus}).bind(args)
+    return ingress_cls.options(
+        num_replicas=settings.ingress_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.ingress_num_cpus},
+        user_config={"exploration_rate": settings.exploration_rate, "explore_band": settings.explore_band},
+    ).bind(args, learner)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve config entry point (``import_path: serve.app:app_builder``): ``args`` are settings
+    names (as in :mod:`serve.settings`) on top of the ``PLACEMENT_*`` environment."""
+    return build_app(Settings.from_env(**(args or {})))
+
+
+def start(settings: Settings, *, num_cpus: int | None = None) -> str:
+    """Start local Ray (if none is running in this process) and deploy the app; returns the base URL.
+
+    The environment of :func:`ray_env` is set first: start Ray only through this function."""
+    os.environ.update(ray_env(settings))
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": settings.host, "port": settings.ray_proxy_port})
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{settings.host}:{settings.port}"
+
+
+def stop() -> None:
+    """Delete the app (replicas drain); Ray keeps running."""
+    from ray import serve
+
+    serve.delete(APP_NAME)

@@ -1,0 +1,250 @@
+"""End to end against one real Ray Serve instance (session fixture ``serve_app``): bad input,
+query -> feedback -> learner update -> new version served after scripted drift, rollback,
+and a restart that keeps every acknowledged decision and feedback. Tests run in file order
+and share the app."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from placement.catalogue import get_target
+from serve.store import Store
+
+pytestmark = pytest.mark.slow
+
+TARGET = get_target("B")
+LEDGER: dict[str, dict] = {"decisions": {}, "feedback": {}}
+"""Every decision id and feedback payload the service acknowledged (for the restart test)."""
+
+
+def _client(serve_app, auth: bool = False) -> httpx.Client:
+    return httpx.Client(base_url=serve_app.url, timeout=120, headers=serve_app.headers if auth else None)
+
+
+def _place(c: httpx.Client, body: dict) -> dict:
+    r = c.post("/v1/placements", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    for d in out["decisions"] or []:
+        LEDGER["decisions"][d["decision_id"]] = d
+    return out
+
+
+def _feedback(c: httpx.Client, body: dict) -> httpx.Response:
+    r = c.post("/v1/feedback", json=body)
+    if r.status_code == 200:
+        LEDGER["feedback"][body["decision_id"]] = (body, r.text)
+    return r
+
+
+def test_health_openapi_and_one_decision(serve_app, example_job):
+    with _client(serve_app) as c:
+        health = c.get("/healthz").json()
+        assert health["status"] == "ok" and health["policy_version"] == "serve-test-dnn"
+        spec = c.get("/openapi.json").json()
+        assert {"/v1/placements", "/v1/feedback", "/v1/policy", "/v1/policy/rollback", "/healthz", "/metrics"} <= set(spec["paths"])
+        assert "PlacementRequest" in spec["components"]["schemas"]
+        (d,) = _place(c, {"job": example_job.model_dump(), "target": "B"})["decisions"]
+        assert d["device"] in ("cpu", "gpu") and d["policy_version"] == "serve-test-dnn" and d["decision_id"]
+        edge = _place(c, {"job": example_job.model_dump(), "target": "agx-orin", "explore": False})["decisions"][0]
+        assert 1 <= edge["cpu_cores"] <= 12 and (edge["gpu_mem_cap"] == "grow" or edge["gpu_mem_cap"] >= 1)
+        # Ray's own HTTP proxy serves the same app (the fallback path)
+        r = httpx.post(f"{serve_app.proxy_url}/v1/placements", json={"job": example_job.model_dump(), "target": "B"},
+                       timeout=60)
+        assert r.status_code == 200 and r.json()["decisions"][0]["gpu_probability"] == pytest.approx(d["gpu_probability"])
+        LEDGER["decisions"][r.json()["decisions"][0]["decision_id"]] = r.json()["decisions"][0]
+        metrics = c.get("/metrics").text
+        assert 'placement_decisions_total{device="gpu"}' in metrics and "placement_http_request_duration_seconds" in metrics
+
+
+def _bad_placements(job: dict) -> list[tuple[object, int, str]]:
+    """(body, expected status, field named in the answer)."""
+    nan_body = json.dumps({"job": {**job, "flops_per_batch": 1.0}}).replace("1.0", "NaN")
+    cols = {k: [v] * 20_001 for k, v in job.items()}
+    return [
+        ({"job": {k: v for k, v in job.items() if k != "batch_size"}}, 422, "job.batch_size"),
+        ({"job": {**job, "batch_size": -4}}, 422, "job.batch_size"),
+        ({"job": {**job, "param_count": "many"}}, 422, "job.param_count"),
+        ({"job": {**job, "batch_size": 6.5}}, 422, "job.batch_size"),
+        ({"job": {**job, "family": "quantum"}}, 422, "job.family"),
+        (nan_body, 422, "job.flops_per_batch"),
+        ({"job": job, "target": "no-such-box"}, 422, "target"),
+        ({"job": job, "target": {"id": "x", "kind": "desktop"}}, 422, "target.cpu_model"),
+        ({"job": job, "target": 42}, 422, "target"),
+        ({"jobs": []}, 422, "jobs"),
+        ({"jobs": [job, {**job, "mode": "fly"}]}, 422, "jobs[1].mode"),
+        ({"job": job, "jobs": [job]}, 422, "body"),
+        ({"job": job, "max_slowdown": 0.2}, 422, "max_slowdown"),
+        ({"job": job, "thresholds": {"speedup_min": -2}}, 422, "thresholds.speedup_min"),
+        ({"job": job, "surprise": True}, 422, "surprise"),
+        ({"columns": {**{k: [v] for k, v in job.items()}, "batch_size": [1, 2]}}, 422, "columns"),
+        ({"columns": cols, "target": "B"}, 413, "columns"),
+        ([job], 422, "body"),
+        ("{not json", 422, "body"),
+        (b"\xff\xfe", 422, "body"),
+        (b"x" * (5 * 2**20), 413, "body"),
+    ]
+
+
+def test_bad_input_is_4xx_naming_the_field(serve_app, example_job, serve_world):
+    job = example_job.model_dump()
+    with _client(serve_app) as c:
+        for body, status, field in _bad_placements(job):
+            if isinstance(body, (dict, list)):
+                r = c.post("/v1/placements", json=body)
+            else:
+                r = c.post("/v1/placements", content=body if isinstance(body, bytes) else body.encode(),
+                           headers={"content-type": "application/json"})
+            assert r.status_code == status, (body if not isinstance(body, bytes) else body[:20], r.text[:300])
+            fields = [d["field"] for d in r.json()["detail"]]
+            assert field in fields, (field, r.json())
+        (d,) = _place(c, {"job": job, "target": "B", "explore": False})["decisions"]
+        run = serve_world.outcome(example_job, TARGET, d["device"])
+        other = "cpu" if d["device"] == "gpu" else "gpu"
+        # feedback: token first, then fields
+        assert c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": run}).status_code == 401
+        assert c.get("/v1/policy").status_code == 401
+        assert c.post("/v1/policy/rollback", json={}, headers={"Authorization": "Bearer wrong-token-xxxxxxxx"}).status_code == 401
+    bad_feedback = [
+        ({"decision_id": d["decision_id"]}, 422, "outcome"),
+        ({"decision_id": "nope", "outcome": run}, 422, "decision_id"),
+        ({"decision_id": "f" * 32 + "-0", "outcome": run}, 404, "decision_id"),
+        ({"decision_id": d["decision_id"], "outcome": {**run, "time_total_s": -1.0}}, 422, "outcome.time_total_s"),
+        ({"decision_id": d["decision_id"], "outcome": {**run, "n_samples": None}}, 422, "outcome"),
+        ({"decision_id": d["decision_id"], "outcome": serve_world.outcome(example_job, TARGET, other)}, 422, "outcome.device"),
+        ({"decision_id": d["decision_id"], "outcome": {"device": d["device"], "feasible": False}}, 422, "outcome"),
+        ({"decision_id": d["decision_id"], "outcome": {**run, "cpu_cores": 64}}, 422, "outcome.cpu_cores"),
+        ({"decision_id": d["decision_id"], "outcome": run, "other_outcome": run}, 422, "body"),
+    ]
+    with _client(serve_app, auth=True) as c:
+        for body, status, field in bad_feedback:
+            r = c.post("/v1/feedback", json=body)
+            assert r.status_code == status, (body, r.text)
+            assert field in [x["field"] for x in r.json()["detail"]], (field, r.json())
+        first = _feedback(c, {"decision_id": d["decision_id"], "outcome": run})
+        assert first.status_code == 200 and first.headers["idempotent-replayed"] == "false"
+        again = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": run})
+        assert again.status_code == 200 and again.text == first.text and again.headers["idempotent-replayed"] == "true"
+        changed = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": {**run, "time_total_s": 99.0}})
+        assert changed.status_code == 409 and changed.json()["detail"][0]["field"] == "decision_id"
+        assert c.post("/v1/policy/rollback", json={"version": "no-such-version"}).status_code == 404
+        assert c.post("/v1/policy/rollback", json={"version": 3}).status_code == 422
+
+
+def _hammer(url: str, body: dict, stop: threading.Event, statuses: list[int]) -> None:
+    """Keep placing one job (bounded: at most ~20 requests/s) until ``stop``; record every status."""
+    with httpx.Client(base_url=url, timeout=60) as c:
+        while not stop.is_set() and len(statuses) < 5000:
+            try:
+                statuses.append(c.post("/v1/placements", json=body).status_code)
+            except httpx.HTTPError:
+                statuses.append(-1)
+            stop.wait(0.05)
+
+
+def test_drift_feedback_update_serves_a_new_version(serve_app, serve_world):
+    jobs = serve_world.jobs(1500)
+    speedup = np.array([serve_world.speedup(j, TARGET) for j in jobs])
+    marginal = [j for j, s in zip(jobs, speedup, strict=True) if 2.6 < s < 5.5]
+    clear_gpu = [j for j, s in zip(jobs, speedup, strict=True) if s > 12]
+    clear_cpu = [j for j, s in zip(jobs, speedup, strict=True) if s < 1.2]
+    probe = [j.model_dump() for j in marginal[150:230]]
+    probe_gpu = [j.model_dump() for j in clear_gpu[75:150]]
+
+    def gpu_share(c: httpx.Client, subset: list[dict]) -> tuple[float, str]:
+        out = _place(c, {"jobs": subset, "target": "B", "explore": False})
+        return float(np.mean([d["device"] == "gpu" for d in out["decisions"]])), out["policy_version"]
+
+    mix = marginal[:150] + clear_gpu[:75] + clear_cpu[:75]
+    mix = [mix[i] for i in np.random.default_rng(2).permutation(len(mix))]
+    with _client(serve_app, auth=True) as c:
+        before, version = gpu_share(c, probe)
+        assert before > 0.8 and version == "serve-test-dnn"
+        for slowdown in (1.0, 3.0):  # then drift: every GPU run is 3x slower
+            serve_world.gpu_slowdown = slowdown
+            for job in mix:
+                (d,) = _place(c, {"job": job.model_dump(), "target": "B"})["decisions"]
+                r = _feedback(c, {"decision_id": d["decision_id"], "outcome": serve_world.outcome(job, TARGET, d["device"])})
+                assert r.status_code == 200, r.text
+        counts = c.get("/v1/policy").json()
+        assert counts["feedback"]["total"] == len(LEDGER["feedback"]) >= 2 * len(mix)
+        assert counts["decisions"]["total"] == len(LEDGER["decisions"])
+        assert counts["decisions"]["explored"] == sum(d["explored"] for d in LEDGER["decisions"].values())
+
+        stop, statuses = threading.Event(), []
+        hammer = threading.Thread(target=_hammer, args=(serve_app.url, {"job": probe[0], "target": "B"}, stop, statuses))
+        hammer.start()
+        try:
+            report = c.post("/v1/policy/update").json()
+            time.sleep(2 * serve_app.settings.policy_poll_s)
+        finally:
+            stop.set()
+            hammer.join(timeout=60)
+        assert report["status"] == "promoted", report
+        assert report["candidate_holdout_reward"] > report["serving_holdout_reward"]
+        assert statuses and set(statuses) == {200}, "no request failed while the new version was promoted"
+
+        policy = c.get("/v1/policy").json()
+        assert policy["version"] == report["candidate_version"]
+        assert {v["version"]: v["status"] for v in policy["versions"]}["serve-test-dnn"] == "retired"
+        assert policy["learner"]["updates"]["promoted"] == 1
+        after, version = gpu_share(c, probe)
+        assert version == report["candidate_version"]
+        assert after < 0.3, f"marginal jobs on GPU: {before:.2f} before drift, {after:.2f} after the update"
+        assert gpu_share(c, probe_gpu)[0] > 0.9
+        assert "placement_learner_updates_total" in c.get("/metrics").text
+
+        # rollback keeps the old version servable, and back again
+        rb = c.post("/v1/policy/rollback", json={})
+        assert rb.status_code == 200 and rb.json() == {"active_version": "serve-test-dnn",
+                                                       "previous_version": report["candidate_version"]}
+        assert gpu_share(c, probe)[1] == "serve-test-dnn"
+        fwd = c.post("/v1/policy/rollback", json={"version": report["candidate_version"]})
+        assert fwd.status_code == 200
+        assert gpu_share(c, probe) == (after, report["candidate_version"])
+        LEDGER["serving"] = report["candidate_version"]
+
+
+def test_restart_keeps_every_acknowledged_decision_and_feedback(serve_app, serve_world):
+    assert LEDGER["decisions"] and LEDGER["feedback"]
+    with _client(serve_app, auth=True) as c:
+        before = c.get("/v1/policy").json()
+    serve_app.module.stop()
+    url = serve_app.module.start(serve_app.settings)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the app did not come back"
+        time.sleep(0.2)
+    # an independent reader sees every acknowledged decision and feedback
+    store = Store(serve_app.settings.database)
+    for did, d in LEDGER["decisions"].items():
+        assert store.get_decision(did).device == d["device"]
+    stored = {fb.decision.decision_id for fb in store.recent_feedback()}
+    assert set(LEDGER["feedback"]) <= stored
+    with httpx.Client(base_url=url, timeout=60, headers=serve_app.headers) as c:
+        after = c.get("/v1/policy").json()
+        assert after["version"] == LEDGER.get("serving", before["version"])  # the promoted version, not the bundled one
+        assert after["decisions"] == before["decisions"] and after["feedback"] == before["feedback"]
+        # replays answer exactly as before the restart
+        for did, (body, text) in list(LEDGER["feedback"].items())[:20]:
+            r = c.post("/v1/feedback", json=body)
+            assert r.status_code == 200 and r.text == text and r.headers["idempotent-replayed"] == "true", did
+        # a decision made before the restart can still get its feedback
+        pending = [d for did, d in LEDGER["decisions"].items() if did not in LEDGER["feedback"]]
+        assert pending
+        d = pending[0]
+        job = store.get_decision(d["decision_id"]).job
+        r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": serve_world.outcome(job, TARGET, d["device"])})
+        assert r.status_code == 200, r.text
+        assert c.get("/v1/policy").json()["feedback"]["total"] == before["feedback"]["total"] + 1
