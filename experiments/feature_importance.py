@@ -1,7 +1,7 @@
 """Study 4 -- permutation importance of every feature of the DNN selector (paper A: input size, FLOPs and
 batch size matter most; TDP and memory least).
 
-Out-of-fold (folds of whole models, simulated trace, labels by the joint threshold): the DNN is
+Out-of-fold (folds of whole model architectures by default, simulated trace, labels by the joint threshold): the DNN is
 trained on the other folds; on the held-out fold one column at a time is shuffled across rows
 (``repeats`` times) and the drop in accuracy and rise in log loss are recorded. Two levels:
 
@@ -52,6 +52,8 @@ class Args:
     """> 0: simulate this many jobs on every catalogue target instead of reading `simulated`."""
     targets: tuple[str, ...] = ()
     folds: int = 5
+    group: str = "arch"
+    """Held out together per fold: arch (model architecture: every ResNet-18 variant, ...), model, family or target_id."""
     repeats: int = 5
     """Shuffles per column per fold."""
     dnn_epochs: int = 300
@@ -63,7 +65,7 @@ class Args:
 
 
 FULL = dict(sim_jobs=400, repeats=20)
-SMOKE = dict(sim_jobs=16, targets=("A", "jetson-nano"), folds=2, repeats=1, dnn_epochs=20)
+SMOKE = dict(sim_jobs=40, targets=("A", "jetson-nano"), folds=2, repeats=1, dnn_epochs=20)
 
 # paper A Table 3 inputs -> the trace columns they are
 PAPER_INPUTS: dict[str, tuple[str, ...]] = {
@@ -115,7 +117,7 @@ else:
         frame = frame[frame["target_id"].isin(args.targets)].reset_index(drop=True)
     trace_hashes = {args.simulated: trace.sha256}
 data = labelled_set(pair_outcomes(frame, th))
-splits = grouped_kfold(data, "model", args.folds, args.seed)
+splits = grouped_kfold(data, args.group, args.folds, args.seed)
 
 
 def fold_importance(data: Any, train_idx: np.ndarray, test_idx: np.ndarray, a: Args, fold: int) -> list[dict[str, Any]]:
@@ -213,7 +215,7 @@ paper_rank = table[table.level == "paper_input"].reset_index(drop=True)
 top3 = list(paper_rank.name[:3])
 bottom = list(paper_rank.name[-4:])
 lines = ["## Study 4 — feature importance", "",
-         f"Permutation importance of the DNN on held-out folds ({args.folds} folds of whole models, {args.repeats} "
+         f"Permutation importance of the DNN on held-out folds ({args.folds} folds of whole `{args.group}` groups, {args.repeats} "
          f"shuffles per column per fold; simulated trace, {len(data)} pairs; held-out accuracy before shuffling "
          f"{100 * base_accuracy:.1f} %). Ranked by the rise in log loss (accuracy drop beside it).", "",
          "### Paper A's Table 3 inputs", "", "| rank | input | log-loss rise | accuracy drop (points) |", "|---|---|---|---|"]

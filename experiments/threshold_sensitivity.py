@@ -7,7 +7,7 @@ relabelled by the joint threshold; the *threshold policy* (the Oracle at that th
 scored by :func:`agents.evaluation.evaluate_choices`: GPU share, throughput vs CPU-only and
 energy efficiency vs GPU-only. On the cross of the grid through the paper's point (every T_t at
 T_e = 1.5, every T_e at T_t = 2.0; the whole grid with ``--full``) the DNN is also trained at
-that threshold and scored out-of-fold (folds of whole models), as Ray tasks.
+that threshold and scored out-of-fold (folds of whole model architectures by default), as Ray tasks.
 
 Run: ``placement experiment threshold_sensitivity`` (``--full``; ``--no-ray``; ``--address``).
 """
@@ -55,6 +55,8 @@ class Args:
     dnn_points: str = "cross"
     """Where the DNN is trained: cross (through the paper's point), all, or none."""
     folds: int = 3
+    group: str = "arch"
+    """Held out together per fold: arch (model architecture: every ResNet-18 variant, ...), model, family or target_id."""
     dnn_epochs: int = 300
     threads: int = 1
     full: bool = False
@@ -64,7 +66,7 @@ class Args:
 
 
 FULL = dict(sim_jobs=400, dnn_points="all", folds=5)
-SMOKE = dict(sim_jobs=16, targets=("A", "D"), speedup_grid=(1.5, 2.0, 3.0), energy_grid=(1.0, 1.5), folds=2,
+SMOKE = dict(sim_jobs=40, targets=("A", "D"), speedup_grid=(1.5, 2.0, 3.0), energy_grid=(1.0, 1.5), folds=2,
              dnn_epochs=20)
 
 
@@ -129,7 +131,7 @@ def dnn_point(frame: pd.DataFrame, t: float, e: float, a: Args) -> dict[str, Any
     data = labelled_set(pair_outcomes(frame, Thresholds(t, e)))
     ref = labelled_set(pair_outcomes(frame, Thresholds(a.paper_speedup, a.paper_energy)))
     chose = np.zeros(len(data), dtype=bool)
-    for k, split in enumerate(grouped_kfold(data, "model", a.folds, a.seed)):
+    for k, split in enumerate(grouped_kfold(data, a.group, a.folds, a.seed)):
         train = data.subset(split.train)
         if train.y.all() or not train.y.any():
             chose[split.test] = bool(train.y[0])
@@ -245,7 +247,7 @@ lines = ["## Study 3 — threshold sensitivity", "",
          f"Simulated trace ({len(reference)} (job, target) pairs; energy **modelled**), seed {args.seed}. Each grid "
          "point relabels the jobs; the *threshold policy* places every job by its label at that point, scored "
          "against the fixed CPU-only / GPU-only baselines. The DNN columns are out-of-fold "
-         f"({args.folds} folds of whole models) at that threshold.", "",
+         f"({args.folds} folds of whole `{args.group}` groups) at that threshold.", "",
          f"### T_t sweep at T_e = {args.paper_energy:g}", "",
          "| T_t | GPU share | throughput ×CPU-only | energy eff. ×GPU-only |" + (" DNN accuracy % | DNN GPU share |" if has_dnn else ""),
          "|---|---|---|---|" + ("---|---|" if has_dnn else "")]

@@ -1,0 +1,355 @@
+"""Study 7 -- online drift: the service's online learner vs the static DNN when the world changes.
+
+Two streams of jobs (:func:`placement.simulate.generate_jobs`; outcomes from the performance
+model with noise, time and energy ``modelled``):
+
+* **gpu_slowdown** -- jobs on one target; from event ``drift_at`` on, its GPU runs 3x slower
+  (``gpu_slowdown`` times the modelled GPU time, same power, so 3x the GPU energy too) while the
+  hardware description the policies see is unchanged;
+* **new_target** -- jobs on the known targets; from event ``drift_at`` on, a share
+  ``new_target_share`` of the jobs run on a target absent from the training data.
+
+The starting model (DNN + warm PPO, trained on the simulated trace of the known targets) is
+served by the service's library-level placer (:class:`serve.placer.Placer`, bounded
+exploration on) and updated by its learner (:class:`serve.learner.Learner`: bandit feedback of
+the chosen device only, counterfactual estimated from residuals, PPO fine-tuning on the recent
+window, safety gate). Every event: the placer decides, the chosen device's run is reported as
+feedback, and the learner updates once ``update_every`` new feedback rows have arrived. The
+static DNN decides the same jobs and never changes. Accuracy is measured against the joint
+threshold on the *current* world's outcomes, over a rolling window of events. Recovery: the
+first event after the drift at which the rolling accuracy is back to 95 % of its pre-drift
+level (and, separately, at 95 % absolute).
+
+Run: ``placement experiment online_drift`` (``--full``; ``--no-ray``; ``--address``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from placement.probe import probe_local
+from placement.threshold import Thresholds
+from placement.trace import read_trace
+from placement.version import code_version
+
+
+@dataclass
+class Args:
+    out: str = "results/online_drift"
+    seed: int = 0
+    speedup_min: float = 2.0
+    energy_ratio_max: float = 1.5
+    simulated: str = "data/traces/simulated.parquet"
+    """Trace the starting model is trained on (its rows of the known targets)."""
+    scenarios: tuple[str, ...] = ("gpu_slowdown", "new_target")
+    slow_target: str = "A"
+    """gpu_slowdown: the target whose GPU slows down."""
+    gpu_slowdown: float = 3.0
+    known_targets: tuple[str, ...] = ("A", "B", "C", "D")
+    """Targets of the starting model (new_target stream before the drift)."""
+    new_target: str = "h100-host"
+    """new_target: the target that appears."""
+    new_target_share: float = 0.5
+    events: int = 1200
+    drift_at: int = 400
+    window: int = 100
+    """Rolling accuracy window (events)."""
+    update_every: int = 64
+    """Feedback rows between learner updates."""
+    history_window: int = 256
+    """Most recent feedback rows a learner update trains on."""
+    learner_ppo_steps: int = 2048
+    exploration: float = 0.1
+    ppo_steps: int = 4096
+    ppo_warmup_steps: int = 2048
+    """Value warm-up steps of the warm start (agents.ppo.PpoConfig.value_warmup_steps)."""
+    """Warm PPO fine-tuning of the starting model."""
+    seeds: int = 1
+    threads: int = 1
+    full: bool = False
+    smoke: bool = False
+    ray: bool = True
+    address: str = ""
+
+
+FULL = dict(events=4000, drift_at=1000, seeds=3, learner_ppo_steps=4096, ppo_steps=20_000)
+SMOKE = dict(events=48, ppo_warmup_steps=128, drift_at=24, window=12, update_every=16, history_window=32, learner_ppo_steps=64,
+             ppo_steps=64, known_targets=("A", "D"))
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif isinstance(f.default, tuple):
+            parser.add_argument(flag, nargs="*", type=type(f.default[0]) if f.default else str, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    for preset, on in ((FULL, args.full), (SMOKE, args.smoke)):
+        for key, value in preset.items() if on else ():
+            if getattr(args, key) == getattr(Args, key):
+                setattr(args, key, value)
+    return args
+
+
+args = parse_args()
+plt.switch_backend("Agg")
+start = time.time()
+out = Path(args.out)
+out.mkdir(parents=True, exist_ok=True)
+th = Thresholds(args.speedup_min, args.energy_ratio_max)
+trace = read_trace(Path(args.simulated))
+trace_hashes = {args.simulated: trace.sha256}
+train_targets = sorted(set(args.known_targets) | {args.slow_target})
+train_frame = trace.frame[trace.frame["target_id"].isin(train_targets)].reset_index(drop=True)
+
+
+def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> dict[str, Any]:
+    """One stream: train the starting model, then place, report and learn event by event."""
+    import tempfile
+
+    import torch
+
+    from agents.artifact import ModelMetadata, save_model
+    from agents.dnn import DnnConfig, train_dnn
+    from agents.evaluation import labelled_set
+    from agents.ppo import PpoConfig, make_env, train_warm_ppo
+    from placement.catalogue import default_catalogue
+    from placement.features import build_features
+    from placement.job import Job
+    from placement.perfmodel import PerformanceModel
+    from placement.simulate import generate_jobs
+    from placement.threshold import joint_threshold
+    from placement.trace import pair_outcomes
+    from serve.learner import Learner
+    from serve.placer import Placer, bootstrap_store
+    from serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
+    from serve.settings import Settings
+    from serve.store import Store
+
+    torch.set_num_threads(a.threads)
+    thr = Thresholds(a.speedup_min, a.energy_ratio_max)
+    catalogue = default_catalogue()
+    data = labelled_set(pair_outcomes(train_frame, thr))
+    dnn, _ = train_dnn(data.x, data.y, config=DnnConfig(seed=seed))
+    run = train_warm_ppo(dnn, make_env(train_frame, thr), timesteps=a.ppo_steps, config=PpoConfig.warm(value_warmup_steps=a.ppo_warmup_steps), seed=seed,
+                         eval_jobs=256)
+    pm = PerformanceModel()
+    rng = np.random.default_rng([seed, 7])
+    jobs = generate_jobs(a.events, rng)
+    if scenario == "gpu_slowdown":
+        targets = [a.slow_target] * a.events
+    else:
+        old = list(a.known_targets)
+        targets = [old[int(rng.integers(len(old)))] if (i < a.drift_at or rng.random() >= a.new_target_share)
+                   else a.new_target for i in range(a.events)]
+
+    def outcome(job: Job, tid: str, device: str, drifted: bool, cores: int | None = None,
+                cap: int | None = None) -> Any:
+        o = pm.predict(job, catalogue[tid], device, cpu_cores=cores, gpu_mem_cap_mib=cap, rng=rng)
+        if drifted and device == "gpu" and o.feasible and scenario == "gpu_slowdown":
+            o = o.model_copy(update={"time_total_s": o.time_total_s * a.gpu_slowdown,
+                                     "time_per_batch_s": o.time_per_batch_s * a.gpu_slowdown})
+        return o
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="online-drift-") as tmp:
+        model_dir = Path(tmp) / "start"
+        save_model(model_dir, dnn=dnn, ppo=run.policy, normaliser=dnn.normaliser, thresholds=thr,
+                   metadata=ModelMetadata(version=f"{scenario}-start-{seed}", seed=seed, thresholds=thr.as_dict(),
+                                          trace_hashes={"training rows of " + a.simulated: "see provenance"}))
+        settings = Settings(state_dir=Path(tmp) / "state", model_path=model_dir, speedup_min=thr.speedup_min,
+                            energy_ratio_max=thr.energy_ratio_max, seed=seed, min_feedback_per_update=a.update_every,
+                            min_holdout=max(4, a.update_every // 8), history_window=max(10, a.history_window),
+                            ppo_timesteps=max(64, a.learner_ppo_steps), exploration_rate=a.exploration,
+                            torch_threads=a.threads)
+        store = Store(settings.database)
+        placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
+        learner = Learner(settings, store)
+        for i in range(a.events):
+            r = jobs.iloc[i]
+            job = Job(name=str(r["model"]), family=r["family"], mode=r["mode"], batch_size=int(r["batch_size"]),
+                      flops_per_batch=float(r["flops_per_batch"]), param_count=int(r["param_count"]),
+                      input_elems_per_sample=int(r["input_elems_per_sample"]),
+                      input_bytes_per_sample=int(r["input_bytes_per_sample"]))
+            tid = targets[i]
+            drifted = i >= a.drift_at
+            cpu_o, gpu_o = outcome(job, tid, "cpu", drifted), outcome(job, tid, "gpu", drifted)
+            label = joint_threshold(cpu_o.time_per_sample_s, gpu_o.time_per_sample_s, cpu_o.energy_per_sample_j,
+                                    gpu_o.energy_per_sample_j, cpu_o.feasible, gpu_o.feasible, thr)
+            truth = bool(label.gpu)
+            static = bool(dnn.predict(build_features(job, catalogue[tid]))[0] == 1)
+            result = placer.place(PlacementRequest(job=job, target=tid))
+            gpu = bool(result.gpu[0])
+            cap = int(result.gpu_mem_cap_mib[0])
+            run_o = outcome(job, tid, "gpu" if gpu else "cpu", drifted, int(result.cpu_cores[0]),
+                            cap if (gpu and cap > 0) else None)
+            report: dict[str, Any] = {"device": "gpu" if gpu else "cpu", "feasible": run_o.feasible}
+            if run_o.feasible:
+                report.update(n_samples=run_o.n_samples, time_total_s=run_o.time_total_s,
+                              avg_cpu_power_w=run_o.avg_cpu_power_w, cpu_power_method="modelled")
+                if gpu:
+                    report.update(avg_gpu_power_w=run_o.avg_gpu_power_w, gpu_power_method="modelled")
+            else:
+                report["infeasible_reason"] = run_o.infeasible_reason
+            placer.feedback(FeedbackRequest(decision_id=result.decision_ids[0],
+                                            outcome=ReportedOutcome.model_validate(report)))
+            update = learner.maybe_update()
+            if update is not None:
+                placer.refresh()
+            rows.append({"scenario": scenario, "seed": seed, "event": i, "target": tid, "drifted": drifted,
+                         "label_gpu": truth, "online_gpu": gpu, "static_dnn_gpu": static,
+                         "explored": bool(result.explored[0]), "policy_version": result.policy_version,
+                         "learner_update": None if update is None else update.status})
+        store.close()
+    return {"rows": rows}
+
+
+calls = [(scenario, args.seed + s, train_frame, args) for scenario in args.scenarios for s in range(args.seeds)]
+if args.ray:
+    import ray
+
+    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
+                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
+    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
+             log_to_driver=False, runtime_env=runtime_env)
+    remote = ray.remote(num_cpus=1)(run_stream)
+    frame_ref = ray.put(train_frame)
+    refs = [remote.remote(sc, sd, frame_ref, a) for sc, sd, _, a in calls]
+    pending = list(refs)
+    with tqdm(total=len(refs), desc="streams") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    results = ray.get(refs)
+    ray.shutdown()
+else:
+    results = [run_stream(*c) for c in tqdm(calls, desc="streams")]
+
+events = pd.DataFrame([row for r in results for row in r["rows"]])
+for who in ("online", "static_dnn"):
+    events[f"{who}_correct"] = events[f"{who}_gpu"] == events["label_gpu"]
+    events[f"{who}_rolling_accuracy"] = (events.groupby(["scenario", "seed"])[f"{who}_correct"]
+                                         .transform(lambda s: s.rolling(args.window, min_periods=1).mean()))
+events.to_csv(out / "online_drift_events.csv", index=False, float_format="%.4f")
+
+summary_rows = []
+for (scenario, seed), g in events.groupby(["scenario", "seed"], sort=False):
+    g = g.sort_values("event")
+    pre = g[(g.event < args.drift_at) & (g.event >= max(0, args.drift_at - args.window))]
+    post = g[g.event >= args.drift_at]
+    tail = g[g.event >= max(args.drift_at, args.events - args.window)]
+    for who in ("online", "static_dnn"):
+        acc = post[f"{who}_rolling_accuracy"].to_numpy()
+        ev = post.event.to_numpy()
+        # recovery: first event with a full post-drift window whose rolling accuracy is back
+        full = ev >= args.drift_at + args.window - 1
+        pre_level = float(pre[f"{who}_correct"].mean()) if len(pre) else np.nan
+        rel_hit = np.flatnonzero(full & (acc >= 0.95 * pre_level))
+        abs_hit = np.flatnonzero(full & (acc >= 0.95))
+        summary_rows.append({
+            "scenario": scenario, "seed": seed, "policy": who, "pre_drift_accuracy": pre_level,
+            "post_drift_accuracy": float(post[f"{who}_correct"].mean()) if len(post) else np.nan,
+            "min_rolling_accuracy_after_drift": float(acc.min()) if len(acc) else np.nan,
+            "final_window_accuracy": float(tail[f"{who}_correct"].mean()) if len(tail) else np.nan,
+            "events_to_95pct_of_pre_drift": int(ev[rel_hit[0]] - args.drift_at) if len(rel_hit) else np.nan,
+            "events_to_95pct_absolute": int(ev[abs_hit[0]] - args.drift_at) if len(abs_hit) else np.nan,
+            "learner_updates": int(g["learner_update"].notna().sum()) if who == "online" else 0,
+            "promoted": int((g["learner_update"] == "promoted").sum()) if who == "online" else 0,
+            "rejected": int((g["learner_update"] == "rejected").sum()) if who == "online" else 0,
+            "explored_share": float(g.explored.mean()) if who == "online" else 0.0,
+            "label_gpu_share_pre": float(g[g.event < args.drift_at].label_gpu.mean()),
+            "label_gpu_share_post": float(post.label_gpu.mean()) if len(post) else np.nan,
+        })
+summary = pd.DataFrame(summary_rows)
+summary.to_csv(out / "online_drift_summary.csv", index=False, float_format="%.4f")
+
+fig, axes = plt.subplots(1, len(args.scenarios), figsize=(6 * len(args.scenarios), 3.8), squeeze=False)
+for ax, scenario in zip(axes[0], args.scenarios, strict=True):
+    sel = events[events.scenario == scenario]
+    for who, color in (("online", "tab:red"), ("static_dnn", "tab:blue")):
+        mean = sel.groupby("event")[f"{who}_rolling_accuracy"].mean()
+        ax.plot(mean.index, mean.values, color=color, label=who.replace("_", " "))
+    for ev in sel[sel["learner_update"] == "promoted"].event.unique():
+        ax.axvline(ev, color="tab:red", lw=0.4, alpha=0.4)
+    ax.axvline(args.drift_at, color="k", ls="--", lw=1, label="drift")
+    ax.set_xlabel("feedback event")
+    ax.set_ylabel(f"rolling accuracy ({args.window} events)")
+    title = (f"GPU of {args.slow_target} {args.gpu_slowdown:g}x slower" if scenario == "gpu_slowdown"
+             else f"new target {args.new_target} appears ({args.new_target_share:.0%} of jobs)")
+    ax.set_title(f"{title} (modelled; thin lines: promotions)", fontsize=9)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="lower left")
+fig.tight_layout()
+fig.savefig(out / "online_drift.png", dpi=90)
+plt.close(fig)
+
+host = probe_local()
+provenance = {
+    "study": "online_drift", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
+    "trace_hashes": trace_hashes, "code_version": code_version(),
+    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
+                 "platform": platform.platform(), "python": sys.version.split()[0],
+                 "targets": sorted(set(events.target))},
+    "wall_s": round(time.time() - start, 1),
+}
+(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def events_text(values: pd.Series) -> str:
+    hits = values.dropna()
+    if not len(hits):
+        return "not within the stream"
+    return f"{int(hits.median())}" + (f" ({len(hits)}/{len(values)} seeds)" if len(hits) < len(values) else "")
+
+
+lines = ["## Study 7 — online drift", "",
+         f"Streams of {args.events} jobs, drift at event {args.drift_at}, {args.seeds} seed(s); outcomes and energy "
+         f"**modelled** (performance model with noise). The online learner is the service's placer + learner "
+         f"(exploration {args.exploration:g}, update every {args.update_every} feedback rows on the last "
+         f"{args.history_window}, {args.learner_ppo_steps} PPO steps per update, safety gate); only the chosen "
+         f"device's run is fed back. Accuracy is against the current world's joint-threshold label, rolling over "
+         f"{args.window} events.", "",
+         "| scenario | policy | pre-drift acc. | post-drift acc. | worst rolling acc. | final window acc. | "
+         "events to 95 % of pre-drift | events to 95 % absolute | updates (promoted / rejected) |",
+         "|---|---|---|---|---|---|---|---|---|"]
+for (scenario, who), g in summary.groupby(["scenario", "policy"], sort=False):
+    lines.append(f"| {scenario} | {who.replace('_', ' ')} | {fmt(g.pre_drift_accuracy.mean())} | "
+                 f"{fmt(g.post_drift_accuracy.mean())} | {fmt(g.min_rolling_accuracy_after_drift.mean())} | "
+                 f"{fmt(g.final_window_accuracy.mean())} | {events_text(g.events_to_95pct_of_pre_drift)} | "
+                 f"{events_text(g.events_to_95pct_absolute)} | "
+                 + (f"{g.learner_updates.mean():.0f} ({g.promoted.mean():.0f} / {g.rejected.mean():.0f})" if who == "online" else "–")
+                 + " |")
+lines += ["", "![online drift](online_drift/online_drift.png)", ""]
+for scenario, g in summary.groupby("scenario", sort=False):
+    gg = g.set_index("policy")
+    lines.append(f"* {scenario}: GPU-labelled share {gg.label_gpu_share_pre.mean():.2f} before the drift, "
+                 f"{gg.label_gpu_share_post.mean():.2f} after. Final-window accuracy: online "
+                 f"{fmt(gg.loc['online', 'final_window_accuracy'])}, static DNN "
+                 f"{fmt(gg.loc['static_dnn', 'final_window_accuracy'])}.")
+lines.append("* Paper A's DNN is static; it has no online experiment. This study is ours.")
+lines += ["", f"Provenance: `online_drift/provenance.json` (code {code_version()}, trace sha256 "
+          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+(out / "section.md").write_text("\n".join(lines))
+print(summary.to_string(index=False))
+print(f"wrote {out} in {time.time() - start:.0f} s")

@@ -1,0 +1,264 @@
+"""Study 6 -- PPO warm-started from the DNN vs PPO from scratch: learning curves and environment steps
+to 95 % / 99 % of the Oracle's reward.
+
+The simulated trace's jobs are split by model architecture (``group``): training groups and
+held-out groups (every ResNet-18 variant on every target held out together, ...). Both agents train on ``DevicePlacement-v0`` replaying the training rows (every
+catalogue target; edge targets add the core and memory-cap actions), with the same network,
+normalisation and budget:
+
+* **warm** -- :func:`agents.ppo.warm_start` (the DNN copied into the actor, value warm-up;
+  the warm-up's environment steps are counted) then conservative fine-tuning
+  (:meth:`agents.ppo.PpoConfig.warm`);
+* **cold** -- :func:`agents.ppo.make_ppo` with SB3's default recipe (:meth:`PpoConfig.cold`).
+
+Every ``eval_every`` steps the deterministic policy is scored on two fixed job sets: jobs of
+the training groups and jobs of the held-out groups (reward / Oracle reward, 1.0 = Oracle,
+:class:`agents.ppo.LearningCurve`). The DNN's own ratio is the warm start's reference. Seeds
+run as Ray tasks. The DNN's supervised training on the logged trace uses no environment steps.
+
+Run: ``placement experiment ppo_warm_vs_cold`` (``--full``; ``--no-ray``; ``--address``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from agents.evaluation import group_split, labelled_set
+from placement.catalogue import default_catalogue
+from placement.probe import probe_local
+from placement.simulate import simulate_trace
+from placement.threshold import Thresholds
+from placement.trace import pair_outcomes, read_trace
+from placement.version import code_version
+
+
+@dataclass
+class Args:
+    out: str = "results/ppo_warm_vs_cold"
+    seed: int = 0
+    speedup_min: float = 2.0
+    energy_ratio_max: float = 1.5
+    simulated: str = "data/traces/simulated.parquet"
+    sim_jobs: int = 0
+    """> 0: simulate this many jobs on every catalogue target instead of reading `simulated`."""
+    targets: tuple[str, ...] = ()
+    held_out_fraction: float = 0.2
+    group: str = "arch"
+    """Held out together per fold: arch (model architecture: every ResNet-18 variant, ...), model, family or target_id."""
+    """Share of the groups held out (their jobs form the held-out evaluation set)."""
+    seeds: int = 3
+    steps: int = 20_000
+    """Environment steps per run (the warm run's value warm-up included)."""
+    eval_every: int = 1024
+    eval_jobs: int = 1024
+    threads: int = 1
+    full: bool = False
+    smoke: bool = False
+    ray: bool = True
+    address: str = ""
+
+
+FULL = dict(sim_jobs=400, seeds=5, steps=200_000, eval_every=4096, eval_jobs=4096)
+SMOKE = dict(sim_jobs=40, targets=("A", "orin-nano"), seeds=1, steps=600, eval_every=256, eval_jobs=64)
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif isinstance(f.default, tuple):
+            parser.add_argument(flag, nargs="*", type=type(f.default[0]) if f.default else str, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    for preset, on in ((FULL, args.full), (SMOKE, args.smoke)):
+        for key, value in preset.items() if on else ():
+            if getattr(args, key) == getattr(Args, key):
+                setattr(args, key, value)
+    return args
+
+
+args = parse_args()
+plt.switch_backend("Agg")
+start = time.time()
+out = Path(args.out)
+out.mkdir(parents=True, exist_ok=True)
+th = Thresholds(args.speedup_min, args.energy_ratio_max)
+catalogue = default_catalogue()
+if args.sim_jobs > 0:
+    frame = simulate_trace([catalogue[t] for t in (args.targets or tuple(catalogue))], args.sim_jobs, args.seed)
+    trace_hashes = {f"simulate_trace(n_jobs={args.sim_jobs}, seed={args.seed})": "generated in-process"}
+else:
+    trace = read_trace(Path(args.simulated))
+    frame = trace.frame
+    if args.targets:
+        frame = frame[frame["target_id"].isin(args.targets)].reset_index(drop=True)
+    trace_hashes = {args.simulated: trace.sha256}
+data = labelled_set(pair_outcomes(frame, th))
+groups = np.array(sorted(set(data.pairs[args.group].astype(str))))
+held = list(np.random.default_rng(args.seed).permutation(groups)[: max(1, int(round(args.held_out_fraction * len(groups))))])
+split = group_split(data, args.group, held)
+held_keys = set(zip(data.pairs["job_id"].astype(str)[split.test], data.pairs["target_id"].astype(str)[split.test],
+                    strict=True))
+in_test = np.array([(j, t) in held_keys for j, t in zip(frame["job_id"].astype(str), frame["target_id"].astype(str),
+                                                         strict=True)])
+train_frame = frame[~in_test].reset_index(drop=True)
+test_frame = frame[in_test].reset_index(drop=True)
+
+
+def run(kind: str, seed: int, train_frame: pd.DataFrame, test_frame: pd.DataFrame, a: Args) -> dict[str, Any]:
+    """One learning curve: ``kind`` 'warm' or 'cold', scored on training-model and held-out-model jobs."""
+    import torch
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from agents.dnn import DnnConfig, train_dnn
+    from agents.ppo import (
+        LearningCurve,
+        PpoConfig,
+        collect_eval_jobs,
+        env_actions,
+        make_env,
+        make_ppo,
+        warm_start,
+    )
+
+    torch.set_num_threads(a.threads)
+    thr = Thresholds(a.speedup_min, a.energy_ratio_max)
+    train = labelled_set(pair_outcomes(train_frame, thr))
+    dnn, _ = train_dnn(train.x, train.y, config=DnnConfig(seed=seed))
+    env = make_env(train_frame, thr)
+    job_sets = {"training groups": collect_eval_jobs(make_env(train_frame, thr), a.eval_jobs, seed + 10_000),
+                "held-out groups": collect_eval_jobs(make_env(test_frame, thr), a.eval_jobs, seed + 20_000)}
+    if kind == "warm":
+        model, warm = warm_start(dnn, env, PpoConfig.warm(value_warmup_steps=min(2048, a.steps // 4)), seed)
+        offset = int(warm.get("steps", 0))
+    else:
+        model = make_ppo(env, dnn.normaliser, PpoConfig.cold(), seed)
+        offset = 0
+    curves = {name: LearningCurve(jobs, a.eval_every, offset) for name, jobs in job_sets.items()}
+    model.learn(total_timesteps=max(1, a.steps - offset), callback=CallbackList(list(curves.values())))
+    dnn_ratio = {name: jobs.reward_ratio(env_actions(dnn, jobs.obs, jobs.knobbed)) for name, jobs in job_sets.items()}
+    return {"kind": kind, "seed": seed, "dnn_ratio": dnn_ratio,
+            "points": [{"set": name, "steps": p.steps, "reward_ratio": p.reward_ratio}
+                       for name, c in curves.items() for p in c.points]}
+
+
+calls = [(kind, args.seed + s, train_frame, test_frame, args) for s in range(args.seeds) for kind in ("warm", "cold")]
+if args.ray:
+    import ray
+
+    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
+                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
+    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
+             log_to_driver=False, runtime_env=runtime_env)
+    remote = ray.remote(num_cpus=1)(run)
+    tr_ref, te_ref = ray.put(train_frame), ray.put(test_frame)
+    refs = [remote.remote(kind, seed, tr_ref, te_ref, a) for kind, seed, _, _, a in calls]
+    pending = list(refs)
+    with tqdm(total=len(refs), desc="PPO runs") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    results = ray.get(refs)
+    ray.shutdown()
+else:
+    results = [run(*c) for c in tqdm(calls, desc="PPO runs")]
+
+curves = pd.DataFrame([{"kind": r["kind"], "seed": r["seed"], **p} for r in results for p in r["points"]])
+curves.to_csv(out / "learning_curves.csv", index=False, float_format="%.5f")
+summary_rows = []
+for r in results:
+    for name in ("training groups", "held-out groups"):
+        pts = curves[(curves.kind == r["kind"]) & (curves.seed == r["seed"]) & (curves.set == name)].sort_values("steps")
+        row: dict[str, Any] = {"kind": r["kind"], "seed": r["seed"], "set": name, "dnn_reward_ratio": r["dnn_ratio"][name],
+                               "start_reward_ratio": float(pts.reward_ratio.iloc[0]),
+                               "final_reward_ratio": float(pts.reward_ratio.iloc[-1]),
+                               "best_reward_ratio": float(pts.reward_ratio.max())}
+        for frac in (0.95, 0.99):
+            hit = pts[pts.reward_ratio >= frac]
+            row[f"steps_to_{int(frac * 100)}pct"] = int(hit.steps.iloc[0]) if len(hit) else np.nan
+        summary_rows.append(row)
+summary = pd.DataFrame(summary_rows)
+summary.to_csv(out / "steps_to_oracle.csv", index=False, float_format="%.4f")
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+for ax, name in zip(axes, ("training groups", "held-out groups"), strict=True):
+    for kind, color in (("warm", "tab:red"), ("cold", "tab:blue")):
+        sel = curves[(curves.kind == kind) & (curves.set == name)]
+        for _seed, g in sel.groupby("seed"):
+            ax.plot(g.steps, g.reward_ratio, color=color, alpha=0.35, lw=0.8)
+        mean = sel.groupby("steps").reward_ratio.mean()
+        ax.plot(mean.index, mean.values, color=color, lw=2, label=f"{kind} (mean of {sel.seed.nunique()} seeds)")
+    dnn_mean = summary[summary.set == name].dnn_reward_ratio.mean()
+    ax.axhline(dnn_mean, color="k", ls=":", lw=1, label="DNN")
+    for frac in (0.95, 0.99):
+        ax.axhline(frac, color="grey", ls="--", lw=0.6)
+    ax.set_xlabel("environment steps")
+    ax.set_title(f"reward / Oracle reward on {name} (modelled)", fontsize=9)
+    ax.set_ylim(max(-0.5, float(curves.reward_ratio.min()) - 0.05), 1.02)
+axes[0].set_ylabel("reward ratio")
+axes[0].legend(fontsize=7)
+fig.tight_layout()
+fig.savefig(out / "ppo_warm_vs_cold.png", dpi=90)
+plt.close(fig)
+
+host = probe_local()
+provenance = {
+    "study": "ppo_warm_vs_cold", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
+    "trace_hashes": trace_hashes, "held_out_groups": held, "code_version": code_version(),
+    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
+                 "platform": platform.platform(), "python": sys.version.split()[0],
+                 "targets": sorted(set(frame["target_id"].astype(str)))},
+    "wall_s": round(time.time() - start, 1),
+}
+(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+
+
+def steps_text(values: pd.Series) -> str:
+    hits = values.dropna()
+    if not len(hits):
+        return f"never (0/{len(values)} seeds)"
+    text = f"{int(hits.median()):,}"
+    return text + (f" ({len(hits)}/{len(values)} seeds)" if len(hits) < len(values) else "")
+
+
+lines = ["## Study 6 — warm vs cold PPO", "",
+         f"`DevicePlacement-v0` replaying the simulated trace's training rows ({len(groups) - len(held)} `{args.group}` "
+         f"groups; held out: {', '.join(held)}; every target, so edge jobs also choose cores and a memory cap; rewards from "
+         f"**modelled** outcomes), {args.steps:,} environment steps per run, {args.seeds} seeds, evaluation every "
+         f"{args.eval_every} steps on {args.eval_jobs} fixed jobs per set. The warm run's steps include its value "
+         "warm-up; the DNN it starts from was trained on the logged trace without environment steps.", "",
+         "| agent | job set | DNN ratio | start | final | best | steps to 95 % of Oracle | steps to 99 % |",
+         "|---|---|---|---|---|---|---|---|"]
+for (kind, name), g in summary.groupby(["kind", "set"], sort=False):
+    lines.append(f"| {kind} | {name} | {g.dnn_reward_ratio.mean():.3f} | {g.start_reward_ratio.mean():.3f} | "
+                 f"{g.final_reward_ratio.mean():.3f} | {g.best_reward_ratio.mean():.3f} | {steps_text(g.steps_to_95pct)} | "
+                 f"{steps_text(g.steps_to_99pct)} |")
+lines += ["", "![warm vs cold PPO](ppo_warm_vs_cold/ppo_warm_vs_cold.png)", ""]
+w = summary[(summary.kind == "warm") & (summary.set == "held-out groups")]
+c = summary[(summary.kind == "cold") & (summary.set == "held-out groups")]
+lines.append(f"* On held-out groups the warm agent starts at {w.start_reward_ratio.mean():.3f} of the Oracle's reward "
+             f"(the DNN's {w.dnn_reward_ratio.mean():.3f}) and ends at {w.final_reward_ratio.mean():.3f}; the cold agent "
+             f"starts at {c.start_reward_ratio.mean():.3f} and ends at {c.final_reward_ratio.mean():.3f} after the same "
+             "budget.")
+lines.append("* Paper A names an RL scheduler as future work and reports no learning curve; this study is ours.")
+lines += ["", f"Provenance: `ppo_warm_vs_cold/provenance.json` (code {code_version()}, trace sha256 "
+          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+(out / "section.md").write_text("\n".join(lines))
+print(summary.to_string(index=False))
+print(f"wrote {out} in {time.time() - start:.0f} s")

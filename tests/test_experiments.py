@@ -1,0 +1,148 @@
+"""Smoke test per study: each experiment script runs end to end with its ``--smoke`` budget (no Ray),
+in this process, into a temporary directory; we check the CSV it writes, its plot, its markdown
+section and its provenance. The figures themselves come from ``placement experiment NAME``."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
+
+
+def run_study(name: str, out: Path, *extra: str) -> Path:
+    argv = sys.argv
+    sys.argv = [str(EXPERIMENTS / f"{name}.py"), "--smoke", "--no-ray", "--out", str(out), *extra]
+    try:
+        runpy.run_path(str(EXPERIMENTS / f"{name}.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert (out / "section.md").read_text().startswith("## Study")
+    prov = json.loads((out / "provenance.json").read_text())
+    for key in ("seed", "thresholds", "trace_hashes", "code_version", "hardware"):
+        assert key in prov, f"{name}: provenance lacks {key}"
+    assert list(out.glob("*.png")), f"{name}: no plot written"
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the scripts read data/traces/ relative to the repository
+
+
+def test_table5(tmp_path: Path) -> None:
+    out = run_study("table5", tmp_path)
+    table = pd.read_csv(out / "table5.csv")
+    assert set(table.dataset) >= {"simulated", "paper_table2"}
+    allrows = table[(table.dataset == "simulated") & (table.target == "all")].set_index("policy")
+    assert {"oracle", "cpu_only", "gpu_only", "random", "rule_based", "dnn", "ppo_warm"} <= set(allrows.index)
+    assert allrows.loc["oracle", "accuracy"] == 1.0
+    assert allrows.loc["cpu_only", "throughput_vs_cpu_only"] == pytest.approx(1.0)
+    assert allrows.loc["gpu_only", "energy_efficiency_vs_gpu_only"] == pytest.approx(1.0)
+    assert allrows.loc["gpu_only", "gpu_usage_reduction_pct"] == 0.0
+    assert set(table[table.dataset == "simulated"].target) == {"all", "A", "orin-nano"}
+    assert (table[table.dataset == "simulated"].energy_method == "modelled").all()
+    paper = table[table.dataset == "paper_table2"]
+    assert (paper.n == 5).all() and (paper.energy_method == "measured").all()
+    jobs = pd.read_csv(out / "table5_paper_jobs.csv")
+    assert dict(zip(jobs.job_id, jobs.oracle, strict=True))["mobilenet_imagenet100"] == "cpu"
+
+
+def test_gpu_share(tmp_path: Path) -> None:
+    table = pd.read_csv(run_study("gpu_share", tmp_path) / "gpu_share.csv")
+    assert list(table[table.sweep == "catalogue"].target) == ["A", "D", "jetson-nano"]
+    assert list(table[table.sweep == "gpu_scale"].gpu_scale) == [0.5, 2.0]
+    assert table.oracle_gpu_share.between(0, 1).all() and (table.n == 24).all()
+    assert table[table.sweep == "catalogue"].dnn_loto_gpu_share.notna().all()
+    shares = table[["oracle_gpu_share", "too_slow_share", "too_costly_share", "gpu_infeasible_share"]].sum(axis=1)
+    assert (shares <= 1 + 1e-9).all()
+
+
+def test_threshold_sensitivity(tmp_path: Path) -> None:
+    table = pd.read_csv(run_study("threshold_sensitivity", tmp_path) / "threshold_sensitivity.csv")
+    assert len(table) == 6  # 3 T_t x 2 T_e
+    at = table[table.energy_ratio_max == 1.5].sort_values("speedup_min")
+    assert np.all(np.diff(at.gpu_share.to_numpy()) <= 1e-12)  # a higher T_t never adds GPU jobs
+    paper = table[(table.speedup_min == 2.0) & (table.energy_ratio_max == 1.5)].iloc[0]
+    assert paper.agreement_with_paper_point == 1.0
+    assert table.pareto.any()
+    assert table[table.energy_ratio_max == 1.5].dnn_accuracy.notna().all()
+
+
+def test_feature_importance(tmp_path: Path) -> None:
+    from placement.features import FEATURE_NAMES
+
+    table = pd.read_csv(run_study("feature_importance", tmp_path) / "feature_importance.csv")
+    assert set(table[table.level == "feature"].name) == set(FEATURE_NAMES)
+    assert len(table[table.level == "paper_input"]) == 10
+    assert table["rank"].min() == 1
+
+
+def test_dnn_curves(tmp_path: Path) -> None:
+    out = run_study("dnn_curves", tmp_path)
+    metrics = pd.read_csv(out / "dnn_metrics.csv")
+    assert set(zip(metrics.recipe, metrics.setting, strict=True)) == {
+        ("default", "out_of_fold"), ("default", "in_sample"), ("paper", "out_of_fold"), ("paper", "in_sample")}
+    assert metrics.roc_auc.between(0, 1).all() and metrics.ece.between(0, 1).all()
+    curves = pd.read_csv(out / "dnn_curves.csv")
+    assert set(curves.curve) == {"pr", "roc", "calibration"}
+    assert json.loads((out / "provenance.json").read_text())["inference"]["per_decision_ms"] > 0
+
+
+def test_ppo_warm_vs_cold(tmp_path: Path) -> None:
+    out = run_study("ppo_warm_vs_cold", tmp_path)
+    summary = pd.read_csv(out / "steps_to_oracle.csv")
+    assert set(summary.kind) == {"warm", "cold"}
+    assert set(summary.set) == {"training groups", "held-out groups"}
+    warm = summary[summary.kind == "warm"]
+    # the warm start decides exactly as the DNN it was copied from
+    assert np.allclose(warm.start_reward_ratio, warm.dnn_reward_ratio)
+    curves = pd.read_csv(out / "learning_curves.csv")
+    assert curves.groupby(["kind", "set"]).steps.count().min() >= 2
+
+
+def test_online_drift(tmp_path: Path) -> None:
+    out = run_study("online_drift", tmp_path)
+    events = pd.read_csv(out / "online_drift_events.csv")
+    assert set(events.scenario) == {"gpu_slowdown", "new_target"}
+    assert len(events) == 2 * 48
+    assert (events.groupby("scenario").drifted.sum() == 24).all()
+    assert events.learner_update.notna().sum() >= 2  # the learner updated on feedback
+    slow = events[events.scenario == "gpu_slowdown"]
+    assert set(slow.target) == {"A"}
+    new = events[events.scenario == "new_target"]
+    assert "h100-host" in set(new[new.drifted].target) and "h100-host" not in set(new[~new.drifted].target)
+    summary = pd.read_csv(out / "online_drift_summary.csv")
+    assert set(summary.policy) == {"online", "static_dnn"}
+
+
+def test_contention(tmp_path: Path) -> None:
+    table = pd.read_csv(run_study("contention", tmp_path) / "contention.csv")
+    assert set(table.gpu_load) == {0.3, 3.0}
+    assert {"ppo_contention", "dnn", "oracle_without_queue", "oracle_with_queue"} <= set(table.policy)
+    t = table.set_index(["gpu_load", "policy"])
+    assert t.loc[(3.0, "cpu_only"), "mean_wait_s"] == 0.0  # nothing queues for the GPU
+    assert t.loc[(3.0, "gpu_only"), "mean_wait_s"] > t.loc[(0.3, "gpu_only"), "mean_wait_s"]
+    assert t.loc[(3.0, "oracle_with_queue"), "accuracy"] == 1.0
+
+
+def test_edge_knobs(tmp_path: Path) -> None:
+    out = run_study("edge_knobs", tmp_path)
+    cores = pd.read_csv(out / "edge_knobs_cores.csv")
+    sim = cores[cores.source == "simulated"]
+    assert set(sim.target) == {"jetson-nano", "agx-orin"}
+    assert sim[sim.target == "jetson-nano"].cpu_cores.max() == 4
+    assert sim[sim.target == "agx-orin"].cpu_cores.max() == 12
+    rec = pd.read_csv(out / "edge_knobs_recommend.csv")
+    assert set(rec.device) == {"cpu", "gpu"}
+    assert (rec.recommended_cores <= rec.default_cores).all()
+    assert (rec[rec.device == "cpu"].recommended_cap == "grow").all()
+    caps = pd.read_csv(out / "edge_knobs_caps.csv")
+    assert "grow" in set(caps.gpu_mem_cap_mib.astype(str))
