@@ -356,6 +356,149 @@ def describe(
     sys.stdout.write(job.model_dump_json(indent=2) + "\n")
 
 
+@app.command("serve")
+def serve_command(
+    host: str | None = typer.Option(None, help="Bind address [127.0.0.1]; a non-loopback one needs PLACEMENT_TOKEN."),
+    port: int | None = typer.Option(None, help="HTTP port [8000]."),
+    db_path: Path | None = typer.Option(None, "--db-path", help="SQLite database [<state dir>/placement.db]."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="Database and policy versions [~/.local/share/placement]."),
+    model: Path | None = typer.Option(None, "--model", help="Initial model directory [bundled models/default]."),
+    exploration_rate: float | None = typer.Option(None, "--exploration-rate", help="Share of unsure decisions that explore [0.05, at most 0.2]."),
+    replicas: int | None = typer.Option(None, "--replicas", help="HTTP replicas [1]."),
+    num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs local Ray may use [all]."),
+) -> None:
+    """Start local Ray and the placement service (HTTP, OpenAPI at /docs); settings also from PLACEMENT_* variables."""
+    import signal
+    import threading
+
+    from serve.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(host=host, port=port, db_path=db_path, state_dir=state_dir, model_path=model,
+                                     exploration_rate=exploration_rate, ingress_replicas=replicas)
+    except SettingsError as exc:
+        _fail(str(exc))
+        return
+    from serve import app as serve_app
+
+    try:
+        serve_app.check_model(settings)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    url = serve_app.start(settings, num_cpus=num_cpus)
+    console.print(f"placement service on [bold]{url}[/] (OpenAPI {url}/docs, metrics {url}/metrics); "
+                  f"database {settings.database}; Ctrl-C stops")
+    try:
+        done.wait()
+    finally:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _json_arg(value: str, what: str) -> object:
+    text = Path(value).read_text() if not value.lstrip().startswith(("{", "[")) and Path(value).is_file() else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{what}: not JSON and not a JSON file ({exc})")
+        raise
+
+
+@app.command()
+def query(
+    job: str = typer.Argument(..., help="A job as JSON (an object; a list for a batch) or a JSON file of one."),
+    target: str = typer.Option("local", "--target", "-T", help="Catalogue id, 'local', or a hardware JSON (file)."),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", envvar="PLACEMENT_URL", help="Service URL."),
+    speedup_min: float | None = typer.Option(None, "--speedup-min", "-t", help="T_t for this request."),
+    energy_ratio_max: float | None = typer.Option(None, "--energy-ratio-max", "-e", help="T_e for this request."),
+    max_slowdown: float | None = typer.Option(None, "--max-slowdown", help="Chosen device at most this much slower."),
+    no_explore: bool = typer.Option(False, "--no-explore", help="Never explore for these jobs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the service's JSON answer."),
+) -> None:
+    """Ask a running placement service where to run a job (or a list of jobs)."""
+    from pydantic import ValidationError
+
+    from placement.hardware import HardwareTarget
+    from placement.job import Job
+    from serve.client import PlacementApiError, PlacementClient
+
+    raw = _json_arg(job, "job")
+    try:
+        jobs = [Job.model_validate(j) for j in (raw if isinstance(raw, list) else [raw])]
+        tgt: str | HardwareTarget = target
+        if target.lstrip().startswith("{") or target.endswith(".json"):
+            tgt = HardwareTarget.model_validate(_json_arg(target, "target"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+        return
+    thresholds = {k: v for k, v in (("speedup_min", speedup_min), ("energy_ratio_max", energy_ratio_max)) if v is not None}
+    try:
+        with PlacementClient(url) as client:
+            answer = client.place_batch(jobs, tgt, thresholds=thresholds or None, max_slowdown=max_slowdown,
+                                        explore=not no_explore)
+    except PlacementApiError as exc:
+        _fail(str(exc))
+        return
+    except OSError as exc:
+        _fail(f"cannot reach {url} ({exc}): start it with `placement serve`")
+        return
+    if as_json:
+        sys.stdout.write(answer.model_dump_json(indent=2) + "\n")
+        return
+    table = Table(title=f"target {answer.target_id}  policy {answer.policy_version}  "
+                        f"T_t={answer.thresholds.speedup_min:g} T_e={answer.thresholds.energy_ratio_max:g}")
+    for c in ("job", "device", "cores", "GPU cap", "P(GPU)", "speedup*", "energy ratio*", "by", "decision id"):
+        table.add_column(c)
+    for d in answer.decisions or []:
+        table.add_row(d.job_name, d.device.upper(), str(d.cpu_cores), str(d.gpu_mem_cap), f"{d.gpu_probability:.3f}",
+                      "-" if d.predicted_speedup is None else f"{d.predicted_speedup:.3g}",
+                      "-" if d.predicted_energy_ratio is None else f"{d.predicted_energy_ratio:.3g}",
+                      d.decided_by, d.decision_id)
+    console.print(table)
+    console.print("* predicted by the performance model (modelled, not measured)")
+
+
+@app.command(context_settings=_VARIADIC)
+def experiment(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="A study (the script experiments/NAME.py), 'report', or 'all'."),
+    address: str = typer.Option("", "--address", help="Ray cluster address for the study's sweep (default: a local Ray)."),
+    full: bool = typer.Option(False, "--full", help="Paper-scale budget instead of the small default."),
+) -> None:
+    """Run a study (experiments/NAME.py, writing results/NAME/); 'all' runs every study, then the report.
+    Other options go to the script (e.g. --no-ray, --seed 1; see python experiments/NAME.py --help)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    folder = root / "experiments"
+    if not folder.is_dir():
+        _fail(f"{folder} not found: experiments run from a clone of the repository")
+    studies = sorted(p.stem for p in folder.glob("*.py") if p.stem != "report")
+    if name == "all":
+        names = [*studies, "report"]
+    elif name in studies or name == "report":
+        names = [name]
+    else:
+        _fail(f"unknown experiment '{name}': one of {', '.join(studies)}, report or all")
+        return
+    flags = (["--address", address] if address else []) + (["--full"] if full else [])
+    for study in names:
+        cmd = [sys.executable, str(folder / f"{study}.py"), *([] if study == "report" else flags),
+               *(ctx.args if len(names) == 1 else [])]
+        console.print(f"[bold]experiment {study}[/]: {' '.join(cmd[1:])}")
+        code = subprocess.run(cmd, cwd=root).returncode
+        if code:
+            _fail(f"experiment {study} failed (exit {code})", code)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

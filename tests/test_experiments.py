@@ -146,3 +146,21 @@ def test_edge_knobs(tmp_path: Path) -> None:
     assert (rec[rec.device == "cpu"].recommended_cap == "grow").all()
     caps = pd.read_csv(out / "edge_knobs_caps.csv")
     assert "grow" in set(caps.gpu_mem_cap_mib.astype(str))
+
+
+def test_cli_experiment_report_and_unknown(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from placement.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["experiment", "no_such_study"])
+    assert bad.exit_code == 2 and "unknown experiment" in bad.output
+    (tmp_path / "gpu_share").mkdir()
+    (tmp_path / "gpu_share" / "section.md").write_text("## Study 2 — GPU share\n\nbody\n")
+    (tmp_path / "gpu_share" / "provenance.json").write_text(json.dumps(
+        {"seed": 3, "code_version": "v", "trace_hashes": {"t.parquet": "a" * 64}, "args": {"full": False}}))
+    ok = runner.invoke(app, ["experiment", "report", "--results", str(tmp_path), "--out", str(tmp_path / "REPORT.md")])
+    assert ok.exit_code == 0, ok.output
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "## Study 2 — GPU share" in report and "**not run**" in report and "aaaaaaaaaaaa" in report
