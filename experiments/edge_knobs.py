@@ -11,7 +11,7 @@ the best time; the smallest explicit cap with headroom over the working set).
 Measured: every measured trace present (its CPU runs over pinned core counts, its GPU runs
 under caps and ``grow``; GPU energy measured by NVML, CPU power modelled unless RAPL was
 readable -- each row says which). The recommendation is checked against what was measured:
-the fewest measured cores within ``tolerance`` of the fastest (the measured best choice) and
+the fewest measured cores within ``tolerance`` of the fastest (:func:`placement.recommend.recommend_cores`) and
 the perf model's recommendation mapped to the nearest measured core count, both against all
 cores. No Jetson was measured: the edge rows are simulated only.
 
@@ -165,6 +165,7 @@ for path in args.measured:
         continue
     from placement.job import Job
     from placement.perfmodel import recommend_knobs
+    from placement.recommend import recommend_cores, recommend_gpu_cap
     from placement.trace import read_trace, row_target
 
     tr = read_trace(Path(path))
@@ -206,8 +207,9 @@ for path in args.measured:
             continue
         g = g.sort_values("cpu_cores")
         full = g[g["cpu_cores"] == g["cpu_cores"].max()].iloc[0]
-        best_t = float(g["time_per_batch"].min())
-        measured_best = g[g["time_per_batch"] <= best_t * (1 + args.tolerance)].iloc[0]
+        best_cores = recommend_cores({int(c): float(t) for c, t in zip(g["cpu_cores"], g["time_per_batch"], strict=True)},
+                                     args.tolerance)
+        measured_best = g[g["cpu_cores"] == best_cores].iloc[0]
         row0 = g.iloc[0]
         target = row_target(row0)
         job = Job(name=str(row0["model"]), family=row0["family"], mode=row0["mode"], batch_size=int(row0["batch_size"]),
@@ -217,15 +219,33 @@ for path in args.measured:
         model_cores, _ = recommend_knobs(model, job, target, "cpu", args.tolerance)
         grid = g["cpu_cores"].astype(float).to_numpy()
         mapped = g.iloc[int(np.argmin(np.abs(np.log(grid / model_cores))))]
-        for how, pick in (("measured best", measured_best), ("perf-model recommendation", mapped)):
+        for how, pick in (("fewest cores within tolerance (measured)", measured_best), ("perf-model recommendation", mapped)):
             measured_rec.append({
                 "source": src, "target": tid, "model": row0["model"], "mode": row0["mode"],
                 "batch_size": int(row0["batch_size"]), "device": "cpu", "choice": how,
-                "model_recommended_cores": model_cores if how != "measured best" else np.nan,
+                "model_recommended_cores": model_cores if how == "perf-model recommendation" else np.nan,
                 "chosen_cores": int(pick["cpu_cores"]), "default_cores": int(full["cpu_cores"]),
                 "energy_saved_pct": 100 * (1 - float(pick["energy_per_batch"]) / float(full["energy_per_batch"])),
                 "slowdown_pct": 100 * (float(pick["time_per_batch"]) / float(full["time_per_batch"]) - 1),
                 "energy_method": str(pick["energy_method"])})
+    # recommended GPU cap (placement.recommend) vs grow, on measured GPU runs
+    gpu_runs = pd.DataFrame([r for r in measured_caps if r["source"] == src])
+    for _, g in (gpu_runs.groupby(["model", "mode", "batch_size"], sort=False) if len(gpu_runs) else []):
+        if "grow" not in set(g.gpu_mem_cap_mib) or len(g) < 2:
+            continue
+        times = {c: (None if not ok else float(t)) for c, t, ok in zip(g.gpu_mem_cap_mib, g.time_per_batch_s, g.feasible,
+                                                                       strict=True)}
+        cap = recommend_gpu_cap(times, dict(zip(g.gpu_mem_cap_mib, g.feasible.astype(bool), strict=True)),
+                                tolerance=args.tolerance)
+        grow = g[g.gpu_mem_cap_mib == "grow"].iloc[0]
+        pick = g[g.gpu_mem_cap_mib == cap].iloc[0]
+        measured_rec.append({
+            "source": src, "target": g.target.iloc[0], "model": g.model.iloc[0], "mode": g["mode"].iloc[0],
+            "batch_size": int(g.batch_size.iloc[0]), "device": "gpu", "choice": "recommended cap (measured)",
+            "chosen_cap": cap, "default_cap": "grow",
+            "energy_saved_pct": 100 * (1 - float(pick.energy_per_batch_j) / float(grow.energy_per_batch_j)),
+            "slowdown_pct": 100 * (float(pick.time_per_batch_s) / float(grow.time_per_batch_s) - 1),
+            "energy_method": "mixed (GPU measured, CPU modelled)"})
 cores = pd.concat([cores, pd.DataFrame(measured_cores)], ignore_index=True)
 caps = pd.concat([caps, pd.DataFrame(measured_caps)], ignore_index=True)
 measured_rec_df = pd.DataFrame(measured_rec)
@@ -348,9 +368,16 @@ if gpu_summary is not None and gpu_summary.slowdown_pct > 0:
 if len(measured_rec_df):
     lines += ["", "### Recommended cores on the measured host (CPU runs; energy as each row says)", "",
               "| choice | jobs | mean chosen cores | energy saved % (mean) | slowdown % (mean) | energy |", "|---|---|---|---|---|---|"]
-    for how, g in measured_rec_df.groupby("choice", sort=False):
-        lines.append(f"| {how} | {len(g)} | {g.chosen_cores.mean():.1f} / {g.default_cores.iloc[0]} | "
+    for how, g in measured_rec_df[measured_rec_df.device == "cpu"].groupby("choice", sort=False):
+        lines.append(f"| {how} | {len(g)} | {g.chosen_cores.mean():.1f} / {g.default_cores.iloc[0]:.0f} | "
                      f"{g.energy_saved_pct.mean():.1f} | {g.slowdown_pct.mean():.1f} | {', '.join(sorted(set(g.energy_method)))} |")
+    gcap = measured_rec_df[measured_rec_df.device == "gpu"]
+    if len(gcap):
+        lines += ["", f"Measured GPU caps: the recommended cap (`placement.recommend.recommend_gpu_cap`) vs 'grow' "
+                  f"on {len(gcap)} jobs with capped runs: mean energy saved {gcap.energy_saved_pct.mean():.1f} %, mean "
+                  f"slowdown {gcap.slowdown_pct.mean():.1f} % (energy mixed: GPU measured, CPU modelled); caps chosen: "
+                  + ", ".join(f"{c if c == 'grow' else c + ' MiB'} × {n}"
+                             for c, n in gcap.chosen_cap.astype(str).value_counts().items()) + "."]
 lines += ["", "![edge knobs](edge_knobs/edge_knobs.png)", "", "Against paper B's findings:", ""]
 
 
@@ -413,7 +440,7 @@ if {"orin-nano", "agx-orin"} <= set(orin.target):
                  f"energy {o.loc['orin-nano', 'recommended_energy_j'] / o.loc['agx-orin', 'recommended_energy_j']:.2f}× the AGX Orin's "
                  "(paper B: for lightweight models the gap shrinks and the weaker device is the efficient choice).")
 if missing_measured:
-    lines.append(f"* Not present when this ran: {', '.join(missing_measured)}.")
+    lines.append(f"* Also looked for {', '.join(missing_measured)}: not present when this ran.")
 lines.append("* No Jetson was available to measure: every Jetson figure here is modelled.")
 lines += ["", f"Provenance: `edge_knobs/provenance.json` (code {code_version()}"
           + (", trace sha256 " + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) if trace_hashes else "")
