@@ -46,8 +46,11 @@ STUDIES = (
     ("edge_knobs", "9", "Paper B: cores and GPU memory cap on edge targets"),
 )
 
+known = {name for name, _, _ in STUDIES}
+extra = sorted(p.parent.name for p in results.glob("*/section.md") if p.parent.name not in known)
+studies = [*STUDIES, *((name, str(len(STUDIES) + i + 1), name.replace("_", " ")) for i, name in enumerate(extra))]
 rows, sections, hashes = [], [], {}
-for name, number, title in STUDIES:
+for name, number, title in studies:
     section = results / name / "section.md"
     prov_path = results / name / "provenance.json"
     if not section.exists() or not prov_path.exists():
@@ -59,7 +62,7 @@ for name, number, title in STUDIES:
     budget = "full" if prov.get("args", {}).get("full") else "default (small)"
     rows.append(f"| {number} | [{title}](#study-{number}) | `placement experiment {name}` | {budget} | "
                 f"{prov.get('seed')} | `{prov.get('code_version')}` |")
-    sections.append(section.read_text().replace(f"## Study {number} ", f'<a id="study-{number}"></a>\n## Study {number} ', 1))
+    sections.append(f'<a id="study-{number}"></a>\n\n' + section.read_text())
 
 lines = [
     "# Results: paper reproductions and simulation studies",
@@ -86,4 +89,4 @@ lines = [
     "",
 ]
 Path(args.out).write_text("\n".join(lines) + "\n" + "\n".join(sections))
-print(f"wrote {args.out}: {len(sections)} of {len(STUDIES)} studies")
+print(f"wrote {args.out}: {len(sections)} of {len(studies)} studies")
