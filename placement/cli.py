@@ -358,14 +358,14 @@ def describe(
 
 @app.command("serve")
 def serve_command(
-    host: str | None = typer.Option(None, help="Bind address [127.0.0.1]; a non-loopback one needs PLACEMENT_TOKEN."),
-    port: int | None = typer.Option(None, help="HTTP port [8000]."),
-    db_path: Path | None = typer.Option(None, "--db-path", help="SQLite database [<state dir>/placement.db]."),
-    state_dir: Path | None = typer.Option(None, "--state-dir", help="Database and policy versions [~/.local/share/placement]."),
-    model: Path | None = typer.Option(None, "--model", help="Initial model directory [bundled models/default]."),
-    exploration_rate: float | None = typer.Option(None, "--exploration-rate", help="Share of unsure decisions that explore [0.05, at most 0.2]."),
-    replicas: int | None = typer.Option(None, "--replicas", help="HTTP replicas [1]."),
-    num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs local Ray may use [all]."),
+    host: str | None = typer.Option(None, help="Bind address (default 127.0.0.1); a non-loopback one needs PLACEMENT_TOKEN."),
+    port: int | None = typer.Option(None, help="HTTP port (default 8000)."),
+    db_path: Path | None = typer.Option(None, "--db-path", help="SQLite database (default: <state dir>/placement.db)."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="Database and policy versions (default ~/.local/share/placement)."),
+    model: Path | None = typer.Option(None, "--model", help="Initial model directory (default: the bundled models/default)."),
+    exploration_rate: float | None = typer.Option(None, "--exploration-rate", help="Share of unsure decisions that explore (default 0.05, at most 0.2)."),
+    replicas: int | None = typer.Option(None, "--replicas", help="HTTP replicas (default 1)."),
+    num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs local Ray may use (default: all)."),
 ) -> None:
     """Start local Ray and the placement service (HTTP, OpenAPI at /docs); settings also from PLACEMENT_* variables."""
     import signal

@@ -579,6 +579,20 @@ def app_builder(args: dict[str, Any]) -> Any:
     return build_app(Settings.from_env(**(args or {})))
 
 
+def check_model(settings: Settings) -> None:
+    """Fail early, before Ray starts, when there is no servable model: the store's active
+    version or the configured model directory must load (raises naming the path and the fix)."""
+    store = Store(settings.database, synchronous=settings.db_synchronous)
+    try:
+        active = store.active_version()
+        from agents.artifact import DEFAULT_MODEL_DIR, load_model
+
+        path = store.get_version(active).path if active else (settings.model_path or DEFAULT_MODEL_DIR)
+        load_model(path)
+    finally:
+        store.close()
+
+
 def start(settings: Settings, *, num_cpus: int | None = None) -> str:
     """Start local Ray (if none is running in this process) and deploy the app; returns the base URL.
 

@@ -58,17 +58,19 @@ def _job_columns_model() -> type[BaseModel]:
     for name, info in Job.model_fields.items():
         element: Any = info.annotation
         extra = [Field(allow_inf_nan=False)] if element is float else []
-        item = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
+        item: Any = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
+        column: Any = list[item]  # type: ignore[valid-type]
         required = info.is_required()
-        fields[name] = (list[item] if required else list[item] | None, Field(... if required else None,
-                                                                             description=info.description))
+        fields[name] = (column if required else column | None, Field(... if required else None,
+                                                                     description=info.description))
+
     def _same_length(self: BaseModel) -> BaseModel:
         column_length(self)
         return self
 
     return create_model(  # type: ignore[call-overload, no-any-return]
         "JobColumns",
-        __validators__={"_same_length": model_validator(mode="after")(_same_length)},
+        __validators__={"_same_length": model_validator(mode="after")(_same_length)},  # type: ignore[dict-item]
         __config__=ConfigDict(extra="forbid", frozen=True, use_enum_values=True),
         __doc__="A batch of jobs as columns: each field of Job as a list, all the same length "
         "(name and dataset_size optional). The fast format for large batches.",

@@ -1,0 +1,157 @@
+"""Typed Python client of the placement service, and :func:`apply` to use a decision in this process.
+
+::
+
+    from serve.client import PlacementClient, apply
+
+    with PlacementClient("http://127.0.0.1:8000", token=None) as client:
+        decision = client.place(job, target="agx-orin")
+        with apply(decision):                     # cores (affinity + torch threads), GPU memory cap
+            outcome = run_the_job(decision.device)
+        client.feedback(decision.decision_id, outcome)   # ReportedOutcome or a dict of its fields
+
+Every method returns the response records of :mod:`serve.schemas`; a 4xx/5xx answer raises
+:class:`PlacementApiError` carrying the status and the fields the service named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from placement.decision import PlacementDecision
+from placement.hardware import HardwareTarget
+from placement.job import Job
+from serve.schemas import (
+    DecisionOut,
+    FeedbackResponse,
+    LearnerReport,
+    PlacementResponse,
+    PolicyInfo,
+    ReportedOutcome,
+    RollbackResponse,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+M = TypeVar("M", bound=BaseModel)
+
+
+class PlacementApiError(RuntimeError):
+    """The service refused a request: ``status``, ``error`` and ``detail`` (``[{field, message}]``)."""
+
+    def __init__(self, status: int, error: str, detail: list[dict[str, str]]) -> None:
+        self.status, self.error, self.detail = status, error, detail
+        fields = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in detail) or error
+        super().__init__(f"HTTP {status} {error}: {fields}")
+
+
+class PlacementClient:
+    """Synchronous client (httpx). ``token`` is the service's bearer token (feedback/policy routes)."""
+
+    def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout_s: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PlacementClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _call(self, method: str, path: str, model: type[M], body: Any = None) -> M:
+        response = self._http.request(method, path, json=body)
+        if response.status_code >= 400:
+            try:
+                data = response.json()
+                raise PlacementApiError(response.status_code, str(data.get("error", "error")), list(data.get("detail", [])))
+            except ValueError:
+                raise PlacementApiError(response.status_code, "error", [{"field": "body", "message": response.text[:500]}]) from None
+        return model.model_validate_json(response.content)
+
+    @staticmethod
+    def _request(target: str | HardwareTarget, thresholds: Mapping[str, float] | None, max_slowdown: float | None,
+                 explore: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "target": target.model_dump(mode="json") if isinstance(target, HardwareTarget) else target,
+            "explore": explore,
+        }
+        if thresholds:
+            body["thresholds"] = dict(thresholds)
+        if max_slowdown is not None:
+            body["max_slowdown"] = max_slowdown
+        return body
+
+    # -- routes ----------------------------------------------------------------------------
+    def place(self, job: Job, target: str | HardwareTarget = "local", *, thresholds: Mapping[str, float] | None = None,
+              max_slowdown: float | None = None, explore: bool = True) -> DecisionOut:
+        """Place one job; ``thresholds`` may set ``speedup_min`` (T_t) and ``energy_ratio_max`` (T_e)."""
+        body = {"job": job.model_dump(mode="json"), **self._request(target, thresholds, max_slowdown, explore)}
+        response = self._call("POST", "/v1/placements", PlacementResponse, body)
+        if not response.decisions:
+            raise PlacementApiError(200, "unexpected_answer", [{"field": "decisions", "message": "no decision in the answer"}])
+        return response.decisions[0]
+
+    def place_batch(self, jobs: Sequence[Job], target: str | HardwareTarget = "local", *,
+                    thresholds: Mapping[str, float] | None = None, max_slowdown: float | None = None,
+                    explore: bool = True) -> PlacementResponse:
+        """Place a list of jobs; the answer has one decision per job, in order."""
+        body = {"jobs": [j.model_dump(mode="json") for j in jobs], **self._request(target, thresholds, max_slowdown, explore)}
+        return self._call("POST", "/v1/placements", PlacementResponse, body)
+
+    def place_columns(self, columns: Mapping[str, Sequence[Any]], target: str | HardwareTarget = "local", *,
+                      thresholds: Mapping[str, float] | None = None, max_slowdown: float | None = None,
+                      explore: bool = True) -> PlacementResponse:
+        """Place jobs given as columns (each :class:`~placement.job.Job` field a list): the fast
+        format for large batches; the answer's ``columns`` hold the decisions."""
+        body = {"columns": {k: list(v) for k, v in columns.items()}, **self._request(target, thresholds, max_slowdown, explore)}
+        return self._call("POST", "/v1/placements", PlacementResponse, body)
+
+    def feedback(self, decision_id: str, outcome: ReportedOutcome | Mapping[str, Any],
+                 other_outcome: ReportedOutcome | Mapping[str, Any] | None = None) -> FeedbackResponse:
+        """Report the measured run of the chosen device (and the other device's, if measured)."""
+        def as_dict(o: ReportedOutcome | Mapping[str, Any]) -> dict[str, Any]:
+            return o.model_dump(mode="json", exclude_none=True) if isinstance(o, ReportedOutcome) else dict(o)
+
+        body: dict[str, Any] = {"decision_id": decision_id, "outcome": as_dict(outcome)}
+        if other_outcome is not None:
+            body["other_outcome"] = as_dict(other_outcome)
+        return self._call("POST", "/v1/feedback", FeedbackResponse, body)
+
+    def policy(self) -> PolicyInfo:
+        return self._call("GET", "/v1/policy", PolicyInfo)
+
+    def rollback(self, version: str | None = None) -> RollbackResponse:
+        return self._call("POST", "/v1/policy/rollback", RollbackResponse, {"version": version} if version else {})
+
+    def update(self) -> LearnerReport:
+        """Run one learner update now (PPO on feedback, safety gate, promotion)."""
+        return self._call("POST", "/v1/policy/update", LearnerReport)
+
+    def health(self) -> dict[str, Any]:
+        response = self._http.get("/healthz")
+        response.raise_for_status()
+        return dict(response.json())
+
+
+@contextlib.contextmanager
+def apply(decision: DecisionOut | PlacementDecision, memory: Any = None) -> Iterator[PlacementDecision]:
+    """Apply a decision's knobs in this process for the body of the ``with``: pin to
+    ``cpu_cores`` cores (affinity and torch intra-op threads) and, on the GPU, cap the CUDA
+    allocator at ``gpu_mem_cap`` MiB (``"grow"``: no cap). Restores the previous state on exit.
+    Uses :func:`placement.knobs.applied`; ``memory`` is its GPU-memory backend (tests pass
+    :class:`placement.knobs.FakeGpuMemory`)."""
+    from placement.knobs import applied
+
+    core = decision if isinstance(decision, PlacementDecision) else PlacementDecision(
+        device=decision.device, cpu_cores=decision.cpu_cores, gpu_mem_cap=decision.gpu_mem_cap)
+    with applied(core, memory) as effective:
+        yield effective
