@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from placement.decision import GROW, GpuMemCap, PlacementDecision
-from placement.probe import cgroup_cpu_quota
+from placement.probe import usable_cores
 
 
 def allowed_cores() -> list[int]:
@@ -39,12 +39,8 @@ def allowed_cores() -> list[int]:
 
 
 def usable_core_count() -> int:
-    """Cores usable here: the affinity mask, capped by any cgroup CPU quota."""
-    cores = len(allowed_cores())
-    quota = cgroup_cpu_quota()
-    if quota is not None:
-        cores = min(cores, max(1, int(quota)))
-    return max(1, cores)
+    """Cores usable here (affinity mask capped by any cgroup CPU quota): :func:`placement.probe.usable_cores`."""
+    return usable_cores()
 
 
 def clamp_cores(n: int, available: int | None = None) -> int:

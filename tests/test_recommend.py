@@ -100,3 +100,22 @@ def test_recommendations_on_the_measured_trace():
         if r.gpu_mem_cap not in (None, "grow"):
             rows = frame[(frame["job_id"] == r.job_id) & (frame["gpu_mem_cap_mib"] == r.gpu_mem_cap)]
             assert rows["feasible"].all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MEASURED.exists(), reason="measured trace not present")
+def test_edge_study_script_runs(tmp_path, monkeypatch):
+    import json
+    import runpy
+    import sys
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["edge_study.py", "--smoke", "--no-ray", "--out", str(tmp_path)])
+    runpy.run_path(str(ROOT / "experiments/edge_study.py"), run_name="__main__")
+    assert (tmp_path / "section.md").read_text().startswith("## Study")
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert {"seed", "thresholds", "trace_hashes", "code_version", "hardware"} <= set(prov)
+    assert (tmp_path / "edge_cores.png").exists() and (tmp_path / "edge_gpu_cap.png").exists()
+    rec = pd.read_csv(tmp_path / "edge_recommend.csv")
+    assert {"h200-host", "jetson-nano", "orin-nano", "agx-orin"} <= set(rec["target_id"])
+    assert (rec.loc[rec["target_id"] == "jetson-nano", "cpu_cores"].dropna() <= 4).all()
