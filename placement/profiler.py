@@ -320,7 +320,8 @@ class _Worker:
         result["attempts"] = attempts
         return result
 
-    def _seeded_batch(self, spec: RowSpec, device: str) -> tuple[Any, Any]:
+    def _seeded_batch(self, spec: RowSpec) -> tuple[Any, Any]:
+        """The row's input batch on the host, drawn from the settings' seed."""
         from placement.workloads import get_workload, make_batch
 
         gen = self.torch.Generator().manual_seed(self.settings.seed)
@@ -335,7 +336,7 @@ class _Worker:
         s = self.settings
         torch.manual_seed(s.seed)
         w = get_workload(spec.workload)
-        x, y = self._seeded_batch(spec, "cpu")
+        x, y = self._seeded_batch(spec)
         meter = self._cpu()
         model: Any = None
         step: Any = None
@@ -371,7 +372,7 @@ class _Worker:
         sync: Callable[[], object] = torch.cuda.synchronize if on_cuda else (lambda: None)
         torch.manual_seed(s.seed)
         w = get_workload(spec.workload)
-        x_host, y_host = self._seeded_batch(spec, "cpu")
+        x_host, y_host = self._seeded_batch(spec)
         meters = MeterSet([self._gpu_meter, self._cpu()])
         cap: int | str = GROW_KEY if spec.gpu_mem_cap_mib is None else spec.gpu_mem_cap_mib
         out: dict[str, Any] = {"cores_applied": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1}
