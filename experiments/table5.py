@@ -309,6 +309,23 @@ else:
 # gather out-of-fold choices; score per dataset and per target
 # ---------------------------------------------------------------------------------------
 POLICIES = ("cpu_only", "gpu_only", "random", "rule_based", "dnn", "ppo_warm", "online_learner")
+
+
+def basis(frame: pd.DataFrame) -> str:
+    """How a dataset's energies were obtained, from its rows' power methods (eq. 2 sums the host CPU
+    and the GPU on GPU runs, so a GPU energy with a modelled CPU part is partly modelled)."""
+    ok = frame["feasible"].fillna(False).astype(bool)
+    cpu = set(frame.loc[ok, "cpu_power_method"].astype(str)) - {"unknown"}
+    gpu = set(frame.loc[ok & (frame["device"] == "gpu"), "gpu_power_method"].astype(str)) - {"unknown"}
+    if cpu | gpu == {"measured"}:
+        return "measured"
+    if cpu | gpu == {"modelled"}:
+        return "modelled"
+    return f"mixed: CPU power {'/'.join(sorted(cpu))}, GPU power {'/'.join(sorted(gpu))}"
+
+
+energy_basis = {name: basis(frame) for name, frame in datasets.items()}
+energy_basis["paper_table2"] = basis(paper.frame) + " (as reported by paper A)"
 rows: list[pd.DataFrame] = []
 for name, data in labelled.items():
     parts = [r for r in results if r["dataset"] == name]
@@ -331,6 +348,7 @@ for name, data in labelled.items():
         frame.insert(0, "target", group)
         frame.insert(0, "dataset", name)
         frame["gpu_share"] = [r.gpu_share for r in reports]
+        frame["energy_basis"] = energy_basis[name]
         rows.append(frame)
     if name == "paper_table2":  # five jobs: show every decision
         jobs = data.pairs[["job_id", "speedup", "energy_ratio", "reason"]].copy()
@@ -396,8 +414,8 @@ lines = ["## Study 1 — Table 5: policy comparison", ""]
 lines += [f"Out-of-fold over {args.folds} folds of whole `{args.group}` groups (seed {args.seed}, T_t = {th.speedup_min:g}, "
           f"T_e = {th.energy_ratio_max:g}; warm PPO {args.ppo_steps} fine-tuning steps per fold; online learner "
           f"updates every {args.online_update_every} feedback rows, {args.online_ppo_steps} PPO steps each). "
-          "Throughput and energy efficiency are geometric means over jobs; energy is labelled by how it was "
-          "obtained (`energy_method`).", ""]
+          "Throughput and energy efficiency are geometric means over jobs; the energy column says how the "
+          "energies were obtained.", ""]
 lines += ["### All targets, beside paper A", "",
           "| dataset | policy | throughput ×CPU-only | energy eff. ×GPU-only | accuracy % | GPU use reduction % | "
           "time regret % | energy regret % | energy |", "|---|---|---|---|---|---|---|---|---|"]
@@ -406,7 +424,7 @@ for d in [*labelled]:
     for _, r in sel.iterrows():
         lines.append(f"| {d} | {r.policy} | {fmt(r.throughput_vs_cpu_only)} | {fmt(r.energy_efficiency_vs_gpu_only)} | "
                      f"{fmt(100 * r.accuracy, 1)} | {fmt(r.gpu_usage_reduction_pct, 1)} | {fmt(r.time_regret_pct, 1)} | "
-                     f"{fmt(r.energy_regret_pct, 1)} | {r.energy_method} |")
+                     f"{fmt(r.energy_regret_pct, 1)} | {r.energy_basis} |")
 for p, v in TABLE5.items():
     acc = v["selection_accuracy_pct"]
     lines.append(f"| paper A | {p} | {fmt(v['throughput'])} | {fmt(v['energy_efficiency'])} | "
@@ -448,10 +466,39 @@ lines.append(f"* DNN selection accuracy on jobs of held-out `{args.group}` group
 rb = float(sim.loc["rule_based", "accuracy"]) * 100
 lines.append(f"* Rule-based (FLOPs/input size, fitted thresholds): {rb:.1f} % (paper 75 %). The rule sees no "
              "hardware, so its accuracy depends on how much the label varies across targets for the same job.")
+if rb > dnn_acc:
+    lines.append(f"* On architectures held out of training the fitted two-threshold rule ({rb:.1f} %) beats the DNN "
+                 f"({dnn_acc:.1f} %) here. A plausible reason (not tested here): the DNN's 30 inputs let it fit quirks of "
+                 "the training architectures that do not carry over to an unseen one, while the rule's FLOPs cut "
+                 "transfers. Paper A reports the DNN ahead "
+                 "(≥ 95 % vs 75 %) on its own split, not on held-out architectures.")
 lines.append(f"* GPU usage reduction of the DNN: {float(sim.loc['dnn', 'gpu_usage_reduction_pct']):.1f} % "
              f"(Oracle {float(sim.loc['oracle', 'gpu_usage_reduction_pct']):.1f} %; paper 65 %): it is set by the "
              "share of jobs that are not a valid GPU acceleration in the job mix, not by the policy.")
-if missing_measured:
+for d in labelled:
+    if not d.startswith("measured:"):
+        continue
+    m = table[(table.dataset == d) & (table.target == "all")].set_index("policy")
+    lines.append(f"* Measured trace `{d.split(':', 1)[1]}` ({int(m.loc['oracle', 'n'])} jobs, energy "
+                 f"{m.loc['oracle', 'energy_basis']}): the Oracle sends {100 * (1 - m.loc['oracle', 'gpu_usage_reduction_pct'] / 100):.0f} % "
+                 f"of jobs to the GPU; GPU-only reaches {m.loc['gpu_only', 'throughput_vs_cpu_only']:.2f}× CPU-only throughput; "
+                 f"the DNN scores {100 * m.loc['dnn', 'accuracy']:.1f} % on held-out groups "
+                 f"(rule-based {100 * m.loc['rule_based', 'accuracy']:.1f} %). A data-centre GPU beside 16 host cores is a "
+                 "valid acceleration for almost every job, unlike paper A's desktop mix.")
+online_updates = {}
+for r in results:
+    if r["online"]:
+        agg = online_updates.setdefault(r["dataset"], {"updates": 0, "promoted": 0, "rejected": 0})
+        for k in agg:
+            agg[k] += r["online"].get(k, 0)
+if online_updates:
+    lines.append("* Online learner updates over all folds (promoted / rejected by its safety gate): "
+                 + "; ".join(f"{d}: {v['updates']} ({v['promoted']} / {v['rejected']})" for d, v in online_updates.items())
+                 + ". With fewer held-out jobs than one update's worth of feedback the learner never updates and decides "
+                 "as the warm PPO it started from (with exploration).")
+if missing_measured and any(d.startswith("measured:") for d in labelled):
+    lines.append(f"* Also looked for {', '.join(missing_measured)}: not present (only the traces listed were measured).")
+elif missing_measured:
     lines.append(f"* Measured-trace rows: **pending** — {', '.join(missing_measured)} not present when this ran; "
                  "rerun `placement experiment table5` once it lands.")
 lines += ["", f"Provenance: `table5/provenance.json` (code {code_version()}, trace sha256 "
