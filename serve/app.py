@@ -205,6 +205,15 @@ class _StoreCollector:
 # --------------------------------------------------------------------------------------
 # the service behind the routes
 # --------------------------------------------------------------------------------------
+def limit_threads(n: int) -> None:
+    """Hold torch and the BLAS pools (numpy's matrix products in the policies) to ``n`` threads:
+    on a small shared machine more threads than cores slow a replica down several-fold."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n)
+
 LearnerCall = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -215,6 +224,7 @@ class PlacementService:
                  placer: Placer | None = None, poll: bool = True) -> None:
         self.settings = settings
         self.replica = replica
+        limit_threads(settings.torch_threads)
         if placer is None:
             store = Store(settings.database, synchronous=settings.db_synchronous)
             placer = Placer(bootstrap_store(store, settings), settings=settings, store=store,
@@ -493,6 +503,9 @@ def ray_env(settings: Settings) -> dict[str, str]:
         # no HAProxy in front, so a restarted replica may take its port back at once
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
         "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        "OMP_NUM_THREADS": str(settings.torch_threads),
+        "OPENBLAS_NUM_THREADS": str(settings.torch_threads),
+        "MKL_NUM_THREADS": str(settings.torch_threads),
         "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning"),
     }
 
@@ -506,12 +519,10 @@ def _deployments() -> tuple[Any, Any]:
         """The learner (one replica): periodic gated PPO updates, and ``update()`` on demand."""
 
         def __init__(self, settings: dict[str, Any]) -> None:
-            import torch
-
             from serve.learner import Learner
 
             self.settings = Settings.model_validate(settings)
-            torch.set_num_threads(self.settings.torch_threads)
+            limit_threads(self.settings.torch_threads)
             self.learner = Learner(self.settings, Store(self.settings.database, synchronous=self.settings.db_synchronous))
             self._stop = threading.Event()
             if self.settings.learner_enabled:
@@ -537,10 +548,7 @@ def _deployments() -> tuple[Any, Any]:
         """One HTTP replica: its own store connection, placer and metrics."""
 
         def __init__(self, settings: dict[str, Any], learner: Any = None) -> None:
-            import torch
-
             self.settings = Settings.model_validate(settings)
-            torch.set_num_threads(self.settings.torch_threads)
             replica = serve.get_replica_context().replica_id.unique_id
             call: LearnerCall | None = None
             if learner is not None:

@@ -1,0 +1,254 @@
+"""HTTP latency and throughput of the placement service: Ray Serve vs a plain FastAPI app (a benchmark, not a test).
+
+Run: ``.venv/bin/python benchmarks/bench_http.py [--model models/default] [--requests 2000] [--batch 10000]``
+
+Both servers serve the *same* app (:func:`serve.app.build_fastapi` around a
+:class:`serve.app.PlacementService`: same policy, same performance model, same SQLite
+store writes, same settings), each in its own process, measured in the same run:
+
+* **plain**: uvicorn in a subprocess;
+* **ray**: ``placement serve``'s Ray Serve deployment (one ingress replica, direct ingress);
+* **ray-proxy**: the same Ray app through Ray Serve's own HTTP proxy (the default Serve path),
+  for reference.
+
+Figures (printed; ``--out`` also writes them as JSON with provenance):
+
+1. single decision: one job per request, sequential on one keep-alive connection (a
+   minimal ``http.client`` client, so client overhead is small), rounds interleaved between
+   servers so machine noise hits all alike; p50 / p99 in ms and requests/s; the ratio
+   ray p50 / plain p50 (target <= 3).
+2. batch route end to end: ``--batch`` jobs per request in the columns format (and the rows
+   format), time from sending the pre-encoded body to the parsed JSON answer; decisions/s
+   (target >= 50k).
+
+Jobs cycle through ``--pool`` distinct synthetic jobs (placement.simulate.generate_jobs,
+``--seed``) on catalogue target ``--target``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _plain_server(settings_json: str) -> None:
+    """Child process: the placement app on uvicorn, no Ray."""
+    import uvicorn
+
+    from serve.app import PlacementService, build_fastapi
+    from serve.settings import Settings
+
+    settings = Settings.model_validate_json(settings_json)
+    app = build_fastapi(PlacementService(settings, replica="plain"))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+class Conn:
+    """A keep-alive HTTP/1.1 connection with a minimal client."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        r = self.conn.getresponse()
+        return r.status, r.read()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.conn.request("GET", path)
+        r = self.conn.getresponse()
+        return r.status, r.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _wait(port: int, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            c = Conn(port)
+            status, _ = c.get("/healthz")
+            c.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answers on 127.0.0.1:{port}")
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: bundled models/default)")
+    parser.add_argument("--requests", type=int, default=2000, help="single-decision requests per server")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds for the single-decision test")
+    parser.add_argument("--batch", type=int, default=10_000, help="jobs per batch request")
+    parser.add_argument("--batches", type=int, default=10, help="batch requests per server and format")
+    parser.add_argument("--pool", type=int, default=1000, help="distinct jobs to cycle through")
+    parser.add_argument("--target", default="B")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=18700, help="base port (plain, ray direct, ray proxy = +0, +10, +30)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--plain-server", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_server is not None:
+        _plain_server(args.plain_server)
+        return
+
+    import numpy as np
+
+    from agents.artifact import DEFAULT_MODEL_DIR, load_model
+    from placement.probe import probe_local
+    from placement.simulate import generate_jobs
+    from placement.version import code_version
+    from serve import app as serve_app
+    from serve.settings import Settings
+
+    model = args.model or DEFAULT_MODEL_DIR
+    version = load_model(model).metadata.version
+    frame = generate_jobs(args.pool, np.random.default_rng(args.seed))
+    jobs = [
+        {"name": r.model, "family": r.family, "mode": r.mode, "batch_size": int(r.batch_size),
+         "flops_per_batch": float(r.flops_per_batch), "param_count": int(r.param_count),
+         "input_elems_per_sample": int(r.input_elems_per_sample), "input_bytes_per_sample": int(r.input_bytes_per_sample)}
+        for r in frame.itertuples()
+    ]
+    singles = [json.dumps({"job": j, "target": args.target}).encode() for j in jobs]
+    batch_jobs = [jobs[i % len(jobs)] for i in range(args.batch)]
+    rows_body = json.dumps({"jobs": batch_jobs, "target": args.target}).encode()
+    cols_body = json.dumps({"columns": {k: [j[k] for j in batch_jobs] for k in batch_jobs[0]},
+                            "target": args.target}).encode()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_http."))
+    common = {"model_path": str(model), "max_batch_jobs": max(args.batch, 1000), "max_body_bytes": 256 * 2**20,
+              "learner_enabled": False, "policy_poll_s": 60.0, "seed": args.seed}
+    plain_settings = Settings.model_validate({**common, "state_dir": str(tmp / "plain"), "port": args.port,
+                                              "ray_proxy_port": args.port + 1})
+    ray_settings = Settings.model_validate({**common, "state_dir": str(tmp / "ray"), "port": args.port + 10,
+                                            "ray_proxy_port": args.port + 30})
+    env = dict(os.environ)
+    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", plain_settings.model_dump_json()], env=env)
+    try:
+        serve_app.start(ray_settings, num_cpus=2)
+        _wait(plain_settings.port)
+        _wait(ray_settings.port)
+        _wait(ray_settings.ray_proxy_port)
+        servers = {"plain": plain_settings.port, "ray": ray_settings.port, "ray-proxy": ray_settings.ray_proxy_port}
+        conns = {name: Conn(port) for name, port in servers.items()}
+
+        # warm-up
+        for name, c in conns.items():
+            for body in singles[:200]:
+                status, _ = c.post("/v1/placements", body)
+                if status != 200:
+                    raise RuntimeError(f"{name} answered {status} during warm-up")
+            c.post("/v1/placements", cols_body)
+
+        # 1. single decision, interleaved rounds
+        lat: dict[str, list[float]] = {name: [] for name in conns}
+        per_round = max(1, args.requests // args.rounds)
+        k = 0
+        for _ in range(args.rounds):
+            for name, c in conns.items():
+                for _ in range(per_round):
+                    body = singles[k % len(singles)]
+                    k += 1
+                    t0 = time.perf_counter()
+                    status, payload = c.post("/v1/placements", body)
+                    json.loads(payload)
+                    lat[name].append(time.perf_counter() - t0)
+                    if status != 200:
+                        raise RuntimeError(f"{name} answered {status}: {payload[:200]!r}")
+        single = {
+            name: {"p50_ms": _pct(v, 0.50) * 1e3, "p99_ms": _pct(v, 0.99) * 1e3, "mean_ms": statistics.fmean(v) * 1e3,
+                   "requests_per_s": len(v) / sum(v), "n": len(v)}
+            for name, v in lat.items()
+        }
+
+        # 2. batch route end to end (interleaved)
+        batch: dict[str, dict[str, Any]] = {}
+        for fmt, body in (("columns", cols_body), ("rows", rows_body)):
+            times: dict[str, list[float]] = {name: [] for name in ("plain", "ray")}
+            for _ in range(args.batches):
+                for name in times:
+                    t0 = time.perf_counter()
+                    status, payload = conns[name].post("/v1/placements", body)
+                    answer = json.loads(payload)
+                    times[name].append(time.perf_counter() - t0)
+                    if status != 200:
+                        raise RuntimeError(f"{name} answered {status}: {payload[:200]!r}")
+                    n = len(answer["columns"]["decision_id"]) if fmt == "columns" else len(answer["decisions"])
+                    if n != args.batch:
+                        raise RuntimeError(f"{name} answered {n} decisions for {args.batch} jobs")
+            for name, t in times.items():
+                batch[f"{name}/{fmt}"] = {
+                    "decisions_per_s": args.batch * len(t) / sum(t),
+                    "best_decisions_per_s": args.batch / min(t),
+                    "median_request_s": statistics.median(t),
+                    "request_mb": len(body) / 1e6,
+                }
+        for c in conns.values():
+            c.close()
+    finally:
+        plain.terminate()
+        plain.wait(timeout=30)
+        try:
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+        except Exception as exc:  # report, the figures are already taken
+            print(f"(Ray shutdown: {exc})", file=sys.stderr)
+
+    ratio = single["ray"]["p50_ms"] / single["plain"]["p50_ms"]
+    host = probe_local()
+    print(f"\nplacement HTTP benchmark -- {host.cpu_model}, {host.cpu_cores} usable cores, Python "
+          f"{platform.python_version()}, code {code_version()}, model {version}, target {args.target}")
+    print(f"single decision ({args.requests} requests per server, {args.rounds} interleaved rounds, 1 keep-alive connection):")
+    print(f"  {'server':<10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'req/s':>8}")
+    for name, s in single.items():
+        print(f"  {name:<10} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f} {s['mean_ms']:8.3f} {s['requests_per_s']:8.0f}")
+    print(f"  ratio ray/plain p50 = {ratio:.2f} (target <= 3); Ray's proxy path / plain = "
+          f"{single['ray-proxy']['p50_ms'] / single['plain']['p50_ms']:.2f}")
+    print(f"batch route end to end ({args.batch} jobs per request, {args.batches} requests per server and format):")
+    print(f"  {'server/format':<16} {'decisions/s':>12} {'best/s':>10} {'median s':>9} {'body MB':>8}")
+    for name, b in batch.items():
+        print(f"  {name:<16} {b['decisions_per_s']:12.0f} {b['best_decisions_per_s']:10.0f} {b['median_request_s']:9.3f} "
+              f"{b['request_mb']:8.2f}")
+    print("  target: >= 50000 decisions/s")
+    if args.out is not None:
+        record = {
+            "benchmark": "bench_http", "code_version": code_version(), "model_version": version, "seed": args.seed,
+            "thresholds": {"speedup_min": plain_settings.speedup_min, "energy_ratio_max": plain_settings.energy_ratio_max},
+            "hardware": host.model_dump(mode="json"), "args": {k: str(v) for k, v in vars(args).items()},
+            "single": single, "ratio_ray_plain_p50": ratio, "batch": batch,
+            "load_average": os.getloadavg(),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
