@@ -24,6 +24,7 @@ from placement.catalogue import default_catalogue
 from placement.decision import GROW, GpuMemCap, PlacementDecision
 from placement.features import FEATURE_NAMES, N_FEATURES, feature_matrix
 from placement.hardware import HardwareTarget
+from placement.outcome import Device
 from placement.threshold import MARGIN_CAP, Labels, Thresholds, joint_threshold, placement_reward
 from placement.version import code_version
 
@@ -126,7 +127,7 @@ def decode_action(action: Any, target: HardwareTarget) -> PlacementDecision:
         core_level, cap_level = DEFAULT_CORE_LEVEL, DEFAULT_CAP_LEVEL
     cores = target.cpu_cores if core_level == DEFAULT_CORE_LEVEL and not target.is_edge else core_levels(target)[core_level]
     cap = cap_levels(target)[cap_level] if device == GPU else GROW
-    return PlacementDecision(device="gpu" if device == GPU else "cpu", cpu_cores=cores, gpu_mem_cap=cap)
+    return PlacementDecision(device=Device.GPU if device == GPU else Device.CPU, cpu_cores=cores, gpu_mem_cap=cap)
 
 
 def encode_decision(decision: PlacementDecision, target: HardwareTarget, *, knobs: bool) -> int | npt.NDArray[np.int64]:
@@ -451,7 +452,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         )
         edge = np.asarray([t.is_edge for t in self.targets], dtype=bool)[tindex] & self.knobs
         knob_term = self._knob_term(time[:, :k], energy[:, :k], feasible[:, :k], edge)
-        any_feasible = feasible[:, :k].any(axis=1)
+        any_feasible = np.asarray(np.asarray(feasible[:, :k]).any(axis=1), dtype=bool)
         override = ~feasible[:, :k] & any_feasible[:, None]
         penalty = -(self.correct_bonus + self.margin_cap + np.where(edge, self.knob_weight * self.knob_cap, 0.0))
         rewards = self._device_rewards(labels) + knob_term

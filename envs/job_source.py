@@ -411,7 +411,7 @@ class TraceJobSource(JobSource):
         )
         rfeasible = _bool(runs, "feasible")
         rreason = runs["infeasible_reason"].astype(object).where(runs["infeasible_reason"].notna(), None).to_numpy()
-        group_of = pd.Series(range(len(runs))).groupby([rjob, rtarget, rdev]).indices
+        group_of: dict[tuple[str, str, str], np.ndarray] = pd.Series(range(len(runs))).groupby([rjob, rtarget, rdev]).indices  # type: ignore[assignment]
         for (job, target, d), idx in group_of.items():
             i = key_of.get((job, target))
             if i is None:
@@ -580,7 +580,7 @@ class ModelJobSource(JobSource):
                 out_t[:, runnable] = np.where(ok, per_sample, np.nan).reshape(m, u)
                 out_e[:, runnable] = np.where(ok, e, np.nan).reshape(m, u)
                 out_f[:, runnable] = ok.reshape(m, u)
-                out_r[:, runnable] = np.where(ok, None, why).reshape(m, u)
+                out_r[:, runnable] = np.where(ok, np.asarray(None, dtype=object), why).reshape(m, u)
             time[jobs_t] = out_t[:, inverse]
             energy[jobs_t] = out_e[:, inverse]
             feasible[jobs_t] = out_f[:, inverse]
