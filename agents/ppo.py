@@ -38,7 +38,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
@@ -53,12 +52,13 @@ from agents.policy import GPU, Policy, as_batch
 from envs.device_placement import (
     DEFAULT_CAP_LEVEL,
     DEFAULT_CORE_LEVEL,
+    FEATURE_BOUND,
     N_CAP_LEVELS,
     N_CORE_LEVELS,
     DevicePlacementEnv,
 )
 from placement.decision import GpuMemCap
-from placement.features import N_FEATURES, Normaliser, build_features
+from placement.features import FEATURE_INDEX, N_FEATURES, Normaliser, build_features
 from placement.hardware import HardwareTarget
 from placement.job import Job
 from placement.threshold import Thresholds
@@ -541,34 +541,53 @@ class PpoRun:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def knob_labels(env: DevicePlacementEnv, keys: pd.DataFrame, max_steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The Oracle's core and cap levels per ``(job_id, target_id)`` row of ``keys``, read from
-    ``env`` (its knob reward decides what is best); ``-1`` where unknown (non-edge targets,
-    rows not drawn within ``max_steps``, caps of CPU placements)."""
-    n = len(keys)
-    cores = np.full(n, -1, dtype=np.int64)
-    caps = np.full(n, -1, dtype=np.int64)
+def knob_labels(
+    env: DevicePlacementEnv, x_raw: npt.ArrayLike, max_steps: int, seed: int, temperature: float = 0.05
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Soft knob targets per raw feature row of ``x_raw`` (rows are matched to the environment's
+    observations by their exact feature vector), read from ``env`` (its knob
+    reward decides what is good): ``softmax(score / temperature)`` over the core levels (score:
+    the best reward of that level on the Oracle's device) and, when the Oracle's device is the
+    GPU, over the cap levels. Equally good levels (e.g. 6, 8 and 12 cores clipped to a 4-core
+    Jetson Nano) share the target. NaN rows: unknown (non-edge targets, rows not drawn within
+    ``max_steps``, caps of CPU placements). Shapes ``(n, N_CORE_LEVELS)``, ``(n, N_CAP_LEVELS)``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    x = np.ascontiguousarray(np.asarray(x_raw, dtype=np.float32))
+    n = len(x)
+    cores = np.full((n, N_CORE_LEVELS), np.nan, dtype=np.float32)
+    caps = np.full((n, N_CAP_LEVELS), np.nan, dtype=np.float32)
     if not env.knobs:
         return cores, caps
-    edge_ids = {t.id for t in env.targets if t.is_edge}
-    index = {(str(j), str(t)): i for i, (j, t) in enumerate(zip(keys["job_id"], keys["target_id"], strict=True))
-             if str(t) in edge_ids}
-    todo = set(index.values())
-    _, info = env.reset(seed=seed)
+    is_edge = x[:, FEATURE_INDEX["is_edge"]] > 0.5
+    index: dict[bytes, list[int]] = {}
+    for i in np.flatnonzero(is_edge):
+        index.setdefault(np.clip(x[i], -FEATURE_BOUND, FEATURE_BOUND).tobytes(), []).append(int(i))
+    todo = set(index)
+
+    def soft(score: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        z = (score - score.max()) / temperature
+        e = np.exp(z)
+        return (e / e.sum()).astype(np.float32)
+
+    obs, _ = env.reset(seed=seed)
     for _ in range(max_steps):
         if not todo:
             break
-        key = (str(info["job_id"]), str(info["target_id"]))
         action = env.oracle_action()
-        i = index.get(key)
-        if i is not None and i in todo:
-            a = np.asarray(action).reshape(-1)
-            cores[i] = int(a[1])
-            caps[i] = int(a[2]) if int(a[0]) == GPU else -1
-            todo.discard(i)
-        _, _, _, truncated, info = env.step(action)
+        key = np.asarray(obs[:N_FEATURES], dtype=np.float32).tobytes()
+        if key in todo:
+            device = int(np.asarray(action).reshape(-1)[0])
+            table = env.action_rewards().reshape(2, N_CORE_LEVELS, N_CAP_LEVELS)
+            rows = index[key]
+            cores[rows] = soft(table[device].max(axis=1))
+            if device == GPU:
+                caps[rows] = soft(table[GPU].max(axis=0))
+            todo.discard(key)
+        obs, _, _, truncated, _ = env.step(action)
         if truncated:
-            _, info = env.reset()
+            obs, _ = env.reset()
     return cores, caps
 
 

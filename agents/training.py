@@ -197,11 +197,12 @@ def train_from_traces(
         if env.knobs:
             edge_ids = [t.id for t in env.targets if t.is_edge]
             n_edge = int(np.isin(data.pairs["target_id"].astype(str), edge_ids).sum())
-            cores, caps = knob_labels(make_env(frame, s.thresholds, targets=edge_ids), data.pairs,
+            cores, caps = knob_labels(make_env(frame, s.thresholds, targets=edge_ids), data.x,
                                       max_steps=max(1000, 20 * n_edge), seed=s.seed)
             knob_kwargs = dict(core_labels=cores, cap_labels=caps, knob_levels=KnobLevels())
-            metrics["knob_labels"] = {"edge_pairs": n_edge, "core_labelled": int((cores >= 0).sum()),
-                                      "cap_labelled": int((caps >= 0).sum())}
+            metrics["knob_labels"] = {"edge_pairs": n_edge,
+                                      "core_labelled": int(np.isfinite(cores).all(axis=1).sum()),
+                                      "cap_labelled": int(np.isfinite(caps).all(axis=1).sum())}
 
     dnn, history = train_dnn(data.x, data.y, config=dnn_config, progress=s.progress, **knob_kwargs)
     metrics["dnn_history"] = history.to_dict()
