@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/placement label data/traces/paper_table2.csv
+	$(VENV)/bin/placement serve
 
 lint: setup
 	$(VENV)/bin/ruff check placement envs agents serve tests experiments

@@ -590,30 +590,55 @@ class Placer:
 
 
 def bootstrap_store(store: Store, settings: Settings) -> PolicyBundle:
-    """The bundle to serve at start: the store's active version if there is one (a restart
-    keeps serving what was promoted), else the configured model (registered as the first
-    version)."""
+    """The bundle to serve at start.
+
+    * A model given explicitly (``PLACEMENT_MODEL_PATH`` / ``--model``) whose version the store
+      does not know yet is registered and served (a new model is adopted).
+    * Otherwise the store's active version: a restart keeps serving what the learner
+      promoted (or what was rolled back to), not the bundled model.
+    * An empty store registers and serves the configured model (default: the bundled
+      ``models/default``).
+
+    Safe when several replicas start at once (the first registration wins).
+    """
+    from agents.artifact import DEFAULT_MODEL_DIR
+
+    explicit = settings.model_path
+    if explicit is not None:
+        bundle = load_bundle(explicit)
+        if _register_initial(store, bundle, explicit):
+            return bundle
     active = store.active_version()
     if active is not None:
         stored = store.get_version(active)
-        try:
-            return load_bundle(stored.path, stored.version)
-        except Exception as exc:  # a deleted or damaged version directory: say so, fall back
-            log.error("active version %s at %s cannot be loaded (%s); serving the configured model", active, stored.path, exc)
-    from agents.artifact import DEFAULT_MODEL_DIR
-
-    path = settings.model_path or DEFAULT_MODEL_DIR
+        return load_bundle(stored.path, stored.version)
+    path = explicit or DEFAULT_MODEL_DIR
     bundle = load_bundle(path)
-    try:
-        existing = store.get_version(bundle.version)
-    except KeyError:
-        store.register_version(bundle.version, path, parent=None, status="serving", thresholds=bundle.thresholds,
-                               metrics={"source": "initial model", **_summary(bundle.metrics)}, activate=True)
-    else:
-        if existing.path.resolve() != Path(path).resolve():
-            log.warning("version %s is registered at %s; serving %s", bundle.version, existing.path, path)
-        store.promote(bundle.version, {"reason": "start with configured model"})
+    if not _register_initial(store, bundle, path):
+        active = store.active_version()
+        if active is not None and active != bundle.version:
+            stored = store.get_version(active)
+            return load_bundle(stored.path, stored.version)
+        if active is None:
+            store.promote(bundle.version, {"reason": "start with configured model"})
     return bundle
+
+
+def _register_initial(store: Store, bundle: PolicyBundle, path: Path) -> bool:
+    """Register ``bundle`` as the serving version unless its version is known; True if registered."""
+    try:
+        store.get_version(bundle.version)
+        return False
+    except KeyError:
+        pass
+    try:
+        store.register_version(bundle.version, Path(path).resolve(), parent=None, status="serving",
+                               thresholds=bundle.thresholds,
+                               metrics={"source": "configured model", **_summary(bundle.metrics)}, activate=True)
+    except ValueError:  # another replica registered it first
+        return False
+    log.info("registered and serving model %s from %s", bundle.version, path)
+    return True
 
 
 def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:

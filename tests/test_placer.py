@@ -217,3 +217,13 @@ def test_bootstrap_and_refresh_pick_the_active_version(tmp_path, serve_model_dir
     assert _place(placer, job=example_job.model_dump(), target="B").policy_version == "v2"
     # a restart serves what is active, not the configured model
     assert bootstrap_store(Store(settings.database), settings).version == "v2"
+    # a new model given explicitly is adopted
+    import shutil
+
+    newer = tmp_path / "newer"
+    shutil.copytree(serve_model_dir, newer)
+    meta = json.loads((newer / "metadata.json").read_text())
+    (newer / "metadata.json").write_text(json.dumps({**meta, "version": "newer-model"}))
+    explicit = Settings(state_dir=tmp_path, model_path=newer)
+    assert bootstrap_store(Store(settings.database), explicit).version == "newer-model"
+    assert store.active_version() == "newer-model"
