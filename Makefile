@@ -33,7 +33,7 @@ calibration: setup  # performance model: fit on the measured trace, report, then
 	$(VENV)/bin/placement calibrate data/traces/h100_measured.parquet --params-out placement/data/perf_params.json --report docs/calibration.md --seed 0 --folds 5 && $(VENV)/bin/placement simulate --out data/traces/simulated.parquet --n-jobs 80 --seed 0
 
 # the bundled default model: DNN + warm PPO from the shipped traces (paper, simulated, measured when present)
-MODEL_TRACES = $(wildcard data/traces/paper_table2.csv data/traces/simulated.parquet data/traces/h100_measured.parquet)
+MODEL_TRACES = $(wildcard data/traces/paper_table2.csv data/traces/simulated.parquet data/traces/*_measured.parquet)
 model: setup
 	$(VENV)/bin/placement train --traces $(MODEL_TRACES) --out models/default --seed 0 --ppo-steps 20000 --threads 1 --quiet
 

@@ -90,11 +90,20 @@ def labelled_set(pairs: pd.DataFrame) -> LabelledSet:
     return LabelledSet(frame, pairs_features(frame), frame["label_gpu"].to_numpy(dtype=bool))
 
 
+_ARCH_ALIASES = {"xgboost": "xgb", "timesformer": "transformer_video"}
+
+
 def model_architecture(models: pd.Series) -> npt.NDArray[np.object_]:
-    """The model family of each model name: the part before the first ``_`` or ``-``
-    (``resnet18_cifar10`` -> ``resnet18``, ``gru-w0.4-d0.6-seq128_imdb`` -> ``gru``). Used to
-    hold out whole model families (the ``arch`` group column)."""
-    return np.asarray([str(m).split("_")[0].split("-")[0].lower() or str(m) for m in models], dtype=object)
+    """The model family of each model name: the part before the first ``_`` or ``-``, with a
+    purely numeric next part joined (``resnet18_cifar10`` -> ``resnet18``,
+    ``gru-w0.4-d0.6-seq128_imdb`` -> ``gru``, paper A's ``resnet-18`` -> ``resnet18``) and
+    ``xgboost`` spelled ``xgb``. Used to hold out whole model families (group column ``arch``)."""
+    out = []
+    for m in models:
+        parts = str(m).lower().split("_")[0].split("-")
+        name = parts[0] + (parts[1] if len(parts) > 1 and parts[1].isdigit() else "")
+        out.append(_ARCH_ALIASES.get(name, name) or str(m))
+    return np.asarray(out, dtype=object)
 
 
 def load_labelled(paths: Iterable[Path], thresholds: Thresholds | None = None) -> tuple[LabelledSet, dict[str, str]]:

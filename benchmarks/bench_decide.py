@@ -48,7 +48,8 @@ from placement.job import Job  # noqa: E402
 from placement.trace import row_target  # noqa: E402
 from placement.version import code_version  # noqa: E402
 
-TRACES = [ROOT / "data" / "traces" / name for name in ("paper_table2.csv", "simulated.parquet", "h100_measured.parquet")]
+TRACE_DIR = ROOT / "data" / "traces"
+TRACES = [TRACE_DIR / "paper_table2.csv", TRACE_DIR / "simulated.parquet", *sorted(TRACE_DIR.glob("*_measured.parquet"))]
 
 
 def single_latency_us(policy: Policy, x: np.ndarray, calls: int) -> np.ndarray:
