@@ -402,6 +402,33 @@ def serve_command(
         ray.shutdown()
 
 
+@app.command("export-feedback")
+def export_feedback(
+    out: Path = typer.Argument(..., help="Trace file to write (.parquet or .csv)."),
+    db_path: Path | None = typer.Option(None, "--db-path", help="Service database (default: PLACEMENT_DB_PATH or <state dir>/placement.db)."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the most recent N feedback rows."),
+) -> None:
+    """Write the service's feedback as a trace (source=feedback) for offline training (`placement train`)."""
+    from serve.settings import Settings, SettingsError
+    from serve.store import Store, StoreError
+
+    try:
+        settings = Settings.from_env(db_path=db_path)
+    except SettingsError as exc:
+        _fail(str(exc))
+        return
+    if not settings.database.is_file():
+        _fail(f"no service database at {settings.database} (set --db-path or PLACEMENT_DB_PATH)")
+        return
+    try:
+        with Store(settings.database) as store:
+            path, sha = store.export_trace(out, seed=settings.seed, thresholds=settings.thresholds, limit=limit)
+    except (StoreError, ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    console.print(f"wrote {path} (sha256 {sha[:12]})")
+
+
 def _json_arg(value: str, what: str) -> object:
     text = Path(value).read_text() if not value.lstrip().startswith(("{", "[")) and Path(value).is_file() else value
     try:

@@ -40,6 +40,7 @@ on ``PLACEMENT_RAY_PROXY_PORT`` (8100) as a fallback path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -510,8 +511,10 @@ def ray_env(settings: Settings) -> dict[str, str]:
     }
 
 
+@functools.lru_cache(maxsize=1)
 def _deployments() -> tuple[Any, Any]:
-    """The two deployment classes (defined lazily so importing this module needs no Ray)."""
+    """The two deployment classes, defined once per process (lazily, so importing this module
+    needs no Ray)."""
     from ray import serve
 
     @serve.deployment(name="PlacementLearner", num_replicas=1, max_ongoing_requests=4, health_check_period_s=5)
@@ -568,16 +571,24 @@ def _deployments() -> tuple[Any, Any]:
     return PlacementIngress, PlacementLearner
 
 
-def build_app(settings: Settings) -> Any:
-    """The Serve application: the ingress (``ingress_replicas`` replicas) and the learner (one)."""
+def build_app(settings: Settings, *, user_config: dict[str, Any] | None = None) -> Any:
+    """The Serve application: the ingress (``ingress_replicas`` replicas) and the learner (one).
+
+    ``user_config`` (``exploration_rate``, ``explore_band``; default: the settings') reaches the
+    ingress replicas' ``reconfigure``. Deployed declaratively (``serve deploy serve/config.yaml``),
+    a change of only ``user_config`` reconfigures the running replicas in place; ``serve.run``
+    (this module's :func:`start`) replaces them. Policy versions never need either: replicas
+    poll the store."""
     ingress_cls, learner_cls = _deployments()
     args = settings.for_replicas()
     learner = learner_cls.options(ray_actor_options={"num_cpus": settings.learner_num_cpus}).bind(args)
+    config = user_config if user_config is not None else {
+        "exploration_rate": settings.exploration_rate, "explore_band": settings.explore_band}
     return ingress_cls.options(
         num_replicas=settings.ingress_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options={"num_cpus": settings.ingress_num_cpus},
-        user_config={"exploration_rate": settings.exploration_rate, "explore_band": settings.explore_band},
+        user_config=config,
     ).bind(args, learner)
 
 
@@ -601,7 +612,7 @@ def check_model(settings: Settings) -> None:
         store.close()
 
 
-def start(settings: Settings, *, num_cpus: int | None = None) -> str:
+def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[str, Any] | None = None) -> str:
     """Start local Ray (if none is running in this process) and deploy the app; returns the base URL.
 
     The environment of :func:`ray_env` is set first: start Ray only through this function."""
@@ -612,7 +623,7 @@ def start(settings: Settings, *, num_cpus: int | None = None) -> str:
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": settings.host, "port": settings.ray_proxy_port})
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(build_app(settings, user_config=user_config), name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{settings.host}:{settings.port}"
 
 

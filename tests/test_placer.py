@@ -227,3 +227,15 @@ def test_bootstrap_and_refresh_pick_the_active_version(tmp_path, serve_model_dir
     explicit = Settings(state_dir=tmp_path, model_path=newer)
     assert bootstrap_store(Store(settings.database), explicit).version == "newer-model"
     assert store.active_version() == "newer-model"
+
+
+def test_settings_bind_loopback_unless_a_token_is_set(tmp_path):
+    with pytest.raises(SettingsError, match="PLACEMENT_TOKEN"):
+        Settings.from_env({"PLACEMENT_HOST": "0.0.0.0", "PLACEMENT_STATE_DIR": str(tmp_path)})
+    open_host = Settings.from_env({"PLACEMENT_HOST": "0.0.0.0", "PLACEMENT_TOKEN": "a-long-enough-secret"})
+    replicas = open_host.for_replicas()
+    assert replicas["token"] is None and len(replicas["token_sha256"]) == 64  # the secret stays in the launcher
+    assert Settings.model_validate(replicas).token_digest == open_host.token_digest
+    assert Settings.from_env({"PLACEMENT_PORT": "9000"}).port == 9000
+    with pytest.raises(SettingsError, match="PLACEMENT_PORT"):
+        Settings.from_env({"PLACEMENT_PORT": "eighty"})

@@ -265,7 +265,8 @@ def test_restart_keeps_every_acknowledged_decision_and_feedback(serve_app, serve
     with _client(serve_app, auth=True) as c:
         before = c.get("/v1/policy").json()
     serve_app.module.stop()
-    url = serve_app.module.start(serve_app.settings)
+    # come back with other exploration settings, given as the deployment's user_config
+    url = serve_app.module.start(serve_app.settings, user_config={"exploration_rate": 0.05, "explore_band": 0.2})
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -283,6 +284,7 @@ def test_restart_keeps_every_acknowledged_decision_and_feedback(serve_app, serve
     assert set(LEDGER["feedback"]) <= stored
     with httpx.Client(base_url=url, timeout=60, headers=serve_app.headers) as c:
         after = c.get("/v1/policy").json()
+        assert (after["exploration_rate"], after["explore_band"]) == (0.05, 0.2)  # reconfigure() applied it
         assert after["version"] == LEDGER.get("serving", before["version"])  # the promoted version, not the bundled one
         assert after["decisions"] == before["decisions"] and after["feedback"] == before["feedback"]
         # replays answer exactly as before the restart
