@@ -403,9 +403,12 @@ def _body_schema(model: type) -> dict[str, Any]:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
-    for code, why in ((401, "token missing or wrong"), (404, "unknown decision or version"), (409, "conflict"),
-                      (413, "body or batch too large"), (422, "invalid field (named in detail)"))
+    for code, why in ((400, "unreadable request (e.g. a bad Content-Length)"), (401, "token missing or wrong"),
+                      (404, "unknown decision or version"), (409, "conflict"), (413, "body or batch too large"),
+                      (422, "invalid field (named in detail)"), (503, "no learner in this app"))
 }
+_REPLAY_HEADER = {"Idempotent-Replayed": {"description": "true when this answer replays feedback already recorded",
+                                          "schema": {"type": "string", "enum": ["true", "false"]}}}
 
 
 def build_fastapi(service: PlacementService, *, title: str = "placement") -> FastAPI:
@@ -440,7 +443,9 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
     async def place(request: Request) -> Response:
         return await service.place(request)
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, responses=_ERRORS, openapi_extra=_body_schema(FeedbackRequest),
+    @app.post("/v1/feedback", response_model=FeedbackResponse,
+              responses={**_ERRORS, 200: {"description": "recorded (or replayed)", "headers": _REPLAY_HEADER}},
+              openapi_extra=_body_schema(FeedbackRequest),
               summary="Report the measured outcome of a placed job (idempotent per decision_id)")
     async def feedback(request: Request) -> Response:
         return await service.feedback(request)
