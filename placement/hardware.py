@@ -33,9 +33,9 @@ class HardwareTarget(BaseModel):
     kind: TargetKind
     cpu_model: str = Field(min_length=1, max_length=200)
     cpu_cores: int = Field(ge=1, le=4096, description="Physical cores usable by jobs.")
-    cpu_gflops: float = Field(gt=0, le=1e6, description="Peak FP32 GFLOP/s of those cores.")
-    cpu_tdp_w: float = Field(gt=0, le=5000)
-    ram_gib: float = Field(gt=0, le=1e5)
+    cpu_gflops: float = Field(ge=1e-3, le=1e6, description="Peak FP32 GFLOP/s of those cores.")
+    cpu_tdp_w: float = Field(ge=1e-2, le=5000)
+    ram_gib: float = Field(ge=1e-3, le=1e5)
     cpu_mem_bw_gbs: float = Field(50.0, gt=0, le=1e5, description="Host memory bandwidth, GB/s.")
     cpu_idle_w: float = Field(0.0, ge=0, le=5000, description="Package power at idle, W.")
     gpu_model: str | None = Field(None, max_length=200)
