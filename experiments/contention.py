@@ -258,6 +258,13 @@ lines.append(f"* Heaviest load ({max(args.loads):g}): PPO makespan {rel(heavy.lo
 lines.append("* Paper A has no contention experiment (its Table 5 scores each job alone); this study is ours.")
 lines += ["", f"Provenance: `contention/provenance.json` (code {code_version()}, trace sha256 "
           + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+headline = (f"No paper figure. Ours (modelled): at the heaviest load ({max(args.loads):g}) makespan vs the queue-blind "
+            f"Oracle: PPO {rel(heavy.loc['ppo_contention', 'makespan_s'], heavy.loc['oracle_without_queue', 'makespan_s'])}, "
+            f"DNN {rel(heavy.loc['dnn', 'makespan_s'], heavy.loc['oracle_without_queue', 'makespan_s'])}, queue-aware Oracle "
+            f"{rel(heavy.loc['oracle_with_queue', 'makespan_s'], heavy.loc['oracle_without_queue', 'makespan_s'])}; energy: PPO "
+            f"{rel(heavy.loc['ppo_contention', 'energy_j'], heavy.loc['oracle_without_queue', 'energy_j'])}, queue-aware Oracle "
+            f"{rel(heavy.loc['oracle_with_queue', 'energy_j'], heavy.loc['oracle_without_queue', 'energy_j'])}.")
+lines.insert(2, f"> **Headline.** {headline}\n")
 (out / "section.md").write_text("\n".join(lines))
 print(table.to_string(index=False))
 print(f"wrote {out} in {time.time() - start:.0f} s")

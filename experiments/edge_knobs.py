@@ -445,6 +445,24 @@ lines.append("* No Jetson was available to measure: every Jetson figure here is 
 lines += ["", f"Provenance: `edge_knobs/provenance.json` (code {code_version()}"
           + (", trace sha256 " + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) if trace_hashes else "")
           + ").", ""]
+hl = ["Paper B: the LSTM gains nothing from more cores, the GRU does; gains flatten from about 4 cores; "
+      "over-allocating GPU memory slows inference."]
+if np.isfinite(lstm) and np.isfinite(gru):
+    hl.append(f"LSTM {lstm:.2f}× / GRU {gru:.2f}× from 1 to 4 cores")
+if len(many):
+    hl.append(f"1→4 cores {early:.2f}× vs 4→all {late:.2f}×")
+if over:
+    hl.append(f"cap = all memory {np.mean(over):.2f}× the 'grow' time")
+cpu_sum = summary.loc["cpu"] if "cpu" in summary.index else None
+if cpu_sum is not None:
+    hl.append(f"recommended CPU cores save {cpu_sum.energy_saved_pct:.1f} % energy at {cpu_sum.slowdown_pct:+.1f} % time")
+if len(measured_rec_df):
+    mb = measured_rec_df[measured_rec_df.choice == "fewest cores within tolerance (measured)"]
+    if len(mb):
+        hl.append(f"measured host: the fewest cores within 5 % of the fastest save {mb.energy_saved_pct.mean():.1f} % "
+                  f"(modelled CPU energy) at {mb.slowdown_pct.mean():+.1f} % time vs all 16 cores")
+headline = hl[0] + " Ours, simulated Jetsons (modelled): " + "; ".join(hl[1:]) + "."
+lines.insert(2, f"> **Headline.** {headline}\n")
 (out / "section.md").write_text("\n".join(lines))
 print(findings.to_string(index=False))
 print(recommend.groupby(["target", "device"])[["energy_saved_pct", "slowdown_pct"]].mean().to_string())

@@ -245,6 +245,9 @@ else:
                  "the hardware's figures.")
 lines += ["", f"Provenance: `feature_importance/provenance.json` (code {code_version()}, trace sha256 "
           + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+headline = ("Paper A: input size, FLOPs and batch size matter most; TDP and memory least. Ours (permutation "
+            f"importance on held-out architectures): most {', '.join(top3)}; least {', '.join(bottom)}.")
+lines.insert(2, f"> **Headline.** {headline}\n")
 (out / "section.md").write_text("\n".join(lines))
 print(table.to_string(index=False))
 print(f"wrote {out} in {time.time() - start:.0f} s")

@@ -252,6 +252,12 @@ if len(desk) >= 3:
                  "faster GPU with a higher TDP can fail the energy condition on small jobs; the controlled "
                  "sweep separates these effects.")
 lines += ["", f"Provenance: `gpu_share/provenance.json` (code {code_version()}).", ""]
+headline = (f"Paper A Fig. 1: the stronger the GPU, the larger its share. Ours (modelled): Spearman ρ of GPU FLOP/s vs "
+            f"Oracle GPU share {fmt(rho_desk)} over configurations A–D (shares "
+            + ", ".join(f"{t} {s:.2f}" for t, s in zip(desk.target, desk.oracle_gpu_share, strict=True))
+            + f"), {fmt(rho_sweep)} in the controlled GPU sweep (share {fmt(float(sweep.oracle_gpu_share.iloc[0]) if len(sweep) else np.nan)} "
+            f"at ×{args.gpu_scales[0]:g} → {fmt(float(sweep.oracle_gpu_share.iloc[-1]) if len(sweep) else np.nan)} at ×{args.gpu_scales[-1]:g}).")
+lines.insert(2, f"> **Headline.** {headline}\n")
 (out / "section.md").write_text("\n".join(lines))
 print(table.drop(columns=["cpu_model", "gpu_model"]).to_string(index=False))
 print(f"wrote {out} in {time.time() - start:.0f} s")

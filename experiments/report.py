@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ STUDIES = (
 known = {name for name, _, _ in STUDIES}
 extra = sorted(p.parent.name for p in results.glob("*/section.md") if p.parent.name not in known)
 studies = [*STUDIES, *((name, str(len(STUDIES) + i + 1), name.replace("_", " ")) for i, name in enumerate(extra))]
-rows, sections, hashes = [], [], {}
+rows, sections, headlines, hashes = [], [], [], {}
 for name, number, title in studies:
     section = results / name / "section.md"
     prov_path = results / name / "provenance.json"
@@ -62,7 +63,11 @@ for name, number, title in studies:
     budget = "full" if prov.get("args", {}).get("full") else "default (small)"
     rows.append(f"| {number} | [{title}](#study-{number}) | `placement experiment {name}` | {budget} | "
                 f"{prov.get('seed')} | `{prov.get('code_version')}` |")
-    sections.append(f'<a id="study-{number}"></a>\n\n' + section.read_text())
+    text = section.read_text()
+    sections.append(f'<a id="study-{number}"></a>\n\n' + text)
+    found = re.search(r"^> \*\*Headline\.\*\* (.*)$", text, flags=re.MULTILINE)
+    if found:
+        headlines.append(f"| [{number}](#study-{number}) | {title} | {found.group(1)} |")
 
 lines = [
     "# Results: paper reproductions and simulation studies",
@@ -81,6 +86,12 @@ lines = [
     "| study | what | command | budget | seed | code version |",
     "|---|---|---|---|---|---|",
     *rows,
+    "",
+    "## Headlines: the papers' figures and ours",
+    "",
+    "| study | what | paper vs ours (details, plots and caveats in each study's section) |",
+    "|---|---|---|",
+    *headlines,
     "",
     "Traces used: " + (", ".join(f"`{p}` (sha256 {h[:12]})" if len(h) == 64 else f"`{p}` ({h})"
                                  for p, h in sorted(hashes.items())) or "none") + ".",
