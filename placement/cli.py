@@ -274,13 +274,14 @@ def calibrate(
     report: Path = typer.Option(Path("docs/calibration.md"), "--report", help="Markdown report (figures beside it)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out splits."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds (random rows and whole models)."),
+    max_nfev: int = typer.Option(400, "--max-nfev", min=1, help="Optimiser budget per fit (function evaluations)."),
 ) -> None:
     """Fit the performance model to measured traces; report held-out error; write params and report."""
     from placement.calibration import calibrate_traces
     from placement.trace import TraceValidationError
 
     try:
-        result = calibrate_traces(traces, params_out=params_out, report_path=report, seed=seed, folds=folds)
+        result = calibrate_traces(traces, params_out=params_out, report_path=report, seed=seed, folds=folds, max_nfev=max_nfev)
     except (FileNotFoundError, TraceValidationError, ValueError) as exc:
         _fail(str(exc))
         return

@@ -13,8 +13,10 @@ Time of one batch (seconds)
   ``bytes`` = weights touched (``x train_weight_traffic_mult`` when training) plus
   ``act_bytes_per_flop * F`` activation traffic.
 * **Amdahl over CPU cores** with a per-family parallel fraction (paper B: recurrent
-  models scale poorly; ``model_parallel_frac`` overrides it by model name, so an LSTM is
-  flat and a GRU is not). CPU memory bandwidth grows with cores until
+  models scale poorly) and the universal-scalability coherency term ``cpu_coherency``
+  (gains flatten, even reverse, past the cores that share caches and memory; SMT
+  siblings). ``model_overrides`` refine any family constant per architecture;
+  ``edge_model_overrides`` hold paper B's edge finding (an LSTM is flat, a GRU is not). CPU memory bandwidth grows with cores until
   ``cpu_bw_sat_cores``, and every op pays a fork/join cost per extra core
   (``cpu_thread_sync_s``), so small jobs stop gaining early (paper B: gains flatten from
   about 4 cores on the Jetsons).
@@ -33,8 +35,9 @@ Time of one batch (seconds)
 
 Power (watts, ``modelled``)
 ---------------------------
-* CPU run: ``idle + (TDP - idle) * busy_cores / cores`` (busy cores from the Amdahl
-  speedup during compute, one core during overheads).
+* CPU run: ``idle + (TDP - idle) * cores_used / cores`` -- the job's intra-op threads
+  hold (spin on) every core they are given, as the profiler's process-utilisation meter
+  sees on the measured host.
 * GPU run: GPU ``idle + (TDP - idle) * busy_frac * (gpu_power_base + (1 - base) *
   intensity)``, busy_frac = share of the batch the GPU executes kernels, intensity =
   achieved share of peak compute or bandwidth; the host CPU draws ``idle + (TDP - idle)
@@ -100,6 +103,9 @@ FAMILY_PARAM_NAMES: tuple[str, ...] = (
     "kernels_per_pass",
     "act_bytes_per_flop",
     "weight_traffic_frac",
+    "gpu_kernel_frac",
+    "cpu_train_eff_mult",
+    "gpu_train_eff_mult",
 )
 
 
@@ -113,7 +119,9 @@ class FamilyParams:
     ``kernels_per_pass``: framework ops per forward pass (per time step for ``rnn``).
     ``act_bytes_per_flop``: activation bytes moved per FLOP (memory roofline and working
     set). ``weight_traffic_frac``: share of the parameters touched per batch (small for
-    embedding tables).
+    embedding tables). ``gpu_kernel_frac``: GPU kernels per CPU op (fused libraries such as
+    cuDNN's RNN launch fewer). ``cpu_train_eff_mult`` / ``gpu_train_eff_mult``: a training
+    step's achieved FLOP/s over inference's (backward kernels are less efficient).
     """
 
     cpu_eff: float
@@ -122,6 +130,9 @@ class FamilyParams:
     kernels_per_pass: float
     act_bytes_per_flop: float
     weight_traffic_frac: float = 1.0
+    gpu_kernel_frac: float = 1.0
+    cpu_train_eff_mult: float = 1.0
+    gpu_train_eff_mult: float = 1.0
 
     def __post_init__(self) -> None:
         for name in FAMILY_PARAM_NAMES:
@@ -146,41 +157,50 @@ def _default_families() -> dict[str, FamilyParams]:
     }
 
 
-def _default_model_parallel_frac() -> dict[str, float]:
-    # Paper B: LSTM gains nothing from more cores, GRU does.
-    return {"lstm": 0.02, "gru": 0.60}
+def _default_edge_model_overrides() -> dict[str, dict[str, float]]:
+    # Paper B (TensorFlow on Jetsons): LSTM gains nothing from more cores, GRU does. No edge
+    # device was measured here, so on edge targets these published findings override.
+    return {"lstm": {"parallel_frac": 0.02}, "gru": {"parallel_frac": 0.60}}
+
+
+Overrides = dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
 class PerfParams:
-    """Every constant of the model, units in the names (s, W-free fractions, GB/s, MiB).
+    """Every constant of the model, units in the names (s, GB/s, MiB; the rest fractions).
 
     ``families`` maps each of :data:`placement.job.FAMILIES` to :class:`FamilyParams`.
-    ``model_parallel_frac`` and ``model_kernels_per_pass`` map a lower-case part of the
-    model name (an architecture: ``lstm``, ``resnet18``) to a value that overrides the
-    family's Amdahl fraction or op count for models whose name contains it (the longest
-    matching key wins); calibration fits them per architecture seen in the trace, and an
-    unseen architecture falls back to its family. Treat the mappings as read-only; derive
+    ``model_overrides`` maps an *architecture* -- a lower-case part of the model name such
+    as ``resnet18`` or ``lstm`` -- to :class:`FamilyParams` fields that replace the
+    family's for models whose name contains it (the longest matching key wins).
+    Calibration fits them per architecture in the trace; an architecture never measured
+    falls back to its family. ``edge_model_overrides`` apply on top, on edge targets only
+    (by default paper B's LSTM/GRU core scaling). Treat the mappings as read-only; derive
     new parameters with :meth:`with_values`.
     """
 
     families: dict[str, FamilyParams] = field(default_factory=_default_families)
-    model_parallel_frac: dict[str, float] = field(default_factory=_default_model_parallel_frac)
-    model_kernels_per_pass: dict[str, float] = field(default_factory=dict)
+    model_overrides: Overrides = field(default_factory=dict)
+    edge_model_overrides: Overrides = field(default_factory=_default_edge_model_overrides)
     train_kernel_mult: float = 3.0  # ops of forward + backward + optimizer step / forward
     train_weight_traffic_mult: float = 4.0  # weight bytes moved when training / inference
     cpu_op_overhead_s: float = 8.0e-6  # per framework op on the CPU, reference host core
     cpu_thread_sync_s: float = 1.0e-6  # per op and extra core: fork/join of intra-op threads
+    cpu_coherency: float = 1.0e-3  # USL coherency (kappa): cross-core cost growing as c(c-1)
     gpu_launch_overhead_s: float = 1.5e-5  # per kernel launch, reference host core
     gpu_kernel_min_s: float = 3.0e-6  # per kernel on the GPU: ramp-up and tail of a small grid
-    batch_overhead_s: float = 2.0e-4  # per batch on the host (Python, optimizer call, loader)
+    batch_overhead_s: float = 1.0e-4  # per batch on the host (Python call, loader)
+    train_step_overhead_s: float = 3.0e-4  # extra per training step (loss, autograd engine, optimizer)
     gpu_sync_overhead_s: float = 3.0e-5  # per batch, device synchronise
     host_ref_core_gflops: float = 128.0  # core speed at which the overheads above hold
     host_speed_exponent: float = 0.7  # overheads scale as (ref / core_gflops) ** this
     host_prep_gbs_per_core: float = 4.0  # input preparation throughput per reference core, GB/s
-    cpu_mem_eff: float = 0.6  # achieved share of peak host memory bandwidth
+    cpu_mem_eff: float = 0.6  # achieved share of peak host memory bandwidth (> 1: cache-resident)
     gpu_mem_eff: float = 0.7  # achieved share of peak GPU memory bandwidth
     cpu_bw_sat_cores: float = 4.0  # cores that saturate host memory bandwidth
+    cpu_cache_mib_per_core: float = 2.0  # cache (L2 + LLC share) per core holding weights, MiB
+    cpu_cache_bw_mult: float = 3.0  # cache / DRAM bandwidth per core
     roofline_q: float = 3.0  # q-norm exponent combining compute, memory and launch times
     link_eff: float = 0.7  # achieved share of the host link (PCIe) bandwidth
     transfer_latency_s: float = 1.0e-5  # per host->device copy
@@ -204,12 +224,15 @@ class PerfParams:
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ValueError(f"PerfParams.families has unknown families {', '.join(unknown)}")
-        for table, top in (("model_parallel_frac", 1.0), ("model_kernels_per_pass", math.inf)):
-            for key, value in getattr(self, table).items():
-                if not (0.0 <= float(value) <= top) or not key or key != key.lower() or "." in key:
-                    raise ValueError(
-                        f"PerfParams.{table}['{key}'] must be a number in [0, {top}] keyed by a lower-case name part without dots"
-                    )
+        for table in _OVERRIDE_TABLES:
+            for key, values in getattr(self, table).items():
+                if not key or key != key.lower() or "." in key:
+                    raise ValueError(f"PerfParams.{table}: key '{key}' must be a lower-case part of a model name, no dots")
+                for name, value in values.items():
+                    if name not in FAMILY_PARAM_NAMES:
+                        raise ValueError(f"PerfParams.{table}.{key}: '{name}' is not one of {', '.join(FAMILY_PARAM_NAMES)}")
+                    if not (math.isfinite(float(value)) and float(value) >= 0) or (name == "parallel_frac" and value > 1):
+                        raise ValueError(f"PerfParams.{table}.{key}.{name} must be a finite number >= 0 (a fraction for parallel_frac)")
         for f in fields(self):
             if f.name in _TABLES:
                 continue
@@ -228,8 +251,8 @@ class PerfParams:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["families"] = {k: asdict(v) for k, v in self.families.items()}
-        for table in _NAME_TABLES:
-            data[table] = dict(getattr(self, table))
+        for table in _OVERRIDE_TABLES:
+            data[table] = {k: dict(v) for k, v in getattr(self, table).items()}
         return data
 
     @classmethod
@@ -254,34 +277,38 @@ class PerfParams:
                 raise ValueError(f"PerfParams.families.{name} has unknown keys {', '.join(bad)}")
             families[name] = replace(families[name], **{k: float(v) for k, v in values.items()})
         kwargs["families"] = families
-        for table in _NAME_TABLES:
+        for table in _OVERRIDE_TABLES:
             if table in data:
-                kwargs[table] = {str(k): float(v) for k, v in dict(data[table]).items()}
+                kwargs[table] = {str(k): {str(n): float(x) for n, x in dict(v).items()} for k, v in dict(data[table]).items()}
         return cls(**kwargs)
 
     # -- flat access used by calibration -----------------------------------------------
     def get(self, path: str) -> float:
-        """A value by flat path: ``"gpu_launch_overhead_s"``, ``"families.cnn.gpu_eff"`` or
-        ``"model_parallel_frac.lstm"`` / ``"model_kernels_per_pass.resnet18"``."""
+        """A value by flat path: ``"gpu_launch_overhead_s"``, ``"families.cnn.gpu_eff"``,
+        ``"model_overrides.resnet18.cpu_eff"`` or ``"edge_model_overrides.lstm.parallel_frac"``."""
         parts = path.split(".")
         if parts[0] == "families" and len(parts) == 3 and parts[1] in self.families and parts[2] in FAMILY_PARAM_NAMES:
             return float(getattr(self.families[parts[1]], parts[2]))
-        if parts[0] in _NAME_TABLES and len(parts) == 2 and parts[1] in getattr(self, parts[0]):
-            return float(getattr(self, parts[0])[parts[1]])
-        if len(parts) == 1 and parts[0] in {f.name for f in fields(self)}:
+        if parts[0] in _OVERRIDE_TABLES and len(parts) == 3:
+            table = getattr(self, parts[0])
+            if parts[1] in table and parts[2] in table[parts[1]]:
+                return float(table[parts[1]][parts[2]])
+        if len(parts) == 1 and parts[0] in {f.name for f in fields(self)} and parts[0] not in _TABLES:
             return float(getattr(self, parts[0]))
         raise KeyError(f"no PerfParams value at '{path}'")
 
     def with_values(self, values: Mapping[str, float]) -> PerfParams:
-        """A copy with the values at the given flat paths replaced; a path into
-        ``model_parallel_frac`` / ``model_kernels_per_pass`` may add a new key."""
+        """A copy with the values at the given flat paths replaced; a path into an override
+        table (``model_overrides.<arch>.<field>``) may add a new entry."""
         top: dict[str, float] = {}
         fam: dict[str, dict[str, float]] = {}
-        tables = {t: dict(getattr(self, t)) for t in _NAME_TABLES}
+        tables = {t: {k: dict(v) for k, v in getattr(self, t).items()} for t in _OVERRIDE_TABLES}
         for path, value in values.items():
             parts = path.split(".")
-            if parts[0] in _NAME_TABLES and len(parts) == 2:
-                tables[parts[0]][parts[1]] = float(value)
+            if parts[0] in _OVERRIDE_TABLES and len(parts) == 3:
+                if parts[2] not in FAMILY_PARAM_NAMES:
+                    raise KeyError(f"no PerfParams value at '{path}' ({parts[2]} is not a family parameter)")
+                tables[parts[0]].setdefault(parts[1], {})[parts[2]] = float(value)
                 continue
             self.get(path)  # raises on an unknown path
             if parts[0] == "families":
@@ -293,8 +320,8 @@ class PerfParams:
         return replace(self, **changes)
 
 
-_NAME_TABLES = ("model_parallel_frac", "model_kernels_per_pass")
-_TABLES = ("families", *_NAME_TABLES)
+_OVERRIDE_TABLES = ("model_overrides", "edge_model_overrides")
+_TABLES = ("families", *_OVERRIDE_TABLES)
 
 
 def save_params(params: PerfParams, path: Path, provenance: Mapping[str, Any] | None = None) -> Path:
@@ -460,8 +487,8 @@ class PerformanceModel:
         }
         self._rnn = FAMILIES.index("rnn")
         # longest key first, so "resnet18" beats "resnet"
-        self._mpf = tuple(sorted(p.model_parallel_frac.items(), key=lambda kv: -len(kv[0])))
-        self._mkp = tuple(sorted(p.model_kernels_per_pass.items(), key=lambda kv: -len(kv[0])))
+        self._overrides = tuple(sorted(p.model_overrides.items(), key=lambda kv: -len(kv[0])))
+        self._edge_overrides = tuple(sorted(p.edge_model_overrides.items(), key=lambda kv: -len(kv[0])))
 
     @property
     def version(self) -> str:
@@ -485,8 +512,8 @@ class PerformanceModel:
         ``columns``: the names in :data:`placement.features.FEATURE_INPUT_COLUMNS` (its
         ``cpu_cores`` entry is ignored: pass ``cpu_cores`` here), plus, when present,
         ``hw_cpu_mem_bw_gbs``, ``hw_gpu_mem_bw_gbs``, ``hw_cpu_idle_w``, ``hw_gpu_idle_w``
-        (fallbacks in :data:`OPTIONAL_HW_COLUMNS`) and ``model`` (for the name-keyed
-        overrides ``model_parallel_frac`` and ``model_kernels_per_pass``). ``device``: ``'cpu'``/``'gpu'`` per row or one for all.
+        (fallbacks in :data:`OPTIONAL_HW_COLUMNS`) and ``model`` (for the per-architecture
+        overrides ``model_overrides`` and ``edge_model_overrides``). ``device``: ``'cpu'``/``'gpu'`` per row or one for all.
         ``cpu_cores``: cores used, NaN = all the target's cores. ``gpu_mem_cap_mib``:
         cap in MiB, NaN = grow. ``rng``: draw noise; ``None`` = noiseless.
         ``mask_infeasible=False`` keeps the modelled time and powers of infeasible rows
@@ -550,44 +577,50 @@ class PerformanceModel:
                 f"gpu_mem_cap_mib row {i}: {cap[i]:g} MiB must be > 0 and <= the GPU's memory ({gpu_mem_mib[i]:g} MiB); use NaN for grow"
             )
 
-        # per-row family constants
-        cpu_eff = self._fam["cpu_eff"][fam]
-        gpu_eff = self._fam["gpu_eff"][fam]
-        par = self._fam["parallel_frac"][fam]
-        kpp = self._fam["kernels_per_pass"][fam]
-        abpf = self._fam["act_bytes_per_flop"][fam]
-        wtf = self._fam["weight_traffic_frac"][fam]
-        if (self._mpf or self._mkp) and "model" in columns:
+        # per-row family constants, then per-architecture (and, on edge targets, edge) overrides
+        fp = {name: self._fam[name][fam] for name in FAMILY_PARAM_NAMES}
+        if (self._overrides or self._edge_overrides) and "model" in columns:
             names = c.strs("model")
-            par = _name_override(names, par, self._mpf)
-            kpp = _name_override(names, kpp, self._mkp)
+            fp = _apply_overrides(names, fp, self._overrides, np.ones(n, dtype=bool))
+            edge = c.strs("hw_kind") == "edge"
+            if edge.any():
+                fp = _apply_overrides(names, fp, self._edge_overrides, edge)
+        cpu_eff, gpu_eff, par = fp["cpu_eff"], fp["gpu_eff"], fp["parallel_frac"]
+        kpp, abpf, wtf = fp["kernels_per_pass"], fp["act_bytes_per_flop"], fp["weight_traffic_frac"]
 
         # shared terms
         core_gflops = cpu_gflops / hw_cores
         host_scale = (p.host_ref_core_gflops / core_gflops) ** p.host_speed_exponent
-        amdahl = 1.0 / ((1.0 - par) + par / cores)
+        # Amdahl (sigma = 1 - parallel_frac) with the USL coherency term: c / (1 + s(c-1) + k c(c-1))
+        amdahl = cores / (1.0 + (1.0 - par) * (cores - 1.0) + p.cpu_coherency * cores * (cores - 1.0))
         seq = np.where(fam == self._rnn, np.maximum(elems, 1.0), 1.0)
         kernels = kpp * seq * np.where(train, p.train_kernel_mult, 1.0)
         weight_bytes = params_n * 4.0
-        bytes_moved = wtf * weight_bytes * np.where(train, p.train_weight_traffic_mult, 1.0) + abpf * flops
+        weight_traffic = wtf * weight_bytes * np.where(train, p.train_weight_traffic_mult, 1.0)
+        bytes_moved = weight_traffic + abpf * flops
         input_bytes = batch * in_bytes
         t_prep = input_bytes * host_scale / (p.host_prep_gbs_per_core * 1e9) / amdahl
-        t_host = p.batch_overhead_s * host_scale
+        t_host = (p.batch_overhead_s + np.where(train, p.train_step_overhead_s, 0.0)) * host_scale
 
-        # CPU
-        t_comp_cpu = flops / (core_gflops * 1e9 * cpu_eff) / amdahl
+        # CPU: weights resident in the caches stream at cache bandwidth, the rest from DRAM
+        t_comp_cpu = flops / (core_gflops * 1e9 * cpu_eff * np.where(train, fp["cpu_train_eff_mult"], 1.0)) / amdahl
         sat = np.minimum(p.cpu_bw_sat_cores, hw_cores)
-        t_mem_cpu = bytes_moved / (cpu_bw * np.minimum(cores, sat) / sat * 1e9 * p.cpu_mem_eff)
+        dram_core_bw = cpu_bw * 1e9 * p.cpu_mem_eff / sat
+        resident = np.clip(p.cpu_cache_mib_per_core * hw_cores * MIB / np.maximum(wtf * weight_bytes, 1.0), 0.0, 1.0)
+        t_mem_cpu = (bytes_moved - resident * weight_traffic) / (dram_core_bw * np.minimum(cores, sat)) + (
+            resident * weight_traffic
+        ) / (dram_core_bw * p.cpu_cache_bw_mult * cores)
         t_roof_cpu = _qnorm(t_comp_cpu, t_mem_cpu, p.roofline_q)
         t_ops_cpu = kernels * (p.cpu_op_overhead_s + p.cpu_thread_sync_s * (cores - 1.0)) * host_scale
         t_cpu = t_roof_cpu + t_ops_cpu + t_host + t_prep
 
         # GPU
         safe_gflops = np.where(has_gpu, gpu_gflops, 1.0)
-        t_comp_gpu = flops / (safe_gflops * 1e9 * gpu_eff)
+        t_comp_gpu = flops / (safe_gflops * 1e9 * gpu_eff * np.where(train, fp["gpu_train_eff_mult"], 1.0))
         t_mem_gpu = bytes_moved / (np.where(has_gpu, gpu_bw, 1.0) * 1e9 * p.gpu_mem_eff)
-        t_roof_gpu = _qnorm(t_comp_gpu, t_mem_gpu, p.roofline_q) + kernels * p.gpu_kernel_min_s
-        t_launch = kernels * p.gpu_launch_overhead_s * host_scale
+        gpu_kernels = kernels * fp["gpu_kernel_frac"]
+        t_roof_gpu = _qnorm(t_comp_gpu, t_mem_gpu, p.roofline_q) + gpu_kernels * p.gpu_kernel_min_s
+        t_launch = gpu_kernels * p.gpu_launch_overhead_s * host_scale
         t_exec = _qnorm(t_roof_gpu, t_launch, p.roofline_q)
         t_xfer = np.where(unified, 0.0, input_bytes / (np.maximum(link, 1e-3) * 1e9 * p.link_eff) + p.transfer_latency_s)
         t_gpu = t_exec + t_xfer + t_host + p.gpu_sync_overhead_s + t_prep
@@ -611,7 +644,7 @@ class PerformanceModel:
         t_roof = np.where(is_gpu, t_roof_gpu, t_roof_cpu)
 
         # power
-        busy_cpu = ((t_roof_cpu + t_prep) * amdahl + (t_ops_cpu + t_host)) / t_cpu
+        busy_cpu = cores  # the job's threads hold its cores (framework threads spin between ops)
         host_busy = (t_prep * amdahl + (t_gpu - t_prep) * p.host_busy_cores) / t_gpu
         busy_cores = np.where(is_gpu, host_busy, busy_cpu)
         p_cpu = cpu_idle + (cpu_tdp - cpu_idle) * np.minimum(1.0, busy_cores / hw_cores)
@@ -676,19 +709,32 @@ class PerformanceModel:
         return _outcome(pred, 0, dev, job.batch_size)
 
 
-def _name_override(models: np.ndarray, base: FloatArray, table: tuple[tuple[str, float], ...]) -> FloatArray:
-    """``base`` with rows whose model name contains a key of ``table`` set to its value."""
+def _apply_overrides(
+    models: np.ndarray, fp: dict[str, FloatArray], table: tuple[tuple[str, dict[str, float]], ...], rows: BoolArray
+) -> dict[str, FloatArray]:
+    """``fp`` with the rows (of ``rows``) whose model name contains a key of ``table`` given
+    that key's values (longest key first)."""
     if not table:
-        return base
+        return fp
     if models.shape[0] <= _SMALL:
-        found = np.array([next((value for key, value in table if key in str(m).lower()), math.nan) for m in models.tolist()])
-        return np.where(np.isnan(found), base, found)
-    codes, uniques = pd.factorize(models)
-    values = np.array(
-        [next((value for key, value in table if key in str(u).lower()), math.nan) for u in uniques.tolist()] + [math.nan]
-    )
-    per_row = values[codes]  # code -1 (missing name) picks the trailing NaN
-    return np.where(np.isnan(per_row), base, per_row)
+        codes = np.arange(models.shape[0])
+        uniques = models.tolist()
+    else:
+        codes, uniq = pd.factorize(models)
+        uniques = uniq.tolist()
+    match = [next((i for i, (key, _) in enumerate(table) if key in str(u).lower()), -1) for u in uniques] + [-1]
+    which = np.asarray(match, dtype=np.intp)[codes]  # code -1 (missing name) picks the trailing -1
+    which = np.where(rows, which, -1)
+    if (which < 0).all():
+        return fp
+    out = dict(fp)
+    for i, (_, values) in enumerate(table):
+        hit = which == i
+        if not hit.any():
+            continue
+        for name, value in values.items():
+            out[name] = np.where(hit, value, out[name])
+    return out
 
 
 def _device_str(device: Any) -> str:
