@@ -47,6 +47,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -128,6 +129,22 @@ def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, 
                 message = "unknown field: remove it (see /openapi.json for the fields)"
         items.append({"field": (prefix + path) if path != "body" or not prefix else prefix.rstrip("."), "message": message})
     return items
+
+
+def storage_error(exc: Exception, path: Any) -> JSONResponse:
+    """503 for a write the database refused (disk full, read-only file or disk): nothing was
+    stored, reads still work, and the replica keeps serving (no crash, no restart loop)."""
+    text = str(exc)
+    if "full" in text:
+        fix = "the disk holding it is full: free space"
+    elif "readonly" in text or "read-only" in text or "read only" in text:
+        fix = "it is read-only: make it writable or set PLACEMENT_DB_PATH to a writable file"
+    else:
+        fix = "check the file and its disk"
+    log.error("database %s refused a write: %s", path, text)
+    return _error(503, "storage_unavailable",
+                  [{"field": "database", "message": f"{path} cannot be written ({text}); {fix}. Nothing was "
+                    "stored: retry later"}], {"Retry-After": "30"})
 
 
 def _error(status: int, error: str, detail: list[dict[str, str]], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -405,7 +422,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
     for code, why in ((400, "unreadable request (e.g. a bad Content-Length)"), (401, "token missing or wrong"),
                       (404, "unknown decision or version"), (409, "conflict"), (413, "body or batch too large"),
-                      (422, "invalid field (named in detail)"), (503, "no learner in this app"))
+                      (422, "invalid field (named in detail)"),
+                      (503, "the database cannot be written (disk full, read-only) or no learner in this app"))
 }
 _REPLAY_HEADER = {"Idempotent-Replayed": {"description": "true when this answer replays feedback already recorded",
                                           "schema": {"type": "string", "enum": ["true", "false"]}}}
@@ -429,6 +447,10 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return _error(exc.status, "not_found" if exc.status == 404 else "invalid_request",
                       [{"field": exc.field, "message": exc.message}])
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _storage_error(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        return storage_error(exc, service.store.path)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import struct
 import threading
@@ -233,7 +234,16 @@ class Store:
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create its directory ({exc}); set PLACEMENT_DB_PATH to a "
+                             "writable location") from exc
+        # SQLite needs to write the file and, in WAL mode, its -wal and -shm files beside it
+        for where in (self.path.parent, self.path):
+            if where.exists() and not os.access(where, os.W_OK):
+                raise StoreError(f"{self.path}: {where} is read-only (file permissions or a read-only disk): "
+                                 "make it writable or set PLACEMENT_DB_PATH to a writable file")
         self._lock = threading.RLock()
         try:
             self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_ms / 1000)
@@ -268,10 +278,13 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # also when COMMIT itself fails (disk full, read-only): a transaction left open
+                # would refuse every later write on this connection, even after space is freed
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
