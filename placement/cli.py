@@ -381,10 +381,11 @@ def serve_command(
         _fail(str(exc))
         return
     from serve import app as serve_app
+    from serve.store import StoreError
 
     try:
         serve_app.check_model(settings)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, StoreError) as exc:  # before Ray starts: a clear error, no replica restart loop
         _fail(str(exc))
         return
     done = threading.Event()
