@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.artifact import ModelMetadata, load_model, save_model
+from agents.artifact import ArtifactError, ModelMetadata, load_model, save_model
 from agents.dnn import DnnConfig, train_dnn
 from agents.evaluation import labelled_set
 from agents.knobs import KnobLevels
@@ -124,6 +124,12 @@ def test_fine_tune_continues_or_rewarms(tmp_path, desktop, edge):
     assert isinstance(loaded.policy, PpoPolicy) and loaded.metadata.serving == "ppo"
     np.testing.assert_array_equal(loaded.policy.predict(runs_x := labelled_set(pair_outcomes(runs)).x)[0],
                                   run.policy.predict(runs_x)[0])
+    # PPO.load unpickles: a changed ppo.zip is refused before it is opened
+    zip_bytes = (path / "ppo.zip").read_bytes()
+    (path / "ppo.zip").write_bytes(zip_bytes[:-1] + bytes([zip_bytes[-1] ^ 1]))
+    with pytest.raises(ArtifactError, match="ppo.zip was modified"):
+        load_model(path)
+    (path / "ppo.zip").write_bytes(zip_bytes)
     tuned = fine_tune(loaded, make_env(runs), total_timesteps=64, seed=1, config=TINY)
     assert isinstance(tuned, PpoPolicy) and tuned.model.num_timesteps >= 64
     # another action space (edge targets online): a fresh agent warm-started from the DNN
