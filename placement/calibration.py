@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, minimize
 from threadpoolctl import threadpool_limits
 
 from placement.job import FAMILIES
@@ -405,6 +405,7 @@ def fit_params(
         success = success and bool(psol.success)
 
     params = params.with_values(noise_from_repeats(rows, params))
+    params = fit_memory(frame, params)
     resid = time_residuals(params)
     mad_sd = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
     return FitResult(
@@ -419,6 +420,57 @@ def fit_params(
         start=tuple(p.initial(start) for p in time_free + power_free),
         hyper=dict(sol.hyper),
     )
+
+
+MEMORY_PARAMS = ("ws_act_bytes_per_flop_train", "ws_act_bytes_per_flop_infer", "gpu_cap_overhead_mib", "ws_weight_mult_train")
+MEMORY_MARGIN = 0.1
+"""Logistic scale (log units) of the cap-vs-working-set margin in the memory fit."""
+
+
+def capped_gpu_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """GPU rows run under an explicit cap or that hit OOM, with ``ran`` (bool)."""
+    feasible = frame["feasible"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    reason = frame["infeasible_reason"].astype("string").fillna("").to_numpy(dtype=object)
+    gpu = (frame["device"].astype(str) == "gpu").to_numpy()
+    capped = frame["gpu_mem_cap_mib"].notna().to_numpy(dtype=bool)
+    keep = gpu & (capped | (reason == "oom")) & (feasible | (reason == "oom"))
+    rows = frame.loc[keep].reset_index(drop=True).copy()
+    rows["ran"] = feasible[keep]
+    rows["_time_s"] = 1.0
+    return rows
+
+
+def _memory_margin(arr: _Arrays, params: PerfParams) -> npt.NDArray[np.float64]:
+    """log(cap / working set); for uncapped rows log(GPU memory - context / working set)."""
+    ws = arr.predict(params).working_set_mib
+    mem = arr.columns["hw_gpu_mem_gib"] * 1024.0 - params.gpu_context_mib
+    cap = np.where(np.isfinite(arr.caps), arr.caps, mem)
+    return np.asarray(np.log(cap) - np.log(np.maximum(ws, 1e-9)), dtype=np.float64)
+
+
+def fit_memory(frame: pd.DataFrame, params: PerfParams) -> PerfParams:
+    """Fit the working-set constants (:data:`MEMORY_PARAMS`) to which capped GPU runs ran and
+    which hit OOM: logistic loss on the log margin between cap and working set, weak prior.
+    Returns ``params`` unchanged when the rows have no OOM or no capped run."""
+    rows = capped_gpu_rows(frame)
+    if rows.empty or rows["ran"].all() or not rows["ran"].any():
+        return params
+    arr = _Arrays.of(rows)
+    sign = np.where(rows["ran"].to_numpy(dtype=bool), 1.0, -1.0)
+    x0 = np.log([params.get(n) for n in MEMORY_PARAMS])
+
+    def values(x: npt.NDArray[np.float64]) -> dict[str, float]:
+        v = dict(zip(MEMORY_PARAMS, np.exp(x).tolist(), strict=True))
+        v["ws_weight_mult_train"] = max(v["ws_weight_mult_train"], 1.0)  # at least the weights
+        return v
+
+    def loss(x: npt.NDArray[np.float64]) -> float:
+        margin = _memory_margin(arr, params.with_values(values(x)))
+        data = np.logaddexp(0.0, -sign * margin / MEMORY_MARGIN).mean()
+        return float(data + 0.5 * np.sum(((x - x0) / PRIOR_SD) ** 2) / len(rows))
+
+    sol = minimize(loss, x0, method="Powell", options={"xtol": 1e-4, "ftol": 1e-8, "maxfev": 4000})
+    return params.with_values(values(np.asarray(sol.x, dtype=np.float64)))
 
 
 def noise_from_repeats(rows: pd.DataFrame, params: PerfParams) -> dict[str, float]:
@@ -578,17 +630,12 @@ def power_errors(frame: pd.DataFrame, params: PerfParams) -> pd.DataFrame:
 def oom_agreement(frame: pd.DataFrame, params: PerfParams) -> pd.DataFrame:
     """Measured vs predicted feasibility of every GPU row with an explicit cap or a measured
     OOM: counts per (measured, predicted) outcome, each ``'ran'`` or ``'oom'``."""
-    feasible = frame["feasible"].astype("boolean").fillna(False).to_numpy(dtype=bool)
-    reason = frame["infeasible_reason"].astype("string").fillna("").to_numpy(dtype=object)
-    gpu = (frame["device"].astype(str) == "gpu").to_numpy()
-    capped = frame["gpu_mem_cap_mib"].notna().to_numpy(dtype=bool)
-    rows = frame.loc[gpu & (capped | (reason == "oom")) & (feasible | (reason == "oom"))].reset_index(drop=True).copy()
+    rows = capped_gpu_rows(frame)
     if rows.empty:
         return pd.DataFrame(columns=["measured", "predicted", "n"])
-    rows["_time_s"] = 1.0
     pred = _Arrays.of(rows).predict(params)
     out = pd.DataFrame({
-        "measured": np.where(rows["feasible"].astype("boolean").fillna(False).to_numpy(dtype=bool), "ran", "oom"),
+        "measured": np.where(rows["ran"].to_numpy(dtype=bool), "ran", "oom"),
         "predicted": np.where(pred.feasible, "ran", "oom"),
     })
     return out.value_counts().rename("n").reset_index().sort_values(["measured", "predicted"]).reset_index(drop=True)

@@ -31,7 +31,9 @@ Time of one batch (seconds)
 * **GPU memory cap** (paper B): a cap below the working set is OOM; a cap above it
   slows the run by ``overalloc_slowdown_per_doubling`` per doubling of cap / working set
   (``"grow"``, no cap, has no penalty). The working set is the weights (x4 when training:
-  weights, gradients, two Adam moments), the live activations and one input batch.
+  weights, gradients, optimizer state), the live activations (bytes per FLOP, by mode),
+  one input batch and, on the GPU, library workspaces and allocator rounding inside the
+  cap (``gpu_cap_overhead_mib``); calibration fits these to the OOMs measured under caps.
 
 Power (watts, ``modelled``)
 ---------------------------
@@ -206,8 +208,9 @@ class PerfParams:
     transfer_latency_s: float = 1.0e-5  # per host->device copy
     gpu_context_mib: float = 300.0  # CUDA context and allocator reserve outside any cap
     ws_weight_mult_train: float = 4.0  # weights, gradients, two Adam moments
-    ws_act_frac_train: float = 0.5  # share of activation traffic alive at once, training
-    ws_act_frac_infer: float = 0.05  # the same for inference
+    ws_act_bytes_per_flop_train: float = 1.5e-3  # activations kept for backward, bytes per FLOP
+    ws_act_bytes_per_flop_infer: float = 1.5e-4  # live activations in inference, bytes per FLOP
+    gpu_cap_overhead_mib: float = 64.0  # inside a cap besides tensors: library workspaces, allocator rounding
     overalloc_slowdown_per_doubling: float = 0.02  # paper B: over-allocating slows inference
     overalloc_max_doublings: float = 8.0
     cap_headroom_frac: float = 0.25  # recommend_knobs: cap = working set x (1 + this)
@@ -628,10 +631,10 @@ class PerformanceModel:
         # memory: working set, OOM, over-allocation
         ws_bytes = (
             weight_bytes * np.where(train, p.ws_weight_mult_train, 1.0)
-            + abpf * flops * np.where(train, p.ws_act_frac_train, p.ws_act_frac_infer)
+            + flops * np.where(train, p.ws_act_bytes_per_flop_train, p.ws_act_bytes_per_flop_infer)
             + input_bytes
         )
-        ws_mib = ws_bytes / MIB
+        ws_mib = ws_bytes / MIB + np.where(is_gpu, p.gpu_cap_overhead_mib, 0.0)
         doublings = np.clip(np.log2(np.where(capped, cap, 1.0) / np.maximum(ws_mib, 1e-9)), 0.0, p.overalloc_max_doublings)
         t_gpu = t_gpu * (1.0 + p.overalloc_slowdown_per_doubling * np.where(capped, doublings, 0.0))
 
