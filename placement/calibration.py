@@ -735,27 +735,31 @@ def _figures(result: CalibrationResult, fig_dir: Path) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     split = "model" if "model" in result.held_out else "random"
     err = result.held_out[split]
-    families = sorted(err["family"].unique())
+    families = sorted(result.in_sample["family"].unique())
     colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
-
-    fig, ax = plt.subplots(figsize=(6.0, 5.2), dpi=90)
-    for (fam, dev), g in err.groupby(["family", "device"]):
-        ax.scatter(g["measured_s"], g["predicted_s"], s=12, alpha=0.7, color=colours[fam],
-                   marker="o" if dev == "cpu" else "^", label=f"{fam} ({dev})")
-    lo = float(np.nanmin(err[["measured_s", "predicted_s"]].to_numpy())) * 0.7
-    hi = float(np.nanmax(err[["measured_s", "predicted_s"]].to_numpy())) * 1.4
-    xs = np.array([lo, hi])
-    ax.plot(xs, xs, "k-", lw=0.8)
-    ax.plot(xs, xs * (1 + WITHIN), "k--", lw=0.6)
-    ax.plot(xs, xs * (1 - WITHIN), "k--", lw=0.6)
-    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured time per batch (s)",
-           ylabel="predicted time per batch (s)", title=f"held-out rows ({split} split): predicted vs measured")
-    ax.legend(fontsize=6, ncol=2, loc="upper left")
+    panels = [k for k in ("random", "model") if k in result.held_out]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), dpi=90, squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        e = result.held_out[panel]
+        for (fam, dev), g in e.groupby(["family", "device"]):
+            ax.scatter(g["measured_s"], g["predicted_s"], s=12, alpha=0.7, color=colours[fam],
+                       marker="o" if dev == "cpu" else "^", label=f"{fam} ({dev})")
+        lo = float(np.nanmin(e[["measured_s", "predicted_s"]].to_numpy())) * 0.7
+        hi = float(np.nanmax(e[["measured_s", "predicted_s"]].to_numpy())) * 1.4
+        xs = np.array([lo, hi])
+        ax.plot(xs, xs, "k-", lw=0.8)
+        ax.plot(xs, xs * (1 + WITHIN), "k--", lw=0.6)
+        ax.plot(xs, xs * (1 - WITHIN), "k--", lw=0.6)
+        med = float(e["rel_err"].abs().median())
+        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured time per batch (s)",
+               ylabel="predicted time per batch (s)", title=f"held out: {_SPLIT_TITLES.get(panel, panel)} (median {med:.0%})")
+        ax.legend(fontsize=6, ncol=2, loc="upper left")
     fig.tight_layout()
     name = "calibration_scatter.png"
     fig.savefig(fig_dir / name)
     plt.close(fig)
-    out.append((name, f"Held-out predicted vs measured time per batch ({split} split); dashed: +-25%. Circles CPU, triangles GPU."))
+    out.append((name, "Held-out predicted vs measured time per batch, random rows (left) and whole models (right); "
+                      "dashed: +-25%. Circles CPU, triangles GPU."))
 
     fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=90)
     groups = summarise(err, ["device", "family"])
