@@ -389,7 +389,15 @@ class PlacementService:
                           [{"field": "version", "message": str(exc.args[0] if exc.args else exc)}])
         except ValueError as exc:
             return _error(409, "conflict", [{"field": "version", "message": str(exc)}])
-        await asyncio.to_thread(self.placer.refresh)
+        from agents.artifact import ArtifactError
+
+        try:
+            await asyncio.to_thread(self.placer.refresh)
+        except ArtifactError as exc:  # its files were changed or damaged since it was saved: serve `old` again
+            self.store.rollback(old)
+            await asyncio.to_thread(self.placer.refresh)
+            return _error(409, "conflict", [{"field": "version", "message": f"version '{new}' cannot be served "
+                                             f"({exc}); still serving '{old}'"}])
         return Response(RollbackResponse(active_version=new, previous_version=old).model_dump_json(),
                         media_type="application/json")
 
