@@ -21,6 +21,17 @@ Figures (printed; ``--out`` also writes them as JSON with provenance):
    format), time from sending the pre-encoded body to the parsed JSON answer; decisions/s
    (target >= 50k).
 
+3. concurrency: ``--concurrency`` levels (default 1, 8, 32); at each level that many client
+   threads, each with its own keep-alive connection, send ``--conc-requests`` single-decision
+   requests in all; p50 / p99 and requests/s (all requests over the wall time). With several
+   ingress replicas the clients spread over the replicas' direct ports round-robin.
+
+Serve options (one Ray configuration per run; run several to compare, ``make bench`` does):
+``--replicas N`` ingress replicas, ``--max-ongoing N`` (``max_ongoing_requests``), and
+``--no-throughput-optimized`` (Ray Serve's default request path: no throughput-optimised
+mode, no direct ingress, every request through Ray's HTTP proxy actor). ``--variant`` names
+the run in the output.
+
 Jobs cycle through ``--pool`` distinct synthetic jobs (placement.simulate.generate_jobs,
 ``--seed``) on catalogue target ``--target``.
 """
@@ -92,6 +103,69 @@ def _wait(port: int, timeout_s: float = 180) -> None:
     raise RuntimeError(f"nothing answers on 127.0.0.1:{port}")
 
 
+def _replica_ports(base: int, n: int, timeout_s: float = 180) -> list[int]:
+    """The direct-ingress ports of ``n`` replicas (consecutive from ``base`` on a fresh cluster)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = []
+        for port in range(base, base + n + 16):
+            try:
+                c = Conn(port)
+                c.conn.timeout = 2
+                status, _ = c.get("/healthz")
+                c.close()
+                if status == 200:
+                    found.append(port)
+            except OSError:
+                pass
+        if len(found) >= n:
+            return found[:n]
+        time.sleep(0.5)
+    raise RuntimeError(f"{n} replicas did not answer from port {base}")
+
+
+def _concurrent(ports: list[int], bodies: list[bytes], clients: int, total: int) -> dict[str, Any]:
+    """``clients`` threads (each one keep-alive connection, replica ports round-robin) send ``total``
+    single-decision requests; latency percentiles and requests/s over the wall time."""
+    import threading
+
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    per = max(1, total // clients)
+
+    def client(k: int) -> None:
+        c = Conn(ports[k % len(ports)])
+        mine = []
+        for i in range(per):
+            t0 = time.perf_counter()
+            try:
+                status, payload = c.post("/v1/placements", bodies[(k * per + i) % len(bodies)])
+                json.loads(payload)
+            except OSError:
+                status = -1
+                c.close()
+                c = Conn(ports[k % len(ports)])
+            if status == 200:
+                mine.append(time.perf_counter() - t0)
+            else:
+                with lock:
+                    errors[0] += 1
+        c.close()
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3, "requests_per_s": len(lat) / wall,
+            "errors": errors[0], "n": per * clients}
+
+
 def _pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -109,6 +183,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=18700, help="base port (plain, ray direct, ray proxy = +0, +10, +30)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--concurrency", default="1,8,32", help="client concurrency levels (comma separated)")
+    parser.add_argument("--conc-requests", type=int, default=960, help="requests per server and concurrency level")
+    parser.add_argument("--replicas", type=int, default=1, help="Ray ingress replicas")
+    parser.add_argument("--max-ongoing", type=int, default=64, help="max_ongoing_requests of the ingress")
+    parser.add_argument("--no-throughput-optimized", action="store_true",
+                        help="Ray Serve's default path: no throughput-optimised mode, no direct ingress")
+    parser.add_argument("--variant", default=None, help="name of this Serve configuration in the output")
     parser.add_argument("--plain-server", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server is not None:
@@ -145,16 +226,28 @@ def main() -> None:
     plain_settings = Settings.model_validate({**common, "state_dir": str(tmp / "plain"), "port": args.port,
                                               "ray_proxy_port": args.port + 1})
     ray_settings = Settings.model_validate({**common, "state_dir": str(tmp / "ray"), "port": args.port + 10,
-                                            "ray_proxy_port": args.port + 30})
+                                            "ray_proxy_port": args.port + 30, "ingress_replicas": args.replicas,
+                                            "max_ongoing_requests": args.max_ongoing})
+    direct = not args.no_throughput_optimized
+    variant = args.variant or (f"{'throughput-optimised+direct' if direct else 'default proxy path'}, "
+                               f"{args.replicas} replica(s), max_ongoing_requests {args.max_ongoing}")
+    if not direct:
+        base_env = serve_app.ray_env
+        serve_app.ray_env = lambda s: {**base_env(s), "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",  # type: ignore[assignment]
+                                       "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     env = dict(os.environ)
     plain = subprocess.Popen([sys.executable, __file__, "--plain-server", plain_settings.model_dump_json()], env=env)
     try:
         serve_app.start(ray_settings, num_cpus=2)
         _wait(plain_settings.port)
-        _wait(ray_settings.port)
         _wait(ray_settings.ray_proxy_port)
-        servers = {"plain": plain_settings.port, "ray": ray_settings.port, "ray-proxy": ray_settings.ray_proxy_port}
-        conns = {name: Conn(port) for name, port in servers.items()}
+        servers = {"plain": [plain_settings.port], "ray-proxy": [ray_settings.ray_proxy_port]}
+        if direct:
+            _wait(ray_settings.port)
+            servers["ray"] = _replica_ports(ray_settings.port, args.replicas)
+        else:
+            servers["ray"] = [ray_settings.ray_proxy_port]  # the proxy is Ray's only HTTP path here
+        conns = {name: Conn(ports[0]) for name, ports in servers.items()}
 
         # warm-up
         for name, c in conns.items():
@@ -209,6 +302,13 @@ def main() -> None:
                 }
         for c in conns.values():
             c.close()
+
+        # 3. concurrency levels (interleaved by server at each level)
+        levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+        conc: dict[str, dict[str, Any]] = {}
+        for level in levels:
+            for name, ports in servers.items():
+                conc[f"{name}/c{level}"] = _concurrent(ports, singles, level, args.conc_requests)
     finally:
         plain.terminate()
         plain.wait(timeout=30)
@@ -237,12 +337,18 @@ def main() -> None:
         print(f"  {name:<16} {b['decisions_per_s']:12.0f} {b['best_decisions_per_s']:10.0f} {b['median_request_s']:9.3f} "
               f"{b['request_mb']:8.2f}")
     print("  target: >= 50000 decisions/s")
+    print(f"concurrency ({args.conc_requests} single-decision requests per server and level; one keep-alive "
+          "connection per client thread):")
+    print(f"  {'server/clients':<16} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
+    for name, cr in conc.items():
+        print(f"  {name:<16} {cr['p50_ms']:8.2f} {cr['p99_ms']:8.2f} {cr['requests_per_s']:8.0f} {cr['errors']:>7}")
+    print(f"  Serve configuration: {variant}; ray ports {servers['ray']}; load average {os.getloadavg()[0]:.1f}")
     if args.out is not None:
         record = {
             "benchmark": "bench_http", "code_version": code_version(), "model_version": version, "seed": args.seed,
             "thresholds": {"speedup_min": plain_settings.speedup_min, "energy_ratio_max": plain_settings.energy_ratio_max},
             "hardware": host.model_dump(mode="json"), "args": {k: str(v) for k, v in vars(args).items()},
-            "single": single, "ratio_ray_plain_p50": ratio, "batch": batch,
+            "single": single, "ratio_ray_plain_p50": ratio, "batch": batch, "concurrency": conc, "variant": variant,
             "load_average": os.getloadavg(),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
