@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck pytest clean-venv model bench-decide evaluation-report
+.PHONY: setup run test lint typecheck pytest clean-venv model bench-decide bench soak evaluation-report
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,21 @@ model: setup
 
 bench-decide: setup  # single-decision latency and batched decisions/s per policy
 	$(PY) benchmarks/bench_decide.py
+
+# every benchmark, figures printed (docs/benchmarks.md records a run and its machine); traffic on 127.0.0.1 only
+bench: setup
+	$(PY) benchmarks/bench_decide.py
+	$(PY) benchmarks/bench_env.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_http.py --variant "throughput-optimised, direct ingress, 1 replica"
+	$(PY) benchmarks/bench_http.py --replicas 2 --batches 4 --variant "throughput-optimised, direct ingress, 2 replicas"
+	$(PY) benchmarks/bench_http.py --max-ongoing 4 --batches 4 --variant "max_ongoing_requests 4"
+	$(PY) benchmarks/bench_http.py --no-throughput-optimized --batches 4 --variant "Ray Serve default path (proxy actor)"
+
+# load and fault tests against the real service, figures printed (fixed-rate load, replica SIGKILL, whole-service
+# SIGKILL, full and read-only disks, damaged artifacts, poisoned feedback) and the OpenAPI fuzzing
+soak: setup
+	$(PY) -m pytest -s -p no:cacheprovider tests/test_load_faults.py tests/test_openapi_fuzz.py
 
 evaluation-report: setup  # docs/evaluation.md and docs/figures/ (held-out Table 5, warm vs cold PPO curves)
 	$(PY) -m agents.report
