@@ -62,6 +62,8 @@ class Args:
     seeds: int = 3
     steps: int = 20_000
     """Environment steps per run (the warm run's value warm-up included)."""
+    n_steps: int = 512
+    """PPO rollout length per update (both agents)."""
     eval_every: int = 1024
     eval_jobs: int = 1024
     threads: int = 1
@@ -72,7 +74,7 @@ class Args:
 
 
 FULL = dict(sim_jobs=400, seeds=5, steps=200_000, eval_every=4096, eval_jobs=4096)
-SMOKE = dict(sim_jobs=40, targets=("A", "orin-nano"), seeds=1, steps=600, eval_every=256, eval_jobs=64)
+SMOKE = dict(sim_jobs=40, targets=("A", "orin-nano"), seeds=1, steps=400, n_steps=128, eval_every=128, eval_jobs=64)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -145,10 +147,11 @@ def run(kind: str, seed: int, train_frame: pd.DataFrame, test_frame: pd.DataFram
     job_sets = {"training groups": collect_eval_jobs(make_env(train_frame, thr), a.eval_jobs, seed + 10_000),
                 "held-out groups": collect_eval_jobs(make_env(test_frame, thr), a.eval_jobs, seed + 20_000)}
     if kind == "warm":
-        model, warm = warm_start(dnn, env, PpoConfig.warm(value_warmup_steps=min(2048, a.steps // 4)), seed)
+        model, warm = warm_start(dnn, env, PpoConfig.warm(value_warmup_steps=min(2048, a.steps // 4), n_steps=a.n_steps,
+                                                          batch_size=min(128, a.n_steps)), seed)
         offset = int(warm.get("steps", 0))
     else:
-        model = make_ppo(env, dnn.normaliser, PpoConfig.cold(), seed)
+        model = make_ppo(env, dnn.normaliser, PpoConfig.cold(n_steps=a.n_steps, batch_size=min(64, a.n_steps)), seed)
         offset = 0
     curves = {name: LearningCurve(jobs, a.eval_every, offset) for name, jobs in job_sets.items()}
     model.learn(total_timesteps=max(1, a.steps - offset), callback=CallbackList(list(curves.values())))
