@@ -58,5 +58,8 @@ soak: setup
 evaluation-report: setup  # docs/evaluation.md and docs/figures/ (held-out Table 5, warm vs cold PPO curves)
 	$(PY) -m agents.report
 
+experiments: setup  # every study of experiments/ (small default budgets) and results/REPORT.md
+	$(VENV)/bin/placement experiment all
+
 clean-venv:
 	rm -rf $(VENV)
