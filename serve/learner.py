@@ -44,7 +44,7 @@ import pandas as pd
 from placement.perfmodel import PerformanceModel
 from placement.trace import TraceMeta, file_sha256, write_trace
 from placement.version import code_version
-from serve.rewards import FormedRewards, RewardSettings, form_rewards
+from serve.rewards import FormedRewards, RewardSettings, form_rewards, screen_feedback
 from serve.schemas import LearnerReport
 from serve.settings import Settings
 from serve.store import Store
@@ -126,7 +126,14 @@ class Learner:
         stored = self.store.get_version(serving_version)
         loaded = load_model(stored.path)
         thresholds = loaded.thresholds
+        feedback, excluded = screen_feedback(feedback, self.perf_model, self.reward_settings)
+        if not feedback:
+            self.store.set_meta(LAST_SEQ_KEY, str(last_seq))
+            return LearnerReport(status="skipped", reason=f"every feedback in the window was excluded as untrustworthy "
+                                 f"({excluded}): no candidate trained", serving_version=serving_version,
+                                 reward_sources=excluded)
         formed = form_rewards(feedback, thresholds, self.perf_model, self.reward_settings)
+        formed = replace(formed, sources={**formed.sources, **excluded})
         pairs = formed.pairs[formed.pairs["hw_gpu_gflops"].astype("float64") > 0].reset_index(drop=True)
         held = holdout_mask(pairs["job_id"].astype(str).tolist(), s.holdout_fraction, s.seed)
         base = LearnerReport(

@@ -64,10 +64,18 @@ class RewardSettings:
     max_distance: float = 0.5
     min_group: int = 3
     group_recent: int = 200
+    max_outlier_factor: float = 100.0
+    """A run whose time per sample or power is more than this factor off the performance model is
+    implausible: its feedback is excluded (:func:`screen_feedback`)."""
+    contradiction_factor: float = 10.0
+    """Reports of the same job on the same target and device whose times per sample differ by more
+    than this factor contradict each other: all of them are excluded."""
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or self.min_group < 1 or self.group_recent < 1:
             raise ValueError("neighbours, min_group and group_recent must be >= 1")
+        if not (self.max_outlier_factor > 1 and self.contradiction_factor > 1):
+            raise ValueError("max_outlier_factor and contradiction_factor must be > 1")
         if not self.max_distance > 0:
             raise ValueError(f"max_distance must be > 0, got {self.max_distance}")
 
@@ -106,6 +114,55 @@ def _per_sample(frame: pd.DataFrame, pred_time_per_batch: npt.NDArray[np.float64
     power = np.where(is_gpu, cpu_w + gpu_w, cpu_w)
     pred_t = pred_time_per_batch / frame["batch_size"].astype("float64").to_numpy()
     return t, power, pred_t, pred_power
+
+
+def screen_feedback(
+    feedback: Sequence[StoredFeedback], perf_model: PerformanceModel | None = None,
+    settings: RewardSettings | None = None,
+) -> tuple[list[StoredFeedback], dict[str, int]]:
+    """Poisoned-feedback defence: ``(kept, excluded counts)``. Excluded are feedback with an
+    *outlier* run (time per sample or eq. 2 power more than ``max_outlier_factor`` off the
+    performance model: drift of a few times passes, a run 10^4 times too slow does not) and
+    *contradictory* feedback (the same job on the same target and device reported with times
+    per sample more than ``contradiction_factor`` apart: every report of that job is dropped,
+    since which one is true cannot be told). Failed runs are not screened."""
+    rs = settings or RewardSettings()
+    model = perf_model or PerformanceModel()
+    rows: list[dict[str, Any]] = []
+    owner: list[int] = []
+    for k, fb in enumerate(feedback):
+        for run in (fb.outcome, fb.other):
+            if run is not None and run.feasible:
+                rows.append(run_row(fb.decision, run))
+                owner.append(k)
+    outlier: set[int] = set()
+    contradictory: set[int] = set()
+    if rows:
+        frame = pd.DataFrame(rows)
+        pred = model.predict_columns(frame, frame["device"].to_numpy(dtype=object),
+                                     frame["cpu_cores"].astype("float64").to_numpy(),
+                                     frame["gpu_mem_cap_mib"].astype("float64").to_numpy())
+        t, power, pred_t, pred_p = _per_sample(frame, pred.time_per_batch_s, pred.power_w)
+        limit = float(np.log(rs.max_outlier_factor))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            res_t = np.abs(np.log(t / pred_t))
+            res_p = np.abs(np.log(power / pred_p))
+        far = (res_t > limit) | (np.isfinite(res_p) & (res_p > limit))
+        outlier = {owner[i] for i in np.flatnonzero(far)}
+        groups: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
+        for i, k in enumerate(owner):
+            fb = feedback[k]
+            key = (target_key(fb.decision.target), fb.decision.job.model_dump_json(exclude={"name", "dataset_size"}),
+                   str(frame["device"].iat[i]))
+            groups[key].append((k, float(t[i])))
+        for items in groups.values():
+            times = [x for _, x in items if np.isfinite(x) and x > 0]
+            if len(times) >= 2 and max(times) / min(times) > rs.contradiction_factor:
+                contradictory.update(k for k, _ in items)
+    contradictory -= outlier
+    kept = [fb for k, fb in enumerate(feedback) if k not in outlier and k not in contradictory]
+    excluded = {"excluded_outlier": len(outlier), "excluded_contradictory": len(contradictory)}
+    return kept, {k: v for k, v in excluded.items() if v}
 
 
 def form_rewards(
