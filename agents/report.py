@@ -334,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for r in errors.itertuples():
             md.append(f"| {r.model} | {r.mode} | {r.batch_size} | {r.speedup:.2f} | {r.energy_ratio:.2f} | {r.chose} | {r.oracle} |")
         if len(tables) > 1:
-            acc_m = tables["measured only"].set_index("policy").loc["dnn", "accuracy"]
-            acc_a = tables["all traces, family removed everywhere"].set_index("policy").loc["dnn", "accuracy"]
+            acc_m = float(tables["measured only"].set_index("policy").at["dnn", "accuracy"])  # type: ignore[arg-type]
+            acc_a = float(tables["all traces, family removed everywhere"].set_index("policy").at["dnn", "accuracy"])  # type: ignore[arg-type]
             verdict = "raises" if acc_a > acc_m else "does not raise"
             md.append(f"\nAdding the other traces (the held-out family removed from them as well) {verdict} the DNN's "
                       f"held-out accuracy ({100 * acc_m:.1f} % -> {100 * acc_a:.1f} %).\n")
