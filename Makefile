@@ -46,9 +46,9 @@ bench: setup
 	$(PY) benchmarks/bench_env.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_http.py --variant "throughput-optimised, direct ingress, 1 replica"
-	$(PY) benchmarks/bench_http.py --replicas 2 --batches 4 --variant "throughput-optimised, direct ingress, 2 replicas"
-	$(PY) benchmarks/bench_http.py --max-ongoing 4 --batches 4 --variant "max_ongoing_requests 4"
-	$(PY) benchmarks/bench_http.py --no-throughput-optimized --batches 4 --variant "Ray Serve default path (proxy actor)"
+	$(PY) benchmarks/bench_http.py --replicas 2 --batches 4 --port 18800 --variant "throughput-optimised, direct ingress, 2 replicas"
+	$(PY) benchmarks/bench_http.py --max-ongoing 4 --batches 4 --port 18900 --variant "max_ongoing_requests 4"
+	$(PY) benchmarks/bench_http.py --no-throughput-optimized --batches 4 --port 19000 --variant "Ray Serve default path (proxy actor)"
 
 # load and fault tests against the real service, figures printed (fixed-rate load, replica SIGKILL, whole-service
 # SIGKILL, full and read-only disks, damaged artifacts, poisoned feedback) and the OpenAPI fuzzing
