@@ -75,9 +75,18 @@ class Conn:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
 
     def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        r = self.conn.getresponse()
-        return r.status, r.read()
+        for attempt in (0, 1):
+            try:
+                self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                r = self.conn.getresponse()
+                return r.status, r.read()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                # the server closed a keep-alive connection that sat idle past its timeout (uvicorn: 5 s)
+                # while the other servers were measured: reconnect once
+                self.conn.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def get(self, path: str) -> tuple[int, bytes]:
         self.conn.request("GET", path)
