@@ -1,8 +1,9 @@
 """Study 5 -- the DNN selector's precision-recall curve, ROC curve and calibration (paper A: ROC-AUC
 about 1 and calibrated probabilities).
 
-Out-of-fold probabilities (folds of whole model architectures by default; simulated trace; labels by the joint
-threshold) for two training recipes: ours (``DnnConfig()``: AdamW) and paper A's
+Out-of-fold probabilities (simulated trace; labels by the joint threshold) under each fold protocol
+of ``protocols`` -- whole model architectures held out (``arch``), random (job, target) rows held
+out (``random``, closer to paper A's split) -- for two training recipes: ours (``DnnConfig()``: AdamW) and paper A's
 (``DnnConfig.paper()``: SGD, learning rate 0.05, up to 800 epochs). Metrics by
 :func:`agents.dnn.classification_metrics` (accuracy, precision, recall, average precision,
 ROC-AUC, Brier score, log loss, expected calibration error). The in-sample figures (trained and
@@ -31,7 +32,8 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from tqdm.auto import tqdm
 
 from agents.dnn import classification_metrics
-from agents.evaluation import grouped_kfold, labelled_set
+from agents.evaluation import labelled_set
+from agents.training import cv_splits
 from placement.catalogue import default_catalogue
 from placement.probe import probe_local
 from placement.simulate import simulate_trace
@@ -51,8 +53,8 @@ class Args:
     """> 0: simulate this many jobs on every catalogue target instead of reading `simulated`."""
     targets: tuple[str, ...] = ()
     folds: int = 5
-    group: str = "arch"
-    """Held out together per fold: arch (model architecture: every ResNet-18 variant, ...), model, family or target_id."""
+    protocols: tuple[str, ...] = ("arch", "random")
+    """Fold protocols (agents.training.cv_splits columns); the first is the main one (setting 'out_of_fold')."""
     recipes: tuple[str, ...] = ("default", "paper")
     """DNN recipes (agents.dnn.PRESETS)."""
     max_epochs: int = 0
@@ -105,11 +107,11 @@ else:
         frame = frame[frame["target_id"].isin(args.targets)].reset_index(drop=True)
     trace_hashes = {args.simulated: trace.sha256}
 data = labelled_set(pair_outcomes(frame, th))
-splits = grouped_kfold(data, args.group, args.folds, args.seed)
+splits = {proto: cv_splits(data, proto, args.folds, args.seed) for proto in args.protocols}
 
 
 def fit_predict(data: Any, train_idx: np.ndarray | None, test_idx: np.ndarray | None, recipe: str, a: Args,
-                fold: int) -> dict[str, Any]:
+                fold: int, protocol: str = "") -> dict[str, Any]:
     """P(GPU) of a DNN trained by ``recipe`` on the train rows, for the test rows (``None``: every
     row, in-sample), plus its training history and the recipe."""
     import torch
@@ -123,11 +125,12 @@ def fit_predict(data: Any, train_idx: np.ndarray | None, test_idx: np.ndarray | 
     t0 = time.perf_counter()
     dnn, history = train_dnn(train.x, train.y, config=config)
     fit_s = time.perf_counter() - t0
-    return {"recipe": recipe, "fold": fold, "test_idx": test_idx, "p": dnn.gpu_probability(test.x),
+    return {"recipe": recipe, "protocol": protocol, "fold": fold, "test_idx": test_idx, "p": dnn.gpu_probability(test.x),
             "history": history.to_dict(), "fit_s": fit_s, "config": config.to_dict(), "dnn": dnn if fold == -1 else None}
 
 
-calls = [(s.train, s.test, r, args, k) for r in args.recipes for k, s in enumerate(splits)]
+calls = [(s.train, s.test, r, args, k, proto) for r in args.recipes for proto in args.protocols
+         for k, s in enumerate(splits[proto])]
 calls += [(None, None, r, args, -1) for r in args.recipes]  # in-sample fits
 if args.ray:
     import ray
@@ -150,27 +153,32 @@ else:
     results = [fit_predict(data, *c) for c in tqdm(calls, desc="DNN fits")]
 
 metric_rows = []
-oof: dict[str, np.ndarray] = {}
+oof: dict[tuple[str, str], np.ndarray] = {}
 for recipe in args.recipes:
-    p = np.full(len(data), np.nan)
-    for r in results:
-        if r["recipe"] == recipe and r["fold"] >= 0:
-            p[r["test_idx"]] = r["p"]
-    oof[recipe] = p
-    ins = next(r for r in results if r["recipe"] == recipe and r["fold"] == -1)
-    for setting, probs in (("out_of_fold", p), ("in_sample", ins["p"])):
-        m = classification_metrics(data.y, probs)
+    for proto in args.protocols:
+        p = np.full(len(data), np.nan)
+        for r in results:
+            if r["recipe"] == recipe and r["fold"] >= 0 and r["protocol"] == proto:
+                p[r["test_idx"]] = r["p"]
+        oof[(recipe, proto)] = p
+        m = classification_metrics(data.y, p)
         m.pop("calibration", None)
-        epochs = [r["history"]["epochs_run"] for r in results if r["recipe"] == recipe and
-                  (r["fold"] >= 0) == (setting == "out_of_fold")]
-        metric_rows.append({"recipe": recipe, "setting": setting, **m, "mean_epochs_run": float(np.mean(epochs))})
+        epochs = [r["history"]["epochs_run"] for r in results if r["recipe"] == recipe and r["protocol"] == proto
+                  and r["fold"] >= 0]
+        metric_rows.append({"recipe": recipe, "setting": "out_of_fold" if proto == args.protocols[0] else
+                            f"out_of_fold_{proto}", **m, "mean_epochs_run": float(np.mean(epochs))})
+    ins = next(r for r in results if r["recipe"] == recipe and r["fold"] == -1)
+    m = classification_metrics(data.y, ins["p"])
+    m.pop("calibration", None)
+    metric_rows.append({"recipe": recipe, "setting": "in_sample", **m,
+                        "mean_epochs_run": float(ins["history"]["epochs_run"])})
 metrics = pd.DataFrame(metric_rows)
 metrics.to_csv(out / "dnn_metrics.csv", index=False, float_format="%.5f")
 
 # curves (out-of-fold) as CSV and plots
 curve_rows = []
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
-for recipe, p in oof.items():
+for (recipe, proto), p in oof.items():
     prec, rec, _ = precision_recall_curve(data.y, p)
     fpr, tpr, _ = roc_curve(data.y, p)
     bins = np.linspace(0, 1, 11)
@@ -178,14 +186,17 @@ for recipe, p in oof.items():
     conf = np.array([p[idx == b].mean() if (idx == b).any() else np.nan for b in range(10)])
     frac = np.array([data.y[idx == b].mean() if (idx == b).any() else np.nan for b in range(10)])
     count = np.array([(idx == b).sum() for b in range(10)])
-    curve_rows += [{"recipe": recipe, "curve": "pr", "x": float(x), "y": float(y)} for x, y in zip(rec, prec, strict=True)]
-    curve_rows += [{"recipe": recipe, "curve": "roc", "x": float(x), "y": float(y)} for x, y in zip(fpr, tpr, strict=True)]
-    curve_rows += [{"recipe": recipe, "curve": "calibration", "x": float(c), "y": float(f), "n": int(n)}
+    base = {"recipe": recipe, "protocol": proto}
+    curve_rows += [{**base, "curve": "pr", "x": float(x), "y": float(y)} for x, y in zip(rec, prec, strict=True)]
+    curve_rows += [{**base, "curve": "roc", "x": float(x), "y": float(y)} for x, y in zip(fpr, tpr, strict=True)]
+    curve_rows += [{**base, "curve": "calibration", "x": float(c), "y": float(f), "n": int(n)}
                    for c, f, n in zip(conf, frac, count, strict=True) if n]
-    m = metrics[(metrics.recipe == recipe) & (metrics.setting == "out_of_fold")].iloc[0]
-    axes[0].plot(rec, prec, label=f"{recipe} (AP {m.average_precision:.3f})")
-    axes[1].plot(fpr, tpr, label=f"{recipe} (AUC {m.roc_auc:.3f})")
-    axes[2].plot(conf, frac, "o-", label=f"{recipe} (ECE {m.ece:.3f})")
+    setting = "out_of_fold" if proto == args.protocols[0] else f"out_of_fold_{proto}"
+    m = metrics[(metrics.recipe == recipe) & (metrics.setting == setting)].iloc[0]
+    style = "-" if proto == args.protocols[0] else "--"
+    axes[0].plot(rec, prec, style, label=f"{recipe}, {proto} folds (AP {m.average_precision:.3f})")
+    axes[1].plot(fpr, tpr, style, label=f"{recipe}, {proto} folds (AUC {m.roc_auc:.3f})")
+    axes[2].plot(conf, frac, "o" + style, ms=3, label=f"{recipe}, {proto} folds (ECE {m.ece:.3f})")
 axes[0].set(xlabel="recall", ylabel="precision", title="precision-recall (out-of-fold)")
 axes[1].plot([0, 1], [0, 1], "k:", lw=0.8)
 axes[1].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (out-of-fold)")
@@ -234,8 +245,10 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 lines = ["## Study 5 — DNN precision–recall, ROC and calibration", "",
          f"Simulated trace ({len(data)} pairs, {int(data.y.sum())} labelled GPU), T_t = {th.speedup_min:g}, "
-         f"T_e = {th.energy_ratio_max:g}, seed {args.seed}. *Out-of-fold*: {args.folds} folds of whole `{args.group}` groups "
-         "(the DNN never saw the architecture it scores); *in-sample*: trained and scored on every row (how paper A "
+         f"T_e = {th.energy_ratio_max:g}, seed {args.seed}. *out_of_fold*: {args.folds} folds of whole "
+         f"`{args.protocols[0]}` groups (the DNN never saw the architecture it scores)"
+         + "".join(f"; *out_of_fold_{p}*: {args.folds} folds of `{p}` rows" for p in args.protocols[1:])
+         + "; *in-sample*: trained and scored on every row (how paper A "
          "reports 100 % accuracy).", "",
          "| recipe | setting | accuracy | precision | recall | average precision | ROC-AUC | Brier | log loss | ECE | epochs |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -250,11 +263,15 @@ lines += ["", "Against paper A (100 % train/validation accuracy, ROC-AUC ≈ 1, 
 for recipe in args.recipes:
     o = metrics[(metrics.recipe == recipe) & (metrics.setting == "out_of_fold")].iloc[0]
     i = metrics[(metrics.recipe == recipe) & (metrics.setting == "in_sample")].iloc[0]
-    lines.append(f"* {recipe} recipe: in-sample accuracy {100 * i.accuracy:.1f} % / ROC-AUC {fmt(i.roc_auc)}; on held-out "
-                 f"models {100 * o.accuracy:.1f} % / ROC-AUC {fmt(o.roc_auc)}, ECE {fmt(o.ece)}.")
+    text = (f"* {recipe} recipe: in-sample accuracy {100 * i.accuracy:.1f} % / ROC-AUC {fmt(i.roc_auc)}; held-out "
+            f"`{args.protocols[0]}` groups {100 * o.accuracy:.1f} % / ROC-AUC {fmt(o.roc_auc)} / ECE {fmt(o.ece)}")
+    for proto in args.protocols[1:]:
+        q = metrics[(metrics.recipe == recipe) & (metrics.setting == f"out_of_fold_{proto}")].iloc[0]
+        text += f"; held-out `{proto}` rows {100 * q.accuracy:.1f} % / ROC-AUC {fmt(q.roc_auc)} / ECE {fmt(q.ece)}"
+    lines.append(text + ".")
 margin = np.abs(data.pairs["margin"].to_numpy(dtype=float))
 near = margin < np.log(1.5)  # within 1.5x of the binding threshold
-errors = (oof[args.recipes[0]] >= 0.5) != data.y
+errors = (oof[(args.recipes[0], args.protocols[0])] >= 0.5) != data.y
 lines.append("* The labels are a deterministic rule of the outcomes, but the outcomes are not a deterministic "
              "function of the features (the policy sees FLOPs and hardware figures, not the measured times), so "
              f"held-out accuracy below 100 % is expected. Of the {args.recipes[0]} recipe's {int(errors.sum())} "
@@ -264,9 +281,13 @@ lines += ["", f"Provenance: `dnn_curves/provenance.json` (code {code_version()},
           + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
 o0 = metrics[(metrics.recipe == args.recipes[0]) & (metrics.setting == "out_of_fold")].iloc[0]
 i0 = metrics[(metrics.recipe == args.recipes[0]) & (metrics.setting == "in_sample")].iloc[0]
+held_extra = "".join(
+    f"held-out {p} rows "
+    f"{100 * metrics[(metrics.recipe == args.recipes[0]) & (metrics.setting == f'out_of_fold_{p}')].iloc[0].accuracy:.1f} %; "
+    for p in args.protocols[1:])
 headline = ("Paper A: 100 % train/validation accuracy, ROC-AUC ≈ 1, calibrated, ≤ 0.1 ms per decision. Ours "
             f"({args.recipes[0]} recipe): in-sample {100 * i0.accuracy:.1f} % / ROC-AUC {fmt(i0.roc_auc)}; held-out "
-            f"architectures {100 * o0.accuracy:.1f} % / ROC-AUC {fmt(o0.roc_auc)} / ECE {fmt(o0.ece)}; "
+            f"architectures {100 * o0.accuracy:.1f} % / ROC-AUC {fmt(o0.roc_auc)} / ECE {fmt(o0.ece)}; {held_extra}"
             f"{per_decision_ms:.3f} ms per decision (measured here).")
 lines.insert(2, f"> **Headline.** {headline}\n")
 (out / "section.md").write_text("\n".join(lines))

@@ -89,10 +89,10 @@ def test_dnn_curves(tmp_path: Path) -> None:
     out = run_study("dnn_curves", tmp_path)
     metrics = pd.read_csv(out / "dnn_metrics.csv")
     assert set(zip(metrics.recipe, metrics.setting, strict=True)) == {
-        ("default", "out_of_fold"), ("default", "in_sample"), ("paper", "out_of_fold"), ("paper", "in_sample")}
+        (r, s) for r in ("default", "paper") for s in ("out_of_fold", "out_of_fold_random", "in_sample")}
     assert metrics.roc_auc.between(0, 1).all() and metrics.ece.between(0, 1).all()
     curves = pd.read_csv(out / "dnn_curves.csv")
-    assert set(curves.curve) == {"pr", "roc", "calibration"}
+    assert set(curves.curve) == {"pr", "roc", "calibration"} and set(curves.protocol) == {"arch", "random"}
     assert json.loads((out / "provenance.json").read_text())["inference"]["per_decision_ms"] > 0
 
 
