@@ -225,7 +225,7 @@ def two_replicas(serve_app, tmp_path_factory):
     settings = Settings.model_validate({
         **serve_app.settings.model_dump(), "state_dir": tmp_path_factory.mktemp("faults_state"), "db_path": None,
         "ingress_replicas": 2, "exploration_rate": 0.0, "min_holdout": 8, "ppo_timesteps": 4096,
-        "history_window": 400,
+        "history_window": 250,  # the poisoned-feedback test sends more than this: its window holds only poison
     })
     found = _redeploy(serve_app.module, settings, 2, before)
     try:
@@ -580,6 +580,11 @@ def test_candidate_trained_on_poisoned_feedback_is_not_served(two_replicas):
         print(f"\nlearner on {n_fb} poisoned feedback: {report['status']}: {report['reason']}; "
               f"sources {report['reward_sources']}")
         assert report["status"] != "promoted", report
+        excluded = report["reward_sources"].get("excluded_outlier", 0) + \
+            report["reward_sources"].get("excluded_contradictory", 0)
+        assert n_fb >= two_replicas.settings.history_window and excluded == two_replicas.settings.history_window, report
+        assert report["reward_sources"].get("excluded_outlier", 0) > 0
+        assert report["reward_sources"].get("excluded_contradictory", 0) > 0
         time.sleep(2 * two_replicas.settings.policy_poll_s)
         policy = c.get("/v1/policy").json()
         assert policy["version"] == serving
