@@ -16,13 +16,11 @@ from collections import Counter
 
 import pytest
 import requests
-
-schemathesis = pytest.importorskip("schemathesis")
-
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
     response_headers_conformance,
@@ -30,8 +28,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from serve.settings import Settings  # noqa: E402
-from tests.plain_server import PlainServer, free_port  # noqa: E402
+from serve.settings import Settings
+from tests.plain_server import PlainServer, free_port
 
 MIN_CASES = 1000
 TOKEN = "fuzz-test-token-0123456789"
