@@ -15,7 +15,6 @@ Run: ``placement experiment dnn_curves`` (``--full``; ``--no-ray``; ``--address`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import platform
@@ -36,6 +35,7 @@ from agents.evaluation import labelled_set
 from agents.training import cv_splits
 from placement.catalogue import default_catalogue
 from placement.probe import probe_local
+from placement.script_args import parse_script_args
 from placement.simulate import simulate_trace
 from placement.threshold import Thresholds
 from placement.trace import pair_outcomes, read_trace
@@ -73,21 +73,7 @@ SMOKE = dict(sim_jobs=40, targets=("A", "jetson-nano"), folds=2, max_epochs=20, 
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif isinstance(f.default, tuple):
-            parser.add_argument(flag, nargs="*", type=type(f.default[0]) if f.default else str, default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
-    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
-    for preset, on in ((FULL, args.full), (SMOKE, args.smoke)):
-        for key, value in preset.items() if on else ():
-            if getattr(args, key) == getattr(Args, key):
-                setattr(args, key, value)
-    return args
+    return parse_script_args(Args, argv, __doc__, {"full": FULL, "smoke": SMOKE})
 
 
 args = parse_args()
