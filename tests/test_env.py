@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 
@@ -34,10 +33,6 @@ from placement.decision import GROW, PlacementDecision
 from placement.features import N_FEATURES, feature_matrix
 from placement.threshold import Thresholds
 from placement.trace import TraceMeta, pair_outcomes, target_columns, validate, write_trace
-
-HAS_MODEL = importlib.util.find_spec("placement.perfmodel") is not None and (
-    importlib.util.find_spec("placement.simulate") is not None
-)
 
 # ------------------------------------------------------------------------------------------
 # A small synthetic trace: simulated test data (source "simulated"), built from catalogue
@@ -171,7 +166,6 @@ def test_check_env_gymnasium_and_sb3(kwargs, request):
     assert env.observation_space.shape == (N_FEATURES + (4 if kwargs.get("contention") else 0),)
 
 
-@pytest.mark.skipif(not HAS_MODEL, reason="placement.perfmodel / placement.simulate not present")
 @pytest.mark.parametrize("contention", [False, True])
 def test_check_env_model_source(contention):
     kwargs = {"source": "model", "block_size": 32, "jobs_per_episode": 8, "contention": contention}
@@ -188,7 +182,6 @@ def test_check_env_model_source(contention):
     assert env.provenance()["source"]["kind"] == "model"
 
 
-@pytest.mark.skipif(not HAS_MODEL, reason="placement.perfmodel / placement.simulate not present")
 def test_model_source_labels_follow_threshold():
     env = DevicePlacementEnv(source="model", targets=["D", "jetson-nano"], block_size=128, jobs_per_episode=128)
     env.reset(seed=5)
