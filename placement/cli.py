@@ -292,7 +292,7 @@ def calibrate(
 @app.command()
 def profile(
     out: Path = typer.Option(Path("data/traces/local_measured.parquet"), "--out", "-o", help="Trace to write (.parquet); its journal sits beside it."),
-    plan: str = typer.Option("default", "--plan", help="Sweep plan: default (the committed trace's) or smoke (a few rows)."),
+    plan: str = typer.Option("default", "--plan", help="Sweep plan: default (h200_measured), pairs (h200_pairs_measured: CPU/GPU pairs near the threshold) or smoke (a few rows)."),
     target: str = typer.Option("auto", "--target", help="'auto' (probe this machine) or a catalogue id."),
     workloads: str = typer.Option("", "--workloads", help="Comma-separated zoo names to keep (default: all of the plan)."),
     gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Include GPU rows (needs CUDA and NVML)."),
@@ -391,7 +391,13 @@ def serve_command(
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    url = serve_app.start(settings, num_cpus=num_cpus)
+    try:
+        url = serve_app.start(settings, num_cpus=num_cpus)
+    except TimeoutError as exc:
+        _fail(str(exc))
+        return
+    if not url.endswith(f":{settings.port}"):
+        console.print(f"[yellow]port {settings.port} was taken; the first replica answers on {url}[/]")
     console.print(f"placement service on [bold]{url}[/] (OpenAPI {url}/docs, metrics {url}/metrics); "
                   f"database {settings.database}; Ctrl-C stops")
     try:

@@ -167,7 +167,30 @@ def smoke_plan(host_cores: int = 16, gpu: bool = True) -> list[RowSpec]:
     return rows
 
 
-PLANS: dict[str, Callable[[int, bool], list[RowSpec]]] = {"default": default_plan, "smoke": smoke_plan}
+PAIR_WORKLOADS_NEW = ("lenet_cifar10", "vgg11_cifar10", "textcnn_imdb", "fasttext_imdb", "mlp_covtype")
+
+
+def pairs_plan(host_cores: int = 16, gpu: bool = True) -> list[RowSpec]:
+    """The second sweep (``data/traces/h200_pairs_measured.parquet``): CPU/GPU pairs for
+    placement labels, where the decision is close. Every row pairs a CPU run on all
+    ``host_cores`` cores with a GPU run with no cap ("grow"). The seven models of the first
+    sweep at the batch sizes it skipped (4, 8, 16, 64); four new architectures (LeNet-5,
+    VGG-11, TextCNN, fastText) and the MLP on tabular inputs at batch 1 (2 for training),
+    4, 16, 64 and 256. Workloads run in that order, CPU then GPU, so a cut-short sweep holds
+    whole workloads."""
+    full = host_cores
+    rows: list[RowSpec] = []
+    groups = [(w, (4, 8, 16, 64)) for w in MAIN_WORKLOADS] + [(w, (1, 4, 16, 64, 256)) for w in PAIR_WORKLOADS_NEW]
+    for w, sizes in groups:
+        for mode in ("infer", "train"):
+            rows += [RowSpec(w, mode, b, "cpu", full) for b in _batches(mode, sizes)]
+        if gpu:
+            for mode in ("infer", "train"):
+                rows += [RowSpec(w, mode, b, "gpu", full) for b in _batches(mode, sizes)]
+    return rows
+
+
+PLANS: dict[str, Callable[[int, bool], list[RowSpec]]] = {"default": default_plan, "smoke": smoke_plan, "pairs": pairs_plan}
 
 
 # --------------------------------------------------------------------------- settings
@@ -867,6 +890,6 @@ if __name__ == "__main__":  # pragma: no cover - exercised through subprocess te
 
 
 __all__ = [
-    "RowSpec", "ProfileSettings", "ProfileSummary", "ProfileError", "Journal", "default_plan", "smoke_plan",
+    "RowSpec", "ProfileSettings", "ProfileSummary", "ProfileError", "Journal", "default_plan", "smoke_plan", "pairs_plan",
     "profile", "run_rows", "trace_row", "resolve_target", "plan_by_name", "journal_path", "machine_fingerprint",
 ]

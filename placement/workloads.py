@@ -16,11 +16,20 @@ model           family          architecture
 ``gru``         rnn             as ``lstm`` with a GRU
 ``transformer`` transformer     BERT-like encoder: embedding 128 + learned positions, 2 layers,
                                 4 heads, FFN 512, mean pooling -> classes
+``lenet``       cnn             LeNet-5: conv 5x5 6 -> pool -> conv 5x5 16 -> pool -> 120 -> 84
+``vgg11``       cnn             VGG-11 with batch norm, CIFAR head (512 -> classes)
+``textcnn``     cnn             Kim's sentence CNN: embedding 128, 1-d convolutions of width 3, 4
+                                and 5 (100 filters each), max over time -> classes
+``fasttext``    embedding       fastText classifier: mean of 64-d word embeddings -> classes
 ==============  ==============  ==================================================================
 
 Inputs (:data:`DATASETS`): ``cifar10`` (3x32x32 float32, 10 classes), ``imagenet100``
-(3x224x224 float32, 100 classes, paper A's ImageNet-100) and ``imdb`` (128 int64 token ids
-from a 20 000-word vocabulary, 2 classes). Zoo names are ``<model>_<dataset>``.
+(3x224x224 float32, 100 classes, paper A's ImageNet-100), ``imdb`` (128 int64 token ids
+from a 20 000-word vocabulary, 2 classes) and ``covtype`` (54 float32 features, 7 classes:
+tabular, MLP only). Zoo names are ``<model>_<dataset>``. The first seven models are the
+sweep of ``data/traces/h200_measured.parquet``; the last four and ``mlp_covtype`` were added
+for the second sweep (``h200_pairs_measured.parquet``), so that whole architectures, and a
+family (embedding), can be held out.
 
 FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` on the ``meta``
 device: no memory is allocated and nothing runs, and recurrent layers decompose into the
@@ -89,6 +98,7 @@ DATASETS: dict[str, Dataset] = {
     "cifar10": Dataset("cifar10", (3, 32, 32), "float32", 10),
     "imagenet100": Dataset("imagenet100", (3, 224, 224), "float32", 100),
     "imdb": Dataset("imdb", (128,), "int64", 2, vocab_size=20_000),
+    "covtype": Dataset("covtype", (54,), "float32", 7),
 }
 
 
@@ -246,6 +256,76 @@ class TransformerClassifier(nn.Module):
         return self.head(x.mean(dim=1))
 
 
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling, for 32x32 inputs."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(inplace=True),
+            nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class VGG11(nn.Module):
+    """VGG-11 (Simonyan and Zisserman 2015, configuration A) with batch norm and the usual
+    CIFAR head: 512 features after five poolings of a 32x32 input -> classes."""
+
+    _CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        for v in self._CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(width, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+                width = int(v)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.head(torch.flatten(x, 1))
+
+
+class TextCNN(nn.Module):
+    """Kim (2014): word embeddings, parallel 1-d convolutions, max over time, a linear head."""
+
+    def __init__(self, vocab_size: int, num_classes: int, embed: int = 128, filters: int = 100,
+                 widths: Sequence[int] = (3, 4, 5)) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed)
+        self.convs = nn.ModuleList(nn.Conv1d(embed, filters, w) for w in widths)
+        self.head = nn.Linear(filters * len(widths), num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens).transpose(1, 2)
+        pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]
+        return self.head(torch.cat(pooled, dim=1))
+
+
+class FastText(nn.Module):
+    """fastText (Joulin et al. 2017): the mean of the words' embeddings, then a linear layer."""
+
+    def __init__(self, vocab_size: int, num_classes: int, embed: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed)
+        self.head = nn.Linear(embed, num_classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(tokens).mean(dim=1))
+
+
 # --------------------------------------------------------------------------- zoo
 
 
@@ -270,6 +350,16 @@ def _image_builder(model: str, ds: Dataset) -> Callable[[], nn.Module]:
         return lambda: MobileNetV1(ds.num_classes, channels)
     if model == "resnet18":
         return lambda: ResNet18(ds.num_classes, channels)
+    if model == "lenet":
+        return lambda: LeNet5(ds.num_classes, channels)
+    if model == "vgg11":
+        return lambda: VGG11(ds.num_classes, channels)
+    raise KeyError(model)
+
+
+def _tabular_builder(model: str, ds: Dataset) -> Callable[[], nn.Module]:
+    if model == "mlp":
+        return lambda: MLP(ds.elems_per_sample, ds.num_classes)
     raise KeyError(model)
 
 
@@ -278,23 +368,38 @@ def _text_builder(model: str, ds: Dataset) -> Callable[[], nn.Module]:
         return lambda: RecurrentClassifier(model, ds.vocab_size, ds.num_classes)
     if model == "transformer":
         return lambda: TransformerClassifier(ds.vocab_size, ds.num_classes, ds.sample_shape[0])
+    if model == "textcnn":
+        return lambda: TextCNN(ds.vocab_size, ds.num_classes)
+    if model == "fasttext":
+        return lambda: FastText(ds.vocab_size, ds.num_classes)
     raise KeyError(model)
 
 
 _MODEL_FAMILY = {
     "mlp": Family.MLP, "alexnet": Family.CNN, "mobilenet": Family.CNN, "resnet18": Family.CNN,
     "lstm": Family.RNN, "gru": Family.RNN, "transformer": Family.TRANSFORMER,
+    "lenet": Family.CNN, "vgg11": Family.CNN, "textcnn": Family.CNN, "fasttext": Family.EMBEDDING,
 }
 MODELS: tuple[str, ...] = tuple(_MODEL_FAMILY)
+_MODEL_DATASETS: dict[str, tuple[str, ...]] = {
+    "mlp": ("cifar10", "imagenet100", "covtype"), "alexnet": ("cifar10", "imagenet100"),
+    "mobilenet": ("cifar10", "imagenet100"), "resnet18": ("cifar10", "imagenet100"),
+    "lstm": ("imdb",), "gru": ("imdb",), "transformer": ("imdb",),
+    "lenet": ("cifar10",), "vgg11": ("cifar10",), "textcnn": ("imdb",), "fasttext": ("imdb",),
+}
 
 
 def _make_zoo() -> dict[str, Workload]:
     zoo: dict[str, Workload] = {}
     for model, family in _MODEL_FAMILY.items():
-        datasets = ("imdb",) if family in (Family.RNN, Family.TRANSFORMER) else ("cifar10", "imagenet100")
-        for ds_name in datasets:
+        for ds_name in _MODEL_DATASETS[model]:
             ds = DATASETS[ds_name]
-            build = _text_builder(model, ds) if ds.vocab_size else _image_builder(model, ds)
+            if ds.vocab_size:
+                build = _text_builder(model, ds)
+            elif len(ds.sample_shape) == 1:
+                build = _tabular_builder(model, ds)
+            else:
+                build = _image_builder(model, ds)
             name = f"{model}_{ds_name}"
             zoo[name] = Workload(name, model, family, ds, build)
     return zoo

@@ -21,6 +21,7 @@ from placement.profiler import (
     RowSpec,
     default_plan,
     journal_path,
+    pairs_plan,
     profile,
     smoke_plan,
     trace_row,
@@ -66,6 +67,19 @@ def test_row_spec_validates_and_names_rows():
         args = {"workload": "mlp_cifar10", "mode": "infer", "batch_size": 1, "device": "gpu", "cpu_cores": 1, **bad}
         with pytest.raises(ValueError):
             RowSpec(**args)
+
+
+def test_pairs_plan_pairs_every_cpu_row_with_a_gpu_row():
+    plan = pairs_plan(16)
+    assert len({r.key for r in plan}) == len(plan)
+    cpu = {(r.workload, r.mode, r.batch_size) for r in plan if r.device == "cpu"}
+    gpu = {(r.workload, r.mode, r.batch_size) for r in plan if r.device == "gpu"}
+    assert cpu == gpu and len(cpu) == 106
+    assert {r.cpu_cores for r in plan} == {16} and all(r.gpu_mem_cap_mib is None for r in plan)
+    first = {(r.workload, r.mode, r.batch_size) for r in default_plan(16)}
+    assert not cpu & first  # no job of the first sweep measured again
+    assert {r.workload for r in pairs_plan(16, gpu=False)} == {r.workload for r in plan}
+    assert all(r.device == "cpu" for r in pairs_plan(16, gpu=False))
 
 
 def test_default_plan_covers_the_issue():

@@ -35,7 +35,8 @@ def _one_thread():
 
 
 def test_zoo_covers_the_papers_models():
-    assert set(MODELS) == {"mlp", "alexnet", "mobilenet", "resnet18", "lstm", "gru", "transformer"}
+    assert set(MODELS) == {"mlp", "alexnet", "mobilenet", "resnet18", "lstm", "gru", "transformer",
+                           "lenet", "vgg11", "textcnn", "fasttext"}
     assert {w.family.value for w in ZOO.values()} <= set(FAMILIES)
     assert {w.dataset.name for w in ZOO.values()} == set(DATASETS)
     with pytest.raises(KeyError, match="known"):
@@ -54,6 +55,17 @@ def test_every_small_input_workload_runs_both_modes(name):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     make_step(model, "train")(x, y)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_second_sweep_models_match_their_papers():
+    params = {name: describe_workload(name, 2, "infer").param_count for name in
+              ("lenet_cifar10", "vgg11_cifar10", "textcnn_imdb", "fasttext_imdb", "mlp_covtype")}
+    assert params["lenet_cifar10"] == 62_006  # LeNet-5 on 3-channel 32x32, 10 classes
+    assert 9.2e6 < params["vgg11_cifar10"] < 9.3e6  # VGG-11-BN, CIFAR head
+    assert params["fasttext_imdb"] == 20_000 * 64 + 64 * 2 + 2
+    assert params["textcnn_imdb"] == 20_000 * 128 + sum(128 * 100 * w + 100 for w in (3, 4, 5)) + 300 * 2 + 2
+    assert params["mlp_covtype"] == 54 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 7 + 7
+    assert get_workload("fasttext_imdb").family.value == "embedding"
 
 
 def test_imagenet_models_take_224px():
