@@ -528,12 +528,12 @@ def ray_env(settings: Settings) -> dict[str, str]:
     """Environment for Ray Serve's throughput-optimised mode with direct ingress on ``settings.port``.
 
     Must be in ``os.environ`` before Ray starts (the controller and replicas read it at import)."""
-    last = settings.port + settings.ingress_replicas + 16
+    ports = ingress_ports(settings)
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(last),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ports.start),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(ports.stop - 1),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
         "RAY_SERVE_DIRECT_INGRESS_PORT_RETRY_COUNT": "4",
         # no HAProxy in front, so a restarted replica may take its port back at once
@@ -647,9 +647,58 @@ def check_model(settings: Settings) -> None:
         store.close()
 
 
-def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[str, Any] | None = None) -> str:
+def ingress_ports(settings: Settings) -> range:
+    """The direct-ingress port range of :func:`ray_env`: the first replica asks for ``settings.port``;
+    a replica replaced while its old port is still held (or blocked by Ray after a failed bind)
+    takes the next free one."""
+    return range(settings.port, settings.port + settings.ingress_replicas + 17)
+
+
+def live_replicas(settings: Settings, *, exclude: frozenset[str] = frozenset(),
+                  timeout_s: float = 1.0) -> dict[int, str]:
+    """Direct-ingress ports answering ``GET /healthz`` now, mapped to their replica ids (replicas
+    whose id is in ``exclude`` left out)."""
+    import httpx
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    found: dict[int, str] = {}
+    for port in ingress_ports(settings):
+        try:
+            r = httpx.get(f"http://{host}:{port}/healthz", timeout=timeout_s)
+            replica = r.json().get("replica") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            continue
+        if isinstance(replica, str) and replica not in exclude:
+            found[port] = replica
+    return found
+
+
+def wait_for_replicas(settings: Settings, *, expected: int | None = None, exclude: frozenset[str] = frozenset(),
+                      timeout_s: float = 180.0) -> dict[int, str]:
+    """Wait until ``expected`` (default ``settings.ingress_replicas``) replicas not in ``exclude``
+    answer; returns port -> replica id. Raises ``TimeoutError`` naming the ports probed."""
+    want = settings.ingress_replicas if expected is None else expected
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = live_replicas(settings, exclude=exclude)
+        if len(found) >= want:
+            return found
+        if time.monotonic() > deadline:
+            ports = ingress_ports(settings)
+            raise TimeoutError(
+                f"{want} placement replica(s) did not answer /healthz on ports {ports.start}-{ports.stop - 1} "
+                f"within {timeout_s:.0f} s (answering: {sorted(found) or 'none'}); see the Ray logs under "
+                "/tmp/ray/session_latest/logs/serve")
+        time.sleep(0.2)
+
+
+def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[str, Any] | None = None,
+          wait_s: float | None = 180.0, exclude: frozenset[str] = frozenset()) -> str:
     """Start local Ray (if none is running in this process) and deploy the app; returns the base URL.
 
+    With ``wait_s`` (default), waits until every ingress replica answers and returns the URL of
+    the lowest port that answers: normally ``settings.port``, but Ray may hand a replica the next
+    free port when that one is still held. ``wait_s=None`` returns at once with the asked-for URL.
     The environment of :func:`ray_env` is set first: start Ray only through this function."""
     os.environ.update(ray_env(settings))
     import ray
@@ -659,7 +708,11 @@ def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": settings.host, "port": settings.ray_proxy_port})
     serve.run(build_app(settings, user_config=user_config), name=APP_NAME, route_prefix="/", blocking=False)
-    return f"http://{settings.host}:{settings.port}"
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    if wait_s is None:
+        return f"http://{host}:{settings.port}"
+    found = wait_for_replicas(settings, exclude=exclude, timeout_s=wait_s)
+    return f"http://{host}:{min(found)}"
 
 
 def stop() -> None:

@@ -102,6 +102,33 @@ def serve_world():
     return ServeWorld(seed=0)
 
 
+class ServeApp:
+    """The session's Ray Serve app. ``url`` is a direct-ingress replica that answers now: a
+    replica Ray replaced (after a redeploy, a kill or a failed health check) may listen on the
+    next free port of the range, so a stale URL is rediscovered instead of refused."""
+
+    def __init__(self, *, url: str, proxy_url: str, settings, token: str, headers: dict[str, str], module) -> None:
+        self._url, self.proxy_url, self.settings, self.token, self.headers, self.module = (
+            url, proxy_url, settings, token, headers, module)
+
+    @property
+    def url(self) -> str:
+        import httpx
+
+        try:
+            if httpx.get(f"{self._url}/healthz", timeout=2).status_code == 200:
+                return self._url
+        except httpx.HTTPError:
+            pass
+        found = self.module.wait_for_replicas(self.settings, expected=1, timeout_s=120)
+        self._url = f"http://127.0.0.1:{min(found)}"
+        return self._url
+
+    @url.setter
+    def url(self, value: str) -> None:
+        self._url = value
+
+
 def _free_port_block(size: int) -> int:
     """A base port with ``size`` consecutive free ports on 127.0.0.1 (random start, so parallel runs differ)."""
     import random
@@ -131,11 +158,6 @@ def serve_app(tmp_path_factory, serve_model_dir):
 
     Yields a namespace: ``url`` (direct ingress), ``proxy_url`` (Ray's HTTP proxy), ``settings``,
     ``token`` and ``headers`` (bearer auth). Learner updates run on demand (POST /v1/policy/update)."""
-    import time
-    from types import SimpleNamespace
-
-    import httpx
-
     from serve import app as serve_app_module
     from serve.settings import Settings
 
@@ -148,19 +170,9 @@ def serve_app(tmp_path_factory, serve_model_dir):
         max_batch_jobs=20_000,
     )
     saved_env = dict(os.environ)
-    url = serve_app_module.start(settings, num_cpus=2)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"placement app did not answer on {url}")
-        time.sleep(0.2)
-    yield SimpleNamespace(url=url, proxy_url=f"http://127.0.0.1:{settings.ray_proxy_port}", settings=settings,
-                          token=token, headers={"Authorization": f"Bearer {token}"}, module=serve_app_module)
+    url = serve_app_module.start(settings, num_cpus=2, wait_s=180)
+    yield ServeApp(url=url, proxy_url=f"http://127.0.0.1:{settings.ray_proxy_port}", settings=settings,
+                   token=token, headers={"Authorization": f"Bearer {token}"}, module=serve_app_module)
     import ray
     from ray import serve
 

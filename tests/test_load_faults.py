@@ -214,7 +214,7 @@ def _replica_ports(base: int, expected: int, exclude: set[str], timeout_s: float
 
 def _redeploy(module, settings: Settings, expected: int, exclude: set[str]) -> dict[int, str]:
     module.stop()
-    module.start(settings)
+    module.start(settings, exclude=frozenset(exclude))
     return _replica_ports(settings.port, expected, exclude)
 
 
@@ -231,7 +231,8 @@ def two_replicas(serve_app, tmp_path_factory):
     try:
         yield TwoReplicas(settings, sorted(found), serve_app.headers)
     finally:
-        _redeploy(serve_app.module, serve_app.settings, 1, set(found.values()))
+        restored = _redeploy(serve_app.module, serve_app.settings, 1, set(found.values()))
+        serve_app.url = f"http://127.0.0.1:{min(restored)}"  # Ray may hand the replica the next free port
 
 
 def _replica_pid(port: int) -> int:

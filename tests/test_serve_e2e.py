@@ -267,6 +267,7 @@ def test_restart_keeps_every_acknowledged_decision_and_feedback(serve_app, serve
     serve_app.module.stop()
     # come back with other exploration settings, given as the deployment's user_config
     url = serve_app.module.start(serve_app.settings, user_config={"exploration_rate": 0.05, "explore_band": 0.2})
+    serve_app.url = url  # the port that answers (Ray may hand the new replica the next free one)
     deadline = time.monotonic() + 120
     while True:
         try:
