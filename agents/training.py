@@ -156,6 +156,29 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
             for r in frame.to_dict(orient="records")]
 
 
+def knob_training_labels(frame: pd.DataFrame, data: LabelledSet, thresholds: Thresholds,
+                         seed: int = 0) -> tuple[dict[str, Any], dict[str, int]]:
+    """Core-count and memory-cap labels for the DNN's knob heads, from the edge targets' rows of
+    ``frame`` (:func:`agents.ppo.knob_labels`); ``({}, {})`` when ``frame`` has no edge target.
+
+    Returns the keyword arguments for :func:`agents.dnn.train_dnn` (``core_labels``,
+    ``cap_labels``, ``knob_levels``) and counts of labelled rows. Every DNN that warm-starts a
+    PPO policy with knob actions should get them: without, the copied knob heads are untrained."""
+    from agents.knobs import KnobLevels
+    from agents.ppo import knob_labels, make_env
+
+    env = make_env(frame, thresholds)
+    if not env.knobs:
+        return {}, {}
+    edge_ids = [t.id for t in env.targets if t.is_edge]
+    n_edge = int(np.isin(data.pairs["target_id"].astype(str), edge_ids).sum())
+    cores, caps = knob_labels(make_env(frame, thresholds, targets=edge_ids), data.x,
+                              max_steps=max(1000, 20 * n_edge), seed=seed)
+    counts = {"edge_pairs": n_edge, "core_labelled": int(np.isfinite(cores).all(axis=1).sum()),
+              "cap_labelled": int(np.isfinite(caps).all(axis=1).sum())}
+    return dict(core_labels=cores, cap_labels=caps, knob_levels=KnobLevels()), counts
+
+
 def train_from_traces(
     trace_paths: Sequence[Path], out_dir: Path, settings: TrainSettings | None = None
 ) -> TrainResult:
@@ -190,19 +213,12 @@ def train_from_traces(
     env = None
     knob_kwargs: dict[str, Any] = {}
     if s.ppo_timesteps or _has_edge(pairs):
-        from agents.knobs import KnobLevels
-        from agents.ppo import knob_labels, make_env
+        from agents.ppo import make_env
 
         env = make_env(frame, s.thresholds)
-        if env.knobs:
-            edge_ids = [t.id for t in env.targets if t.is_edge]
-            n_edge = int(np.isin(data.pairs["target_id"].astype(str), edge_ids).sum())
-            cores, caps = knob_labels(make_env(frame, s.thresholds, targets=edge_ids), data.x,
-                                      max_steps=max(1000, 20 * n_edge), seed=s.seed)
-            knob_kwargs = dict(core_labels=cores, cap_labels=caps, knob_levels=KnobLevels())
-            metrics["knob_labels"] = {"edge_pairs": n_edge,
-                                      "core_labelled": int(np.isfinite(cores).all(axis=1).sum()),
-                                      "cap_labelled": int(np.isfinite(caps).all(axis=1).sum())}
+        knob_kwargs, knob_counts = knob_training_labels(frame, data, s.thresholds, s.seed)
+        if knob_counts:
+            metrics["knob_labels"] = knob_counts
 
     dnn, history = train_dnn(data.x, data.y, config=dnn_config, progress=s.progress, **knob_kwargs)
     metrics["dnn_history"] = history.to_dict()

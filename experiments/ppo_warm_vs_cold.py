@@ -124,11 +124,13 @@ def run(kind: str, seed: int, train_frame: pd.DataFrame, test_frame: pd.DataFram
         make_ppo,
         warm_start,
     )
+    from agents.training import knob_training_labels
 
     torch.set_num_threads(a.threads)
     thr = Thresholds(a.speedup_min, a.energy_ratio_max)
     train = labelled_set(pair_outcomes(train_frame, thr))
-    dnn, _ = train_dnn(train.x, train.y, config=DnnConfig(seed=seed))
+    knob_kwargs, _ = knob_training_labels(train_frame, train, thr, seed)  # knob heads, as `placement train` does
+    dnn, _ = train_dnn(train.x, train.y, config=DnnConfig(seed=seed), **knob_kwargs)
     env = make_env(train_frame, thr)
     job_sets = {"training groups": collect_eval_jobs(make_env(train_frame, thr), a.eval_jobs, seed + 10_000),
                 "held-out groups": collect_eval_jobs(make_env(test_frame, thr), a.eval_jobs, seed + 20_000)}
