@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from functools import lru_cache
 from importlib import metadata
@@ -10,7 +11,13 @@ from pathlib import Path
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """``<package version>+g<commit>[.dirty]`` from git when run from a checkout, else the package version."""
+    """``<package version>+g<commit>[.dirty]`` from git when run from a checkout, else the package version.
+
+    ``PLACEMENT_CODE_VERSION`` overrides both: set it when running a copy without ``.git``
+    (a measurement host that gets the working tree only), e.g. to ``git describe`` output."""
+    override = os.environ.get("PLACEMENT_CODE_VERSION", "").strip()
+    if override:
+        return override
     try:
         package = metadata.version("placement")
     except metadata.PackageNotFoundError:
