@@ -317,13 +317,19 @@ def warm_up_value(model: PPO, steps: int, epochs: int, lr: float, seed: int = 0)
     return {"steps": int(len(x)), "value_mse_before": before, "value_mse_after": mse(targets())}
 
 
-def warm_start(dnn: DnnPolicy, env: gym.Env | Any, config: PpoConfig | None = None, seed: int = 0) -> tuple[PPO, dict[str, float]]:
-    """A PPO agent on ``env`` whose actor is the DNN and whose critic is warmed up."""
+def warm_start(dnn: DnnPolicy, env: gym.Env | Any, config: PpoConfig | None = None, seed: int = 0,
+               after_copy: Callable[[PPO], None] | None = None) -> tuple[PPO, dict[str, float]]:
+    """A PPO agent on ``env`` whose actor is the DNN and whose critic is warmed up.
+
+    ``after_copy(model)`` runs once the weights are copied, before the value warm-up's
+    environment steps (e.g. to score the policy as copied: step 0 of a learning curve)."""
     cfg = config or PpoConfig.warm()
     if cfg.hidden != dnn.config.hidden:
         cfg = replace(cfg, hidden=dnn.config.hidden)
     model = make_ppo(env, dnn.normaliser, cfg, seed)
     copy_dnn_into(model, dnn)
+    if after_copy is not None:
+        after_copy(model)
     warm = warm_up_value(model, cfg.value_warmup_steps, cfg.value_warmup_epochs, cfg.value_warmup_lr, seed)
     return model, warm
 
@@ -486,7 +492,7 @@ class LearningCurve(BaseCallback):
         self.points.append(CurvePoint(steps, self.jobs.reward_ratio(actions)))
 
     def _on_training_start(self) -> None:
-        if not self.points:
+        if not self.points or self.points[-1].steps < self.offset:
             self.record(self.offset)
         self._next = self.every
 
