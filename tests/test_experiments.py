@@ -106,6 +106,9 @@ def test_ppo_warm_vs_cold(tmp_path: Path) -> None:
     assert np.allclose(warm.start_reward_ratio, warm.dnn_reward_ratio)
     curves = pd.read_csv(out / "learning_curves.csv")
     assert curves.groupby(["kind", "set"]).steps.count().min() >= 2
+    assert (curves.groupby(["kind", "set"]).steps.min() == 0).all()  # scored as initialised, before any step
+    hit = warm.dropna(subset=["steps_to_95pct_after_warmup"])
+    assert (hit.steps_to_95pct_after_warmup >= hit.steps_to_95pct).all()
 
 
 def test_online_drift(tmp_path: Path) -> None:
