@@ -8,6 +8,11 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+CODE_PATHS = ("placement", "envs", "agents", "serve", "experiments", "benchmarks", "pyproject.toml",
+              "constraints.txt", "Makefile")
+"""What ``.dirty`` looks at: the code, not its outputs (results/, docs/, models/, data/ change
+when the code runs and do not change what it computes)."""
+
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
@@ -28,7 +33,8 @@ def code_version() -> str:
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            cwd=root, capture_output=True, text=True, timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return package
