@@ -247,7 +247,7 @@ def main() -> None:
     env = dict(os.environ)
     plain = subprocess.Popen([sys.executable, __file__, "--plain-server", plain_settings.model_dump_json()], env=env)
     try:
-        serve_app.start(ray_settings, num_cpus=2)
+        serve_app.start(ray_settings, num_cpus=2, wait_s=180 if direct else None)  # no direct ports to wait for otherwise
         _wait(plain_settings.port)
         _wait(ray_settings.ray_proxy_port)
         servers = {"plain": [plain_settings.port], "ray-proxy": [ray_settings.ray_proxy_port]}
