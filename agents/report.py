@@ -342,8 +342,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"Reading: {gpu_share:.1f} % of the measured jobs are GPU jobs (GPU-only scores that accuracy). "
             f"{near10} of the {len(meas)} jobs have a measured speedup or energy ratio within 10 % of its threshold "
             f"(T_t = {th.speedup_min:g}, T_e = {th.energy_ratio_max:g}), {near20} within 20 %: a policy must predict an "
-            "unseen architecture's speedup about that well to place them, which the features (job size, not its "
-            "kernels) do not pin down. "
+            "unseen architecture's speedup and energy ratio about that well to place them. "
             f"The DNN trained on the measured traces alone misplaced these {len(errors)} jobs (their families unseen "
             "in training):\n")
         md.append("| model | mode | batch | speedup | energy ratio | DNN | Oracle |\n|---|---|---|---|---|---|---|")
