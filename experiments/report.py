@@ -45,6 +45,7 @@ STUDIES = (
     ("online_drift", "7", "Online drift"),
     ("contention", "8", "GPU-queue contention"),
     ("edge_knobs", "9", "Paper B: cores and GPU memory cap on edge targets"),
+    ("edge_study", "10", "Paper B on the measured host: cores, GPU memory caps, knobs"),
 )
 
 known = {name for name, _, _ in STUDIES}
