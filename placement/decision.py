@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from placement.outcome import Device
+from placement.record import Record
 
 GROW: Literal["grow"] = "grow"
 """No explicit GPU memory cap: the allocator grows on demand (paper B's ``mem_grow``)."""
@@ -14,7 +15,7 @@ GROW: Literal["grow"] = "grow"
 GpuMemCap = int | Literal["grow"]
 
 
-class PlacementDecision(BaseModel):
+class PlacementDecision(Record):
     """Where to run a job and with which knobs.
 
     ``cpu_cores`` is the number of cores the job may use (affinity and intra-op threads);

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from placement.record import Record
 
 
 class TargetKind(str, Enum):
@@ -24,7 +26,7 @@ class TargetKind(str, Enum):
 TARGET_KINDS: tuple[str, ...] = tuple(k.value for k in TargetKind)
 
 
-class HardwareTarget(BaseModel):
+class HardwareTarget(Record):
     """A machine a job may be placed on. ``gpu_model`` is ``None`` when there is no GPU."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, validate_default=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from placement.record import Record
 
 
 class Family(str, Enum):
@@ -35,7 +37,7 @@ FAMILIES: tuple[str, ...] = tuple(f.value for f in Family)
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)
 
 
-class Job(BaseModel):
+class Job(Record):
     """One ML job to place.
 
     ``flops_per_batch`` counts one forward pass for ``infer`` and forward + backward +

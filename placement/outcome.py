@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from placement.record import Record
 
 
 class Device(str, Enum):
@@ -34,7 +36,7 @@ def combine_methods(*methods: str) -> str:
     return EnergyMethod.MEASURED.value
 
 
-class DeviceOutcome(BaseModel):
+class DeviceOutcome(Record):
     """The measured (or simulated) outcome of running a job on one device.
 
     ``time_total_s`` covers ``n_samples`` samples. A job that could not run has

@@ -15,12 +15,22 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    create_model,
+    model_validator,
+)
 
 from placement.decision import GpuMemCap
 from placement.hardware import HardwareTarget
 from placement.job import Job
 from placement.outcome import Device, DeviceOutcome, EnergyMethod
+from placement.record import Record, is_number_annotation, number_not_bool
 
 DECISION_ID_PATTERN = r"^[0-9a-f]{32}-[0-9]{1,7}$"
 LOCAL_TARGET = "local"
@@ -40,7 +50,7 @@ TargetRef = Annotated[
 hardware description."""
 
 
-class RequestThresholds(BaseModel):
+class RequestThresholds(Record):
     """Per-request joint threshold (paper A). Omitted fields use the service's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,7 +67,9 @@ def _job_columns_model() -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, info in Job.model_fields.items():
         element: Any = info.annotation
-        extra = [Field(allow_inf_nan=False)] if element is float else []
+        extra: list[Any] = [Field(allow_inf_nan=False)] if element is float else []
+        if is_number_annotation(element):
+            extra.append(BeforeValidator(number_not_bool))
         item: Any = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
         column: Any = list[item]  # type: ignore[valid-type]
         required = info.is_required()
@@ -97,7 +109,7 @@ def column_length(columns: BaseModel) -> int:
     return n
 
 
-class PlacementRequest(BaseModel):
+class PlacementRequest(Record):
     """Jobs to place on one target: one ``job``, a list of ``jobs`` (answered as a list of
     decisions), or ``columns`` (answered as columns: the fast format for large batches)."""
 
@@ -182,7 +194,7 @@ class PlacementResponse(BaseModel):
     columns: DecisionColumns | None = Field(None, description="For 'columns' requests.")
 
 
-class ReportedOutcome(BaseModel):
+class ReportedOutcome(Record):
     """What one device's run of a placed job measured.
 
     Give ``time_total_s`` and ``n_samples`` for a run that completed, or ``feasible=false``
@@ -269,7 +281,7 @@ class ReportedOutcome(BaseModel):
         return self.device_outcome().energy_per_sample_j
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(Record):
     """The measured outcome of a placed job. Idempotent per ``decision_id``: the same payload
     again gets the same answer; a different payload for the same decision is a conflict (409)."""
 
@@ -321,7 +333,7 @@ class PolicyInfo(BaseModel):
     explore_band: float
 
 
-class RollbackRequest(BaseModel):
+class RollbackRequest(Record):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str | None = Field(None, min_length=1, max_length=200, description="Version to serve; default: the one promoted before the current.")

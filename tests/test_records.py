@@ -47,3 +47,34 @@ def test_decision_cap():
         PlacementDecision(device="gpu", cpu_cores=4, gpu_mem_cap=0)
     with pytest.raises(ValidationError):
         PlacementDecision(device="tpu", cpu_cores=1)
+
+
+def test_true_and_false_are_not_numbers():
+    """JSON booleans are refused by every numeric field (pydantic's lax mode would read 1 and 0);
+    boolean fields still take them."""
+    import json
+
+    from placement.catalogue import get_target
+    from placement.hardware import HardwareTarget
+    from serve.schemas import PlacementRequest
+
+    job = dict(family="cnn", mode="infer", batch_size=1, flops_per_batch=1e9, param_count=10,
+               input_elems_per_sample=3, input_bytes_per_sample=12)
+    for field in ("batch_size", "flops_per_batch", "param_count", "dataset_size"):
+        with pytest.raises(ValidationError, match=f"{field}\n.*not true/false"):
+            Job.model_validate_json(json.dumps({**job, field: True}))
+    target = get_target("B").model_dump()
+    assert HardwareTarget.model_validate_json(json.dumps({**target, "unified_memory": True})).unified_memory
+    for field in ("cpu_idle_w", "gpu_gflops", "cpu_cores"):
+        with pytest.raises(ValidationError, match=field):
+            HardwareTarget.model_validate_json(json.dumps({**target, field: False}))
+    with pytest.raises(ValidationError, match="time_total_s"):
+        DeviceOutcome.model_validate({"device": "cpu", "n_samples": 1, "time_total_s": True})
+    with pytest.raises(ValidationError, match="gpu_mem_cap"):
+        PlacementDecision.model_validate({"device": "gpu", "cpu_cores": 1, "gpu_mem_cap": True})
+    with pytest.raises(ValidationError, match=r"columns.batch_size.1"):
+        PlacementRequest.model_validate_json(json.dumps({"columns": {**{k: [v, v] for k, v in job.items()},
+                                                                     "batch_size": [1, True]}}))
+    with pytest.raises(ValidationError, match="max_slowdown"):
+        PlacementRequest.model_validate_json(json.dumps({"job": job, "max_slowdown": True}))
+    assert PlacementRequest.model_validate_json(json.dumps({"job": job, "explore": False})).explore is False
