@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("PLACEMENT_TEST", "1")
+
+# property tests draw the same cases on every run (no example database carried between runs)
+settings.register_profile("placement", derandomize=True, database=None)
+settings.load_profile("placement")
 
 
 @pytest.fixture
