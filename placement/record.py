@@ -14,14 +14,15 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationInfo, field_validator
 
 
-def _is_number(annotation: Any) -> bool:
+def is_number_annotation(annotation: Any) -> bool:
+    """``int``, ``float``, or a union / ``Annotated`` of them (``float | None``, ...)."""
     if annotation in (int, float):
         return True
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _is_number(get_args(annotation)[0])
+        return is_number_annotation(get_args(annotation)[0])
     if origin in (Union, types.UnionType):
-        return any(_is_number(a) for a in get_args(annotation))
+        return any(is_number_annotation(a) for a in get_args(annotation))
     return False
 
 
@@ -32,14 +33,9 @@ def number_not_bool(value: Any) -> Any:
     return value
 
 
-def is_number_annotation(annotation: Any) -> bool:
-    """``int``, ``float``, or a union / ``Annotated`` of them (``float | None``, ...)."""
-    return _is_number(annotation)
-
-
 @cache
 def _number_fields(cls: type[BaseModel]) -> frozenset[str]:
-    return frozenset(name for name, field in cls.model_fields.items() if _is_number(field.annotation))
+    return frozenset(name for name, field in cls.model_fields.items() if is_number_annotation(field.annotation))
 
 
 class Record(BaseModel):
