@@ -139,3 +139,17 @@ def test_report_section_states_the_needed_and_the_achieved_error():
     assert "agrees on 100.0 %" in text and "0 flipped" in text
     fams = out["json"]["margin_prediction"][0]
     assert fams["n"] == len(data) and fams["sigma_equivalent"] > 0
+
+
+def test_shipped_rerun_repeats_the_pairs_sweep():
+    """data/traces/h200_pairs_rerun.parquet: the same jobs measured again (README figures)."""
+    from pathlib import Path
+
+    from placement.trace import read_trace
+
+    traces = Path(__file__).resolve().parent.parent / "data" / "traces"
+    first, rerun = read_trace(traces / "h200_pairs_measured.parquet"), read_trace(traces / "h200_pairs_rerun.parquet")
+    assert rerun.meta.source == "measured" and rerun.meta.seed == 1
+    assert rerun.meta.code_version.startswith("0.1.0+g")
+    rep = reproducibility(pair_outcomes(first.frame), pair_outcomes(rerun.frame))
+    assert rep.n == 106 and len(rep.flipped) == 2 and rep.label_agreement == pytest.approx(104 / 106)
