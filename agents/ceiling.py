@@ -176,23 +176,28 @@ class Reproducibility:
         return d
 
 
-def reproducibility(first: pd.DataFrame, second: pd.DataFrame) -> Reproducibility:
+def reproducibility(first: pd.DataFrame, second: pd.DataFrame, on: Sequence[str] = PAIR_KEYS) -> Reproducibility:
     """Compare two labelled frames (:func:`placement.trace.pair_outcomes`) of the same jobs,
-    matched on ``job_id`` and ``target_id``. ``sigma_measurement`` is one run's margin noise
-    (robust: ``median |m1 - m2| / NORMAL_MAD / sqrt(2)``)."""
+    matched on ``on`` (default ``job_id`` and ``target_id``: the same target measured twice;
+    ``("job_id",)`` compares the same jobs on two targets). ``sigma_measurement`` is one run's
+    margin noise (robust: ``median |m1 - m2| / NORMAL_MAD / sqrt(2)``; across targets it mixes
+    the targets' real difference in)."""
+    keys = list(dict.fromkeys(on))
+    if not keys or any(k not in PAIR_KEYS for k in keys):
+        raise ValueError(f"on must name one or both of {', '.join(PAIR_KEYS)}, got {list(on)}")
     for name, frame in (("first", first), ("second", second)):
         missing = [c for c in (*PAIR_KEYS, "margin", "label_gpu") if c not in frame.columns]
         if missing:
             raise ValueError(f"{name} frame lacks {', '.join(missing)}: build it with placement.trace.pair_outcomes")
     cols = [*PAIR_KEYS, "margin", "label_gpu"]
-    both = first[cols].merge(second[cols], on=list(PAIR_KEYS), suffixes=("_1", "_2"))
+    both = first[cols].merge(second[cols], on=keys, suffixes=("_1", "_2"))
     if both.empty:
-        raise ValueError("the two frames share no (job_id, target_id) pair: nothing to compare")
+        raise ValueError(f"the two frames share no ({', '.join(keys)}) value: nothing to compare")
     m1 = both["margin_1"].to_numpy(dtype=np.float64)
     m2 = both["margin_2"].to_numpy(dtype=np.float64)
     l1 = both["label_gpu_1"].to_numpy(dtype=bool)
     l2 = both["label_gpu_2"].to_numpy(dtype=bool)
     diff = np.abs(m1 - m2)
     med = float(np.median(diff))
-    flipped = tuple(sorted(f"{j}@{t}" for j, t in both.loc[l1 != l2, list(PAIR_KEYS)].itertuples(index=False)))
+    flipped = tuple(sorted("@".join(map(str, k)) for k in both.loc[l1 != l2, keys].itertuples(index=False)))
     return Reproducibility(len(both), float(np.mean(l1 == l2)), med, med / NORMAL_MAD / math.sqrt(2.0), flipped)

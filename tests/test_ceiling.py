@@ -113,6 +113,10 @@ def test_reproducibility_of_identical_runs_and_of_a_flipped_job():
     rep = reproducibility(first, second)
     assert rep.flipped == (f"{job}@A",)
     assert rep.label_agreement == pytest.approx(1 - 1 / len(first))
+    across = reproducibility(first, second.assign(target_id="B"), on=("job_id",))
+    assert across.flipped == (job,) and across.n == len(first)
+    with pytest.raises(ValueError, match="on must name"):
+        reproducibility(first, second, on=("model",))
     with pytest.raises(ValueError, match="share no"):
         reproducibility(first, second.assign(job_id="other"))
     with pytest.raises(ValueError, match="margin"):
@@ -153,3 +157,41 @@ def test_shipped_rerun_repeats_the_pairs_sweep():
     assert rerun.meta.code_version.startswith("0.1.0+g")
     rep = reproducibility(pair_outcomes(first.frame), pair_outcomes(rerun.frame))
     assert rep.n == 106 and len(rep.flipped) == 2 and rep.label_agreement == pytest.approx(104 / 106)
+
+
+def test_report_scores_a_held_out_measured_host():
+    from pathlib import Path
+
+    from agents.dnn import DnnConfig
+    from agents.report import held_out_host
+
+    pooled_runs = validate(synthetic_trace(24, seed=7, targets=("A",)))
+    host_runs = validate(synthetic_trace(24, seed=7, targets=("B",)))
+    pooled_runs["time_cv"], host_runs["time_cv"] = 0.01, 0.1
+    meas = labelled_set(pair_outcomes(pooled_runs))
+    md, out = held_out_host(meas, pooled_runs, Path("host.parquet"), host_runs, "a test host", 0,
+                            {"dnn": DnnConfig(max_epochs=20, patience=5)}, Thresholds())
+    text = "\n".join(md)
+    assert "Not pooled: a test host" in text and "10.0 % on its GPU rows" in text and "(pooled sweeps: 1.0 %" in text
+    agree = out["label_agreement_with_pooled"]
+    assert agree["n"] == 24 and len(agree["flipped"]) == round(24 * (1 - agree["label_agreement"]))
+    assert {r["policy"] for r in out["table"]} >= {"oracle", "dnn", "rule_based"}
+
+
+def test_shipped_h100_host_is_measured_and_kept_out_of_every_pool():
+    """data/traces/h100_pairs_measured.parquet: a held-out host for the report, in neither the
+    Makefile's calibration/model traces nor the report's pooled set (one list, two places)."""
+    import re
+    from pathlib import Path
+
+    from agents.report import NOT_POOLED
+    from placement.trace import read_trace
+
+    root = Path(__file__).resolve().parent.parent
+    host = read_trace(root / "data" / "traces" / "h100_pairs_measured.parquet")
+    assert host.meta.source == "measured" and set(host.frame["target_id"]) == {"h100-host"}
+    assert len(pair_outcomes(host.frame)) == 106
+    make = (root / "Makefile").read_text()
+    listed = re.search(r"^NOT_POOLED = (.*)$", make, re.M)
+    assert listed is not None
+    assert sorted(Path(p).name for p in listed.group(1).split()) == sorted(NOT_POOLED)
