@@ -151,7 +151,7 @@ def held_out_host(meas: LabelledSet, pooled_runs: pd.DataFrame, path: Path, fram
     ratio = {d: float(np.median(shared[f"{d}_time_per_sample_s"].to_numpy(dtype=float)
                                 / pooled.loc[shared["job_id"], f"{d}_time_per_sample_s"].to_numpy(dtype=float)))
              for d in ("cpu", "gpu")} if len(shared) else {}
-    agree = reproducibility(meas.pairs, pairs, on=("job_id",)) if len(shared) else None
+    agree = reproducibility(pooled.reset_index(), pairs, on=("job_id",)) if len(shared) else None
     targets = ", ".join(f"`{t}`" for t in sorted(pairs["target_id"].astype(str).unique()))
     md = [f"**A held-out measured host: `{path.name}`** ({len(host)} pairs on {targets}, {int(host.y.sum())} GPU "
           f"labels). Not pooled: {why}. Timing CV median {100 * cv.get('cpu', np.nan):.1f} % on its CPU rows and "
