@@ -30,7 +30,13 @@ from placement.decision import GpuMemCap
 from placement.hardware import HardwareTarget
 from placement.job import Job
 from placement.outcome import Device, DeviceOutcome, EnergyMethod
-from placement.record import Record, is_number_annotation, number_not_bool
+from placement.record import (
+    Record,
+    admits_string,
+    is_number_annotation,
+    json_number,
+    number_not_bool,
+)
 
 DECISION_ID_PATTERN = r"^[0-9a-f]{32}-[0-9]{1,7}$"
 LOCAL_TARGET = "local"
@@ -69,7 +75,7 @@ def _job_columns_model() -> type[BaseModel]:
         element: Any = info.annotation
         extra: list[Any] = [Field(allow_inf_nan=False)] if element is float else []
         if is_number_annotation(element):
-            extra.append(BeforeValidator(number_not_bool))
+            extra.append(BeforeValidator(number_not_bool if admits_string(element) else json_number))
         item: Any = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
         column: Any = list[item]  # type: ignore[valid-type]
         required = info.is_required()

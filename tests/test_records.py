@@ -77,4 +77,38 @@ def test_true_and_false_are_not_numbers():
                                                                      "batch_size": [1, True]}}))
     with pytest.raises(ValidationError, match="max_slowdown"):
         PlacementRequest.model_validate_json(json.dumps({"job": job, "max_slowdown": True}))
+    for field in ("batch_size", "flops_per_batch"):  # nor are strings (lax mode would read "4" as 4)
+        with pytest.raises(ValidationError, match=f"{field}\n.*not a string"):
+            Job.model_validate_json(json.dumps({**job, field: "4"}))
+    with pytest.raises(ValidationError, match=r"columns.param_count.0"):
+        PlacementRequest.model_validate_json(json.dumps({"columns": {**{k: [v, v] for k, v in job.items()},
+                                                                     "param_count": ["10", 10]}}))
     assert PlacementRequest.model_validate_json(json.dumps({"job": job, "explore": False})).explore is False
+
+
+def test_numbers_and_words_are_not_true_or_false():
+    """Boolean fields take only true/false (a numpy bool too): pydantic's lax mode would read
+    0/1 and "yes"/"off" as booleans, so "unified_memory": 0 passed for false."""
+    import json
+
+    import numpy as np
+
+    from placement.catalogue import get_target
+    from placement.hardware import HardwareTarget
+    from serve.schemas import PlacementRequest, ReportedOutcome
+
+    target = get_target("B").model_dump()
+    for value in (0, 1, 0.0, "yes", "false", [], {}):
+        with pytest.raises(ValidationError, match="unified_memory\n.*must be true or false"):
+            HardwareTarget.model_validate_json(json.dumps({**target, "unified_memory": value}))
+    assert HardwareTarget.model_validate({**target, "unified_memory": np.bool_(True)}).unified_memory is True
+    job = dict(family="cnn", mode="infer", batch_size=1, flops_per_batch=1e9, param_count=10,
+               input_elems_per_sample=3, input_bytes_per_sample=12)
+    with pytest.raises(ValidationError, match="explore"):
+        PlacementRequest.model_validate_json(json.dumps({"job": job, "explore": 1}))
+    with pytest.raises(ValidationError, match="feasible"):
+        DeviceOutcome.model_validate({"device": "cpu", "n_samples": 1, "time_total_s": 1.0, "feasible": "no"})
+    outcome = {"device": "cpu", "n_samples": 1, "time_total_s": 1.0}
+    assert ReportedOutcome.model_validate({**outcome, "feasible": True}).feasible is True
+    with pytest.raises(ValidationError, match="feasible"):
+        ReportedOutcome.model_validate({**outcome, "feasible": 0})

@@ -74,6 +74,7 @@ def _bad_placements(job: dict) -> list[tuple[object, int, str]]:
         ({"job": {**job, "batch_size": 6.5}}, 422, "job.batch_size"),
         ({"job": {**job, "batch_size": True}}, 422, "job.batch_size"),
         ({"job": job, "target": {**TARGET.model_dump(mode="json"), "cpu_idle_w": False}}, 422, "target.cpu_idle_w"),
+        ({"job": job, "target": {**TARGET.model_dump(mode="json"), "unified_memory": 0}}, 422, "target.unified_memory"),
         ({"job": {**job, "family": "quantum"}}, 422, "job.family"),
         (nan_body, 422, "job.flops_per_batch"),
         ({"job": job, "target": "no-such-box"}, 422, "target"),
