@@ -14,6 +14,7 @@ what the service takes."""
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -21,28 +22,38 @@ import numpy as np
 from pydantic import BaseModel, ValidationInfo, field_validator
 
 
-def is_number_annotation(annotation: Any) -> bool:
-    """``int``, ``float``, or a union / ``Annotated`` of them (``float | None``, ...)."""
-    if annotation in (int, float):
+def _has_member(annotation: Any, test: Callable[[Any], bool]) -> bool:
+    """Whether ``annotation``, or a member of it as a union / ``Annotated``, passes ``test``."""
+    if test(annotation):
         return True
     origin = get_origin(annotation)
     if origin is Annotated:
-        return is_number_annotation(get_args(annotation)[0])
+        return _has_member(get_args(annotation)[0], test)
     if origin in (Union, types.UnionType):
-        return any(is_number_annotation(a) for a in get_args(annotation))
+        return any(_has_member(a, test) for a in get_args(annotation))
     return False
+
+
+def is_number_annotation(annotation: Any) -> bool:
+    """``int``, ``float``, or a union / ``Annotated`` of them (``float | None``, ...)."""
+    return _has_member(annotation, lambda t: t in (int, float))
 
 
 def is_bool_annotation(annotation: Any) -> bool:
     """``bool``, or a union / ``Annotated`` with it (``bool | None``, ...)."""
-    if annotation is bool:
-        return True
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return is_bool_annotation(get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        return any(is_bool_annotation(a) for a in get_args(annotation))
-    return False
+    return _has_member(annotation, lambda t: t is bool)
+
+
+def _is_string_type(t: Any) -> bool:
+    if isinstance(t, type):
+        return issubclass(t, str)
+    return get_origin(t) is Literal and any(isinstance(a, str) for a in get_args(t))
+
+
+def admits_string(annotation: Any) -> bool:
+    """Whether a string can be a valid value: ``str``, a ``Literal`` of strings, a ``str``
+    enum, or a union / ``Annotated`` with one (``int | Literal["grow"]``)."""
+    return _has_member(annotation, _is_string_type)
 
 
 def bool_not_number(value: Any) -> Any:
@@ -53,21 +64,6 @@ def bool_not_number(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     raise ValueError("must be true or false")
-
-
-def admits_string(annotation: Any) -> bool:
-    """Whether a string can be a valid value: ``str``, a ``Literal`` of strings, a ``str``
-    enum, or a union / ``Annotated`` with one (``int | Literal["grow"]``)."""
-    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, str)):
-        return True
-    origin = get_origin(annotation)
-    if origin is Literal:
-        return any(isinstance(a, str) for a in get_args(annotation))
-    if origin is Annotated:
-        return admits_string(get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        return any(admits_string(a) for a in get_args(annotation))
-    return False
 
 
 def number_not_bool(value: Any) -> Any:
