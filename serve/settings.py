@@ -1,8 +1,10 @@
-"""Service settings, read from ``PLACEMENT_*`` environment variables (or a Serve config's ``args``).
+"""Service settings (pydantic-settings), read from ``PLACEMENT_*`` environment variables, a ``.env``
+file in the working directory, or a Serve config's ``args``.
 
 Every field below is the environment variable ``PLACEMENT_<FIELD>`` in upper case, e.g.
 ``PLACEMENT_PORT=8000``, ``PLACEMENT_EXPLORATION_RATE=0.05``,
-``PLACEMENT_DB_PATH=/var/lib/placement/placement.db``. A Serve config YAML
+``PLACEMENT_DB_PATH=/var/lib/placement/placement.db``; the same lines may sit in ``./.env``
+(the environment wins over ``.env``; command-line options win over both). A Serve config YAML
 (``serve/config.yaml``) passes the same names as ``args`` of :func:`serve.app.app_builder`.
 
 Units are in the names (``_s`` seconds, ``_bytes``, ``_mib``); thresholds are paper A's
@@ -15,15 +17,28 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from placement.threshold import MissingPower, Thresholds
 
 ENV_PREFIX = "PLACEMENT_"
+ENV_FILE = ".env"
+"""Read from the working directory when present; the process environment wins over it."""
+EMPTY_IS_UNSET = ("token", "db_path", "model_path")
+"""Optional settings where an empty variable (``PLACEMENT_TOKEN=``) means "not set"."""
 MAX_EXPLORATION_RATE = 0.2
 """Hard upper bound on the exploration rate: at most one decision in five may explore."""
 MAX_EXPLORE_BAND = 0.45
@@ -50,10 +65,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(BaseModel):
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("placement_settings_environ", default=None)
+"""An explicit environment for :meth:`Settings.from_env` (``None``: ``os.environ`` and ``.env``)."""
+
+
+def _settings_vars(env: Mapping[str, str | None], fields: Mapping[str, Any]) -> dict[str, str | None]:
+    """The ``PLACEMENT_<field>`` entries of ``env`` (lower-cased names); other variables, such as
+    ``PLACEMENT_URL`` of the client, are not settings and stay out; an empty optional one is unset."""
+    prefix = ENV_PREFIX.lower()
+    found: dict[str, str | None] = {}
+    for key, value in env.items():
+        name = key.lower()
+        field = name[len(prefix):] if name.startswith(prefix) else None
+        if field in fields and not (not value and field in EMPTY_IS_UNSET):
+            found[name] = value
+    return found
+
+
+class _PlacementEnv(EnvSettingsSource):
+    """``PLACEMENT_*`` settings from ``os.environ`` or an explicit mapping."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None = None) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return _settings_vars(os.environ if self._environ is None else self._environ, self.settings_cls.model_fields)
+
+
+class _PlacementDotEnv(DotEnvSettingsSource):
+    """``PLACEMENT_*`` settings from ``./.env``; its other lines are left to whoever reads them."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return _settings_vars(super()._load_env_vars(), self.settings_cls.model_fields)
+
+
+class Settings(BaseSettings):
     """All service settings. See the module docstring for how they are set."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True, env_prefix=ENV_PREFIX,
+                                      env_file=ENV_FILE, env_file_encoding="utf-8", case_sensitive=False)
 
     # --- network ---------------------------------------------------------------------
     host: str = Field("127.0.0.1", min_length=1, description="Bind address. Non-loopback needs a token.")
@@ -147,6 +198,22 @@ class Settings(BaseModel):
         return data
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Options (init) over ``PLACEMENT_*`` variables over ``./.env``; an explicit mapping given to
+        :meth:`from_env` replaces both the environment and ``.env``."""
+        environ = _ENVIRON.get()
+        if environ is not None:
+            return init_settings, _PlacementEnv(settings_cls, environ)
+        return init_settings, _PlacementEnv(settings_cls), _PlacementDotEnv(settings_cls)
+
+    @classmethod
     def from_mapping(cls, values: Mapping[str, Any], origin: str = "settings") -> Settings:
         """Validate ``values``; errors name the field (as ``origin`` spells it) and the fix."""
         try:
@@ -159,15 +226,23 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``PLACEMENT_*`` variables, then ``overrides`` (e.g. CLI options) on top."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        known = set(cls.model_fields)
-        for key, raw in env.items():
-            if not key.startswith(ENV_PREFIX):
-                continue
-            name = key[len(ENV_PREFIX) :].lower()
-            if name in known:
-                values[name] = None if raw == "" and name in ("token", "db_path", "model_path") else raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_mapping(values, origin="environment")
+        """Settings from ``PLACEMENT_*`` variables and ``./.env`` (or only ``environ`` when given), then
+        ``overrides`` (e.g. CLI options, ``None`` meaning "not given") on top."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            with _environ(environ):
+                return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            name = f"{ENV_PREFIX}{loc.upper()}" if loc else "settings"
+            raise SettingsError(f"environment: {name}: {first['msg']}") from exc
+
+
+@contextmanager
+def _environ(environ: Mapping[str, str] | None) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
