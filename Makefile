@@ -39,7 +39,7 @@ calibration: setup  # performance model: fit on the measured traces, report, the
 # the bundled default model: DNN + warm PPO from the shipped traces (paper, simulated, measured when present)
 MODEL_TRACES = $(wildcard data/traces/paper_table2.csv data/traces/simulated.parquet) $(MEASURED_TRACES)
 model: setup
-	$(VENV)/bin/placement train --traces $(MODEL_TRACES) --out models/default --seed 0 --ppo-steps 20000 --threads 1 --quiet
+	$(VENV)/bin/placement train --traces $(MODEL_TRACES) --out models/default --force --seed 0 --ppo-steps 20000 --threads 1 --quiet
 
 bench-decide: setup  # single-decision latency and batched decisions/s per policy
 	$(PY) benchmarks/bench_decide.py

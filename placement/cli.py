@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -149,7 +149,8 @@ def train(
     folds: int = typer.Option(5, "--folds", help="Cross-validation folds (0 skips)."),
     threads: int = typer.Option(2, "--threads", help="torch threads."),
     version: str | None = typer.Option(None, "--version", help="Model version string (default: code version + content hash)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars (they are off anyway when stderr is not a terminal)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
 ) -> None:
     """Train the DNN, then PPO warm-started from it, from logged traces; write a versioned model directory."""
     from agents.dnn import PRESETS
@@ -160,9 +161,12 @@ def train(
     th = thresholds_from(speedup_min, energy_ratio_max, missing_power)
     if preset not in PRESETS:
         _fail(f"--preset must be one of {', '.join(PRESETS)}, got '{preset}'")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        _fail(f"{out} already exists: pass --force to replace it, or choose another --out")
+    progress = not quiet and sys.stderr.isatty()  # a log file gets no carriage-return bars
     try:
         settings = TrainSettings(seed=seed, thresholds=th, dnn=PRESETS[preset](), ppo_timesteps=ppo_steps,
-                                 cv_column=cv, cv_folds=folds, version=version, progress=not quiet, threads=threads)
+                                 cv_column=cv, cv_folds=folds, version=version, progress=progress, threads=threads)
         result = train_from_traces(paths, out, settings)
     except (FileNotFoundError, TraceValidationError, ValueError) as exc:
         _fail(str(exc))
@@ -232,11 +236,24 @@ def evaluate(
         _fail(str(exc))
         return
     if as_json:
+        seen_in_training = trained_on(loaded.metadata.trace_hashes, hashes) if cv == "none" else []
         for rec in frame.to_dict(orient="records"):
-            sys.stdout.write(json.dumps({**rec, "trace_hashes": hashes}, default=str) + "\n")
+            sys.stdout.write(json.dumps({**rec, "trace_hashes": hashes, "trained_on": seen_in_training},
+                                        default=str) + "\n")
         return
     th = loaded.thresholds
     _print_table5(frame, f"{title}  T_t={th.speedup_min:g} T_e={th.energy_ratio_max:g}")
+    seen = trained_on(loaded.metadata.trace_hashes, hashes)
+    if seen and cv == "none":
+        console.print(f"[bold yellow]note:[/] model {loaded.metadata.version} was trained on {', '.join(seen)}: "
+                      "these figures are in-sample, not a test of generalisation (use --cv arch, or traces it was "
+                      "not trained on)")
+
+
+def trained_on(model_hashes: dict[str, str], scored: dict[str, str]) -> list[str]:
+    """The scored traces (path) whose sha256 is among the model's training traces (its metadata)."""
+    known = set(model_hashes.values())
+    return [path for path, sha in scored.items() if sha in known]
 
 
 @app.command()
@@ -336,6 +353,9 @@ def describe(
     """Describe a model as a job (FLOPs per batch counted on 'meta', parameters, input size) as JSON."""
     from placement.workloads import ZOO, describe_spec, load_job_spec
 
+    here = str(Path.cwd())
+    if ":" in model and here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)  # like `python -m`: mymodule:Factory imports from the current directory
     try:
         if model in ZOO:
             job = describe_spec({"workload": model, "batch_size": batch_size, "mode": mode})
@@ -352,12 +372,38 @@ def describe(
             job = describe_spec({"model": model, "family": family, "input_shape": shape, "input_dtype": input_dtype,
                                  "batch_size": batch_size, "mode": mode})
     except (FileNotFoundError, KeyError, ValueError) as exc:
-        _fail(str(exc))
+        hint = ""
+        if "cannot import module" in str(exc):
+            hint = (f" (looked in the current directory {here} and on PYTHONPATH: run from the folder that holds "
+                    "the module, or add that folder to PYTHONPATH; a package needs its __init__.py)")
+        _fail(f"{exc}{hint}")
         return
     sys.stdout.write(job.model_dump_json(indent=2) + "\n")
 
 
-@app.command("serve")
+def settings_help() -> str:
+    """Every service setting as ``PLACEMENT_<NAME>`` with its default and meaning (``placement serve --help``)."""
+    from serve.settings import ENV_FILE, ENV_PREFIX, Settings
+
+    lines = [f"Settings (environment variables, or lines of ./{ENV_FILE}; options above win over both):"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None else getattr(default, "value", default)
+        about = f" -- {field.description}" if field.description else ""
+        lines.append(f"{ENV_PREFIX}{name.upper()} = {shown}{about}")
+    return "\n\n".join(lines)
+
+
+class _ServeCommand(typer.core.TyperCommand):
+    """``serve``'s help ends with every setting; built only when help is shown (no import otherwise)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        if not self.epilog:
+            self.epilog = settings_help()
+        super().format_help(ctx, formatter)
+
+
+@app.command("serve", cls=_ServeCommand)
 def serve_command(
     host: str | None = typer.Option(None, help="Bind address (default 127.0.0.1); a non-loopback one needs PLACEMENT_TOKEN."),
     port: int | None = typer.Option(None, help="HTTP port (default 8000)."),
@@ -488,17 +534,24 @@ def query(
     if as_json:
         sys.stdout.write(answer.model_dump_json(indent=2) + "\n")
         return
+    console.print(decisions_table(answer))
+    console.print("* predicted by the performance model (modelled, not measured)")
+
+
+def decisions_table(answer: Any) -> Table:
+    """The ``placement query`` table; the decision id (quoted in feedback) is never cut or wrapped."""
     table = Table(title=f"target {answer.target_id}  policy {answer.policy_version}  "
                         f"T_t={answer.thresholds.speedup_min:g} T_e={answer.thresholds.energy_ratio_max:g}")
-    for c in ("job", "device", "cores", "GPU cap", "P(GPU)", "speedup*", "energy ratio*", "by", "decision id"):
-        table.add_column(c)
+    ids = [d.decision_id for d in answer.decisions or []]
+    for c in ("job", "device", "cores", "GPU cap", "P(GPU)", "speedup*", "energy ratio*", "by"):
+        table.add_column(c, overflow="fold")
+    table.add_column("decision id", no_wrap=True, min_width=max((len(i) for i in ids), default=11))
     for d in answer.decisions or []:
         table.add_row(d.job_name, d.device.upper(), str(d.cpu_cores), str(d.gpu_mem_cap), f"{d.gpu_probability:.3f}",
                       "-" if d.predicted_speedup is None else f"{d.predicted_speedup:.3g}",
                       "-" if d.predicted_energy_ratio is None else f"{d.predicted_energy_ratio:.3g}",
                       d.decided_by, d.decision_id)
-    console.print(table)
-    console.print("* predicted by the performance model (modelled, not measured)")
+    return table
 
 
 @app.command(context_settings=_VARIADIC)

@@ -47,3 +47,61 @@ def test_label_with_stricter_threshold_flips_resnet():
     result = runner.invoke(app, ["label", str(ROOT / "data/traces/paper_table2.csv"), "--json", "-t", "10"])
     line = next(row for row in result.output.splitlines() if "resnet18" in row)
     assert '"label": "cpu"' in line
+
+
+def test_query_table_never_cuts_the_decision_id():
+    from rich.console import Console
+
+    from placement.cli import decisions_table
+    from serve.schemas import PlacementResponse
+
+    ids = [f"{'0123456789abcdef' * 2}-{i}" for i in (0, 1234567)]
+    answer = PlacementResponse.model_validate({
+        "target_id": "agx-orin", "policy_version": "0.1.0+gd6c0c29d7d27-dbd748208a",
+        "thresholds": {"speedup_min": 2.0, "energy_ratio_max": 1.5, "missing_power": "speed_only"},
+        "decisions": [{"decision_id": i, "job_name": "resnet18_cifar10_train_b64", "device": "gpu", "cpu_cores": 4,
+                       "gpu_mem_cap": 2048, "gpu_probability": 0.91234, "predicted_speedup": 12.3456,
+                       "predicted_energy_ratio": 0.3456, "prediction_method": "modelled", "explored": False,
+                       "decided_by": "policy", "policy_version": "v"} for i in ids]})
+    for width in (80, 100):
+        console = Console(width=width, record=True)
+        console.print(decisions_table(answer))
+        text = console.export_text()
+        assert all(i in text for i in ids), (width, text)
+
+
+def test_evaluate_says_when_the_model_was_trained_on_the_trace():
+    trace = str(ROOT / "data/traces/paper_table2.csv")
+    result = runner.invoke(app, ["evaluate", "--traces", trace], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "was trained on" in result.output and "paper_table2.csv" in result.output
+    assert "in-sample" in result.output
+
+
+def test_describe_imports_a_module_from_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "mymodule_i17.py").write_text(
+        "import torch.nn as nn\n\n"
+        "class Factory(nn.Sequential):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(nn.Flatten(), nn.Linear(12, 4))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT))  # keep sys.path restored after the test
+    import sys
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    result = runner.invoke(app, ["describe", "mymodule_i17:Factory", "--family", "mlp", "--input-shape", "3,4"])
+    assert result.exit_code == 0, result.output
+    assert '"param_count": 52' in result.output
+    missing = runner.invoke(app, ["describe", "nosuchmodule_i17:Net", "--family", "mlp", "--input-shape", "3"],
+                            terminal_width=300)
+    assert missing.exit_code == 2
+    assert "PYTHONPATH" in " ".join(missing.output.split())
+
+
+def test_train_refuses_to_overwrite_without_force(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "metadata.json").write_text("{}")
+    trace = str(ROOT / "data/traces/paper_table2.csv")
+    result = runner.invoke(app, ["train", "--traces", trace, "--out", str(out)], terminal_width=200)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (out / "metadata.json").read_text() == "{}"
