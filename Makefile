@@ -8,9 +8,17 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup run test lint typecheck pytest clean-venv model bench-decide bench soak evaluation-report
 
+# CPU torch, never CUDA: constraints.txt pins the CPU build (torch==X+cpu), which only the PyTorch CPU index (or a
+# local wheel) has, so pip fails rather than fetch CUDA wheels. The index is added when it answers within 5 s (an
+# unreachable extra index costs ~10 s of retries per package); where it does not, pip's own configuration must
+# supply the pinned wheel (e.g. a local find-links folder). GPU machines: see README "GPU machines".
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@if $(PYTHON) -c "import urllib.request; urllib.request.urlopen('$(TORCH_INDEX)/torch/', timeout=5)" 2>/dev/null; \
+	then index="--extra-index-url $(TORCH_INDEX)"; echo "torch: CPU build from $(TORCH_INDEX)"; \
+	else index=""; echo "torch: $(TORCH_INDEX) unreachable; the pinned CPU build must come from pip's configured indexes"; fi; \
+	set -x; $(PY) -m pip install --quiet --disable-pip-version-check $$index -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
