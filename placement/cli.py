@@ -309,7 +309,7 @@ def calibrate(
 @app.command()
 def profile(
     out: Path = typer.Option(Path("data/traces/local_measured.parquet"), "--out", "-o", help="Trace to write (.parquet); its journal sits beside it."),
-    plan: str = typer.Option("default", "--plan", help="Sweep plan: default (h200_measured), pairs (h200_pairs_measured: CPU/GPU pairs near the threshold) or smoke (a few rows)."),
+    plan: str = typer.Option("default", "--plan", help="Sweep plan: default (h200_measured), pairs (h200_pairs_measured: CPU/GPU pairs near the threshold), archs (h200_archs_measured: ten new architectures) or smoke (a few rows)."),
     target: str = typer.Option("auto", "--target", help="'auto' (probe this machine) or a catalogue id."),
     workloads: str = typer.Option("", "--workloads", help="Comma-separated zoo names to keep (default: all of the plan)."),
     gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Include GPU rows (needs CUDA and NVML)."),
@@ -321,7 +321,13 @@ def profile(
 ) -> None:
     """Measure a sweep (workloads x mode x batch x cores x GPU memory cap) and write a trace."""
     from placement.catalogue import get_target
-    from placement.profiler import ProfileError, ProfileSettings, plan_by_name, resolve_target
+    from placement.profiler import (
+        PLAN_SETTINGS,
+        ProfileError,
+        ProfileSettings,
+        plan_by_name,
+        resolve_target,
+    )
     from placement.profiler import profile as run_profile
     from placement.trace import file_sha256
 
@@ -329,7 +335,7 @@ def profile(
         tgt = resolve_target(target) if target == "auto" else get_target(target)
         rows = plan_by_name(plan, tgt.cpu_cores, gpu and tgt.has_gpu,
                             [w.strip() for w in workloads.split(",") if w.strip()] or None)
-        summary = run_profile(rows, out, tgt, ProfileSettings(seed=seed, cpu_energy=cpu_energy), resume=resume,
+        summary = run_profile(rows, out, tgt, ProfileSettings(seed=seed, cpu_energy=cpu_energy, **PLAN_SETTINGS.get(plan, {})), resume=resume,
                               deadline_s=deadline_s, description=description)
     except (ProfileError, KeyError, ValueError, OSError) as exc:
         _fail(str(exc))

@@ -190,7 +190,40 @@ def pairs_plan(host_cores: int = 16, gpu: bool = True) -> list[RowSpec]:
     return rows
 
 
-PLANS: dict[str, Callable[[int, bool], list[RowSpec]]] = {"default": default_plan, "smoke": smoke_plan, "pairs": pairs_plan}
+ARCH_WORKLOADS = ("convnext_cifar10", "unet_cifar10", "vit_cifar10", "mixer_cifar10", "autoencoder_cifar10",
+                  "gpt_tinytext", "dlrm_criteo", "tcn_speech", "audiocnn_speech", "gnn_graph")
+ARCH_CORE_WORKLOADS = ("convnext_cifar10", "gpt_tinytext", "dlrm_criteo", "tcn_speech", "gnn_graph")
+ARCH_SETTINGS = {"gpu_window_s": 1.0, "gpu_max_time_s": 8.0}
+"""The third sweep's settings over :class:`ProfileSettings`' defaults: a 1-s NVML window
+(>= 0.3 s, ten counter updates) instead of 2 s, so 200 rows fit one device call."""
+
+
+def archs_plan(host_cores: int = 16, gpu: bool = True) -> list[RowSpec]:
+    """The third sweep (``data/traces/h200_archs_measured.parquet``): ten architectures of
+    kinds the zoo lacked (ConvNeXt, U-Net, ViT, MLP-Mixer, dense autoencoder, GPT decoder,
+    DLRM, TCN, 1-d audio CNN, message-passing GNN) as CPU (all cores) / GPU ("grow") pairs
+    at batch 1 (2 for training), 8, 64 and 256, both modes; then five of them (ConvNeXt,
+    GPT, DLRM, TCN, GNN) at batch 8 on {1, 2, 4, 8} cores, for core-count advice. Pairs
+    first, workload by workload (CPU then GPU), so a cut-short sweep holds whole pairs."""
+    full = host_cores
+    rows: list[RowSpec] = []
+    for w in ARCH_WORKLOADS:
+        for mode in ("infer", "train"):
+            rows += [RowSpec(w, mode, b, "cpu", full) for b in _batches(mode, (1, 8, 64, 256))]
+        if gpu:
+            for mode in ("infer", "train"):
+                rows += [RowSpec(w, mode, b, "gpu", full) for b in _batches(mode, (1, 8, 64, 256))]
+    for w in ARCH_CORE_WORKLOADS:
+        for mode in ("infer", "train"):
+            rows += [RowSpec(w, mode, 8, "cpu", c) for c in sorted({c for c in CORE_STEPS if c < full}, reverse=True)]
+    return rows
+
+
+PLAN_SETTINGS: dict[str, dict[str, Any]] = {"archs": ARCH_SETTINGS}
+"""Per-plan overrides of :class:`ProfileSettings` (the plan's trace was measured with them)."""
+
+PLANS: dict[str, Callable[[int, bool], list[RowSpec]]] = {
+    "default": default_plan, "smoke": smoke_plan, "pairs": pairs_plan, "archs": archs_plan}
 
 
 # --------------------------------------------------------------------------- settings
@@ -891,5 +924,6 @@ if __name__ == "__main__":  # pragma: no cover - exercised through subprocess te
 
 __all__ = [
     "RowSpec", "ProfileSettings", "ProfileSummary", "ProfileError", "Journal", "default_plan", "smoke_plan", "pairs_plan",
+    "archs_plan",
     "profile", "run_rows", "trace_row", "resolve_target", "plan_by_name", "journal_path", "machine_fingerprint",
 ]

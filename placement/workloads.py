@@ -99,6 +99,10 @@ DATASETS: dict[str, Dataset] = {
     "imagenet100": Dataset("imagenet100", (3, 224, 224), "float32", 100),
     "imdb": Dataset("imdb", (128,), "int64", 2, vocab_size=20_000),
     "covtype": Dataset("covtype", (54,), "float32", 7),
+    "speech": Dataset("speech", (1, 8000), "float32", 12),
+    "criteo": Dataset("criteo", (26,), "int64", 2, vocab_size=4_000),
+    "graph": Dataset("graph", (64, 32), "float32", 4),
+    "tinytext": Dataset("tinytext", (128,), "int64", 4_096, vocab_size=4_096),
 }
 
 
@@ -326,6 +330,269 @@ class FastText(nn.Module):
         return self.head(self.embed(tokens).mean(dim=1))
 
 
+# --------------------------------------------------------------------------- third sweep: new kinds
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block (Liu et al. 2022): 7x7 depthwise conv, LayerNorm, 4x pointwise MLP (GELU), residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pw1 = nn.Linear(dim, 4 * dim)
+        self.pw2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.pw2(nn.functional.gelu(self.pw1(self.norm(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtTiny(nn.Module):
+    """A small ConvNeXt for 32 px inputs: 2x2 patchify stem, stages of widths 48/96/192 with
+    [2, 2, 2] blocks, 2x2 stride-2 downsampling between them, global pool, LayerNorm, head."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, dims: Sequence[int] = (48, 96, 192),
+                 depths: Sequence[int] = (2, 2, 2)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, dims[0], 2, stride=2)]
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            if i:
+                layers.append(nn.Conv2d(dims[i - 1], dim, 2, stride=2))
+            layers += [ConvNeXtBlock(dim) for _ in range(depth)]
+        self.features = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.features(x).mean(dim=(2, 3))))
+
+
+class UNetSmall(nn.Module):
+    """A U-Net-style encoder-decoder (Ronneberger et al. 2015): three levels (32/64/128
+    channels) of two 3x3 conv + BN + ReLU, max-pool down, transposed-conv up with skip
+    concatenation; the full-resolution decoder output is pooled into a class head."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+
+        def double(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(_conv_bn(cin, cout, 1), _conv_bn(cout, cout, 1))
+
+        w = width
+        self.enc1, self.enc2, self.mid = double(in_channels, w), double(w, 2 * w), double(2 * w, 4 * w)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = double(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = double(2 * w, w)
+        self.head = nn.Linear(w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
+        m = self.mid(nn.functional.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        return self.head(d1.mean(dim=(2, 3)))
+
+
+class ViTTiny(nn.Module):
+    """Vision Transformer (Dosovitskiy et al. 2021) for 32 px: 4x4 patches (64 tokens) + a
+    class token, width 128, 4 pre-norm layers, 4 heads, MLP 256, head on the class token."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, image_px: int = 32, patch: int = 4,
+                 dim: int = 128, depth: int = 4, heads: int = 4, mlp: int = 256) -> None:
+        super().__init__()
+        tokens = (image_px // patch) ** 2
+        self.patch = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.zeros(1, tokens + 1, dim))
+        layer = nn.TransformerEncoderLayer(dim, heads, mlp, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        return self.head(self.norm(self.encoder(t)[:, 0]))
+
+
+class MixerBlock(nn.Module):
+    def __init__(self, tokens: int, dim: int, token_mlp: int, channel_mlp: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.token = nn.Sequential(nn.Linear(tokens, token_mlp), nn.GELU(), nn.Linear(token_mlp, tokens))
+        self.channel = nn.Sequential(nn.Linear(dim, channel_mlp), nn.GELU(), nn.Linear(channel_mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel(self.norm2(x))
+
+
+class MLPMixer(nn.Module):
+    """MLP-Mixer (Tolstikhin et al. 2021) for 32 px: 4x4 patches (64 tokens), width 128,
+    4 blocks of token-mixing (MLP 64) and channel-mixing (MLP 512) MLPs, mean pooling."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, image_px: int = 32, patch: int = 4,
+                 dim: int = 128, depth: int = 4) -> None:
+        super().__init__()
+        tokens = (image_px // patch) ** 2
+        self.patch = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.blocks = nn.Sequential(*[MixerBlock(tokens, dim, 64, 4 * dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.blocks(self.patch(x).flatten(2).transpose(1, 2))
+        return self.head(self.norm(t).mean(dim=1))
+
+
+class DenseAutoencoder(nn.Module):
+    """A dense autoencoder (3072 -> 512 -> 64 -> 512 -> 3072, ReLU, sigmoid output); a linear
+    probe on the reconstruction gives the classes, so the decoder trains too."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 512, code: int = 64) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                     nn.Linear(hidden, code), nn.ReLU(inplace=True))
+        self.decoder = nn.Sequential(nn.Linear(code, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, in_features), nn.Sigmoid())
+        self.probe = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.probe(self.decoder(self.encoder(x)))
+
+
+class GPTTiny(nn.Module):
+    """A small GPT decoder (Radford et al. 2019): token + learned positions, 4 pre-norm blocks
+    of causal self-attention (``scaled_dot_product_attention``, 4 heads, width 256) and a
+    4x GELU MLP, final LayerNorm; the logits of the last position over the vocabulary
+    (next-token prediction)."""
+
+    def __init__(self, vocab_size: int, seq_len: int, dim: int = 256, depth: int = 4, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Parameter(torch.zeros(1, seq_len, dim))
+        self.blocks = nn.ModuleList(GPTBlock(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.pos[:, : tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, -1]))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class DLRMSmall(nn.Module):
+    """DLRM-style recommender (Naumov et al. 2019) on categorical features only: one
+    32-d embedding table per field (``fields`` x ``rows_per_field`` rows), pairwise dot
+    products of the field embeddings, then a 512-256 MLP -> classes. Bandwidth-bound:
+    most parameters sit in tables of which a batch touches a few rows."""
+
+    def __init__(self, rows_per_field: int, fields: int, num_classes: int, dim: int = 32) -> None:
+        super().__init__()
+        self.fields = fields
+        self.table = nn.Embedding(rows_per_field * fields, dim)
+        self.register_buffer("offsets", torch.arange(fields) * rows_per_field, persistent=False)
+        pairs = fields * (fields - 1) // 2
+        self.top = nn.Sequential(nn.Linear(pairs + fields * dim, 512), nn.ReLU(inplace=True),
+                                 nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Linear(256, num_classes))
+        iu = torch.triu_indices(fields, fields, offset=1)
+        self.register_buffer("pair_index", iu[0] * fields + iu[1], persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        e = self.table(ids + self.offsets)  # (B, F, D)
+        dots = torch.bmm(e, e.transpose(1, 2)).flatten(1)[:, self.pair_index]
+        return self.top(torch.cat([e.flatten(1), dots], dim=1))
+
+
+class TCN(nn.Module):
+    """A WaveNet/TCN-style audio classifier (van den Oord et al. 2016; Bai et al. 2018):
+    strided conv1d stem (kernel 16, stride 8) to 64 channels, 6 residual blocks of gated
+    dilated causal conv1d (kernel 3, dilations 1..32) with 1x1 output convs, mean over time."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, channels: int = 64, levels: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Conv1d(in_channels, channels, 16, stride=8)
+        self.filters = nn.ModuleList(nn.Conv1d(channels, 2 * channels, 3, dilation=2**i) for i in range(levels))
+        self.outs = nn.ModuleList(nn.Conv1d(channels, channels, 1) for _ in range(levels))
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for conv, out in zip(self.filters, self.outs, strict=True):
+            pad = conv.dilation[0] * 2
+            a, g = conv(nn.functional.pad(h, (pad, 0))).chunk(2, dim=1)
+            h = h + out(torch.tanh(a) * torch.sigmoid(g))
+        return self.head(h.mean(dim=2))
+
+
+class AudioCNN(nn.Module):
+    """A 1-d CNN on raw audio (M5, Dai et al. 2017): conv1d 80/4 to 64 channels, then
+    conv1d 3 with 64, 128, 256 channels, each with BN, ReLU and max-pool 4; mean over time."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        for out, kernel, stride in ((64, 80, 4), (64, 3, 1), (128, 3, 1), (256, 3, 1)):
+            layers += [nn.Conv1d(width, out, kernel, stride=stride, padding=kernel // 2 if kernel == 3 else 0),
+                       nn.BatchNorm1d(out), nn.ReLU(inplace=True), nn.MaxPool1d(4)]
+            width = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=2))
+
+
+class GraphConvNet(nn.Module):
+    """A message-passing GNN (Kipf and Welling 2017 style, sum aggregation) on a fixed graph
+    of ``nodes`` nodes and ``4 * nodes`` directed edges (a ring plus seeded random edges):
+    3 layers of ``relu(W_self h + W_msg sum_{src->dst} h_src)`` built from ``index_select``
+    (gather) and ``index_add`` (scatter), mean over nodes -> classes."""
+
+    def __init__(self, nodes: int, in_features: int, num_classes: int, hidden: int = 128, layers: int = 3) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        ring = torch.arange(nodes)
+        src = torch.cat([ring, torch.randint(0, nodes, (3 * nodes,), generator=gen)])
+        dst = torch.cat([(ring + 1) % nodes, torch.randint(0, nodes, (3 * nodes,), generator=gen)])
+        self.register_buffer("src", src, persistent=False)
+        self.register_buffer("dst", dst, persistent=False)
+        widths = [in_features] + [hidden] * layers
+        self.self_lin = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False))
+        self.msg_lin = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:], strict=False))
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for lin_self, lin_msg in zip(self.self_lin, self.msg_lin, strict=True):
+            msgs = lin_msg(h).index_select(1, self.src)
+            agg = torch.zeros_like(msgs[:, : h.shape[1]]).index_add(1, self.dst, msgs)
+            h = torch.relu(lin_self(h) + agg)
+        return self.head(h.mean(dim=1))
+
+
 # --------------------------------------------------------------------------- zoo
 
 
@@ -379,6 +646,9 @@ _MODEL_FAMILY = {
     "mlp": Family.MLP, "alexnet": Family.CNN, "mobilenet": Family.CNN, "resnet18": Family.CNN,
     "lstm": Family.RNN, "gru": Family.RNN, "transformer": Family.TRANSFORMER,
     "lenet": Family.CNN, "vgg11": Family.CNN, "textcnn": Family.CNN, "fasttext": Family.EMBEDDING,
+    "convnext": Family.CNN, "unet": Family.CNN, "vit": Family.TRANSFORMER, "mixer": Family.MLP,
+    "autoencoder": Family.MLP, "gpt": Family.TRANSFORMER, "dlrm": Family.EMBEDDING, "tcn": Family.CNN,
+    "audiocnn": Family.CNN, "gnn": Family.OTHER,
 }
 MODELS: tuple[str, ...] = tuple(_MODEL_FAMILY)
 _MODEL_DATASETS: dict[str, tuple[str, ...]] = {
@@ -386,7 +656,32 @@ _MODEL_DATASETS: dict[str, tuple[str, ...]] = {
     "mobilenet": ("cifar10", "imagenet100"), "resnet18": ("cifar10", "imagenet100"),
     "lstm": ("imdb",), "gru": ("imdb",), "transformer": ("imdb",),
     "lenet": ("cifar10",), "vgg11": ("cifar10",), "textcnn": ("imdb",), "fasttext": ("imdb",),
+    "convnext": ("cifar10",), "unet": ("cifar10",), "vit": ("cifar10",), "mixer": ("cifar10",),
+    "autoencoder": ("cifar10",), "gpt": ("tinytext",), "dlrm": ("criteo",), "tcn": ("speech",),
+    "audiocnn": ("speech",), "gnn": ("graph",),
 }
+
+
+def _new_kind_builder(model: str, ds: Dataset) -> Callable[[], nn.Module]:
+    """Builders of the third sweep's architectures (kinds the first two sweeps lack)."""
+    shape = ds.sample_shape
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "convnext": lambda: ConvNeXtTiny(ds.num_classes, shape[0]),
+        "unet": lambda: UNetSmall(ds.num_classes, shape[0]),
+        "vit": lambda: ViTTiny(ds.num_classes, shape[0], shape[-1]),
+        "mixer": lambda: MLPMixer(ds.num_classes, shape[0], shape[-1]),
+        "autoencoder": lambda: DenseAutoencoder(ds.elems_per_sample, ds.num_classes),
+        "gpt": lambda: GPTTiny(ds.vocab_size, shape[0]),
+        "dlrm": lambda: DLRMSmall(ds.vocab_size, shape[0], ds.num_classes),
+        "tcn": lambda: TCN(ds.num_classes, shape[0]),
+        "audiocnn": lambda: AudioCNN(ds.num_classes, shape[0]),
+        "gnn": lambda: GraphConvNet(shape[0], shape[1], ds.num_classes),
+    }
+    return builders[model]
+
+
+NEW_KIND_MODELS: tuple[str, ...] = ("convnext", "unet", "vit", "mixer", "autoencoder", "gpt", "dlrm", "tcn", "audiocnn", "gnn")
+"""The third sweep's architectures (``data/traces/h200_archs_measured.parquet``)."""
 
 
 def _make_zoo() -> dict[str, Workload]:
@@ -394,7 +689,9 @@ def _make_zoo() -> dict[str, Workload]:
     for model, family in _MODEL_FAMILY.items():
         for ds_name in _MODEL_DATASETS[model]:
             ds = DATASETS[ds_name]
-            if ds.vocab_size:
+            if model in NEW_KIND_MODELS:
+                build = _new_kind_builder(model, ds)
+            elif ds.vocab_size:
                 build = _text_builder(model, ds)
             elif len(ds.sample_shape) == 1:
                 build = _tabular_builder(model, ds)
