@@ -355,8 +355,10 @@ def describe(
     family: str = typer.Option("", "--family", help="Model family (needed for a module path)."),
     input_shape: str = typer.Option("", "--input-shape", help="Per-sample input shape, e.g. 3,32,32 (module path)."),
     input_dtype: str = typer.Option("float32", "--input-dtype", help="Input dtype (module path), e.g. float32 or int64."),
+    operators: bool = typer.Option(True, "--operators/--no-operators", help="Record the step's operators on 'meta' (the job's operators field)."),
+    operator_rows: Path | None = typer.Option(None, "--operator-rows", help="Also write every operator (one row per kernel) to this JSON file."),
 ) -> None:
-    """Describe a model as a job (FLOPs per batch counted on 'meta', parameters, input size) as JSON."""
+    """Describe a model as a job (FLOPs per batch counted on 'meta', parameters, input size, operators) as JSON."""
     from placement.workloads import ZOO, describe_spec, load_job_spec
 
     here = str(Path.cwd())
@@ -377,6 +379,13 @@ def describe(
                 return
             job = describe_spec({"model": model, "family": family, "input_shape": shape, "input_dtype": input_dtype,
                                  "batch_size": batch_size, "mode": mode})
+        if operators or operator_rows is not None:
+            from placement.operators import describe_job_operators
+
+            summary, rows = describe_job_operators(model, job, family, input_shape, input_dtype)
+            job = job.model_copy(update={"operators": summary if operators else None})
+            if operator_rows is not None:
+                operator_rows.write_text(json.dumps(rows) + "\n")
     except (FileNotFoundError, KeyError, ValueError) as exc:
         hint = ""
         if "cannot import module" in str(exc):
@@ -384,7 +393,7 @@ def describe(
                     "the module, or add that folder to PYTHONPATH; a package needs its __init__.py)")
         _fail(f"{exc}{hint}")
         return
-    sys.stdout.write(job.model_dump_json(indent=2) + "\n")
+    sys.stdout.write(job.model_dump_json(indent=2, exclude_none=False) + "\n")
 
 
 def settings_help() -> str:

@@ -12,6 +12,7 @@ from enum import Enum
 
 from pydantic import ConfigDict, Field, field_validator
 
+from placement.operator_summary import OperatorSummary
 from placement.record import Record
 
 
@@ -55,6 +56,9 @@ class Job(Record):
     input_elems_per_sample: int = Field(ge=1, le=10**12, description="Input elements per sample.")
     input_bytes_per_sample: int = Field(ge=1, le=10**13, description="Input bytes per sample.")
     dataset_size: int | None = Field(None, ge=1, le=10**13, description="Samples in the dataset, where known.")
+    operators: OperatorSummary | None = Field(
+        None, description="The step's operators per kind and size (placement describe records them on 'meta'); "
+        "absent: the performance model predicts from the aggregate fields above (labelled as such).")
 
     @field_validator("flops_per_batch")
     @classmethod

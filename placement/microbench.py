@@ -119,8 +119,10 @@ class _Scatter(nn.Module):
         self.w = nn.Parameter(torch.ones(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = (x * self.w).index_select(1, self.src)
-        return torch.zeros_like(x).index_add(1, self.dst, m)
+        src: torch.Tensor = self.src  # type: ignore[assignment]
+        dst: torch.Tensor = self.dst  # type: ignore[assignment]
+        m = (x * self.w).index_select(1, src)
+        return torch.zeros_like(x).index_add(1, dst, m)
 
 
 class _Pool(nn.Module):

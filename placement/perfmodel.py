@@ -482,8 +482,9 @@ class PerformanceModel:
     (``placement/data/perf_params.json``), else the code defaults.
     """
 
-    def __init__(self, params: PerfParams | None = None) -> None:
+    def __init__(self, params: PerfParams | None = None, use_operators: bool = True) -> None:
         self.params = params if params is not None else bundled_params()
+        self.use_operators = use_operators
         p = self.params
         self._fam = {
             name: np.array([getattr(p.families[f], name) for f in FAMILIES], dtype=np.float64) for name in FAMILY_PARAM_NAMES
@@ -709,7 +710,38 @@ class PerformanceModel:
             np.nan if gpu_mem_cap_mib is None else float(gpu_mem_cap_mib),
             rng,
         )
+        ops = self.operator_model if job.operators is not None else None
+        if ops is not None and bool(pred.feasible[0]):
+            # the operator-level model (placement.opmodel) times the job; feasibility (OOM,
+            # no GPU) stays the working-set model's
+            op = ops.predict(job, target, dev, None if cpu_cores is None else int(cpu_cores))
+            t = op.time_per_batch_s
+            if rng is not None:
+                t *= float(np.exp(rng.normal(0.0, self.params.noise_time_sigma)))
+            return DeviceOutcome.model_validate({
+                "device": dev, "n_samples": job.batch_size, "time_total_s": t, "time_per_batch_s": t,
+                "avg_cpu_power_w": op.avg_cpu_power_w, "avg_gpu_power_w": op.avg_gpu_power_w,
+                "cpu_power_method": EnergyMethod.MODELLED.value,
+                "gpu_power_method": (EnergyMethod.MODELLED if op.avg_gpu_power_w is not None else EnergyMethod.UNKNOWN).value,
+            })
         return _outcome(pred, 0, dev, job.batch_size)
+
+    @property
+    def operator_model(self) -> Any:
+        """The operator-level model used for jobs that carry operators (bundled fit of the
+        reference micro-benchmarks), or None. Set ``use_operators=False`` to disable."""
+        if not self.use_operators:
+            return None
+        from placement.opmodel import bundled_operator_model
+
+        return bundled_operator_model()
+
+    def basis(self, job: Job, target: HardwareTarget) -> str:
+        """What a prediction for ``job`` rests on: its operators, or today's aggregate fields."""
+        ops = self.operator_model if job.operators is not None else None
+        if ops is not None:
+            return str(ops.basis(target))
+        return "aggregate: FLOPs, parameters, input size, family"
 
 
 def _apply_overrides(

@@ -520,8 +520,10 @@ class DLRMSmall(nn.Module):
         self.register_buffer("pair_index", iu[0] * fields + iu[1], persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        e = self.table(ids + self.offsets)  # (B, F, D)
-        dots = torch.bmm(e, e.transpose(1, 2)).flatten(1)[:, self.pair_index]
+        offsets: torch.Tensor = self.offsets  # type: ignore[assignment]
+        pair_index: torch.Tensor = self.pair_index  # type: ignore[assignment]
+        e = self.table(ids + offsets)  # (B, F, D)
+        dots = torch.bmm(e, e.transpose(1, 2)).flatten(1)[:, pair_index]
         return self.top(torch.cat([e.flatten(1), dots], dim=1))
 
 
@@ -540,7 +542,7 @@ class TCN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
         for conv, out in zip(self.filters, self.outs, strict=True):
-            pad = conv.dilation[0] * 2
+            pad = int(conv.dilation[0]) * 2  # type: ignore[index]
             a, g = conv(nn.functional.pad(h, (pad, 0))).chunk(2, dim=1)
             h = h + out(torch.tanh(a) * torch.sigmoid(g))
         return self.head(h.mean(dim=2))
@@ -586,9 +588,11 @@ class GraphConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
+        src: torch.Tensor = self.src  # type: ignore[assignment]
+        dst: torch.Tensor = self.dst  # type: ignore[assignment]
         for lin_self, lin_msg in zip(self.self_lin, self.msg_lin, strict=True):
-            msgs = lin_msg(h).index_select(1, self.src)
-            agg = torch.zeros_like(msgs[:, : h.shape[1]]).index_add(1, self.dst, msgs)
+            msgs = lin_msg(h).index_select(1, src)
+            agg = torch.zeros_like(msgs[:, : h.shape[1]]).index_add(1, dst, msgs)
             h = torch.relu(lin_self(h) + agg)
         return self.head(h.mean(dim=1))
 

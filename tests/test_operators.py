@@ -1,0 +1,168 @@
+"""Operators recorded on meta: they add up to the job's FLOPs, travel with the job, and the
+operator model is fitted from the reference micro-benchmarks alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from placement.catalogue import get_target
+from placement.job import Job
+from placement.operator_summary import OperatorSummary
+from placement.operators import record_operators, summarise, zoo_operators
+from placement.workloads import NEW_KIND_MODELS, ZOO, count_flops, describe_workload
+
+SLOW = {"lstm_imdb", "gru_imdb"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _params():
+    out = []
+    for name in ZOO:
+        marks = [pytest.mark.slow] if name in SLOW or name.endswith("imagenet100") else []
+        out += [pytest.param(name, mode, marks=marks, id=f"{name}-{mode}") for mode in ("infer", "train")]
+    return out
+
+
+@pytest.mark.parametrize("name,mode", _params())
+def test_operator_list_matches_the_flop_count(name, mode):
+    w = ZOO[name]
+    ops = record_operators(w.build, w.dataset.sample_shape, w.dataset.dtype, 2, mode)
+    total = sum(o.flops for o in ops)
+    assert total == pytest.approx(count_flops(w.build, w.dataset.sample_shape, w.dataset.torch_dtype, 2, mode), rel=1e-9)
+    assert all(o.bytes_read >= 0 and o.bytes_written >= 0 for o in ops)
+    phases = {o.phase for o in ops}
+    assert phases == ({"forward"} if mode == "infer" else {"forward", "backward", "optimizer"})
+
+
+def test_kinds_follow_the_architecture():
+    kinds = {name: {o.kind for o in record_operators(ZOO[name].build, ZOO[name].dataset.sample_shape,
+                                                     ZOO[name].dataset.dtype, 2, "train")}
+             for name in ("convnext_cifar10", "gpt_tinytext", "dlrm_criteo", "gnn_graph")}
+    assert {"dwconv", "norm", "matmul"} <= kinds["convnext_cifar10"]
+    assert "attention" in kinds["gpt_tinytext"]
+    assert "gather" in kinds["dlrm_criteo"] and "gather" in kinds["gnn_graph"]
+
+
+@pytest.mark.slow
+def test_recurrent_layers_give_one_row_per_time_step():
+    w = ZOO["lstm_imdb"]
+    ops = record_operators(w.build, w.dataset.sample_shape, w.dataset.dtype, 2, "infer")
+    rec_mm = [o for o in ops if o.kind == "recurrent" and "mm" in o.name]
+    assert len(rec_mm) >= 128  # one hidden-state product per time step at least
+
+
+def test_extended_summary_equals_a_direct_recording():
+    w = ZOO["gnn_graph"]
+    direct = summarise(record_operators(w.build, w.dataset.sample_shape, w.dataset.dtype, 7, "train"),
+                       sum(1 for _ in w.build().parameters()))
+    assert zoo_operators("gnn_graph", "train", 7).flops == pytest.approx(direct.flops)
+    assert zoo_operators("gnn_graph", "train", 7).flops == pytest.approx(describe_workload("gnn_graph", 7, "train").flops_per_batch)
+
+
+def test_new_architectures_are_in_the_zoo():
+    assert len(NEW_KIND_MODELS) >= 8
+    assert {ZOO[n].model for n in ZOO} >= set(NEW_KIND_MODELS)
+
+
+def test_job_carries_operators_and_keeps_the_aggregate_path():
+    from placement.perfmodel import PerformanceModel
+
+    job = describe_workload("dlrm_criteo", 8, "infer")
+    with_ops = job.model_copy(update={"operators": zoo_operators("dlrm_criteo", "infer", 8)})
+    again = Job.model_validate_json(with_ops.model_dump_json())
+    assert isinstance(again.operators, OperatorSummary) and again.operators.flops == pytest.approx(job.flops_per_batch)
+    model = PerformanceModel()
+    target = get_target("h200-host")
+    assert model.basis(job, target).startswith("aggregate")
+    assert model.basis(with_ops, target).startswith("operators")
+    agg = model.predict(job, target, "gpu")
+    ops = model.predict(with_ops, target, "gpu")
+    assert ops.time_per_batch_s != agg.time_per_batch_s
+    assert ops.cpu_power_method == "modelled" and ops.gpu_power_method == "modelled"
+    assert model.operator_model.time_s(with_ops, target, "gpu")[0] == pytest.approx(ops.time_per_batch_s)
+
+
+def test_http_job_description_accepts_operators():
+    from serve.schemas import PlacementRequest
+
+    job = describe_workload("gnn_graph", 4, "infer").model_copy(update={"operators": zoo_operators("gnn_graph", "infer", 4)})
+    body = json.loads(job.model_dump_json())
+    req = PlacementRequest.model_validate({"job": body})
+    assert req.job is not None and req.job.operators is not None
+    bad = dict(body, operators={"bins": [{"kind": "matmul", "size_bin": 3, "count": 0, "flops": 1, "bytes_read": 1,
+                                          "bytes_written": 1, "launches": 1}]})
+    with pytest.raises(ValueError, match="count"):
+        PlacementRequest.model_validate({"job": bad})
+
+
+def test_fit_reads_only_the_micro_benchmarks(monkeypatch, tmp_path):
+    """The operator model's only data input is the micro-benchmark file: reading a trace fails here."""
+    import placement.opmodel as opmodel
+    import placement.trace as trace
+
+    def refuse(*a, **k):
+        raise AssertionError("the operator model's fit must not read a trace")
+
+    monkeypatch.setattr(trace, "read_trace", refuse)
+    monkeypatch.setattr(pd, "read_parquet", refuse)
+    data = json.loads(Path("data/traces/h200_microbench.json").read_text())
+    keep = {"matmul-s", "conv-s", "elementwise-s", "copy-s"}
+    data["runs"] = [r for r in data["runs"] if r["bench"] in keep]
+    path = tmp_path / "mb.json"
+    path.write_text(json.dumps(data))
+    seen = []
+    real = opmodel.bench_summaries
+
+    def only_kept():
+        out = real()
+        seen.append(sorted(out))
+        return {k: v for k, v in out.items() if k[0] in keep}
+
+    monkeypatch.setattr(opmodel, "bench_summaries", only_kept)
+    model = opmodel.fit(path)
+    assert model.provenance["inputs"] == "the reference micro-benchmarks only"
+    assert all(v["runs"] <= 8 for v in model.provenance["fit"].values())
+    assert seen and all(name.split("-")[0] in {"matmul", "conv", "conv1d", "dwconv", "embedding", "scatter", "lstm", "gru",
+                                               "elementwise", "layernorm", "batchnorm", "maxpool", "attention", "copy"}
+                        for name, _ in seen[0])
+
+
+def test_bundled_fit_says_where_it_came_from():
+    from placement.opmodel import bundled_operator_model
+
+    model = bundled_operator_model()
+    assert model is not None
+    assert model.provenance["microbench"] == "h200_microbench.json"
+    assert model.provenance["inputs"] == "the reference micro-benchmarks only"
+
+
+def test_leave_one_architecture_out_never_sees_the_held_out_architecture():
+    from placement.opcalibration import leave_one_architecture_out
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for arch in ("a", "b", "c"):
+        for i in range(6):
+            rows.append({"arch": arch, "device": "cpu" if i % 2 else "gpu", "mode": "infer",
+                         "pred_time_s": 1.0, "time_per_batch_s": float(rng.uniform(0.5, 2.0))})
+    df = pd.DataFrame(rows)
+    base = leave_one_architecture_out(df)
+    changed = df.copy()
+    changed.loc[changed.arch == "a", "time_per_batch_s"] *= 100.0  # the held-out architecture's own measurements
+    after = leave_one_architecture_out(changed)
+    held = df.arch == "a"
+    np.testing.assert_allclose(base.loc[held, "loao_pred_time_s"], after.loc[held, "loao_pred_time_s"])
+    assert not np.allclose(base.loc[~held, "loao_pred_time_s"], after.loc[~held, "loao_pred_time_s"])
