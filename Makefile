@@ -42,7 +42,7 @@ test: lint typecheck pytest
 NOT_POOLED = data/traces/h100_pairs_measured.parquet
 MEASURED_TRACES = $(filter-out $(NOT_POOLED),$(wildcard data/traces/*_measured.parquet))
 calibration: setup  # performance model: fit on the measured traces, report, then re-simulate
-	$(VENV)/bin/placement calibrate $(MEASURED_TRACES) --params-out placement/data/perf_params.json --report docs/calibration.md --seed 0 --folds 5 --max-nfev 400 && $(VENV)/bin/placement simulate --out data/traces/simulated.parquet --n-jobs 80 --seed 0
+	$(VENV)/bin/placement calibrate $(MEASURED_TRACES) --params-out placement/data/perf_params.json --report docs/calibration.md --seed 0 --folds 5 --max-nfev 400 && $(VENV)/bin/python -m placement.opcalibration --fit --report docs/calibration.md && $(VENV)/bin/placement simulate --out data/traces/simulated.parquet --n-jobs 80 --seed 0
 
 # the bundled default model: DNN + warm PPO from the shipped traces (paper, simulated, measured when present)
 MODEL_TRACES = $(wildcard data/traces/paper_table2.csv data/traces/simulated.parquet) $(MEASURED_TRACES)

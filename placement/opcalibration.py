@@ -103,6 +103,7 @@ def _med(x: pd.Series) -> float:
 
 def report(df: pd.DataFrame, host: pd.DataFrame | None) -> str:
     lines = ["## Operator-level model (issue 14)", "",
+             "Reproduce: `python -m placement.opcalibration --fit --report results/opmodel.md` (`make calibration`).", "",
              "Fitted from `data/traces/h200_microbench.json` alone (`placement.opmodel.fit`); every architecture below "
              "is unseen by that fit. *zero-shot*: the fitted model as is. *LOAO*: times one scale per (device, mode) "
              "fitted on the other architectures' rows (never the held-out one). *aggregate*: today's model "
@@ -135,6 +136,17 @@ def report(df: pd.DataFrame, host: pd.DataFrame | None) -> str:
     return "\n".join(lines)
 
 
+MARKER = "<!-- operator-level model: python -m placement.opcalibration -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace (or append) this report's section of ``path`` (after :data:`MARKER`)."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    head = old.split(MARKER)[0].rstrip() if MARKER in old else old.rstrip()
+    path.write_text((head + "\n\n" if head else "") + MARKER + "\n\n" + text.rstrip() + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m placement.opcalibration", description=__doc__.split("\n")[0])
     parser.add_argument("--fit", action="store_true", help="refit placement/data/op_params.json from the micro-benchmarks first")
@@ -153,10 +165,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
     text = report(df, host)
+    journals = [str(p) + ".journal.jsonl" for p in REFERENCE_TRACES if Path(str(p) + ".journal.jsonl").exists()]
+    knobs = knob_evaluation(df, journals)
+    text += (f"* **Knob advice** on the H200 host (`placement.knob_advice.advise_knobs`, operator model): "
+             f"{knobs['jobs']:.0f} jobs measured at >= 3 core counts, advised count chosen among the measured ones: "
+             f"median slowdown vs the best measured {100 * knobs['median_slowdown']:.1f} %, 90th percentile "
+             f"{100 * knobs['p90_slowdown']:.1f} %, {knobs['over_10pct']:.0f} jobs > 10 % slower. GPU caps: "
+             f"{knobs['caps_below_measured_peak']:.0f} of {knobs['caps_checked']:.0f} advised caps below the job's measured "
+             "peak reserved memory (journals, 'grow' rows).\n")
     if args.report is not None:
-        args.report.write_text(text)
+        write_section(args.report, text)
     sys.stdout.write(text + "\n")
     return 0
+
+
+
+
+def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = ()) -> dict[str, float]:
+    """Core advice against the measured core counts (H200 CPU rows of jobs measured at >= 3
+    core counts): slowdown of the advised count (chosen among the measured ones) vs the
+    fastest measured; and GPU caps vs the journals' measured peak (reserved) memory."""
+    import json
+
+    from placement.knob_advice import advise_knobs
+
+    target = get_target("h200-host")
+    cpu = df[(df.device == "cpu")]
+    slow = []
+    for _key, g in cpu.groupby(["model", "mode", "batch_size"]):
+        if g["cpu_cores"].nunique() < 3:
+            continue
+        times = dict(zip(g["cpu_cores"].astype(int), g["time_per_batch_s"].astype(float), strict=True))
+        job = _job(g.iloc[0])
+        advice = advise_knobs(job, target, "cpu", candidates=sorted(times))
+        slow.append(times[advice.cpu_cores] / min(times.values()) - 1.0)
+    peaks: dict[tuple[str, str, int], float] = {}
+    for path in journals:
+        for line in Path(path).read_text().splitlines()[1:]:
+            rec = json.loads(line)
+            spec = rec.get("spec", {})
+            if spec.get("device") == "gpu" and spec.get("gpu_mem_cap_mib") is None and rec.get("peak_reserved_mib"):
+                peaks[(spec["workload"], spec["mode"], int(spec["batch_size"]))] = float(rec["peak_reserved_mib"])
+    below = 0
+    checked = 0
+    for (model, mode, batch), peak in peaks.items():
+        row = df[(df.model == model) & (df["mode"] == mode) & (df.batch_size == batch)]
+        if row.empty:
+            continue
+        advice = advise_knobs(_job(row.iloc[0]), target, "gpu")
+        checked += 1
+        if advice.gpu_mem_cap_mib != "grow" and float(advice.gpu_mem_cap_mib) < peak:
+            below += 1
+    arr = np.array(slow) if slow else np.array([np.nan])
+    return {"jobs": float(len(slow)), "median_slowdown": float(np.median(arr)), "p90_slowdown": float(np.quantile(arr, 0.9)),
+            "over_10pct": float((arr > 0.10).sum()), "caps_checked": float(checked), "caps_below_measured_peak": float(below)}
 
 
 if __name__ == "__main__":  # pragma: no cover

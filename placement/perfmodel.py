@@ -849,6 +849,12 @@ def recommend_knobs(
     dev = _device_str(device)
     if dev == "gpu" and not target.has_gpu:
         dev = "cpu"
+    if job.operators is not None and model.operator_model is not None:
+        # one recommender for jobs with operators: placement.knob_advice
+        from placement.knob_advice import advise_knobs
+
+        advice = advise_knobs(job, target, dev, model, tolerance=tolerance, margin=model.params.cap_headroom_frac)
+        return advice.cpu_cores, advice.gpu_mem_cap_mib
     grid = np.arange(1, target.cpu_cores + 1, dtype=np.float64)
     base = model_columns(job, target)
     cols = {k: v * len(grid) for k, v in base.items()}
