@@ -166,3 +166,26 @@ def test_leave_one_architecture_out_never_sees_the_held_out_architecture():
     held = df.arch == "a"
     np.testing.assert_allclose(base.loc[held, "loao_pred_time_s"], after.loc[held, "loao_pred_time_s"])
     assert not np.allclose(base.loc[~held, "loao_pred_time_s"], after.loc[~held, "loao_pred_time_s"])
+
+
+def test_archs_plan_and_micro_benchmark_plan_are_the_committed_sweeps():
+    from placement.microbench import plan
+    from placement.profiler import archs_plan
+    from placement.trace import read_trace
+
+    rows = archs_plan(16)
+    assert len(rows) == 200 and len({r.key for r in rows}) == 200
+    assert read_trace(Path("data/traces/h200_archs_measured.parquet")).frame.shape[0] == 200
+    assert len(plan((1, 4, 16), gpu=True, host_cores=16)) == len(json.loads(Path("data/traces/h200_microbench.json").read_text())["runs"])
+
+
+def test_micro_benchmark_runs_and_resumes(tmp_path):
+    from placement.microbench import RunSpec, run_plan
+
+    runs = [RunSpec("elementwise-s", "infer", "cpu", 1), RunSpec("matmul-s", "train", "cpu", 1)]
+    out = tmp_path / "mb.json"
+    first = run_plan(runs[:1], out, quick=True)
+    again = run_plan(runs, out, quick=True)
+    assert len(first["runs"]) == 1 and len(again["runs"]) == 2
+    assert again["runs"][0] == first["runs"][0]  # resumed, not re-measured
+    assert all(r["time_s"] > 0 for r in again["runs"])
