@@ -189,3 +189,19 @@ def test_micro_benchmark_runs_and_resumes(tmp_path):
     assert len(first["runs"]) == 1 and len(again["runs"]) == 2
     assert again["runs"][0] == first["runs"][0]  # resumed, not re-measured
     assert all(r["time_s"] > 0 for r in again["runs"])
+
+
+def test_cli_describe_records_operators(tmp_path):
+    from typer.testing import CliRunner
+
+    from placement.cli import app
+
+    rows_path = tmp_path / "ops.json"
+    res = CliRunner().invoke(app, ["describe", "gnn_graph", "-b", "4", "-m", "train", "--operator-rows", str(rows_path)])
+    assert res.exit_code == 0, res.output
+    job = json.loads(res.stdout)
+    assert job["operators"]["bins"] and sum(b["flops"] for b in job["operators"]["bins"]) == pytest.approx(job["flops_per_batch"])
+    rows = json.loads(rows_path.read_text())
+    assert sum(r["flops"] for r in rows) == pytest.approx(job["flops_per_batch"]) and {"kind", "shapes", "phase"} <= set(rows[0])
+    res = CliRunner().invoke(app, ["describe", "gnn_graph", "--no-operators"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["operators"] is None
