@@ -1,6 +1,6 @@
 """HTTP API (FastAPI) and its Ray Serve deployments: a thin ingress that parses, calls the library, formats.
 
-Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
+Routes (OpenAPI at ``/openapi.json``, docs at ``/docs`` and ``/redoc``, served offline by :mod:`serve.docs`):
 
 =============================  =====  =========================================================
 route                          auth*  what
@@ -61,6 +61,8 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
+from serve.docs import mount_docs
+from serve.examples import REQUEST_EXAMPLES
 from serve.placer import InputError, Placer, bootstrap_store
 from serve.schemas import (
     ErrorResponse,
@@ -423,7 +425,8 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 def _body_schema(model: type) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"},
+        "examples": REQUEST_EXAMPLES.get(model.__name__, {})}}}}
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -445,7 +448,10 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
         description="Device placement for ML jobs: CPU or GPU by paper A's joint threshold (GPU only when >= T_t "
         "times faster and <= T_e times the CPU's per-sample energy, host CPU counted), cores and GPU memory cap "
         "on edge targets; learns online from feedback.",
+        docs_url=None,
+        redoc_url=None,
     )
+    mount_docs(app)  # Swagger UI and ReDoc from the installed package, no CDN (serve/docs.py)
 
     @app.exception_handler(HttpError)
     async def _http_error(request: Request, exc: HttpError) -> JSONResponse:

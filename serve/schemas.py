@@ -155,8 +155,8 @@ class DecisionOut(BaseModel):
     model_config = ConfigDict(frozen=True, use_enum_values=True)
 
     decision_id: str = Field(description="Quote it in POST /v1/feedback.")
-    job_name: str
-    device: Device
+    job_name: str = Field(description="The job's name as sent (or one the service derived from its features).")
+    device: Device = Field(description="Where to run the job: 'cpu' or 'gpu'.")
     cpu_cores: int = Field(description="Cores the job may use (affinity and intra-op threads).")
     gpu_mem_cap: GpuMemCap = Field(description="GPU memory cap in MiB, or 'grow' (no cap).")
     gpu_probability: float = Field(description="The policy's P(GPU is a valid acceleration) under its thresholds.")
@@ -164,14 +164,14 @@ class DecisionOut(BaseModel):
     predicted_energy_ratio: float | None = Field(None, description="GPU/CPU per-sample energy by the performance model (modelled).")
     prediction_method: Literal["modelled"] | None = Field(None, description="How the predictions were obtained.")
     explored: bool = Field(description="True when this decision deliberately tried the other device (exploration).")
-    decided_by: DecidedBy
-    policy_version: str
+    decided_by: DecidedBy = Field(description="What decided: policy, thresholds, max_slowdown (the request's limit), exploration, or no_gpu (the target has none).")
+    policy_version: str = Field(description="The policy version that decided (GET /v1/policy lists the versions).")
 
 
 class ThresholdsOut(BaseModel):
-    speedup_min: float
-    energy_ratio_max: float
-    missing_power: str
+    speedup_min: float = Field(description="T_t (paper A): the GPU must be at least this many times faster than the CPU.")
+    energy_ratio_max: float = Field(description="T_e (paper A): the GPU's per-sample energy may be at most this multiple of the CPU's.")
+    missing_power: str = Field(description="How a run without power readings is labelled: speed_only (speed alone) or cpu (no GPU without energy evidence).")
 
 
 class DecisionColumns(BaseModel):
@@ -179,23 +179,23 @@ class DecisionColumns(BaseModel):
 
     model_config = ConfigDict(frozen=True, use_enum_values=True)
 
-    decision_id: list[str]
-    job_name: list[str]
-    device: list[Device]
-    cpu_cores: list[int]
-    gpu_mem_cap: list[GpuMemCap]
-    gpu_probability: list[float]
-    predicted_speedup: list[float | None]
-    predicted_energy_ratio: list[float | None]
-    prediction_method: Literal["modelled"] = "modelled"
-    explored: list[bool]
-    decided_by: list[DecidedBy]
+    decision_id: list[str] = Field(description="Per job: the decision id to quote in POST /v1/feedback.")
+    job_name: list[str] = Field(description="Per job: the job's name.")
+    device: list[Device] = Field(description="Per job: 'cpu' or 'gpu'.")
+    cpu_cores: list[int] = Field(description="Per job: cores the job may use.")
+    gpu_mem_cap: list[GpuMemCap] = Field(description="Per job: GPU memory cap in MiB, or 'grow' (no cap).")
+    gpu_probability: list[float] = Field(description="Per job: the policy's P(GPU is a valid acceleration).")
+    predicted_speedup: list[float | None] = Field(description="Per job: T_cpu / T_gpu by the performance model (modelled), or null.")
+    predicted_energy_ratio: list[float | None] = Field(description="Per job: GPU/CPU per-sample energy by the performance model (modelled), or null.")
+    prediction_method: Literal["modelled"] = Field("modelled", description="How the predictions were obtained (always 'modelled').")
+    explored: list[bool] = Field(description="Per job: true when the decision deliberately tried the other device.")
+    decided_by: list[DecidedBy] = Field(description="Per job: policy, thresholds, max_slowdown, exploration or no_gpu (as in DecisionOut).")
 
 
 class PlacementResponse(BaseModel):
-    target_id: str
-    policy_version: str
-    thresholds: ThresholdsOut
+    target_id: str = Field(description="The hardware target decided for (a catalogue id, or 'local' / the id of the hardware sent).")
+    policy_version: str = Field(description="The policy version that answered.")
+    thresholds: ThresholdsOut = Field(description="The thresholds the decisions used (the service's, or the request's override).")
     decisions: list[DecisionOut] | None = Field(None, description="Per job, for 'job' and 'jobs' requests.")
     columns: DecisionColumns | None = Field(None, description="For 'columns' requests.")
 
@@ -211,15 +211,15 @@ class ReportedOutcome(Record):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
 
-    device: Device
-    feasible: bool = True
-    infeasible_reason: str | None = Field(None, min_length=1, max_length=200)
-    n_samples: int | None = Field(None, ge=1, le=10**13)
-    time_total_s: FiniteFloat | None = Field(None, gt=0, le=1e9)
+    device: Device = Field(description="The device this run used: 'cpu' or 'gpu'.")
+    feasible: bool = Field(True, description="False when the run failed (then give infeasible_reason); true (default) when it completed.")
+    infeasible_reason: str | None = Field(None, min_length=1, max_length=200, description="Why the run failed, e.g. 'oom' or 'did_not_run'; only with feasible=false.")
+    n_samples: int | None = Field(None, ge=1, le=10**13, description="Samples the run processed (all batches); required for a completed run.")
+    time_total_s: FiniteFloat | None = Field(None, gt=0, le=1e9, description="Wall time of the whole run, seconds; required for a completed run.")
     energy_j: FiniteFloat | None = Field(None, ge=0, le=1e15, description="Energy of the whole run, J (eq. 2).")
     energy_method: EnergyMethod | None = Field(None, description="measured or modelled; required with energy_j.")
-    avg_cpu_power_w: FiniteFloat | None = Field(None, ge=0, le=1e5)
-    avg_gpu_power_w: FiniteFloat | None = Field(None, ge=0, le=1e5)
+    avg_cpu_power_w: FiniteFloat | None = Field(None, ge=0, le=1e5, description="Average host CPU power during the run, W (during a GPU run too: eq. 2 counts it).")
+    avg_gpu_power_w: FiniteFloat | None = Field(None, ge=0, le=1e5, description="Average GPU power during a GPU run, W.")
     cpu_power_method: EnergyMethod | None = Field(None, description="Required with avg_cpu_power_w.")
     gpu_power_method: EnergyMethod | None = Field(None, description="Required with avg_gpu_power_w.")
     cpu_cores: int | None = Field(None, ge=1, le=4096, description="Cores used, if not the decision's.")
@@ -309,34 +309,34 @@ class FeedbackRequest(Record):
 class FeedbackResponse(BaseModel):
     model_config = ConfigDict(frozen=True, use_enum_values=True)
 
-    decision_id: str
-    status: Literal["recorded"] = "recorded"
+    decision_id: str = Field(description="The decision the feedback is for.")
+    status: Literal["recorded"] = Field("recorded", description="Always 'recorded' (also when an identical payload is replayed).")
     recorded_at: str = Field(description="UTC ISO-8601 time the feedback was first stored.")
-    device: Device
-    observed_devices: list[Device]
+    device: Device = Field(description="The device the recorded run used.")
+    observed_devices: list[Device] = Field(description="Devices with a measured run in this feedback (one, or both with other_outcome).")
     measured_speedup: float | None = Field(None, description="T_cpu / T_gpu when the client measured both devices.")
     measured_energy_ratio: float | None = Field(None, description="GPU/CPU per-sample energy when both measured (method in energy_method).")
-    energy_method: str | None = None
+    energy_method: str | None = Field(None, description="How the energies behind measured_energy_ratio were obtained: measured, modelled or mixed.")
 
 
 class VersionInfo(BaseModel):
-    version: str
-    status: str
-    created_at: str
-    parent: str | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    version: str = Field(description="Policy version id.")
+    status: str = Field(description="serving (answers now), retired (served before; rollback can restore it) or rejected (failed the safety gate).")
+    created_at: str = Field(description="UTC ISO-8601 time the version was stored.")
+    parent: str | None = Field(None, description="The version it was fine-tuned from, if any.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Training and safety-gate metrics recorded with it.")
 
 
 class PolicyInfo(BaseModel):
-    version: str
-    thresholds: ThresholdsOut
-    training_metrics: dict[str, Any]
-    decisions: dict[str, Any]
-    feedback: dict[str, Any]
-    learner: dict[str, Any]
-    versions: list[VersionInfo]
-    exploration_rate: float
-    explore_band: float
+    version: str = Field(description="The version serving now.")
+    thresholds: ThresholdsOut = Field(description="The service's thresholds (T_t, T_e, missing-power rule).")
+    training_metrics: dict[str, Any] = Field(description="Metrics recorded when the serving version was trained.")
+    decisions: dict[str, Any] = Field(description="Counts of stored decisions (by device, explored, GPU share).")
+    feedback: dict[str, Any] = Field(description="Counts of stored feedback (by device, failures).")
+    learner: dict[str, Any] = Field(description="Learner state: enabled, interval, counts of promoted/rejected/skipped updates.")
+    versions: list[VersionInfo] = Field(description="Every stored version, newest first.")
+    exploration_rate: float = Field(description="Share of unsure decisions that explore (at most 0.2).")
+    explore_band: float = Field(description="Exploration happens only when |P(GPU) - 0.5| is below this.")
 
 
 class RollbackRequest(Record):
@@ -346,33 +346,33 @@ class RollbackRequest(Record):
 
 
 class RollbackResponse(BaseModel):
-    active_version: str
-    previous_version: str
+    active_version: str = Field(description="The version serving after the rollback.")
+    previous_version: str = Field(description="The version that served before it.")
 
 
 class LearnerReport(BaseModel):
     """The result of one learner update."""
 
-    status: Literal["promoted", "rejected", "skipped"]
-    reason: str
-    serving_version: str
-    candidate_version: str | None = None
-    feedback_used: int = 0
-    train_rows: int = 0
-    holdout_rows: int = 0
-    serving_holdout_reward: float | None = None
-    candidate_holdout_reward: float | None = None
-    serving_holdout_accuracy: float | None = None
-    candidate_holdout_accuracy: float | None = None
-    reward_sources: dict[str, int] = Field(default_factory=dict)
-    duration_s: float = 0.0
+    status: Literal["promoted", "rejected", "skipped"] = Field(description="promoted (candidate serves now), rejected (failed the safety gate) or skipped (too little feedback).")
+    reason: str = Field(description="Why, in words.")
+    serving_version: str = Field(description="The version serving after this update.")
+    candidate_version: str | None = Field(None, description="The candidate trained in this update, if any.")
+    feedback_used: int = Field(0, description="Feedback rows the update read.")
+    train_rows: int = Field(0, description="Rows the candidate was fine-tuned on.")
+    holdout_rows: int = Field(0, description="Rows held out for the safety gate.")
+    serving_holdout_reward: float | None = Field(None, description="Mean joint-threshold reward of the serving policy on the held-out rows.")
+    candidate_holdout_reward: float | None = Field(None, description="Mean joint-threshold reward of the candidate on the held-out rows.")
+    serving_holdout_accuracy: float | None = Field(None, description="Share of held-out rows the serving policy labels right.")
+    candidate_holdout_accuracy: float | None = Field(None, description="Share of held-out rows the candidate labels right.")
+    reward_sources: dict[str, int] = Field(default_factory=dict, description="How the other device's outcome was obtained per row (measured by the client, residual-corrected model, bare model).")
+    duration_s: float = Field(0.0, description="Wall time of the update, seconds.")
 
 
 class ErrorItem(BaseModel):
-    field: str
-    message: str
+    field: str = Field(description="The offending field as a path, e.g. jobs[3].batch_size ('body' for the whole request).")
+    message: str = Field(description="What is wrong and how to fix it.")
 
 
 class ErrorResponse(BaseModel):
-    error: str
-    detail: list[ErrorItem]
+    error: str = Field(description="Error kind, e.g. invalid_request, not_found, conflict, payload_too_large, unauthorized.")
+    detail: list[ErrorItem] = Field(description="One item per problem (the first 20).")
