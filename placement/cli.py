@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -449,6 +450,21 @@ def serve_command(
     except (ValueError, OSError, StoreError) as exc:  # before Ray starts: a clear error, no replica restart loop
         _fail(str(exc))
         return
+    import logging
+    import os
+
+    from serve import instance
+
+    running = instance.Instance.read(settings.state_dir)
+    if running is not None and instance.alive(running.pid) and running.pid != os.getpid():
+        _fail(f"an instance (process {running.pid}) already serves {running.url} from {settings.state_dir}: stop it "
+              "with `placement stop`, or give this one its own PLACEMENT_STATE_DIR, PLACEMENT_PORT and "
+              "PLACEMENT_RAY_PROXY_PORT")
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a new local cluster, without its banner
+    from ray import serve as _ray_serve  # noqa: F401  (its import sets the ray.serve logger up; quiet it after)
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # one URL below, not Serve's proxy-port INFO lines
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -457,18 +473,47 @@ def serve_command(
     except TimeoutError as exc:
         _fail(str(exc))
         return
-    if not url.endswith(f":{settings.port}"):
-        console.print(f"[yellow]port {settings.port} was taken; the first replica answers on {url}[/]")
-    console.print(f"placement service on [bold]{url}[/] (OpenAPI {url}/docs, metrics {url}/metrics); "
-                  f"database {settings.database}; Ctrl-C stops")
     try:
+        session_dir, ray_pids = instance.local_ray_pids()
+        instance.Instance(pid=os.getpid(), url=url, started_at=time.time(), ray_session_dir=session_dir,
+                          ray_pids=ray_pids).write(settings.state_dir)
+        if not url.endswith(f":{settings.port}"):
+            console.print(f"[yellow]port {settings.port} was taken; the first replica answers on {url}[/]")
+        console.print(f"placement service on [bold]{url}[/] (OpenAPI {url}/docs, metrics {url}/metrics); "
+                      f"database {settings.database}; Ctrl-C or `placement stop` stops it")
         done.wait()
     finally:
         import ray
         from ray import serve
 
-        serve.shutdown()
+        console.print("stopping: draining the replicas, then this instance's Ray")
+        try:
+            serve.delete(serve_app.APP_NAME)  # the app's replicas drain; no controller kill (no raylet noise)
+        except Exception as exc:  # Ray may already be gone; the shutdown below still runs
+            err_console.print(f"[yellow]serve.delete: {exc}[/]")
         ray.shutdown()
+        instance.clear(settings.state_dir, os.getpid())
+        console.print("stopped")
+
+
+@app.command("stop")
+def stop_command(
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="The instance's state directory (default: PLACEMENT_STATE_DIR or ~/.local/share/placement)."),
+    timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds to wait for a graceful stop before killing."),
+) -> None:
+    """Stop the `placement serve` instance of this state directory, and only its Ray (never `ray stop`)."""
+    from serve import instance
+    from serve.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env(state_dir=state_dir)
+    except SettingsError as exc:
+        _fail(str(exc))
+        return
+    try:
+        console.print(instance.stop(settings.state_dir, timeout_s=timeout_s))
+    except (LookupError, ValueError) as exc:
+        _fail(str(exc), 1)
 
 
 @app.command("export-feedback")
