@@ -71,7 +71,7 @@ evaluation-report: setup  # docs/evaluation.md and docs/figures/ (held-out Table
 	$(PY) -m agents.report
 
 experiments: setup  # every study of experiments/ (small default budgets) and results/REPORT.md
-	$(VENV)/bin/placement experiment all
+	$(VENV)/bin/placement experiment all --out results
 
 clean-venv:
 	rm -rf $(VENV)

@@ -55,7 +55,7 @@ class Args:
     """GPU memory caps as fractions of the target's GPU memory ("grow" is added)."""
     tolerance: float = 0.05
     """Fewest cores within this fraction of the best time."""
-    measured: tuple[str, ...] = ("data/traces/h100_measured.parquet", "data/traces/h200_measured.parquet")
+    measured: tuple[str, ...] = ("data/traces/h200_measured.parquet",)
     full: bool = False
     smoke: bool = False
     ray: bool = True

@@ -68,8 +68,7 @@ class Args:
     """Simulated trace file (used when sim_jobs is 0)."""
     sim_jobs: int = 0
     """> 0: simulate this many jobs on every catalogue target instead of reading `simulated`."""
-    measured: tuple[str, ...] = ("data/traces/h100_measured.parquet", "data/traces/h200_measured.parquet",
-                                 "data/traces/h200_pairs_measured.parquet")
+    measured: tuple[str, ...] = ("data/traces/h200_measured.parquet", "data/traces/h200_pairs_measured.parquet")
     """Measured traces: each one present is a dataset of its own."""
     paper: str = "data/traces/paper_table2.csv"
     targets: tuple[str, ...] = ()

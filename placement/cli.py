@@ -614,22 +614,33 @@ def decisions_table(answer: Any) -> Table:
     return table
 
 
+_EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+_STUDIES = sorted(p.stem for p in _EXPERIMENTS.glob("*.py") if p.stem not in ("report", "__init__"))
+
+
 @app.command(context_settings=_VARIADIC)
 def experiment(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="A study (the script experiments/NAME.py), 'report', or 'all'."),
+    name: str = typer.Argument(..., help=f"A study: {', '.join(_STUDIES) or '(none: run from a clone)'}; "
+                               "or 'report', or 'all'."),
     address: str = typer.Option("", "--address", help="Ray cluster address for the study's sweep (default: a local Ray)."),
     full: bool = typer.Option(False, "--full", help="Paper-scale budget instead of the small default."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the studies' outputs (NAME/ per study, REPORT.md); "
+                                    "default: a new runs/<UTC time>/; --out results refreshes the tracked results."),
 ) -> None:
-    """Run a study (experiments/NAME.py, writing results/NAME/); 'all' runs every study, then the report.
+    """Run a study (experiments/NAME.py, writing OUT/NAME/); 'all' runs every study, then OUT/REPORT.md.
     Other options go to the script (e.g. --no-ray, --seed 1; see python experiments/NAME.py --help)."""
     import subprocess
+    from datetime import datetime, timezone
 
     root = Path(__file__).resolve().parent.parent
     folder = root / "experiments"
     if not folder.is_dir():
         _fail(f"{folder} not found: experiments run from a clone of the repository")
-    studies = sorted(p.stem for p in folder.glob("*.py") if p.stem != "report")
+    studies = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("report", "__init__"))
+    base = out if out is not None else Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = base if base.is_absolute() else root / base
+    base.mkdir(parents=True, exist_ok=True)
     if name == "all":
         names = [*studies, "report"]
     elif name in studies or name == "report":
@@ -639,12 +650,16 @@ def experiment(
         return
     flags = (["--address", address] if address else []) + (["--full"] if full else [])
     for study in names:
-        cmd = [sys.executable, str(folder / f"{study}.py"), *([] if study == "report" else flags),
+        where = ["--results", str(base), "--out", str(base / "REPORT.md")] if study == "report" else \
+            ["--out", str(base / study)]
+        cmd = [sys.executable, str(folder / f"{study}.py"), *([] if study == "report" else flags), *where,
                *(ctx.args if len(names) == 1 else [])]
         console.print(f"[bold]experiment {study}[/]: {' '.join(cmd[1:])}")
         code = subprocess.run(cmd, cwd=root).returncode
         if code:
             _fail(f"experiment {study} failed (exit {code})", code)
+    console.print(f"outputs in {base}" + ("" if out is not None else " (tracked results/ untouched; --out results "
+                                                                     "refreshes them)"))
 
 
 def main() -> None:  # pragma: no cover - console entry

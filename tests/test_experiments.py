@@ -167,3 +167,29 @@ def test_cli_experiment_report_and_unknown(tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     report = (tmp_path / "REPORT.md").read_text()
     assert "## Study 2 — GPU share" in report and "**not run**" in report and "aaaaaaaaaaaa" in report
+
+
+def test_study_defaults_name_shipped_traces() -> None:
+    import re
+
+    named = {m for p in EXPERIMENTS.glob("*.py") for m in re.findall(r'"(data/traces/[^"]+)"', p.read_text())}
+    assert named, "no study names a trace?"
+    missing = sorted(p for p in named if not (ROOT / p).is_file())
+    assert not missing, f"study defaults name traces that are not shipped: {missing}"
+
+
+def test_experiment_writes_a_run_folder_not_tracked_results(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from placement.cli import app
+
+    runner = CliRunner()
+    helped = runner.invoke(app, ["experiment", "--help"], terminal_width=300)
+    assert helped.exit_code == 0
+    for study in ("table5", "edge_knobs", "edge_study", "online_drift"):
+        assert study in helped.output
+    tracked = (ROOT / "results" / "REPORT.md").read_bytes()
+    result = runner.invoke(app, ["experiment", "report", "--out", str(tmp_path / "run")], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "not run" in (tmp_path / "run" / "REPORT.md").read_text()
+    assert (ROOT / "results" / "REPORT.md").read_bytes() == tracked
