@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from placement import plotstyle
 from placement.probe import probe_local
 from placement.script_args import parse_script_args
 from placement.threshold import Thresholds
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -183,19 +185,21 @@ table.to_csv(out / "contention.csv", index=False, float_format="%.5g")
 POLICIES = ["ppo_contention", "dnn", "oracle_without_queue", "oracle_with_queue", "cpu_only", "gpu_only"]
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
 for ax, col, label in zip(axes, ("makespan_s", "mean_wait_s", "energy_j", "gpu_share"),
-                          ("makespan (s)", "mean GPU wait per job (s)", "energy per episode (J, modelled)", "GPU share"),
+                          ("makespan (s)", "mean GPU wait per job (s)", "energy per episode (J, modelled)",
+                           "GPU share of jobs (fraction)"),
                           strict=True):
     for pol in POLICIES:
         sel = table[table.policy == pol]
-        ax.plot(sel.gpu_load, sel[col], "o-", label=pol, ms=3)
+        ax.plot(sel.gpu_load, sel[col], "o-", label=pol, color=plotstyle.policy_color(pol),
+                ls="--" if pol == "oracle_without_queue" else "-")
     ax.set_xscale("log")
-    ax.set_xlabel("offered GPU load")
-    ax.set_title(label, fontsize=9)
+    ax.set_xlabel("offered GPU load (arrivals x GPU time / wall time)")
+    ax.set_ylabel(label)
+    ax.set_title(label.split(" (")[0])
     if col != "gpu_share":
         ax.set_yscale("log")
-axes[0].legend(fontsize=6)
-fig.tight_layout()
-fig.savefig(out / "contention.png", dpi=90)
+axes[0].legend(title="policy")
+plotstyle.save(fig, out / "contention.png")
 plt.close(fig)
 
 host = probe_local()

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from agents.dnn import classification_metrics
 from agents.evaluation import labelled_set
 from agents.training import cv_splits
+from placement import plotstyle
 from placement.catalogue import default_catalogue
 from placement.probe import probe_local
 from placement.script_args import parse_script_args
@@ -78,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -189,10 +191,8 @@ axes[1].set(xlabel="false positive rate", ylabel="true positive rate", title="RO
 axes[2].plot([0, 1], [0, 1], "k:", lw=0.8)
 axes[2].set(xlabel="mean predicted P(GPU)", ylabel="fraction GPU-labelled", title="calibration (out-of-fold)")
 for ax in axes:
-    ax.legend(fontsize=7)
-    ax.title.set_fontsize(9)
-fig.tight_layout()
-fig.savefig(out / "dnn_curves.png", dpi=90)
+    ax.legend(fontsize=7.5)
+plotstyle.save(fig, out / "dnn_curves.png")
 plt.close(fig)
 pd.DataFrame(curve_rows).to_csv(out / "dnn_curves.csv", index=False, float_format="%.5f")
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from placement import plotstyle
 from placement.catalogue import default_catalogue
 from placement.perfmodel import PerformanceModel
 from placement.probe import probe_local
@@ -73,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -246,38 +248,52 @@ if len(measured_rec_df):
 # ---------------------------------------------------------------------------------------
 b = max(args.batch_sizes)
 sim_cores = cores[(cores.source == "simulated") & (cores.batch_size == b)]
-fig, axes = plt.subplots(2, len(args.targets) + 1, figsize=(4 * (len(args.targets) + 1), 6.5), squeeze=False)
+fig, axes = plt.subplots(2, len(args.targets) + 1, figsize=(4.6 * (len(args.targets) + 1), 8), squeeze=False)
+
+
+def _line(ax: plt.Axes, x: pd.Series, y: pd.Series, name: str) -> None:
+    ax.plot(x, y, "o-", label=name, color=plotstyle.model_color(name), ls=plotstyle.model_style(name))
+
+
 for j, tid in enumerate(args.targets):
     for name, g in sim_cores[sim_cores.target == tid].groupby("model", sort=False):
         t0 = g.time_per_batch_s.iloc[0]
-        axes[0, j].plot(g.cpu_cores, t0 / g.time_per_batch_s, "o-", ms=3, label=name)
-        axes[1, j].plot(g.cpu_cores, g.energy_per_batch_j / g.energy_per_batch_j.iloc[0], "o-", ms=3, label=name)
-    axes[0, j].set_title(f"{tid}: CPU speedup vs 1 core (batch {b}, modelled)", fontsize=8)
-    axes[1, j].set_title(f"{tid}: CPU energy vs 1 core (modelled)", fontsize=8)
-    axes[1, j].set_xlabel("CPU cores")
-axes[0, 0].legend(fontsize=6)
+        _line(axes[0, j], g.cpu_cores, t0 / g.time_per_batch_s, name)
+        _line(axes[1, j], g.cpu_cores, g.energy_per_batch_j / g.energy_per_batch_j.iloc[0], name)
+    axes[0, j].set_title(f"{tid}: CPU speed-up (batch {b}, modelled)")
+    axes[1, j].set_title(f"{tid}: CPU energy per batch (modelled)")
+    axes[0, j].set_ylabel("speed-up over 1 core (x)")
+    axes[1, j].set_ylabel("energy per batch / 1 core's (x)")
+    for row in (0, 1):
+        axes[row, j].set_xlabel("CPU cores")
+        plotstyle.integer_ticks(axes[row, j], sim_cores[sim_cores.target == tid].cpu_cores)
+        axes[row, j].legend(fontsize=7)
 sim_caps = caps[(caps.source == "simulated") & (caps.batch_size == b) & caps.cap_frac.notna()]
 for name, g in sim_caps[sim_caps.target == args.targets[-1]].groupby("model", sort=False):
     grow = caps[(caps.source == "simulated") & (caps.batch_size == b) & (caps.target == args.targets[-1])
                 & (caps.model == name) & caps.cap_frac.isna()].time_per_batch_s.iloc[0]
-    axes[0, -1].plot(g.cap_frac, g.time_per_batch_s / grow, "o-", ms=3, label=name)
+    _line(axes[0, -1], g.cap_frac, g.time_per_batch_s / grow, name)
 axes[0, -1].set_xscale("log")
-axes[0, -1].set_xlabel("GPU memory cap (fraction of memory)")
-axes[0, -1].set_title(f"{args.targets[-1]}: GPU time vs 'grow' (modelled; OOM = missing)", fontsize=8)
+axes[0, -1].set_xlabel("GPU memory cap (fraction of GPU memory, log)")
+axes[0, -1].set_ylabel("time per batch / time under 'grow' (x)")
+axes[0, -1].set_title(f"{args.targets[-1]}: GPU time under a cap\n(modelled; a missing point ran out of memory)")
+axes[0, -1].legend(fontsize=7)
 mc = cores[(cores.source != "simulated") & (cores["mode"] == "infer")]
 if len(mc):
     mb = int(mc.batch_size.max())
-    for name, g in mc[mc.batch_size == (32 if (mc.batch_size == 32).any() else mb)].groupby("model", sort=False):
+    shown = mc[mc.batch_size == (32 if (mc.batch_size == 32).any() else mb)]
+    for name, g in shown.groupby("model", sort=False):
         g = g.sort_values("cpu_cores")
-        axes[1, -1].plot(g.cpu_cores, g.time_per_batch_s.iloc[0] / g.time_per_batch_s, "o-", ms=3, label=name)
+        _line(axes[1, -1], g.cpu_cores, g.time_per_batch_s.iloc[0] / g.time_per_batch_s, name)
     axes[1, -1].set_xscale("log", base=2)
+    plotstyle.integer_ticks(axes[1, -1], shown.cpu_cores)
     axes[1, -1].set_xlabel("CPU cores (pinned)")
-    axes[1, -1].set_title("measured host: CPU speedup vs 1 core (infer, batch 32)", fontsize=8)
-    axes[1, -1].legend(fontsize=6)
+    axes[1, -1].set_ylabel("speed-up over 1 core (x)")
+    axes[1, -1].set_title("measured host: CPU speed-up (infer, batch 32)")
+    axes[1, -1].legend(fontsize=7)
 else:
     axes[1, -1].set_axis_off()
-fig.tight_layout()
-fig.savefig(out / "edge_knobs.png", dpi=80)
+plotstyle.save(fig, out / "edge_knobs.png")
 plt.close(fig)
 
 # ---------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from placement import plotstyle
 from placement.catalogue import get_target
 from placement.recommend import (
     DEFAULT_TOLERANCE,
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 trace = read_trace(Path(args.trace))
@@ -103,25 +105,25 @@ for ax, (mode, batch, title) in zip(axes.flat, panels, strict=False):
         rows = cpu[(cpu["arch"] == arch) & (cpu["mode"] == mode) & (cpu["batch_size"] == batch)].sort_values("cores")
         if len(rows):
             ax.plot(rows["cores"], rows["speedup_vs_1"], marker="o", label=LABEL[arch],
-                    linestyle="--" if arch in ("lstm", "gru") else "-")
+                    linestyle="--" if arch in ("lstm", "gru") else "-", color=plotstyle.model_color(arch))
     ax.plot([1, 16], [1, 16], color="0.8", linewidth=0.8, label="linear")
-    ax.set(xscale="log", yscale="log", xlabel="CPU cores (affinity + intra-op threads)", ylabel="speed-up over 1 core",
-           title=title)
-    ax.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+    ax.set(xscale="log", yscale="log", xlabel="CPU cores (affinity + intra-op threads)",
+           ylabel="speed-up over 1 core (x)", title=title)
+    plotstyle.integer_ticks(ax, [1, 2, 4, 8, 16])
     ax.axvline(4, color="0.6", linestyle=":", linewidth=1)
+    ax.legend(fontsize=7.5)
 ax = axes.flat[3]
 for arch in MODELS:
     rows = cpu[(cpu["arch"] == arch) & (cpu["mode"] == "infer") & (cpu["batch_size"] == 32)].sort_values("cores")
     if len(rows):
         ax.plot(rows["cores"], rows["energy_per_batch_j"] / rows["energy_per_batch_j"].min(), marker="o",
-                label=LABEL[arch], linestyle="--" if arch in ("lstm", "gru") else "-")
-ax.set(xscale="log", xlabel="CPU cores", ylabel="CPU energy per batch / its minimum",
+                label=LABEL[arch], linestyle="--" if arch in ("lstm", "gru") else "-", color=plotstyle.model_color(arch))
+ax.set(xscale="log", xlabel="CPU cores (affinity + intra-op threads)", ylabel="CPU energy per batch / its minimum (x)",
        title="inference, batch 32: CPU energy (modelled)")
-ax.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
-axes.flat[0].legend(fontsize=8)
+plotstyle.integer_ticks(ax, [1, 2, 4, 8, 16])
+ax.legend(fontsize=7.5)
 fig.suptitle(f"Measured on {trace.frame['target_id'].iloc[0]} (trimmed mean of repeats; energy: modelled CPU power)")
-fig.tight_layout()
-fig.savefig(out / "edge_cores.png", dpi=120)
+plotstyle.save(fig, out / "edge_cores.png")
 plt.close(fig)
 
 # ---------------------------------------------------------------- GPU caps
@@ -151,7 +153,8 @@ for ax, mode in zip(axes, ("infer", "train"), strict=True):
         y = rows["time_vs_grow"].to_numpy(dtype=float)
         ok = rows["feasible"].to_numpy(dtype=bool)
         line = ax.plot(np.array(x)[ok], y[ok], marker="o", label=job_id.replace(f"-{mode}", ""),
-                       linestyle="--" if "imagenet" in job_id else "-", zorder=2)[0]
+                       linestyle="--" if "imagenet" in job_id else "-", zorder=2,
+                       color=plotstyle.model_color(job_id))[0]
         ax.scatter(np.array(x)[~ok], np.full((~ok).sum(), 0.79 + 0.004 * i), marker="x", color=line.get_color(),
                    zorder=3)
         noisy = ok & (pd.to_numeric(rows["time_cv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan) > 0.05)
@@ -161,11 +164,11 @@ for ax, mode in zip(axes, ("infer", "train"), strict=True):
     ax.text(0.02, 0.836, "ran out of memory (x); ringed: CV > 5 % (flagged)", fontsize=8,
             transform=ax.get_yaxis_transform())
     ax.set_xticks(range(len(order)), [f"{c} MiB" if c != "grow" else "grow" for c in order])
-    ax.set(xlabel="GPU memory cap (set_per_process_memory_fraction)", ylabel="time per batch / time under grow",
+    ax.set(xlabel="GPU memory cap (MiB, set_per_process_memory_fraction)", ylabel="time per batch / time under grow (x)",
            title=f"{mode}, batch 256 (CIFAR/IMDB) and 64 (ImageNet, dashed)", ylim=(0.78, 1.16))
-axes[1].legend(fontsize=7, ncol=2, loc="upper right")
-fig.tight_layout()
-fig.savefig(out / "edge_gpu_cap.png", dpi=120)
+for ax in axes:
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+plotstyle.save(fig, out / "edge_gpu_cap.png")
 plt.close(fig)
 
 # ---------------------------------------------------------------- recommendations

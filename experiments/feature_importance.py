@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from agents.evaluation import grouped_kfold, labelled_set
+from placement import plotstyle
 from placement.catalogue import default_catalogue
 from placement.features import FEATURE_NAMES
 from placement.probe import probe_local
@@ -88,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -178,12 +180,14 @@ base_accuracy = float(long.drop_duplicates("fold")["base_accuracy"].mean())
 fig, axes = plt.subplots(1, 2, figsize=(12, 6.5), gridspec_kw={"width_ratios": [1.4, 1]})
 for ax, level, title in ((axes[0], "feature", "every feature (30)"), (axes[1], "paper_input", "paper A Table 3 inputs")):
     sel = table[table.level == level].sort_values("log_loss_rise_mean")
-    ax.barh(sel.name, sel.log_loss_rise_mean, xerr=sel.log_loss_rise_std.fillna(0), color="tab:blue", alpha=0.8)
-    ax.set_xlabel("log-loss rise when shuffled (held-out folds)")
-    ax.set_title(f"permutation importance: {title}", fontsize=9)
-    ax.tick_params(axis="y", labelsize=7)
-fig.tight_layout()
-fig.savefig(out / "feature_importance.png", dpi=90)
+    ax.barh(sel.name, sel.log_loss_rise_mean, xerr=sel.log_loss_rise_std.fillna(0), color=plotstyle.policy_color("dnn"),
+            alpha=0.85, label="mean over folds (bar: +-1 s.d.)")
+    ax.set_xlabel("log-loss rise when shuffled (nats, held-out folds)")
+    ax.set_ylabel("feature" if level == "feature" else "paper A input")
+    ax.set_title(f"permutation importance: {title}")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(loc="lower right")
+plotstyle.save(fig, out / "feature_importance.png")
 plt.close(fig)
 
 host = probe_local()

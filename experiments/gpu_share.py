@@ -30,6 +30,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from agents.evaluation import labelled_set
+from placement import plotstyle
 from placement.catalogue import default_catalogue
 from placement.hardware import HardwareTarget
 from placement.perfmodel import PerformanceModel
@@ -73,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -168,22 +170,23 @@ cat = table[table.sweep == "catalogue"].sort_values("gpu_gflops")
 sweep = table[table.sweep == "gpu_scale"].sort_values("gpu_scale")
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
 x = np.arange(len(cat))
-ax1.bar(x - 0.2, cat.oracle_gpu_share, 0.4, label="Oracle (joint threshold)")
-ax1.bar(x + 0.2, cat.dnn_loto_gpu_share, 0.4, label="DNN, target held out")
-ax1.set_xticks(x, [f"{t}\n{g / 1000:.1f} TF" for t, g in zip(cat.target, cat.gpu_gflops, strict=True)], fontsize=7)
-ax1.set_ylabel("GPU share of jobs")
-ax1.set_title("GPU share by configuration (modelled)", fontsize=9)
-ax1.legend(fontsize=7)
+ax1.bar(x - 0.2, cat.oracle_gpu_share, 0.4, label="Oracle (joint threshold)", color=plotstyle.policy_color("oracle"))
+ax1.bar(x + 0.2, cat.dnn_loto_gpu_share, 0.4, label="DNN, target held out", color=plotstyle.policy_color("dnn"))
+ax1.set_xticks(x, [f"{t}\n{g / 1000:.1f} TF" for t, g in zip(cat.target, cat.gpu_gflops, strict=True)], fontsize=8)
+ax1.set_xlabel("hardware configuration (GPU peak FP32, TFLOP/s)")
+ax1.set_ylabel("GPU share of jobs (fraction)")
+ax1.set_title("GPU share by configuration (modelled)")
+ax1.legend()
 if len(sweep):
-    ax2.plot(sweep.gpu_scale, sweep.oracle_gpu_share, "o-", label="GPU share")
-    ax2.plot(sweep.gpu_scale, sweep.too_slow_share, "s--", label="too slow on GPU")
-    ax2.plot(sweep.gpu_scale, sweep.too_costly_share, "^--", label="too costly on GPU")
+    ax2.plot(sweep.gpu_scale, sweep.oracle_gpu_share, "o-", label="GPU share (Oracle)", color=plotstyle.policy_color("oracle"))
+    ax2.plot(sweep.gpu_scale, sweep.too_slow_share, "s--", label="too slow on GPU (< T_t)", color="C0")
+    ax2.plot(sweep.gpu_scale, sweep.too_costly_share, "^--", label="too costly on GPU (> T_e)", color="C3")
     ax2.set_xscale("log", base=2)
-    ax2.set_xlabel("GPU FLOP/s and bandwidth × config A's RTX 3060")
-    ax2.set_title("Controlled: config A host, scaled GPU (modelled)", fontsize=9)
-    ax2.legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(out / "gpu_share.png", dpi=90)
+    ax2.set_xlabel("GPU FLOP/s and bandwidth (x config A's RTX 3060)")
+    ax2.set_ylabel("share of jobs (fraction)")
+    ax2.set_title("Controlled: config A host, scaled GPU (modelled)")
+    ax2.legend()
+plotstyle.save(fig, out / "gpu_share.png")
 plt.close(fig)
 
 # the paper's claim, tested

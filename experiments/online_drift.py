@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from placement import plotstyle
 from placement.probe import probe_local
 from placement.script_args import parse_script_args
 from placement.threshold import Thresholds
@@ -96,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -271,21 +273,20 @@ summary.to_csv(out / "online_drift_summary.csv", index=False, float_format="%.4f
 fig, axes = plt.subplots(1, len(args.scenarios), figsize=(6 * len(args.scenarios), 3.8), squeeze=False)
 for ax, scenario in zip(axes[0], args.scenarios, strict=True):
     sel = events[events.scenario == scenario]
-    for who, color in (("online", "tab:red"), ("static_dnn", "tab:blue")):
+    for who, color in (("online", plotstyle.policy_color("online")), ("static_dnn", plotstyle.policy_color("dnn"))):
         mean = sel.groupby("event")[f"{who}_rolling_accuracy"].mean()
         ax.plot(mean.index, mean.values, color=color, label=who.replace("_", " "))
     for ev in sel[sel["learner_update"] == "promoted"].event.unique():
-        ax.axvline(ev, color="tab:red", lw=0.4, alpha=0.4)
+        ax.axvline(ev, color=plotstyle.policy_color("online"), lw=0.4, alpha=0.4)
     ax.axvline(args.drift_at, color="k", ls="--", lw=1, label="drift")
     ax.set_xlabel("feedback event")
-    ax.set_ylabel(f"rolling accuracy ({args.window} events)")
+    ax.set_ylabel(f"rolling accuracy (fraction, last {args.window} events)")
     title = (f"GPU of {args.slow_target} {args.gpu_slowdown:g}x slower" if scenario == "gpu_slowdown"
              else f"new target {args.new_target} appears ({args.new_target_share:.0%} of jobs)")
-    ax.set_title(f"{title} (modelled; thin lines: promotions)", fontsize=9)
+    ax.set_title(f"{title}\n(modelled; thin lines: promotions)")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, loc="lower left")
-fig.tight_layout()
-fig.savefig(out / "online_drift.png", dpi=90)
+    ax.legend(loc="lower left")
+plotstyle.save(fig, out / "online_drift.png")
 plt.close(fig)
 
 host = probe_local()

@@ -36,6 +36,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from agents.evaluation import group_split, labelled_set
+from placement import plotstyle
 from placement.catalogue import default_catalogue
 from placement.probe import probe_local
 from placement.script_args import parse_script_args
@@ -83,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -202,23 +204,22 @@ summary.to_csv(out / "steps_to_oracle.csv", index=False, float_format="%.4f")
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
 for ax, name in zip(axes, ("training groups", "held-out groups"), strict=True):
-    for kind, color in (("warm", "tab:red"), ("cold", "tab:blue")):
+    for kind, color in (("warm", plotstyle.policy_color("ppo_warm")), ("cold", plotstyle.policy_color("ppo_cold"))):
         sel = curves[(curves.kind == kind) & (curves.set == name)]
         for _seed, g in sel.groupby("seed"):
             ax.plot(g.steps, g.reward_ratio, color=color, alpha=0.35, lw=0.8)
         mean = sel.groupby("steps").reward_ratio.mean()
         ax.plot(mean.index, mean.values, color=color, lw=2, label=f"{kind} (mean of {sel.seed.nunique()} seeds)")
     dnn_mean = summary[summary.set == name].dnn_reward_ratio.mean()
-    ax.axhline(dnn_mean, color="k", ls=":", lw=1, label="DNN")
+    ax.axhline(dnn_mean, color=plotstyle.policy_color("dnn"), ls=":", lw=1.5, label="DNN")
     for frac in (0.95, 0.99):
         ax.axhline(frac, color="grey", ls="--", lw=0.6)
-    ax.set_xlabel("environment steps")
-    ax.set_title(f"reward / Oracle reward on {name} (modelled)", fontsize=9)
+    ax.set_xlabel("environment steps (jobs placed)")
+    ax.set_title(f"reward / Oracle reward on {name} (modelled)")
+    ax.legend(loc="lower right")
     ax.set_ylim(max(-0.5, float(curves.reward_ratio.min()) - 0.05), 1.02)
-axes[0].set_ylabel("reward ratio")
-axes[0].legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(out / "ppo_warm_vs_cold.png", dpi=90)
+axes[0].set_ylabel("reward ratio (x Oracle; dashed: 0.95, 0.99)")
+plotstyle.save(fig, out / "ppo_warm_vs_cold.png")
 plt.close(fig)
 
 host = probe_local()

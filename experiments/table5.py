@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from agents.evaluation import evaluate_choices, labelled_set, reports_frame
 from agents.training import cv_splits
+from placement import plotstyle
 from placement.catalogue import default_catalogue
 from placement.paper import TABLE5
 from placement.probe import probe_local
@@ -125,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -387,14 +389,18 @@ for ax, (metric, paper_key, label) in zip(axes, (
         else:
             sel = table[(table.dataset == d) & (table.target == "all")].set_index("policy")
             vals = [float(sel.loc[p, metric]) if p in sel.index else np.nan for p in pols]
-        ax.bar(np.arange(len(pols)) + j * width, vals, width, label=d)
-    ax.set_xticks(np.arange(len(pols)) + width * (len(show) - 1) / 2, pols, rotation=60, ha="right", fontsize=7)
-    ax.set_title(label, fontsize=9)
+        ax.bar(np.arange(len(pols)) + j * width, vals, width, label=d,
+               color=plotstyle.policy_color("paper A") if d == "paper A" else f"C{j}")
+    ax.set_xticks(np.arange(len(pols)) + width * (len(show) - 1) / 2, pols, rotation=60, ha="right")
+    ax.set_xlabel("policy")
+    ax.set_ylabel({"accuracy": "selection accuracy (fraction of jobs)",
+                   "throughput_vs_cpu_only": "throughput (x CPU-only, log)",
+                   "energy_efficiency_vs_gpu_only": "energy efficiency (x GPU-only, log)"}[metric])
+    ax.set_title(label)
     if metric != "accuracy":
         ax.set_yscale("log")
-axes[0].legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(out / "table5.png", dpi=90)
+axes[0].legend(title="dataset", fontsize=7.5)
+plotstyle.save(fig, out / "table5.png")
 plt.close(fig)
 
 # ---------------------------------------------------------------------------------------

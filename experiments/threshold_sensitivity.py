@@ -29,6 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from agents.evaluation import evaluate_choices, grouped_kfold, labelled_set
+from placement import plotstyle
 from placement.catalogue import default_catalogue
 from placement.probe import probe_local
 from placement.script_args import parse_script_args
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
+plotstyle.apply()  # one style for every study (placement/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -173,15 +175,18 @@ ax = axes[0]
 for col, label in (("gpu_share", "GPU share"), ("throughput_vs_cpu_only", "throughput ×CPU-only"),
                    ("energy_efficiency_vs_gpu_only", "energy eff. ×GPU-only")):
     ax.plot(at_paper_e.speedup_min, at_paper_e[col], "o-", label=label)
-ax.set_xlabel(f"T_t (T_e = {args.paper_energy:g})")
-ax.set_title("sweep of T_t (threshold policy, modelled)", fontsize=9)
-ax.legend(fontsize=7)
+ax.set_xlabel(f"T_t, minimum GPU speed-up (x; T_e = {args.paper_energy:g})")
+ax.set_ylabel("fraction (GPU share) or ratio (x)")
+ax.set_title("sweep of T_t (threshold policy, modelled)")
+ax.legend()
 ax = axes[1]
 for col, label in (("gpu_share", "GPU share"), ("throughput_vs_cpu_only", "throughput ×CPU-only"),
                    ("energy_efficiency_vs_gpu_only", "energy eff. ×GPU-only")):
     ax.plot(at_paper_t.energy_ratio_max, at_paper_t[col], "o-", label=label)
-ax.set_xlabel(f"T_e (T_t = {args.paper_speedup:g})")
-ax.set_title("sweep of T_e (threshold policy, modelled)", fontsize=9)
+ax.set_xlabel(f"T_e, maximum GPU/CPU energy per sample (x; T_t = {args.paper_speedup:g})")
+ax.set_ylabel("fraction (GPU share) or ratio (x)")
+ax.set_title("sweep of T_e (threshold policy, modelled)")
+ax.legend()
 ax = axes[2]
 sc = ax.scatter(table.throughput_vs_cpu_only, table.energy_efficiency_vs_gpu_only, c=table.speedup_min, cmap="viridis",
                 s=12 + 12 * table.energy_ratio_max)
@@ -191,12 +196,11 @@ paper_row = table[np.isclose(table.speedup_min, args.paper_speedup) & np.isclose
 ax.scatter(paper_row.throughput_vs_cpu_only, paper_row.energy_efficiency_vs_gpu_only, marker="*", s=160, c="red",
            label="paper (2.0, 1.5)")
 fig.colorbar(sc, ax=ax, label="T_t (marker size: T_e)")
-ax.set_xlabel("throughput ×CPU-only")
-ax.set_ylabel("energy efficiency ×GPU-only")
-ax.set_title("Pareto front over (T_t, T_e)", fontsize=9)
-ax.legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(out / "threshold_sensitivity.png", dpi=90)
+ax.set_xlabel("throughput (x CPU-only)")
+ax.set_ylabel("energy efficiency (x GPU-only)")
+ax.set_title("Pareto front over (T_t, T_e)")
+ax.legend()
+plotstyle.save(fig, out / "threshold_sensitivity.png")
 plt.close(fig)
 
 span_t = float(at_paper_e.gpu_share.max() - at_paper_e.gpu_share.min()) if len(at_paper_e) else float("nan")

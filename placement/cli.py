@@ -638,6 +638,8 @@ def experiment(
     if not folder.is_dir():
         _fail(f"{folder} not found: experiments run from a clone of the repository")
     studies = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("report", "__init__"))
+    if out is not None and out.suffix:
+        _fail(f"--out is a folder (studies go to OUT/NAME/, the report to OUT/REPORT.md), got {out}")
     base = out if out is not None else Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     base = base if base.is_absolute() else root / base
     base.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,7 @@ def test_cli_experiment_report_and_unknown(tmp_path: Path) -> None:
     (tmp_path / "gpu_share" / "section.md").write_text("## Study 2 — GPU share\n\nbody\n")
     (tmp_path / "gpu_share" / "provenance.json").write_text(json.dumps(
         {"seed": 3, "code_version": "v", "trace_hashes": {"t.parquet": "a" * 64}, "args": {"full": False}}))
-    ok = runner.invoke(app, ["experiment", "report", "--results", str(tmp_path), "--out", str(tmp_path / "REPORT.md")])
+    ok = runner.invoke(app, ["experiment", "report", "--out", str(tmp_path)])  # the folder holding the studies
     assert ok.exit_code == 0, ok.output
     report = (tmp_path / "REPORT.md").read_text()
     assert "## Study 2 — GPU share" in report and "**not run**" in report and "aaaaaaaaaaaa" in report
