@@ -652,8 +652,9 @@ def experiment(
         return
     flags = (["--address", address] if address else []) + (["--full"] if full else [])
     for study in names:
-        where = ["--results", str(base), "--out", str(base / "REPORT.md")] if study == "report" else \
-            ["--out", str(base / study)]
+        shown = base.relative_to(root) if base.is_relative_to(root) else base  # provenance: results/NAME, not a host path
+        where = ["--results", str(shown), "--out", str(shown / "REPORT.md")] if study == "report" else \
+            ["--out", str(shown / study)]
         cmd = [sys.executable, str(folder / f"{study}.py"), *([] if study == "report" else flags), *where,
                *(ctx.args if len(names) == 1 else [])]
         console.print(f"[bold]experiment {study}[/]: {' '.join(cmd[1:])}")
