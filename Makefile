@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck pytest clean-venv model bench-decide bench soak evaluation-report
+.PHONY: setup run test lint typecheck pytest clean-venv model bench-decide bench soak evaluation-report newcomer
 
 # CPU torch, never CUDA: constraints.txt pins the CPU build (torch==X+cpu), which only the PyTorch CPU index (or a
 # local wheel) has, so pip fails rather than fetch CUDA wheels. The index is added when it answers within 5 s (an
@@ -72,6 +72,11 @@ evaluation-report: setup  # docs/evaluation.md and docs/figures/ (held-out Table
 
 experiments: setup  # every study of experiments/ (small default budgets) and results/REPORT.md
 	$(VENV)/bin/placement experiment all --out results
+
+# a fresh clone in a temporary folder: make run (background), query, feedback, placement stop, make test; each
+# step timed (NEWCOMER_TESTS=0 skips make test)
+newcomer:
+	scripts/newcomer.sh
 
 clean-venv:
 	rm -rf $(VENV)
