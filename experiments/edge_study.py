@@ -242,9 +242,9 @@ lines = [
     f"Measured trace `{args.trace}` (sha256 `{trace.sha256[:12]}`, {len(frame)} rows). Times measured; CPU energy "
     "modelled (no RAPL on the host), GPU energy measured (NVML).",
     "",
-    "![cores](edge_cores.png)",
+    "![CPU speed-up and energy vs cores, measured host](edge_study/edge_cores.png)",
     "",
-    "![caps](edge_gpu_cap.png)",
+    "![GPU time under memory caps, measured host](edge_study/edge_gpu_cap.png)",
     "",
     "Speed-up over one core (finding 1, LSTM vs GRU; finding 2, flattening):",
     "",
