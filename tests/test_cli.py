@@ -105,3 +105,19 @@ def test_train_refuses_to_overwrite_without_force(tmp_path):
     result = runner.invoke(app, ["train", "--traces", trace, "--out", str(out)], terminal_width=200)
     assert result.exit_code == 2 and "--force" in result.output
     assert (out / "metadata.json").read_text() == "{}"
+
+
+def test_train_draws_no_progress_bars_into_a_log(tmp_path, monkeypatch):
+    import agents.training
+
+    seen = {}
+
+    def capture(paths, out, settings):
+        seen["progress"] = settings.progress
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(agents.training, "train_from_traces", capture)
+    trace = str(ROOT / "data/traces/paper_table2.csv")
+    result = runner.invoke(app, ["train", "--traces", trace, "--out", str(tmp_path / "m")])  # stderr: not a TTY
+    assert result.exit_code == 2 and "stop here" in result.output
+    assert seen == {"progress": False}
