@@ -468,11 +468,21 @@ def serve_command(
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    try:
-        url = serve_app.start(settings, num_cpus=num_cpus)
-    except TimeoutError as exc:
-        _fail(str(exc))
-        return
+    for attempt in (1, 2):
+        try:
+            url = serve_app.start(settings, num_cpus=num_cpus)
+            break
+        except TimeoutError as exc:
+            _fail(str(exc))
+            return
+        except Exception as exc:  # Ray waits a fixed 30 s for its raylet: too short on a loaded host
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            err_console.print("[yellow]Ray's node did not register within Ray's fixed 30 s (a loaded host?); "
+                              "starting it once more[/]")
+            import ray
+
+            ray.shutdown()
     try:
         session_dir, ray_pids = instance.local_ray_pids()
         instance.Instance(pid=os.getpid(), url=url, started_at=time.time(), ray_session_dir=session_dir,

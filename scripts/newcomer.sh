@@ -6,6 +6,7 @@
 #
 #   make newcomer                    # or: scripts/newcomer.sh [REPO]   (default: this checkout's committed HEAD)
 #   NEWCOMER_TESTS=0 make newcomer   # everything but `make test` (the whole suite: ~10 min on 2 cores)
+#   NEWCOMER_REUSE=/tmp/placement-newcomer.XXXX/placement make newcomer   # again in a kept clone (no new venv)
 #
 # Everything stays on this host: the service binds 127.0.0.1 on free ports, its state lives in the temporary
 # folder, its Ray is its own (RAY_ADDRESS=local) and `placement stop` ends only that Ray.
@@ -14,8 +15,9 @@ set -euo pipefail
 REPO=${1:-$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)}
 PYTHON=${PYTHON:-python3}
 TESTS=${NEWCOMER_TESTS:-1}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/placement-newcomer.XXXXXX")
-CLONE="$WORK/placement"
+REUSE=${NEWCOMER_REUSE:-}   # a clone kept by a failed run: pull into it instead of cloning (its .venv is reused)
+if [ -n "$REUSE" ]; then CLONE=$(cd "$REUSE" && pwd); WORK=$(dirname "$CLONE"); else
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/placement-newcomer.XXXXXX"); CLONE="$WORK/placement"; fi
 LOG="$WORK/run.log"
 START_ALL=$(date +%s)
 RUN_PID=""
@@ -47,8 +49,13 @@ export PLACEMENT_STATE_DIR="$WORK/state" PLACEMENT_PORT="$PORT" PLACEMENT_RAY_PR
 URL="http://127.0.0.1:$PORT"
 echo "newcomer: $REPO -> $CLONE; service on $URL (Ray proxy $PROXY_PORT), state $PLACEMENT_STATE_DIR"
 
-step_start "git clone"
-git clone --quiet "$REPO" "$CLONE" || fail "git clone $REPO"
+if [ -n "$REUSE" ]; then
+  step_start "git pull (reusing the kept clone $CLONE)"
+  git -C "$CLONE" pull --quiet --ff-only "$REPO" "$(git -C "$REPO" rev-parse --abbrev-ref HEAD)" || fail "git pull"
+else
+  step_start "git clone"
+  git clone --quiet "$REPO" "$CLONE" || fail "git clone $REPO"
+fi
 git -C "$CLONE" log --oneline -1
 step_end
 
