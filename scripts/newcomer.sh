@@ -70,7 +70,7 @@ for _ in $(seq 1 1800); do
 done
 curl -fsS -m 2 "$URL/healthz" || fail "no answer on $URL/healthz within 30 min"
 echo
-grep -E "placement service on|error" "$LOG" | tr -s ' \n' ' ' | head -c 400; echo
+{ grep -E "placement service on|error" "$LOG" || true; } | tr -s ' \n' ' ' | cut -c1-400
 step_end
 
 step_start "placement query (a ResNet-18 training job on a Jetson AGX Orin)"
