@@ -64,7 +64,8 @@ step_start "make run (setup + start, in the background) until $URL/healthz answe
 make run >"$LOG" 2>&1 &
 RUN_PID=$!
 for _ in $(seq 1 1800); do
-  if curl -fsS -m 2 "$URL/healthz" >/dev/null 2>&1; then break; fi
+  # ready: answering, and its instance record written (what placement stop reads)
+  if curl -fsS -m 2 "$URL/healthz" >/dev/null 2>&1 && [ -f "$PLACEMENT_STATE_DIR/serve.json" ]; then break; fi
   kill -0 "$RUN_PID" 2>/dev/null || fail "make run exited ($(tail -n 1 "$LOG"))"
   sleep 1
 done
