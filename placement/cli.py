@@ -604,23 +604,32 @@ def query(
     if as_json:
         sys.stdout.write(answer.model_dump_json(indent=2) + "\n")
         return
-    console.print(decisions_table(answer))
+    wide = console.width >= 150
+    console.print(decisions_table(answer, with_ids=wide))
+    if not wide:  # a narrow terminal: the ids below the table, whole, one per line
+        console.print("decision ids (quote one in feedback):")
+        for i, d in enumerate(answer.decisions or [], 1):
+            console.print(f"  #{i} {d.decision_id}", soft_wrap=True, highlight=False)
     console.print("* predicted by the performance model (modelled, not measured)")
 
 
-def decisions_table(answer: Any) -> Table:
-    """The ``placement query`` table; the decision id (quoted in feedback) is never cut or wrapped."""
+def decisions_table(answer: Any, *, with_ids: bool = True) -> Table:
+    """The ``placement query`` table; the decision id (quoted in feedback) is never cut or wrapped:
+    in its own column (``with_ids``) or, for a narrow terminal, listed under the table by row number."""
     table = Table(title=f"target {answer.target_id}  policy {answer.policy_version}  "
                         f"T_t={answer.thresholds.speedup_min:g} T_e={answer.thresholds.energy_ratio_max:g}")
     ids = [d.decision_id for d in answer.decisions or []]
+    if not with_ids:
+        table.add_column("#", justify="right")
     for c in ("job", "device", "cores", "GPU cap", "P(GPU)", "speedup*", "energy ratio*", "by"):
         table.add_column(c, overflow="fold")
-    table.add_column("decision id", no_wrap=True, min_width=max((len(i) for i in ids), default=11))
-    for d in answer.decisions or []:
-        table.add_row(d.job_name, d.device.upper(), str(d.cpu_cores), str(d.gpu_mem_cap), f"{d.gpu_probability:.3f}",
-                      "-" if d.predicted_speedup is None else f"{d.predicted_speedup:.3g}",
-                      "-" if d.predicted_energy_ratio is None else f"{d.predicted_energy_ratio:.3g}",
-                      d.decided_by, d.decision_id)
+    if with_ids:
+        table.add_column("decision id", no_wrap=True, min_width=max((len(i) for i in ids), default=11))
+    for i, d in enumerate(answer.decisions or [], 1):
+        cells = [d.job_name, d.device.upper(), str(d.cpu_cores), str(d.gpu_mem_cap), f"{d.gpu_probability:.3f}",
+                 "-" if d.predicted_speedup is None else f"{d.predicted_speedup:.3g}",
+                 "-" if d.predicted_energy_ratio is None else f"{d.predicted_energy_ratio:.3g}", d.decided_by]
+        table.add_row(*([*cells, d.decision_id] if with_ids else [str(i), *cells]))
     return table
 
 

