@@ -16,7 +16,10 @@ SERVING = "import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *_: sys
 
 
 def _spawn(code: str, *argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code, *argv])
+    proc = subprocess.Popen([sys.executable, "-c", code.replace("time.sleep(120)", "print('ready', flush=True)\ntime.sleep(120)"), *argv],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"  # started (handlers installed)
+    return proc
 
 
 def test_stop_ends_the_recorded_processes_only(tmp_path):
@@ -24,7 +27,6 @@ def test_stop_ends_the_recorded_processes_only(tmp_path):
     ray_like = _spawn("import time; time.sleep(120)", "ray::fake", "session_i17")  # outlives a killed server
     bystander = _spawn("import time; time.sleep(120)", "ray::other-instance")
     try:
-        time.sleep(0.5)
         instance.Instance(pid=serving.pid, url="http://127.0.0.1:1", started_at=time.time(),
                           ray_session_dir=str(tmp_path / "session_i17"), ray_pids=[ray_like.pid]).write(tmp_path)
         report = instance.stop(tmp_path, timeout_s=10)
