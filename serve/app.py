@@ -76,7 +76,7 @@ from serve.schemas import (
     VersionInfo,
 )
 from serve.settings import Settings
-from serve.store import FeedbackConflict, Store, iso
+from serve.store import FeedbackConflict, StorageUnavailable, Store, iso
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class PlacementService:
         self.replica = replica
         limit_threads(settings.torch_threads)
         if placer is None:
-            store = Store(settings.database, synchronous=settings.db_synchronous)
+            store = Store.from_settings(settings)
             placer = Placer(bootstrap_store(store, settings), settings=settings, store=store,
                             rng_stream=int(hashlib.sha256(replica.encode()).hexdigest()[:8], 16))
         self.placer = placer
@@ -460,6 +460,10 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
     async def _storage_error(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
         return storage_error(exc, service.store.path)
 
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        return storage_error(exc, service.store.path)
+
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         start = time.perf_counter()
@@ -561,7 +565,7 @@ def _deployments() -> tuple[Any, Any]:
 
             self.settings = Settings.model_validate(settings)
             limit_threads(self.settings.torch_threads)
-            self.learner = Learner(self.settings, Store(self.settings.database, synchronous=self.settings.db_synchronous))
+            self.learner = Learner(self.settings, Store.from_settings(self.settings))
             self._stop = threading.Event()
             if self.settings.learner_enabled:
                 threading.Thread(target=self._loop, name="learner", daemon=True).start()
@@ -636,7 +640,7 @@ def app_builder(args: dict[str, Any]) -> Any:
 def check_model(settings: Settings) -> None:
     """Fail early, before Ray starts, when there is no servable model: the store's active
     version or the configured model directory must load (raises naming the path and the fix)."""
-    store = Store(settings.database, synchronous=settings.db_synchronous)
+    store = Store.from_settings(settings)
     try:
         active = store.active_version()
         from agents.artifact import DEFAULT_MODEL_DIR, load_model
