@@ -137,6 +137,16 @@ events_t = sa.Table(
     sa.Column("detail_json", sa.Text, nullable=False),
     sqlite_autoincrement=True,
 )
+# statements on the request path, built once (building one costs more than running it on SQLite)
+_Q_META = sa.select(meta_t.c.value).where(meta_t.c.key == sa.bindparam("key"))
+_Q_TARGET = sa.select(targets_t.c.target_json).where(targets_t.c.target_key == sa.bindparam("key"))
+_Q_BATCH = sa.select(
+    batches_t.c.created_at, batches_t.c.target_key, batches_t.c.speedup_min, batches_t.c.energy_ratio_max,
+    batches_t.c.missing_power, batches_t.c.max_slowdown, batches_t.c.policy_version, batches_t.c.columns,
+).where(batches_t.c.batch_id == sa.bindparam("batch_id"))
+_INS_BATCH = batches_t.insert()
+_Q_FEEDBACK = sa.select(feedback_t.c.payload_sha256, feedback_t.c.response_json).where(
+    feedback_t.c.decision_id == sa.bindparam("decision_id"))
 _VERSION_COLS = (versions_t.c.version, versions_t.c.created_at, versions_t.c.path, versions_t.c.parent,
                  versions_t.c.status, versions_t.c.thresholds_json, versions_t.c.metrics_json)
 
@@ -303,8 +313,12 @@ def _sqlite_engine(path: Path, synchronous: str, busy_timeout_ms: int) -> Engine
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         # a writer takes the write lock at BEGIN (waiting up to busy_timeout), so it never
-        # fails half-way on a lock upgrade; readers take a snapshot
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("placement_write") else "BEGIN")
+        # fails half-way on a lock upgrade; the Store's reads run in autocommit (no BEGIN)
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        write = conn.info.get("placement_write") or options.get("placement_write")
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
@@ -367,23 +381,48 @@ class Store:
         except StoreError:
             self._engine.dispose()
             raise
+        self._conns: dict[str, Connection] = {}
+        self._advisory_lock = sa.select(sa.func.pg_advisory_xact_lock(_VERSION_LOCK_KEY))
+        self._ins_target = self._insert(targets_t).on_conflict_do_nothing(index_elements=["target_key"])
+        self._ins_feedback = self._insert(feedback_t).on_conflict_do_nothing(
+            index_elements=["decision_id"]).returning(feedback_t.c.seq)
         self._known_targets: set[str] = set()
         self._target_cache: dict[str, HardwareTarget] = {}
         self._batch_cache: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     # -- plumbing ---------------------------------------------------------------------
+    def _connection(self, kind: str = "write") -> Connection:
+        """This Store's connection for writes (transactions) or reads (autocommit: each read is
+        one statement, no BEGIN/ROLLBACK round trips); operations are serialised by the lock.
+        A new one after the old was invalidated (e.g. the PostgreSQL server restarted)."""
+        conn = self._conns.get(kind)
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                conn.close()
+            conn = self._engine.connect()
+            if kind == "read":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._conns[kind] = conn
+        return conn
+
     @contextmanager
     def _tx(self, *, versions: bool = False) -> Iterator[Connection]:
         """A write transaction, committed on exit. ``versions``: serialise with every other
         version change (PostgreSQL advisory lock; SQLite's write lock already does)."""
         with self._lock:
             try:
-                with self._engine.connect() as conn:
-                    conn.execution_options(placement_write=True)
-                    with conn.begin():
-                        if versions and self.dialect == "postgresql":
-                            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_VERSION_LOCK_KEY)))
-                        yield conn
+                conn = self._connection()
+                if conn.in_transaction():  # a read left open by an error
+                    conn.rollback()
+                conn.info["placement_write"] = True  # SQLite: BEGIN IMMEDIATE
+                try:
+                    tx = conn.begin()
+                finally:
+                    conn.info["placement_write"] = False
+                with tx:
+                    if versions and self.dialect == "postgresql":
+                        conn.execute(self._advisory_lock)
+                    yield conn
             except sa_exc.OperationalError as exc:
                 # also when COMMIT itself fails (disk full, read-only): the transaction is rolled
                 # back and the connection stays usable once space is freed
@@ -391,15 +430,23 @@ class Store:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        """Reads in one short transaction (a snapshot; never left open, so SQLite's WAL can checkpoint)."""
         with self._lock:
             try:
-                with self._engine.connect() as conn:
+                conn = self._connection("read")
+                try:
                     yield conn
+                finally:
+                    if conn.in_transaction():
+                        conn.rollback()
             except sa_exc.OperationalError as exc:
                 raise StorageUnavailable(str(exc.orig)) from exc
 
     def close(self) -> None:
         with self._lock:
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()
             self._engine.dispose()
 
     def __enter__(self) -> Store:
@@ -424,10 +471,9 @@ class Store:
         }
         with self._tx() as conn:
             if key not in self._known_targets:
-                conn.execute(self._insert(targets_t).values(
-                    target_key=key, target_id=batch.target.id, target_json=batch.target.model_dump_json()
-                ).on_conflict_do_nothing(index_elements=["target_key"]))
-            conn.execute(batches_t.insert(), row)
+                conn.execute(self._ins_target, {"target_key": key, "target_id": batch.target.id,
+                                                "target_json": batch.target.model_dump_json()})
+            conn.execute(_INS_BATCH, row)
         self._known_targets.add(key)
 
     def _insert(self, table: sa.Table) -> Any:
@@ -443,7 +489,7 @@ class Store:
     def _target(self, conn: Connection, key: str) -> HardwareTarget:
         target = self._target_cache.get(key)
         if target is None:
-            raw = conn.execute(sa.select(targets_t.c.target_json).where(targets_t.c.target_key == key)).scalar_one()
+            raw = conn.execute(_Q_TARGET, {"key": key}).scalar_one()
             target = HardwareTarget.model_validate_json(raw)
             self._target_cache[key] = target
         return target
@@ -453,11 +499,7 @@ class Store:
         hit = self._batch_cache.get(batch_id)
         if hit is not None:
             return hit
-        b = batches_t.c
-        row = conn.execute(
-            sa.select(b.created_at, b.target_key, b.speedup_min, b.energy_ratio_max, b.missing_power, b.max_slowdown,
-                      b.policy_version, b.columns).where(b.batch_id == batch_id)
-        ).first()
+        row = conn.execute(_Q_BATCH, {"batch_id": batch_id}).first()
         if row is None:
             return None
         meta = dict(zip(("created_at", "target_key", "speedup_min", "energy_ratio_max", "missing_power", "max_slowdown",
@@ -517,20 +559,17 @@ class Store:
         :class:`FeedbackConflict` (same decision, different payload). Atomic across replicas:
         one ``INSERT .. ON CONFLICT (decision_id) DO NOTHING``; the loser reads the winner's row."""
         batch_id, index = split_decision_id(decision_id)
-        f = feedback_t.c
+        row_in = {
+            "decision_id": decision_id, "batch_id": batch_id, "received_at": time.time(),
+            "payload_sha256": payload_sha256, "response_json": response_json, "device": str(outcome.device),
+            "feasible": int(outcome.feasible), "both_measured": int(other is not None),
+            "outcome_json": outcome.model_dump_json(), "other_json": None if other is None else other.model_dump_json(),
+        }
         with self._tx() as conn:
             self._decision(conn, batch_id, index)  # raises UnknownDecision
-            inserted = conn.execute(
-                self._insert(feedback_t).values(
-                    decision_id=decision_id, batch_id=batch_id, received_at=time.time(), payload_sha256=payload_sha256,
-                    response_json=response_json, device=str(outcome.device), feasible=int(outcome.feasible),
-                    both_measured=int(other is not None), outcome_json=outcome.model_dump_json(),
-                    other_json=None if other is None else other.model_dump_json(),
-                ).on_conflict_do_nothing(index_elements=["decision_id"]).returning(f.seq)
-            ).first()
-            if inserted is not None:
+            if conn.execute(self._ins_feedback, row_in).first() is not None:
                 return response_json, False
-            row = conn.execute(sa.select(f.payload_sha256, f.response_json).where(f.decision_id == decision_id)).one()
+            row = conn.execute(_Q_FEEDBACK, {"decision_id": decision_id}).one()
         if row[0] == payload_sha256:
             return str(row[1]), True
         raise FeedbackConflict(
@@ -687,7 +726,7 @@ class Store:
 
     def get_meta(self, key: str) -> str | None:
         with self._read() as conn:
-            value = conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == key)).scalar_one_or_none()
+            value = conn.execute(_Q_META, {"key": key}).scalar_one_or_none()
         return None if value is None else str(value)
 
     def increment_meta(self, key: str) -> int:
