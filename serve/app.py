@@ -242,6 +242,8 @@ class PlacementService:
                  placer: Placer | None = None, poll: bool = True) -> None:
         self.settings = settings
         self.replica = replica
+        self.node = "local"
+        """The Ray node id of this replica (``local`` outside Ray)."""
         limit_threads(settings.torch_threads)
         if placer is None:
             store = Store.from_settings(settings)
@@ -410,7 +412,7 @@ class PlacementService:
         return Response(report.model_dump_json(), media_type="application/json")
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "policy_version": self.placer.version, "replica": self.replica,
+        return {"status": "ok", "policy_version": self.placer.version, "replica": self.replica, "node": self.node,
                 "uptime_s": round(time.time() - self.started_at, 3)}
 
 
@@ -657,6 +659,9 @@ def _deployments() -> tuple[Any, Any]:
                 async def call() -> dict[str, Any]:
                     return dict(await learner.update.remote())
             self.service = PlacementService(self.settings, learner=call, replica=str(replica))
+            import ray
+
+            self.service.node = ray.get_runtime_context().get_node_id()
 
         def __serve_build_asgi_app__(self) -> FastAPI:
             return build_fastapi(self.service)
