@@ -119,7 +119,11 @@ class LocalCluster:
                "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats",
                "--object-store-memory", str(200 * 2**20)]
         if index == 0:
-            cmd += ["--head", "--port", str(self.gcs_port), "--ray-client-server-port", str(ports[6]),
+            # its own temp dir: `ray start` records the cluster's address in <temp dir>/ray_current_cluster,
+            # and a bare ray.init() anywhere on the host (other services, test sessions) would join
+            # a cluster recorded in the default /tmp/ray
+            cmd += ["--head", "--temp-dir", str(self.root / "ray"), "--port", str(self.gcs_port),
+                    "--ray-client-server-port", str(ports[6]),
                     "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                     "--dashboard-port", str(self.dashboard_port)]
         else:

@@ -5,7 +5,9 @@ the replicas of both nodes, through both nodes' stable addresses (HAProxy ingres
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -62,6 +64,9 @@ def test_two_nodes_share_the_store_and_serve_the_new_version(postgres_server, se
                     "explore_band": 0.45, "db_synchronous": "normal"}
     world = ServeWorld(seed=0)
     with LocalCluster(settings, n_workers=1, cpus_per_node=1) as cluster:
+        # the cluster is recorded in its own temp dir, never where a bare ray.init() elsewhere would join it
+        default = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        assert not default.exists() or f":{cluster.gcs_port}" not in default.read_text()
         cluster.deploy(cluster.config(overrides=learner_args))
         head_url, worker_url = cluster.urls
         for url in cluster.urls:
