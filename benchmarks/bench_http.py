@@ -303,7 +303,7 @@ def main() -> None:
     ray_settings = Settings.model_validate({**common, "state_dir": str(tmp / "ray"), "port": args.port + 10,
                                             "ray_proxy_port": args.port + 30, "ingress_replicas": args.replicas,
                                             "max_ongoing_requests": args.max_ongoing,
-                                            "haproxy": not args.no_haproxy})
+                                            "haproxy": not (args.no_haproxy or args.no_throughput_optimized)})
     echo_port = args.port + 2
     direct = not args.no_throughput_optimized
     variant = args.variant or (f"{'throughput-optimised+direct' if direct else 'default proxy path'}, "
