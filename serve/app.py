@@ -595,6 +595,9 @@ def ray_env(settings: Settings) -> dict[str, str]:
             # a replica that stops answering is marked down within about a second
             "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
             "RAY_SERVE_HAPROXY_NBTHREAD": "2",
+            # HAProxy's manager starts (and reloads) the binary before it reports ready: on a
+            # loaded small machine that took longer than Ray's 5 s, and the controller killed it
+            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
             # a replica that dies mid-request (SIGKILL, node lost) closes the connection without an
             # answer: HAProxy replays the request on another replica. Safe here: feedback is
             # idempotent per decision id, and a replayed placement only decides again.
@@ -778,7 +781,17 @@ def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     haproxy = uses_haproxy(settings)
-    serve.start(http_options={"host": settings.host, "port": settings.port if haproxy else settings.ray_proxy_port})
+    http_options = {"host": settings.host, "port": settings.port if haproxy else settings.ray_proxy_port}
+    for attempt in range(3):
+        try:
+            serve.start(http_options=http_options)
+            break
+        except ray.exceptions.RayActorError:
+            # the controller replaced a proxy (HAProxy's manager) that was not ready in time; it
+            # starts a new one, which the next attempt waits for
+            if attempt == 2:
+                raise
+            log.warning("Serve's ingress proxy was restarted while starting; waiting for the new one")
     serve.run(build_app(settings, user_config=user_config), name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     if wait_s is None:

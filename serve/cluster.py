@@ -92,6 +92,8 @@ class LocalCluster:
     def _node_env(self, index: int) -> dict[str, str]:
         env = {**os.environ, **ray_env(self.settings), "RAY_DISABLE_USAGE_STATS": "1",
                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token,
+               # a raylet registering with the GCS on a loaded machine may need more than Ray's default
+               "RAY_raylet_start_wait_time_s": "180",
                "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
                                                          os.environ.get("PYTHONPATH", "")) if p)}
         if index > 0:  # a worker: its own HAProxy port, ports and files on the shared machine
