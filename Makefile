@@ -57,8 +57,10 @@ bench: setup
 	$(PY) benchmarks/bench_decide.py
 	$(PY) benchmarks/bench_env.py
 	$(PY) benchmarks/bench_train.py
-	$(PY) benchmarks/bench_http.py --variant "throughput-optimised, direct ingress, 1 replica"
-	$(PY) benchmarks/bench_http.py --replicas 2 --batches 4 --port 18800 --variant "throughput-optimised, direct ingress, 2 replicas"
+	$(PY) benchmarks/bench_store.py
+	$(PY) benchmarks/bench_http.py --variant "throughput-optimised, HAProxy stable address, 1 replica"
+	$(PY) benchmarks/bench_http.py --replicas 2 --batches 4 --port 18800 --variant "throughput-optimised, HAProxy stable address, 2 replicas"
+	$(PY) benchmarks/bench_http.py --no-haproxy --batches 4 --port 19100 --variant "direct ingress without HAProxy, 1 replica"
 	$(PY) benchmarks/bench_http.py --max-ongoing 4 --batches 4 --port 18900 --variant "max_ongoing_requests 4"
 	$(PY) benchmarks/bench_http.py --no-throughput-optimized --batches 4 --port 19000 --variant "Ray Serve default path (proxy actor)"
 

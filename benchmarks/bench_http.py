@@ -6,8 +6,12 @@ Both servers serve the *same* app (:func:`serve.app.build_fastapi` around a
 :class:`serve.app.PlacementService`: same policy, same performance model, same SQLite
 store writes, same settings), each in its own process, measured in the same run:
 
+* **echo**: the floor -- a bare FastAPI app whose route parses the same single-job body into a
+  pydantic model and answers a small JSON object (no policy, no store);
 * **plain**: uvicorn in a subprocess;
-* **ray**: ``placement serve``'s Ray Serve deployment (one ingress replica, direct ingress);
+* **ray**: ``placement serve``'s Ray Serve deployment at its stable address (HAProxy ingress in
+  front of the direct-ingress replicas; ``--no-haproxy``: a replica's own port);
+* **ray-direct**: with HAProxy, one replica's own (internal) port, for reference;
 * **ray-proxy**: the same Ray app through Ray Serve's own HTTP proxy (the default Serve path),
   for reference.
 
@@ -15,11 +19,14 @@ Figures (printed; ``--out`` also writes them as JSON with provenance):
 
 1. single decision: one job per request, sequential on one keep-alive connection (a
    minimal ``http.client`` client, so client overhead is small), rounds interleaved between
-   servers so machine noise hits all alike; p50 / p99 in ms and requests/s; the ratio
-   ray p50 / plain p50 (target <= 3).
+   servers so machine noise hits all alike; p50 / p99 in ms and requests/s; the ratios
+   ray / echo (targets: p50 <= 1.3, p99 <= 2) and ray / plain.
 2. batch route end to end: ``--batch`` jobs per request in the columns format (and the rows
    format), time from sending the pre-encoded body to the parsed JSON answer; decisions/s
-   (target >= 50k).
+   (target >= 300k JSON columns).
+
+0. start to first answer: from calling :func:`serve.app.start` (Ray start, deploy, model load)
+   to the first 200 answer of a placement at the service's address (target <= 12 s).
 
 3. concurrency: ``--concurrency`` levels (default 1, 8, 32); at each level that many client
    threads, each with its own keep-alive connection, send ``--conc-requests`` single-decision
@@ -67,6 +74,42 @@ def _plain_server(settings_json: str) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
+def _echo_server(port: int) -> None:
+    """Child process: the floor -- a bare FastAPI app on uvicorn whose POST /v1/placements parses
+    the single-job body into a pydantic model and answers a small JSON object (no policy, no store)."""
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    class EchoJob(BaseModel):
+        name: str
+        family: str
+        mode: str
+        batch_size: int
+        flops_per_batch: float
+        param_count: int
+        input_elems_per_sample: int
+        input_bytes_per_sample: int
+
+    class EchoRequest(BaseModel):
+        job: EchoJob
+        target: str
+
+    app = FastAPI()
+
+    async def echo(req: EchoRequest) -> dict:
+        return {"name": req.job.name, "target": req.target, "device": "cpu"}
+
+    echo.__annotations__ = {"req": EchoRequest, "return": dict}  # a local class: not a string annotation
+    app.post("/v1/placements")(echo)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 class Conn:
     """A keep-alive HTTP/1.1 connection with a minimal client."""
 
@@ -110,6 +153,23 @@ def _wait(port: int, timeout_s: float = 180) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"nothing answers on 127.0.0.1:{port}")
+
+
+def _first_answer(port: int, body: bytes, timeout_s: float) -> float:
+    """``time.perf_counter()`` when ``port`` first answered a placement with 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            c = Conn(port)
+            c.conn.timeout = 5
+            status, _ = c.post("/v1/placements", body)
+            c.close()
+            if status == 200:
+                return time.perf_counter()
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"no placement answered on 127.0.0.1:{port} within {timeout_s:.0f} s")
 
 
 def _replica_ports(base: int, n: int, timeout_s: float = 180) -> list[int]:
@@ -199,10 +259,16 @@ def main() -> None:
     parser.add_argument("--no-throughput-optimized", action="store_true",
                         help="Ray Serve's default path: no throughput-optimised mode, no direct ingress")
     parser.add_argument("--variant", default=None, help="name of this Serve configuration in the output")
+    parser.add_argument("--no-haproxy", action="store_true",
+                        help="no HAProxy ingress: clients go to the replicas' own ports (the pre-HAProxy setup)")
     parser.add_argument("--plain-server", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_server is not None:
         _plain_server(args.plain_server)
+        return
+    if args.echo_server is not None:
+        _echo_server(args.echo_server)
         return
 
     import numpy as np
@@ -236,7 +302,9 @@ def main() -> None:
                                               "ray_proxy_port": args.port + 1})
     ray_settings = Settings.model_validate({**common, "state_dir": str(tmp / "ray"), "port": args.port + 10,
                                             "ray_proxy_port": args.port + 30, "ingress_replicas": args.replicas,
-                                            "max_ongoing_requests": args.max_ongoing})
+                                            "max_ongoing_requests": args.max_ongoing,
+                                            "haproxy": not (args.no_haproxy or args.no_throughput_optimized)})
+    echo_port = args.port + 2
     direct = not args.no_throughput_optimized
     variant = args.variant or (f"{'throughput-optimised+direct' if direct else 'default proxy path'}, "
                                f"{args.replicas} replica(s), max_ongoing_requests {args.max_ongoing}")
@@ -246,12 +314,25 @@ def main() -> None:
                                        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     env = dict(os.environ)
     plain = subprocess.Popen([sys.executable, __file__, "--plain-server", plain_settings.model_dump_json()], env=env)
+    echo = subprocess.Popen([sys.executable, __file__, "--echo-server", str(echo_port)], env=env)
+    stable = direct and serve_app.uses_haproxy(ray_settings)
     try:
-        serve_app.start(ray_settings, num_cpus=2, wait_s=180 if direct else None)  # no direct ports to wait for otherwise
-        _wait(plain_settings.port)
-        _wait(ray_settings.ray_proxy_port)
-        servers = {"plain": [plain_settings.port], "ray-proxy": [ray_settings.ray_proxy_port]}
+        # start to first answer: `placement serve`'s path (Ray start, deploy, model load) until the
+        # service's address answers a placement
+        t_start = time.perf_counter()
+        serve_app.start(ray_settings, num_cpus=2, wait_s=None)
+        first_port = ray_settings.port if direct else ray_settings.ray_proxy_port
+        start_to_first_answer_s = _first_answer(first_port, singles[0], timeout_s=300) - t_start
         if direct:
+            serve_app.wait_for_replicas(ray_settings, timeout_s=180)
+        _wait(plain_settings.port)
+        _wait(echo_port)
+        _wait(ray_settings.ray_proxy_port)
+        servers = {"echo": [echo_port], "plain": [plain_settings.port], "ray-proxy": [ray_settings.ray_proxy_port]}
+        if stable:
+            servers["ray"] = [ray_settings.port]  # the stable address: HAProxy in front of the replicas
+            servers["ray-direct"] = sorted(serve_app.live_replicas(ray_settings))[: args.replicas]
+        elif direct:
             _wait(ray_settings.port)
             servers["ray"] = _replica_ports(ray_settings.port, args.replicas)
         else:
@@ -261,10 +342,11 @@ def main() -> None:
         # warm-up
         for name, c in conns.items():
             for body in singles[:200]:
-                status, _ = c.post("/v1/placements", body)
+                status, payload = c.post("/v1/placements", body)
                 if status != 200:
-                    raise RuntimeError(f"{name} answered {status} during warm-up")
-            c.post("/v1/placements", cols_body)
+                    raise RuntimeError(f"{name} answered {status} during warm-up: {payload[:300]!r}")
+            if name != "echo":
+                c.post("/v1/placements", cols_body)
 
         # 1. single decision, interleaved rounds
         lat: dict[str, list[float]] = {name: [] for name in conns}
@@ -290,7 +372,7 @@ def main() -> None:
         # 2. batch route end to end (interleaved)
         batch: dict[str, dict[str, Any]] = {}
         for fmt, body in (("columns", cols_body), ("rows", rows_body)):
-            times: dict[str, list[float]] = {name: [] for name in ("plain", "ray")}
+            times: dict[str, list[float]] = {name: [] for name in ("plain", "ray")}  # (echo has no batch route)
             for _ in range(args.batches):
                 for name in times:
                     t0 = time.perf_counter()
@@ -319,8 +401,9 @@ def main() -> None:
             for name, ports in servers.items():
                 conc[f"{name}/c{level}"] = _concurrent(ports, singles, level, args.conc_requests)
     finally:
-        plain.terminate()
-        plain.wait(timeout=30)
+        for child in (plain, echo):
+            child.terminate()
+            child.wait(timeout=30)
         try:
             import ray
             from ray import serve
@@ -331,6 +414,8 @@ def main() -> None:
             print(f"(Ray shutdown: {exc})", file=sys.stderr)
 
     ratio = single["ray"]["p50_ms"] / single["plain"]["p50_ms"]
+    floor_p50 = single["ray"]["p50_ms"] / single["echo"]["p50_ms"]
+    floor_p99 = single["ray"]["p99_ms"] / single["echo"]["p99_ms"]
     host = probe_local()
     print(f"\nplacement HTTP benchmark -- {host.cpu_model}, {host.cpu_cores} usable cores, Python "
           f"{platform.python_version()}, code {code_version()}, model {version}, target {args.target}")
@@ -338,14 +423,17 @@ def main() -> None:
     print(f"  {'server':<10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'req/s':>8}")
     for name, s in single.items():
         print(f"  {name:<10} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f} {s['mean_ms']:8.3f} {s['requests_per_s']:8.0f}")
-    print(f"  ratio ray/plain p50 = {ratio:.2f} (target <= 3); Ray's proxy path / plain = "
+    print(f"  ratio ray/plain p50 = {ratio:.2f}; Ray's proxy path / plain = "
           f"{single['ray-proxy']['p50_ms'] / single['plain']['p50_ms']:.2f}")
+    print(f"  ray ({'stable address, HAProxy' if stable else 'replica port' if direct else 'proxy'}) / bare echo "
+          f"floor: p50 {floor_p50:.2f} (target <= 1.3), p99 {floor_p99:.2f} (target <= 2)")
+    print(f"start to first answer: {start_to_first_answer_s:.1f} s (target <= 12 s)")
     print(f"batch route end to end ({args.batch} jobs per request, {args.batches} requests per server and format):")
     print(f"  {'server/format':<16} {'decisions/s':>12} {'best/s':>10} {'median s':>9} {'body MB':>8}")
     for name, b in batch.items():
         print(f"  {name:<16} {b['decisions_per_s']:12.0f} {b['best_decisions_per_s']:10.0f} {b['median_request_s']:9.3f} "
               f"{b['request_mb']:8.2f}")
-    print("  target: >= 50000 decisions/s")
+    print("  target: >= 300000 decisions/s (JSON columns)")
     print(f"concurrency ({args.conc_requests} single-decision requests per server and level; one keep-alive "
           "connection per client thread):")
     print(f"  {'server/clients':<16} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
@@ -357,7 +445,8 @@ def main() -> None:
             "benchmark": "bench_http", "code_version": code_version(), "model_version": version, "seed": args.seed,
             "thresholds": {"speedup_min": plain_settings.speedup_min, "energy_ratio_max": plain_settings.energy_ratio_max},
             "hardware": host.model_dump(mode="json"), "args": {k: str(v) for k, v in vars(args).items()},
-            "single": single, "ratio_ray_plain_p50": ratio, "batch": batch, "concurrency": conc, "variant": variant,
+            "single": single, "ratio_ray_plain_p50": ratio, "ratio_ray_echo_p50": floor_p50,
+            "ratio_ray_echo_p99": floor_p99, "start_to_first_answer_s": start_to_first_answer_s, "stable": stable, "batch": batch, "concurrency": conc, "variant": variant,
             "load_average": os.getloadavg(),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

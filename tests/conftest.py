@@ -185,3 +185,29 @@ def serve_app(tmp_path_factory, serve_model_dir):
     ray.shutdown()
     os.environ.clear()
     os.environ.update(saved_env)
+
+
+# --- the store on both engines: embedded SQLite and a real PostgreSQL server (one per session) ---
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (tests/postgres_server.py); skipped, naming
+    what to install, only where no PostgreSQL server binaries exist."""
+    from tests.postgres_server import PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres): install PostgreSQL (Debian/Ubuntu: "
+                    "apt-get install postgresql; macOS: brew install postgresql) or set PLACEMENT_PG_BINDIR")
+    server = PostgresServer(bindir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """Where a test's store lives: an SQLite file, or a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "placement.db"
+    return request.getfixturevalue("postgres_server").new_database()

@@ -47,7 +47,7 @@ def _serve(settings_json: str) -> None:
     from serve.store import Store
 
     settings = Settings.model_validate_json(settings_json)
-    learner = Learner(settings, Store(settings.database, synchronous=settings.db_synchronous))
+    learner = Learner(settings, Store.from_settings(settings))
 
     async def update() -> dict[str, Any]:
         return (await asyncio.to_thread(learner.update)).model_dump(mode="json")

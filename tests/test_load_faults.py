@@ -45,6 +45,7 @@ import psutil
 import pytest
 
 from placement.catalogue import get_target
+from serve import app as serve_app_module
 from serve.settings import Settings
 from serve.store import Store
 from tests.conftest import ServeWorld
@@ -186,41 +187,43 @@ class TwoReplicas:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.ports[0]}"
+        return f"http://127.0.0.1:{self.live_ports()[0]}"
 
     def live_ports(self) -> list[int]:
-        return list(self.ports)
+        """Where clients send: the one stable address (HAProxy ingress), else every replica's own port."""
+        return [self.settings.port] if serve_app_module.uses_haproxy(self.settings) else list(self.ports)
 
     def rediscover(self) -> None:
         """The replicas' direct-ingress ports as they are now (a replaced replica may move to another port)."""
-        self.ports = sorted(_replica_ports(self.settings.port, 2, set()))
+        self.ports = sorted(_replica_ports(self.settings, 2, set()))
 
 
-def _replica_ports(base: int, expected: int, exclude: set[str], timeout_s: float = 180.0) -> dict[int, str]:
-    """Wait until ``expected`` replicas with ids not in ``exclude`` answer on ports from ``base``."""
+def _replica_ports(settings: Settings, expected: int, exclude: set[str], timeout_s: float = 180.0) -> dict[int, str]:
+    """Wait until ``expected`` replicas with ids not in ``exclude`` answer on their own (direct-ingress) ports."""
     deadline = time.monotonic() + timeout_s
     found: dict[int, str] = {}
     while time.monotonic() < deadline:
         found = {}
-        for port in range(base, base + 18):
+        for port in serve_app_module.ingress_ports(settings):
             h = _health(port, timeout=1.0)
             if h is not None and h["replica"] not in exclude:
                 found[port] = h["replica"]
         if len(found) >= expected:
             return found
         time.sleep(0.5)
-    raise AssertionError(f"{expected} new replicas did not answer from port {base} (found {found})")
+    raise AssertionError(f"{expected} new replicas did not answer on {serve_app_module.ingress_ports(settings)} "
+                         f"(found {found})")
 
 
 def _redeploy(module, settings: Settings, expected: int, exclude: set[str]) -> dict[int, str]:
     module.stop()
     module.start(settings, exclude=frozenset(exclude))
-    return _replica_ports(settings.port, expected, exclude)
+    return _replica_ports(settings, expected, exclude)
 
 
 @pytest.fixture(scope="module")
 def two_replicas(serve_app, tmp_path_factory):
-    before = {h["replica"] for p in range(serve_app.settings.port, serve_app.settings.port + 18)
+    before = {h["replica"] for p in serve_app_module.ingress_ports(serve_app.settings)
               if (h := _health(p, 1.0)) is not None}
     settings = Settings.model_validate({
         **serve_app.settings.model_dump(), "state_dir": tmp_path_factory.mktemp("faults_state"), "db_path": None,
@@ -232,7 +235,8 @@ def two_replicas(serve_app, tmp_path_factory):
         yield TwoReplicas(settings, sorted(found), serve_app.headers)
     finally:
         restored = _redeploy(serve_app.module, serve_app.settings, 1, set(found.values()))
-        serve_app.url = f"http://127.0.0.1:{min(restored)}"  # Ray may hand the replica the next free port
+        if not serve_app_module.uses_haproxy(serve_app.settings):  # Ray may hand the replica the next free port
+            serve_app.url = f"http://127.0.0.1:{min(restored)}"
 
 
 def _replica_pid(port: int) -> int:
@@ -305,7 +309,7 @@ def test_replica_killed_under_load(two_replicas):
         killed_at.append(time.monotonic())
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            for port in range(two_replicas.settings.port, two_replicas.settings.port + 18):
+            for port in serve_app_module.ingress_ports(two_replicas.settings):
                 h = _health(port, timeout=0.5)
                 if h is not None and h["replica"] not in survivors:
                     replaced.append((time.monotonic() - killed_at[0], port))
@@ -338,12 +342,9 @@ def test_replica_killed_under_load(two_replicas):
     # 2-core machine, so this takes longer than the service's recovery)
     assert replaced_s <= 60.0, f"the killed replica was not replaced within 60 s ({replaced_s:.1f} s)"
     # every feedback the service acknowledged is in the database, with the answer it gave
-    store = Store(two_replicas.settings.database)
-    try:
-        assert store._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = dict(store._conn.execute("SELECT decision_id, response_json FROM feedback").fetchall())
-    finally:
-        store.close()
+    with sqlite3.connect(two_replicas.settings.database) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = dict(conn.execute("SELECT decision_id, response_json FROM feedback").fetchall())
     assert acked and all(rows.get(did) == text for did, text in acked.items())
 
 

@@ -1,11 +1,20 @@
-"""The SQLite store: decisions and feedback survive reopening, feedback is idempotent, versions roll back."""
+"""The store on both engines (an SQLite file and a real PostgreSQL server started for the session):
+decisions and feedback survive reopening, feedback is idempotent and version changes atomic under
+concurrent writers, acknowledged rows survive SIGKILL, the schema migrates (Alembic)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy
 
 from placement.catalogue import get_target
 from placement.threshold import Thresholds
@@ -13,6 +22,9 @@ from placement.trace import read_trace
 from serve.schemas import ReportedOutcome
 from serve.store import (
     BATCH_COLUMNS,
+    METADATA,
+    MIGRATIONS_DIR,
+    SCHEMA_HEAD,
     DecisionBatch,
     FeedbackConflict,
     Store,
@@ -21,6 +33,8 @@ from serve.store import (
     decode_columns,
     encode_columns,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _batch(example_job, n: int = 3, gpu: bool = True) -> DecisionBatch:
@@ -55,8 +69,8 @@ def test_columns_round_trip():
     assert back["batch_size"].dtype == np.int64
 
 
-def test_decisions_and_feedback_survive_reopen(tmp_path, example_job):
-    path = tmp_path / "p.db"
+def test_decisions_and_feedback_survive_reopen(store_location, example_job):
+    path = store_location
     store = Store(path)
     batch = _batch(example_job)
     store.insert_decisions(batch)
@@ -76,13 +90,15 @@ def test_decisions_and_feedback_survive_reopen(tmp_path, example_job):
     stats = reopened.stats()
     assert stats["decisions"] == {"total": 3, "gpu": 3, "cpu": 0, "explored": 0, "gpu_share": 1.0}
     assert stats["feedback"]["total"] == 1
+    if isinstance(path, str):
+        return
     # WAL mode on the file itself
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_feedback_idempotent_and_conflicting(tmp_path, example_job):
-    store = Store(tmp_path / "p.db")
+def test_feedback_idempotent_and_conflicting(store_location, example_job):
+    store = Store(store_location)
     batch = _batch(example_job)
     store.insert_decisions(batch)
     did = batch.decision_id(0)
@@ -101,8 +117,8 @@ def test_feedback_idempotent_and_conflicting(tmp_path, example_job):
         store.get_decision("not-an-id")
 
 
-def test_versions_promote_and_roll_back(tmp_path):
-    store = Store(tmp_path / "p.db")
+def test_versions_promote_and_roll_back(store_location, tmp_path):
+    store = Store(store_location)
     th = Thresholds()
     store.register_version("v1", tmp_path / "v1", parent=None, status="serving", thresholds=th, metrics={}, activate=True)
     store.register_version("v2", tmp_path / "v2", parent="v1", status="serving", thresholds=th, metrics={}, activate=True)
@@ -121,8 +137,8 @@ def test_versions_promote_and_roll_back(tmp_path):
     assert store.stats()["events"] == {"register": 2, "promote": 2, "reject": 1, "rollback": 2}
 
 
-def test_export_trace(tmp_path, example_job):
-    store = Store(tmp_path / "p.db")
+def test_export_trace(store_location, tmp_path, example_job):
+    store = Store(store_location)
     batch = _batch(example_job, n=2)
     store.insert_decisions(batch)
     cpu = ReportedOutcome(device="cpu", n_samples=640, time_total_s=20.0, energy_j=800.0, energy_method="measured")
@@ -146,3 +162,227 @@ def test_bad_database_file(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="PLACEMENT_DB_PATH"):
         Store(bad)
+
+
+def test_unreachable_server_is_a_clear_error():
+    from tests.plain_server import free_port
+
+    url = f"postgresql+psycopg://placement@127.0.0.1:{free_port()}/nothing"
+    with pytest.raises(StoreError, match="PLACEMENT_DB_URL"):
+        Store(url)
+    with pytest.raises(StoreError, match="only sqlite and postgresql"):
+        Store("mysql://x@127.0.0.1/db")
+
+
+# --------------------------------------------------------------------------------------
+# concurrent replicas: one Store (one connection pool) per thread, as separate replicas have
+# --------------------------------------------------------------------------------------
+def _hammer(n_workers: int, work) -> list:
+    """Run ``work(worker_index)`` on ``n_workers`` threads released at once; their results (or exceptions)."""
+    barrier = threading.Barrier(n_workers)
+    results: list = [None] * n_workers
+
+    def run(k: int) -> None:
+        barrier.wait()
+        try:
+            results[k] = work(k)
+        except Exception as exc:  # reported to the test
+            results[k] = exc
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n_workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def test_concurrent_feedback_is_stored_once(store_location, example_job):
+    """Six replicas race to record feedback for the same 40 decisions (three with one payload,
+    three with another): each decision ends with exactly one row; every caller either wrote it,
+    got its replay, or was told of the conflict, and the stored answer is the writer's."""
+    first = Store(store_location)
+    batch = _batch(example_job, n=40)
+    first.insert_decisions(batch)
+    run = _gpu_run(example_job)
+    stores = [Store(store_location) for _ in range(6)]
+
+    def work(k: int) -> list:
+        payload = "even" if k % 2 == 0 else "odd"
+        out = []
+        for i in range(40):
+            try:
+                out.append(stores[k].record_feedback(batch.decision_id(i), payload, f"answer-{payload}", run, None))
+            except FeedbackConflict:
+                out.append("conflict")
+        return out
+
+    results = _hammer(6, work)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert first.feedback_count() == 40
+    for i in range(40):
+        outcomes = [r[i] for r in results]
+        written = [o for o in outcomes if o != "conflict" and o[1] is False]
+        assert len(written) == 1, outcomes  # exactly one writer per decision
+        winner = written[0][0]
+        for o in outcomes:  # the others: a replay of the winner's answer, or a conflict
+            assert o == "conflict" or o[0] == winner
+        assert sum(o == "conflict" for o in outcomes) == 3
+    for s in (first, *stores):
+        s.close()
+
+
+def test_concurrent_promotions_leave_one_serving_version(store_location, tmp_path):
+    """Four replicas register-and-activate, promote, roll back and count at once: afterwards
+    exactly one version is 'serving' and it is the active one; no count is lost."""
+    th = Thresholds()
+    setup = Store(store_location)
+    setup.register_version("v0", tmp_path, parent=None, status="serving", thresholds=th, metrics={}, activate=True)
+    stores = [Store(store_location) for _ in range(4)]
+
+    def work(k: int) -> int:
+        s = stores[k]
+        for j in range(6):
+            s.register_version(f"w{k}-{j}", tmp_path, parent="v0", status="serving", thresholds=th, metrics={},
+                               activate=True)
+            s.increment_meta("learner_updates_promoted")
+            if j % 3 == 2:
+                s.promote("v0", {"reason": "test"})
+        return 0
+
+    assert _hammer(4, work) == [0, 0, 0, 0]
+    serving = [v.version for v in setup.versions() if v.status == "serving"]
+    assert serving == [setup.active_version()]
+    assert setup.stats()["learner"]["promoted"] == 24
+    assert setup.stats()["events"]["register"] == 1 + 24
+    # the same version registered twice at once: one wins, the other is told
+    results = _hammer(4, lambda k: stores[k].register_version("same", tmp_path, parent=None, status="retired",
+                                                              thresholds=th, metrics={}))
+    assert sum(r is None for r in results) == 1
+    assert all(isinstance(r, ValueError) and "already exists" in str(r) for r in results if r is not None)
+    for s in (setup, *stores):
+        s.close()
+
+
+# --------------------------------------------------------------------------------------
+# SIGKILL of a writing process: every acknowledged row is there afterwards
+# --------------------------------------------------------------------------------------
+_WRITER = """
+import sys
+from serve.schemas import ReportedOutcome
+from serve.store import Store
+store = Store(sys.argv[1])
+run = ReportedOutcome(device="cpu", n_samples=64, time_total_s=1.0, energy_j=50.0, energy_method="measured")
+for did in sys.argv[2].split(","):
+    store.record_feedback(did, "h-" + did, "answer-" + did, run, None)
+    print(did, flush=True)  # acknowledged only after the commit returned
+"""
+
+
+def test_sigkill_loses_no_acknowledged_feedback(store_location, example_job):
+    store = Store(store_location)
+    batch = _batch(example_job, n=2000)
+    store.insert_decisions(batch)
+    ids = [batch.decision_id(i) for i in range(2000)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(store_location), ",".join(ids)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    acked: list[str] = []
+    assert proc.stdout is not None
+    while len(acked) < 100:
+        line = proc.stdout.readline()
+        assert line, "the writer ended early"
+        acked.append(line.strip())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    acked.extend(line.strip() for line in proc.stdout.read().splitlines() if line.strip())
+    assert 100 <= len(acked) < 2000
+    reopened = Store(store_location)
+    stored = {fb.decision.decision_id for fb in reopened.recent_feedback()}
+    missing = [d for d in acked if d not in stored]
+    assert not missing, f"{len(missing)} acknowledged feedback rows lost"
+    for did in acked[:20]:  # the stored answer is the acknowledged one
+        assert reopened.record_feedback(did, "h-" + did, "other", _gpu_run(example_job), None) == ("answer-" + did, True)
+    print(f"\n{store.dialect}: SIGKILL after {len(acked)} acknowledged feedback, {len(stored)} stored, 0 lost")
+    store.close()
+    reopened.close()
+
+
+# --------------------------------------------------------------------------------------
+# schema migrations (Alembic, shipped in serve/migrations)
+# --------------------------------------------------------------------------------------
+def test_schema_head_matches_the_migration_scripts():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(cfg).get_heads() == [SCHEMA_HEAD]
+
+
+def test_tables_match_the_migrations(store_location):
+    """The tables the migrations create are the ones the queries are built from (Alembic's autogenerate diff is empty)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    store = Store(store_location)
+    with store._engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), METADATA)
+    assert diff == [], diff
+    store.close()
+
+
+_LEGACY_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE targets (target_key TEXT PRIMARY KEY, target_id TEXT NOT NULL, target_json TEXT NOT NULL);
+CREATE TABLE decision_batches (batch_id TEXT PRIMARY KEY, created_at REAL NOT NULL, n INTEGER NOT NULL,
+    n_gpu INTEGER NOT NULL, n_explored INTEGER NOT NULL, target_key TEXT NOT NULL REFERENCES targets(target_key),
+    speedup_min REAL NOT NULL, energy_ratio_max REAL NOT NULL, missing_power TEXT NOT NULL, max_slowdown REAL,
+    policy_version TEXT NOT NULL, columns BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE feedback (seq INTEGER PRIMARY KEY AUTOINCREMENT, decision_id TEXT NOT NULL UNIQUE,
+    batch_id TEXT NOT NULL REFERENCES decision_batches(batch_id), received_at REAL NOT NULL,
+    payload_sha256 TEXT NOT NULL, response_json TEXT NOT NULL, device TEXT NOT NULL, feasible INTEGER NOT NULL,
+    both_measured INTEGER NOT NULL, outcome_json TEXT NOT NULL, other_json TEXT);
+CREATE TABLE policy_versions (version TEXT PRIMARY KEY, created_at REAL NOT NULL, path TEXT NOT NULL, parent TEXT,
+    status TEXT NOT NULL CHECK (status IN ('serving', 'retired', 'rejected')), thresholds_json TEXT NOT NULL,
+    metrics_json TEXT NOT NULL);
+CREATE TABLE policy_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('register', 'promote', 'reject', 'rollback')), version TEXT NOT NULL,
+    detail_json TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1'), ('active_version', 'old-v');
+INSERT INTO policy_versions VALUES ('old-v', 1.0, '/models/old', NULL, 'serving', '{}', '{}');
+"""
+
+
+def test_database_from_before_alembic_is_adopted(tmp_path):
+    """A file the pre-Alembic store wrote (schema 1, no alembic_version) opens unchanged and is stamped."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_LEGACY_SCHEMA)
+    store = Store(path)
+    assert store.active_version() == "old-v" and store.get_version("old-v").path.as_posix() == "/models/old"
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
+
+
+def test_database_newer_than_the_code_is_refused(store_location):
+    Store(store_location).close()
+    engine = sqlalchemy.create_engine(store_location if isinstance(store_location, str)
+                                      else f"sqlite:///{store_location}")
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="newer than this code"):
+        Store(store_location)
+
+
+def test_settings_pick_the_engine(tmp_path, monkeypatch):
+    from serve.settings import Settings
+
+    s = Settings(state_dir=tmp_path)
+    store = Store.from_settings(s)
+    assert store.dialect == "sqlite" and store.path == tmp_path / "placement.db"
+    store.close()
+    with pytest.raises(StoreError, match="PLACEMENT_DB_URL"):
+        Store.from_settings(Settings(state_dir=tmp_path, db_url="postgresql+psycopg://u@127.0.0.1:1/x"))
