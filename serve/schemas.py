@@ -61,8 +61,8 @@ class RequestThresholds(Record):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    speedup_min: FiniteFloat | None = Field(None, gt=0, le=1e6, description="T_t: GPU must be at least this many times faster.")
-    energy_ratio_max: FiniteFloat | None = Field(
+    speedup_min: FiniteFloat | None = Field(default=None, gt=0, le=1e6, description="T_t: GPU must be at least this many times faster.")
+    energy_ratio_max: FiniteFloat | None = Field(default=
         None, gt=0, le=1e6, description="T_e: GPU per-sample energy may be at most this multiple of the CPU's."
     )
 
@@ -79,7 +79,7 @@ def _job_columns_model() -> type[BaseModel]:
         item: Any = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
         column: Any = list[item]  # type: ignore[valid-type]
         required = info.is_required()
-        fields[name] = (column if required else column | None, Field(... if required else None,
+        fields[name] = (column if required else column | None, Field(default=... if required else None,
                                                                      description=info.description))
 
     def _same_length(self: BaseModel) -> BaseModel:
@@ -121,16 +121,16 @@ class PlacementRequest(Record):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job: Job | None = Field(None, description="One job. Give either job or jobs.")
-    jobs: list[Job] | None = Field(None, min_length=1, description="A batch of jobs (at most the service's max_batch_jobs).")
-    columns: JobColumns | None = Field(None, description="A batch of jobs as columns (answered as columns).")  # type: ignore[valid-type]
-    target: TargetRef = Field(LOCAL_TARGET, description="Catalogue id, 'local' (the probed host) or a hardware description.")
-    thresholds: RequestThresholds | None = Field(None, description="Override T_t / T_e for this request.")
-    max_slowdown: FiniteFloat | None = Field(
+    job: Job | None = Field(default=None, description="One job. Give either job or jobs.")
+    jobs: list[Job] | None = Field(default=None, min_length=1, description="A batch of jobs (at most the service's max_batch_jobs).")
+    columns: JobColumns | None = Field(default=None, description="A batch of jobs as columns (answered as columns).")  # type: ignore[valid-type]
+    target: TargetRef = Field(default=LOCAL_TARGET, description="Catalogue id, 'local' (the probed host) or a hardware description.")
+    thresholds: RequestThresholds | None = Field(default=None, description="Override T_t / T_e for this request.")
+    max_slowdown: FiniteFloat | None = Field(default=
         None, ge=1.0, le=1e6,
         description="The chosen device may be at most this many times slower than the faster one (by the performance model).",
     )
-    explore: bool = Field(True, description="Allow exploration for these jobs (false: always the policy's best guess).")
+    explore: bool = Field(default=True, description="Allow exploration for these jobs (false: always the policy's best guess).")
 
     @model_validator(mode="after")
     def _one_of(self) -> PlacementRequest:
@@ -160,9 +160,9 @@ class DecisionOut(BaseModel):
     cpu_cores: int = Field(description="Cores the job may use (affinity and intra-op threads).")
     gpu_mem_cap: GpuMemCap = Field(description="GPU memory cap in MiB, or 'grow' (no cap).")
     gpu_probability: float = Field(description="The policy's P(GPU is a valid acceleration) under its thresholds.")
-    predicted_speedup: float | None = Field(None, description="T_cpu / T_gpu by the performance model (modelled); null without a GPU or when infeasible.")
-    predicted_energy_ratio: float | None = Field(None, description="GPU/CPU per-sample energy by the performance model (modelled).")
-    prediction_method: Literal["modelled"] | None = Field(None, description="How the predictions were obtained.")
+    predicted_speedup: float | None = Field(default=None, description="T_cpu / T_gpu by the performance model (modelled); null without a GPU or when infeasible.")
+    predicted_energy_ratio: float | None = Field(default=None, description="GPU/CPU per-sample energy by the performance model (modelled).")
+    prediction_method: Literal["modelled"] | None = Field(default=None, description="How the predictions were obtained.")
     explored: bool = Field(description="True when this decision deliberately tried the other device (exploration).")
     decided_by: DecidedBy = Field(description="What decided: policy, thresholds, max_slowdown (the request's limit), exploration, or no_gpu (the target has none).")
     policy_version: str = Field(description="The policy version that decided (GET /v1/policy lists the versions).")
@@ -187,7 +187,7 @@ class DecisionColumns(BaseModel):
     gpu_probability: list[float] = Field(description="Per job: the policy's P(GPU is a valid acceleration).")
     predicted_speedup: list[float | None] = Field(description="Per job: T_cpu / T_gpu by the performance model (modelled), or null.")
     predicted_energy_ratio: list[float | None] = Field(description="Per job: GPU/CPU per-sample energy by the performance model (modelled), or null.")
-    prediction_method: Literal["modelled"] = Field("modelled", description="How the predictions were obtained (always 'modelled').")
+    prediction_method: Literal["modelled"] = Field(default="modelled", description="How the predictions were obtained (always 'modelled').")
     explored: list[bool] = Field(description="Per job: true when the decision deliberately tried the other device.")
     decided_by: list[DecidedBy] = Field(description="Per job: policy, thresholds, max_slowdown, exploration or no_gpu (as in DecisionOut).")
 
@@ -196,8 +196,8 @@ class PlacementResponse(BaseModel):
     target_id: str = Field(description="The hardware target decided for (a catalogue id, or 'local' / the id of the hardware sent).")
     policy_version: str = Field(description="The policy version that answered.")
     thresholds: ThresholdsOut = Field(description="The thresholds the decisions used (the service's, or the request's override).")
-    decisions: list[DecisionOut] | None = Field(None, description="Per job, for 'job' and 'jobs' requests.")
-    columns: DecisionColumns | None = Field(None, description="For 'columns' requests.")
+    decisions: list[DecisionOut] | None = Field(default=None, description="Per job, for 'job' and 'jobs' requests.")
+    columns: DecisionColumns | None = Field(default=None, description="For 'columns' requests.")
 
 
 class ReportedOutcome(Record):
@@ -212,18 +212,18 @@ class ReportedOutcome(Record):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
 
     device: Device = Field(description="The device this run used: 'cpu' or 'gpu'.")
-    feasible: bool = Field(True, description="False when the run failed (then give infeasible_reason); true (default) when it completed.")
-    infeasible_reason: str | None = Field(None, min_length=1, max_length=200, description="Why the run failed, e.g. 'oom' or 'did_not_run'; only with feasible=false.")
-    n_samples: int | None = Field(None, ge=1, le=10**13, description="Samples the run processed (all batches); required for a completed run.")
-    time_total_s: FiniteFloat | None = Field(None, gt=0, le=1e9, description="Wall time of the whole run, seconds; required for a completed run.")
-    energy_j: FiniteFloat | None = Field(None, ge=0, le=1e15, description="Energy of the whole run, J (eq. 2).")
-    energy_method: EnergyMethod | None = Field(None, description="measured or modelled; required with energy_j.")
-    avg_cpu_power_w: FiniteFloat | None = Field(None, ge=0, le=1e5, description="Average host CPU power during the run, W (during a GPU run too: eq. 2 counts it).")
-    avg_gpu_power_w: FiniteFloat | None = Field(None, ge=0, le=1e5, description="Average GPU power during a GPU run, W.")
-    cpu_power_method: EnergyMethod | None = Field(None, description="Required with avg_cpu_power_w.")
-    gpu_power_method: EnergyMethod | None = Field(None, description="Required with avg_gpu_power_w.")
-    cpu_cores: int | None = Field(None, ge=1, le=4096, description="Cores used, if not the decision's.")
-    gpu_mem_cap_mib: int | None = Field(None, ge=1, le=10**8, description="Cap used in MiB, if not the decision's.")
+    feasible: bool = Field(default=True, description="False when the run failed (then give infeasible_reason); true (default) when it completed.")
+    infeasible_reason: str | None = Field(default=None, min_length=1, max_length=200, description="Why the run failed, e.g. 'oom' or 'did_not_run'; only with feasible=false.")
+    n_samples: int | None = Field(default=None, ge=1, le=10**13, description="Samples the run processed (all batches); required for a completed run.")
+    time_total_s: FiniteFloat | None = Field(default=None, gt=0, le=1e9, description="Wall time of the whole run, seconds; required for a completed run.")
+    energy_j: FiniteFloat | None = Field(default=None, ge=0, le=1e15, description="Energy of the whole run, J (eq. 2).")
+    energy_method: EnergyMethod | None = Field(default=None, description="measured or modelled; required with energy_j.")
+    avg_cpu_power_w: FiniteFloat | None = Field(default=None, ge=0, le=1e5, description="Average host CPU power during the run, W (during a GPU run too: eq. 2 counts it).")
+    avg_gpu_power_w: FiniteFloat | None = Field(default=None, ge=0, le=1e5, description="Average GPU power during a GPU run, W.")
+    cpu_power_method: EnergyMethod | None = Field(default=None, description="Required with avg_cpu_power_w.")
+    gpu_power_method: EnergyMethod | None = Field(default=None, description="Required with avg_gpu_power_w.")
+    cpu_cores: int | None = Field(default=None, ge=1, le=4096, description="Cores used, if not the decision's.")
+    gpu_mem_cap_mib: int | None = Field(default=None, ge=1, le=10**8, description="Cap used in MiB, if not the decision's.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ReportedOutcome:
@@ -295,7 +295,7 @@ class FeedbackRequest(Record):
 
     decision_id: str = Field(pattern=DECISION_ID_PATTERN, description="From the placement answer.")
     outcome: ReportedOutcome = Field(description="The run on the device the decision chose.")
-    other_outcome: ReportedOutcome | None = Field(
+    other_outcome: ReportedOutcome | None = Field(default=
         None, description="The other device's run, when the client measured both (used directly as the label)."
     )
 
@@ -310,20 +310,20 @@ class FeedbackResponse(BaseModel):
     model_config = ConfigDict(frozen=True, use_enum_values=True)
 
     decision_id: str = Field(description="The decision the feedback is for.")
-    status: Literal["recorded"] = Field("recorded", description="Always 'recorded' (also when an identical payload is replayed).")
+    status: Literal["recorded"] = Field(default="recorded", description="Always 'recorded' (also when an identical payload is replayed).")
     recorded_at: str = Field(description="UTC ISO-8601 time the feedback was first stored.")
     device: Device = Field(description="The device the recorded run used.")
     observed_devices: list[Device] = Field(description="Devices with a measured run in this feedback (one, or both with other_outcome).")
-    measured_speedup: float | None = Field(None, description="T_cpu / T_gpu when the client measured both devices.")
-    measured_energy_ratio: float | None = Field(None, description="GPU/CPU per-sample energy when both measured (method in energy_method).")
-    energy_method: str | None = Field(None, description="How the energies behind measured_energy_ratio were obtained: measured, modelled or mixed.")
+    measured_speedup: float | None = Field(default=None, description="T_cpu / T_gpu when the client measured both devices.")
+    measured_energy_ratio: float | None = Field(default=None, description="GPU/CPU per-sample energy when both measured (method in energy_method).")
+    energy_method: str | None = Field(default=None, description="How the energies behind measured_energy_ratio were obtained: measured, modelled or mixed.")
 
 
 class VersionInfo(BaseModel):
     version: str = Field(description="Policy version id.")
     status: str = Field(description="serving (answers now), retired (served before; rollback can restore it) or rejected (failed the safety gate).")
     created_at: str = Field(description="UTC ISO-8601 time the version was stored.")
-    parent: str | None = Field(None, description="The version it was fine-tuned from, if any.")
+    parent: str | None = Field(default=None, description="The version it was fine-tuned from, if any.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Training and safety-gate metrics recorded with it.")
 
 
@@ -342,7 +342,7 @@ class PolicyInfo(BaseModel):
 class RollbackRequest(Record):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: str | None = Field(None, min_length=1, max_length=200, description="Version to serve; default: the one promoted before the current.")
+    version: str | None = Field(default=None, min_length=1, max_length=200, description="Version to serve; default: the one promoted before the current.")
 
 
 class RollbackResponse(BaseModel):
@@ -356,16 +356,16 @@ class LearnerReport(BaseModel):
     status: Literal["promoted", "rejected", "skipped"] = Field(description="promoted (candidate serves now), rejected (failed the safety gate) or skipped (too little feedback).")
     reason: str = Field(description="Why, in words.")
     serving_version: str = Field(description="The version serving after this update.")
-    candidate_version: str | None = Field(None, description="The candidate trained in this update, if any.")
-    feedback_used: int = Field(0, description="Feedback rows the update read.")
-    train_rows: int = Field(0, description="Rows the candidate was fine-tuned on.")
-    holdout_rows: int = Field(0, description="Rows held out for the safety gate.")
-    serving_holdout_reward: float | None = Field(None, description="Mean joint-threshold reward of the serving policy on the held-out rows.")
-    candidate_holdout_reward: float | None = Field(None, description="Mean joint-threshold reward of the candidate on the held-out rows.")
-    serving_holdout_accuracy: float | None = Field(None, description="Share of held-out rows the serving policy labels right.")
-    candidate_holdout_accuracy: float | None = Field(None, description="Share of held-out rows the candidate labels right.")
+    candidate_version: str | None = Field(default=None, description="The candidate trained in this update, if any.")
+    feedback_used: int = Field(default=0, description="Feedback rows the update read.")
+    train_rows: int = Field(default=0, description="Rows the candidate was fine-tuned on.")
+    holdout_rows: int = Field(default=0, description="Rows held out for the safety gate.")
+    serving_holdout_reward: float | None = Field(default=None, description="Mean joint-threshold reward of the serving policy on the held-out rows.")
+    candidate_holdout_reward: float | None = Field(default=None, description="Mean joint-threshold reward of the candidate on the held-out rows.")
+    serving_holdout_accuracy: float | None = Field(default=None, description="Share of held-out rows the serving policy labels right.")
+    candidate_holdout_accuracy: float | None = Field(default=None, description="Share of held-out rows the candidate labels right.")
     reward_sources: dict[str, int] = Field(default_factory=dict, description="How the other device's outcome was obtained per row (measured by the client, residual-corrected model, bare model).")
-    duration_s: float = Field(0.0, description="Wall time of the update, seconds.")
+    duration_s: float = Field(default=0.0, description="Wall time of the update, seconds.")
 
 
 class ErrorItem(BaseModel):

@@ -318,7 +318,10 @@ def _sqlite_engine(path: Path, synchronous: str, busy_timeout_ms: int) -> Engine
         if options.get("isolation_level") == "AUTOCOMMIT":
             return
         write = conn.info.get("placement_write") or options.get("placement_write")
-        conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        driver = conn.connection.driver_connection
+        if driver is None:  # a closed DBAPI connection: SQLAlchemy raises on first use anyway
+            return
+        driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
@@ -622,7 +625,7 @@ class Store:
                 sa.func.count(), total(sa.case((f.device == "gpu", 1), else_=0)),
                 total(sa.case((f.feasible == 0, 1), else_=0)), total(f.both_measured),
             ).select_from(feedback_t)).one()
-            events = dict(conn.execute(sa.select(e.kind, sa.func.count()).group_by(e.kind)).all())
+            events: dict[str, int] = dict(conn.execute(sa.select(e.kind, sa.func.count()).group_by(e.kind)).all())
             learner = dict(conn.execute(sa.select(m.key, m.value).where(m.key.like("learner_updates_%"))).all())
         n, n_gpu = int(d[0]), int(d[1])
         return {
