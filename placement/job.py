@@ -55,6 +55,11 @@ class Job(Record):
     input_elems_per_sample: int = Field(ge=1, le=10**12, description="Input elements per sample.")
     input_bytes_per_sample: int = Field(ge=1, le=10**13, description="Input bytes per sample.")
     dataset_size: int | None = Field(None, ge=1, le=10**13, description="Samples in the dataset, where known.")
+    signature: str | None = Field(
+        None, pattern=r"^[0-9a-f]{16,64}$",
+        description="Structural hash of the model (placement.signature; `placement describe` prints it): the "
+        "service keeps every measured outcome of a signature as evidence for its other jobs.",
+    )
 
     @field_validator("flops_per_batch")
     @classmethod

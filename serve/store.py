@@ -92,6 +92,26 @@ CREATE TABLE IF NOT EXISTS policy_versions (
     thresholds_json TEXT NOT NULL,
     metrics_json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS decision_signatures (
+    decision_id TEXT PRIMARY KEY,
+    signature TEXT NOT NULL,
+    job_json TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evidence (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    signature TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    at REAL NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('probe', 'feedback')),
+    decision_id TEXT,
+    job_json TEXT NOT NULL,
+    device TEXT NOT NULL CHECK (device IN ('cpu', 'gpu')),
+    feasible INTEGER NOT NULL,
+    time_per_sample_s REAL,
+    power_w REAL,
+    power_method TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evidence_by_signature ON evidence (signature, target_key, seq);
 CREATE TABLE IF NOT EXISTS policy_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -220,6 +240,24 @@ class StoredVersion:
     status: str
     thresholds: dict[str, Any]
     metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """One measured run of a signature's job on a target (``source`` probe or feedback).
+    ``power_w`` is eq. (2)'s (CPU on CPU runs, GPU + host CPU on GPU runs); None when unknown."""
+
+    signature: str
+    target_key: str
+    at: float
+    source: str
+    decision_id: str | None
+    job_json: str
+    device: str
+    feasible: bool
+    time_per_sample_s: float | None
+    power_w: float | None
+    power_method: str
 
 
 def target_key(target: HardwareTarget) -> str:
@@ -569,6 +607,47 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as conn:
             conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- per-signature evidence -------------------------------------------------------------
+    def record_signatures(self, rows: list[tuple[str, str, str]]) -> None:
+        """Remember ``(decision_id, signature, job_json)`` of placed jobs that carried a signature."""
+        if not rows:
+            return
+        with self._tx() as conn:
+            conn.executemany("INSERT OR IGNORE INTO decision_signatures VALUES (?, ?, ?)", rows)
+
+    def decision_signature(self, decision_id: str) -> tuple[str, str] | None:
+        """``(signature, job_json)`` of a placed job, or None when it carried no signature."""
+        with self._lock:
+            row = self._conn.execute("SELECT signature, job_json FROM decision_signatures WHERE decision_id=?",
+                                     (decision_id,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def add_evidence(self, rows: list[EvidenceRow]) -> None:
+        """Store measured outcomes of signatures (probes and feedback)."""
+        if not rows:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO evidence (signature, target_key, at, source, decision_id, job_json, device, feasible, "
+                "time_per_sample_s, power_w, power_method) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.signature, r.target_key, r.at, r.source, r.decision_id, r.job_json, r.device, int(r.feasible),
+                  r.time_per_sample_s, r.power_w, r.power_method) for r in rows],
+            )
+
+    def evidence(self, signatures: list[str], target_key: str, limit: int = 50) -> dict[str, list[EvidenceRow]]:
+        """The latest ``limit`` outcomes of each signature on a target, oldest first."""
+        out: dict[str, list[EvidenceRow]] = {}
+        with self._lock:
+            for sig in dict.fromkeys(signatures):
+                rows = self._conn.execute(
+                    "SELECT signature, target_key, at, source, decision_id, job_json, device, feasible, "
+                    "time_per_sample_s, power_w, power_method FROM evidence WHERE signature=? AND target_key=? "
+                    "ORDER BY seq DESC LIMIT ?", (sig, target_key, int(limit))).fetchall()
+                if rows:
+                    out[sig] = [EvidenceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
+                                for r in reversed(rows)]
+        return out
 
     # -- export -------------------------------------------------------------------------
     def feedback_trace_frame(self, limit: int | None = None) -> pd.DataFrame:
