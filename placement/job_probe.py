@@ -298,3 +298,32 @@ def probe_workload(name: str, batch_size: int, mode: str, *, seed: int = 0, **kw
     torch.manual_seed(seed)
     example = make_batch(w.dataset, batch_size, "cpu", gen)
     return probe_job(w.build, example, mode, job=job, **kwargs)
+
+
+def probe_factory(path: str, family: str, input_shape: list[int], input_dtype: str, batch_size: int, mode: str, *,
+                  seed: int = 0, **kwargs: Any) -> ProbeResult:
+    """Probe ``package.module:Factory`` on a random batch of ``input_shape`` per sample (the job
+    is described by FLOPs on ``meta`` and carries its signature)."""
+
+    from placement.signature import signature_of_factory
+    from placement.workloads import describe_spec, load_model_factory
+
+    factory = load_model_factory(path)
+    job = describe_spec({"model": path, "family": family, "input_shape": list(input_shape), "input_dtype": input_dtype,
+                         "batch_size": batch_size, "mode": mode})
+    job = job.model_copy(update={"signature": signature_of_factory(factory, input_shape, input_dtype)})
+    return probe_job(factory, example_batch(input_shape, input_dtype, batch_size, seed), mode, job=job, **kwargs)
+
+
+def example_batch(input_shape: list[int], input_dtype: str, batch_size: int, seed: int = 0,
+                  n_classes: int = 10) -> tuple[Any, Any]:
+    """A random batch ``(inputs, labels)`` on the host: floats ~ N(0, 1), integers in [0, 100)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    dtype = getattr(torch, input_dtype)
+    shape = (batch_size, *input_shape)
+    x = (torch.randn(shape, generator=gen).to(dtype) if dtype.is_floating_point
+         else torch.randint(0, 100, shape, generator=gen, dtype=dtype))
+    y = torch.randint(0, n_classes, (batch_size,), generator=gen)
+    return x, y
