@@ -17,11 +17,14 @@ module with an example batch -- on the CPU and, where CUDA is present, the GPU:
    the host's share of GPU runs;
 5. **GPU memory peak** (``torch.cuda.max_memory_allocated``), and ``feasible=False`` with
    ``infeasible_reason='oom'`` when the GPU runs out of memory;
-6. **early exit**: the GPU side runs first (it is cheap); when the CPU's cold warm-up step
-   -- an upper bound of its step time -- is already below ``T_t`` x the GPU step by a wide
-   margin (``early_exit_margin``, default 1.25), the speed half of the joint threshold has
-   decided (CPU), the CPU's timed window is skipped, its time is reported as that upper
-   bound (``time_is_upper_bound``) and the result says ``early_exit``;
+6. **early exit**: the GPU side runs first (it is cheap), then the CPU's cold warm-up step,
+   which is an upper bound of its step time and at most ``setup_allowance_s`` (default
+   0.1 s; 69 ms of one-time setup was seen) above it. When that step is already below
+   ``T_t`` x the GPU step by a wide margin (``early_exit_margin``, default 1.25), or above
+   it by that margin after taking the allowance off, the speed half of the joint
+   threshold has decided, the CPU's timed window is skipped, the warm-up is reported as
+   the CPU time (``time_is_upper_bound``, power over the warm-up) and the result says
+   ``early_exit`` -- slow CPU steps dominate a probe's cost, and this skips the second one;
 7. all within ``budget_s`` (default 5 s): a device whose warm-up step alone would break
    the budget is reported with the steps it ran; the CPU side runs under the core count
    asked for (affinity and torch threads, :func:`placement.knobs.cpu_cores`) and the GPU
@@ -99,7 +102,7 @@ class ProbeResult(Record):
     job: Job | None = Field(None, description="The job probed (with its signature).")
     host: str | None = Field(None, max_length=200, description="Host / target id the probe ran on.")
     runs: list[ProbeRun] = Field(min_length=1, max_length=2)
-    early_exit: bool = Field(False, description="The GPU side was skipped: the CPU side already decided.")
+    early_exit: bool = Field(False, description="The CPU timed window was skipped: its warm-up step already decided the speed half.")
     wall_s: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="Probe cost, s.")
     budget_s: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)
 
@@ -149,6 +152,7 @@ def probe_job(
     gpu_mem_cap_mib: int | None = None,
     speedup_min: float = 2.0,
     early_exit_margin: float = 1.25,
+    setup_allowance_s: float = 0.1,
     cpu_tdp_w: float | None = None,
     cpu_idle_w: float | None = None,
     gpu_meter: Any = None,
@@ -192,25 +196,35 @@ def probe_job(
         with applied_cores(cpu_cores if cpu_cores is not None else usable_cores()) as used:
             model = build()
             step = make_step(model, mode)
+            meter = make_cpu_meter(used)
+            meter.begin_window()
             t0 = _now()
             step(x, y)  # warm-up: one-time setup included, so an upper bound of a step
             warm = _now() - t0
-            if warm * early_exit_margin < gpu_step_s * speedup_min or _now() + warm > deadline:
-                # the CPU is within T_t of the GPU even counting its setup (or the budget is spent):
-                # the warm-up step is the (upper-bound) measurement
-                early = warm * early_exit_margin < gpu_step_s * speedup_min
+            warm_reading = meter.end_window()
+            gpu_bound = gpu_step_s * speedup_min  # the CPU step at which the speed half flips
+            fast = warm * early_exit_margin < gpu_bound
+            slow = (warm - setup_allowance_s) > early_exit_margin * gpu_bound
+            if fast or slow or _now() + warm > deadline:
+                # the warm-up alone decides the speed half (or the budget is spent): it is the
+                # measurement -- an upper bound of a step, at most setup_allowance_s too long
+                early = fast or slow
                 runs.append(_run(device="cpu", time_per_sample_s=warm / batch, time_is_upper_bound=True,
-                                     warmup_s=warm, timed_steps=0, cpu_cores=used))
+                                 avg_cpu_power_w=warm_reading.avg_power_w,
+                                 cpu_power_method=(warm_reading.method if warm_reading.avg_power_w is not None
+                                                   else "unknown"),
+                                 energy_window_s=warm_reading.duration_s, warmup_s=warm, timed_steps=0,
+                                 cpu_cores=used))
             else:
                 meter = make_cpu_meter(used)
                 meter.begin_window()
                 n, window = _timed_window(lambda: step(x, y), lambda: None, min_window_s, deadline)
                 reading = meter.end_window()
                 runs.append(_run(device="cpu", time_per_sample_s=window / n / batch,
-                                     avg_cpu_power_w=reading.avg_power_w,
-                                     cpu_power_method=reading.method if reading.avg_power_w is not None else "unknown",
-                                     warmup_s=warm, timed_steps=n, timed_window_s=window, cpu_cores=used,
-                                     energy_window_s=reading.duration_s))
+                                 avg_cpu_power_w=reading.avg_power_w,
+                                 cpu_power_method=reading.method if reading.avg_power_w is not None else "unknown",
+                                 warmup_s=warm, timed_steps=n, timed_window_s=window, cpu_cores=used,
+                                 energy_window_s=reading.duration_s))
         del model, step
         gc.collect()
     return ProbeResult(job=job, host=host, runs=runs, early_exit=early, wall_s=_now() - started, budget_s=budget_s)
