@@ -258,7 +258,9 @@ def grounding_markdown(r: Mapping[str, Any], command: str) -> str:
         "## Grounded decisions (issue 12): probe, history, zero-shot",
         "",
         f"Leave-one-architecture-out over the measured H200 jobs ({len(r['architectures'])} architectures: "
-        f"{', '.join(r['architectures'])}); each split trains the DNN (estimate-augmented, seed {r['settings']['seed']}) "
+        f"{', '.join(r['architectures'])}); each split trains the DNN (estimate-augmented, seed {r['settings']['seed']}; "
+        f"recipe: at most {r['settings']['dnn']['max_epochs']} epochs, refit {r['settings']['dnn']['refit']}, "
+        "otherwise the bundled model's) "
         "on every pooled row of the other architectures and removes the held-out architecture's per-architecture "
         "constants from the performance model (its family constants were fitted with its rows: a residual leak). "
         "Labels: the joint threshold (T_t = 2, T_e = 1.5) on the long measurements. 'Clear' = |margin| > ln 1.25. "

@@ -135,6 +135,9 @@ def probe(
     from placement.job_probe import probe_factory, probe_workload
     from placement.workloads import ZOO
 
+    here = str(Path.cwd())
+    if ":" in model and here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)  # as describe: mymodule:Factory imports from the current directory
     kwargs = {"budget_s": budget_s, "cpu_cores": cores or None, "gpu_mem_cap_mib": gpu_mem_cap_mib or None,
               "speedup_min": speedup_min}
     try:
