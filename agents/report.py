@@ -425,7 +425,7 @@ def write_grounding_section(out: Path, seed: int = 0, threads: int = 1) -> dict[
     else:
         text = text.rstrip("\n") + "\n\n" + section
     out.write_text(text)
-    (out.parent / "evaluation_grounding.json").write_text(json.dumps(_jsonable(result), indent=1, sort_keys=True) + "\n")
+    (out.parent / "evaluation_grounding.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=_jsonable) + "\n")
     return result
 
 

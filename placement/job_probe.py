@@ -21,7 +21,8 @@ module with an example batch -- on the CPU and, where CUDA is present, the GPU:
    which is an upper bound of its step time and at most ``setup_allowance_s`` (default
    0.1 s; 69 ms of one-time setup was seen) above it. When that step is already below
    ``T_t`` x the GPU step by a wide margin (``early_exit_margin``, default 1.25), or above
-   it by that margin after taking the allowance off, the speed half of the joint
+   it by that margin after taking the allowance off and is itself at least ``slow_exit_min_s``
+   (default 1 s) long, the speed half of the joint
    threshold has decided, the CPU's timed window is skipped, the warm-up is reported as
    the CPU time (``time_is_upper_bound``, power over the warm-up) and the result says
    ``early_exit`` -- slow CPU steps dominate a probe's cost, and this skips the second one;
@@ -153,6 +154,7 @@ def probe_job(
     speedup_min: float = 2.0,
     early_exit_margin: float = 1.25,
     setup_allowance_s: float = 0.1,
+    slow_exit_min_s: float = 1.0,
     cpu_tdp_w: float | None = None,
     cpu_idle_w: float | None = None,
     gpu_meter: Any = None,
@@ -204,7 +206,9 @@ def probe_job(
             warm_reading = meter.end_window()
             gpu_bound = gpu_step_s * speedup_min  # the CPU step at which the speed half flips
             fast = warm * early_exit_margin < gpu_bound
-            slow = (warm - setup_allowance_s) > early_exit_margin * gpu_bound
+            # slow side only for a step that is slow in itself: a cold step of a tiny job can carry
+            # well over setup_allowance_s of one-time setup (the H200 sweep saw tiny jobs 40x off)
+            slow = warm >= slow_exit_min_s and (warm - setup_allowance_s) > early_exit_margin * gpu_bound
             if fast or slow or _now() + warm > deadline:
                 # the warm-up alone decides the speed half (or the budget is spent): it is the
                 # measurement -- an upper bound of a step, at most setup_allowance_s too long

@@ -8,7 +8,9 @@ vectorised over the batch:
    GPU memory need against the target's, each with a source and a log-scale sigma -- the
    performance model's (``model``), corrected by the stored outcomes of the job's signature
    on this target (``history``: feedback and earlier probes, shrunk toward the model by
-   the amount of evidence) and by a probe the request carries for it (``probe``).
+   the amount of evidence) and by a probe the request carries for it (``probe``). Every
+   estimate on a target is first shifted by the median residual of the last outcomes
+   reported on it (:meth:`Placer._target_offsets`): a device that drifted is seen at once.
 3. **Policy**: the serving version's ``gpu_probability`` on features that include the
    estimate's threshold margins ``log(speedup / T_t)``, ``log(T_e / energy_ratio)``, their
    sigma and the GPU fit (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``.
@@ -92,6 +94,9 @@ from serve.store import DecisionBatch, Store, UnknownDecision, iso
 log = logging.getLogger(__name__)
 
 
+TARGET_HISTORY = 200
+"""Outcomes per target whose median residual shifts every estimate on that target."""
+TARGET_MIN_OUTCOMES = 20
 EXPLORE_Z = 1.0
 """Exploration is eligible only where the estimate's +-EXPLORE_Z sigma interval straddles the joint threshold."""
 
@@ -221,6 +226,22 @@ class JobBatch:
         cols["hw_kind"] = np.full(n, target.kind, dtype=object)
         cols["hw_unified_memory"] = np.full(n, bool(target.unified_memory), dtype=bool)
         return cols
+
+
+def _shift(est: Estimate, offsets: Mapping[str, float]) -> Estimate:
+    """The estimate with a target's log offsets applied (times, powers; sigmas and sources unchanged)."""
+    if not offsets:
+        return est
+    from dataclasses import replace
+
+    g = math.exp(offsets.get("gpu_power", 0.0))
+    return replace(
+        est,
+        cpu_time_per_sample_s=est.cpu_time_per_sample_s * math.exp(offsets.get("cpu_time", 0.0)),
+        gpu_time_per_sample_s=est.gpu_time_per_sample_s * math.exp(offsets.get("gpu_time", 0.0)),
+        cpu_power_w=est.cpu_power_w * math.exp(offsets.get("cpu_power", 0.0)),
+        gpu_power_w=est.gpu_power_w * g, gpu_host_cpu_power_w=est.gpu_host_cpu_power_w * g,
+    )
 
 
 def _float_or_none(values: npt.NDArray[np.float64]) -> list[float | None]:
@@ -365,6 +386,7 @@ class Placer:
         self.exploration_rate = settings.exploration_rate
         self.explore_band = settings.explore_band
         self.explore_z = EXPLORE_Z
+        self._offsets: dict[str, tuple[int, dict[str, float]]] = {}
 
     # -- policy versions -----------------------------------------------------------------
     @property
@@ -513,7 +535,8 @@ class Placer:
                  request: PlacementRequest | None = None) -> Estimate:
         """The model's estimate of every job, corrected by the request's probes and by the stored
         outcomes of each job's signature on this target (:func:`placement.estimate.correct`)."""
-        est = model_estimate(self.perf_model, cols)
+        offsets = self._target_offsets(target)
+        est = _shift(model_estimate(self.perf_model, cols), offsets)
         rows: dict[int, list[Observation]] = {}
         probes = request.probes if request is not None else None
         if probes is not None:
@@ -527,8 +550,56 @@ class Placer:
                                                                     run.time_per_sample_s, run.power_w,
                                                                     run.power_method, True, "probe"))
         if batch.signatures is not None and self.store is not None:
-            self._history(batch, target, est, rows)
+            self._history(batch, target, est, rows, offsets)
         return correct(est, rows)
+
+    def _target_offsets(self, target: HardwareTarget) -> dict[str, float]:
+        """Log offsets of every job's measured time and power from the model on ``target``: the
+        median residual of the last :data:`TARGET_HISTORY` outcomes reported at default knobs,
+        once at least :data:`TARGET_MIN_OUTCOMES` arrived (a drifted device -- a slower GPU the
+        hardware description does not show -- corrects every estimate on that target at once;
+        one architecture's outcomes do not move the median). Cached per feedback sequence number."""
+        from serve.store import target_key
+
+        if self.store is None:
+            return {}
+        key = target_key(target)
+        seq = self.store.last_feedback_seq()
+        cached = self._offsets.get(key)
+        if cached is not None and cached[0] == seq:
+            return cached[1]
+        jobs: list[Job] = []
+        runs: list[ReportedOutcome] = []
+        for fb in self.store.recent_feedback(limit=4 * TARGET_HISTORY):
+            d = fb.decision
+            if d.cpu_cores != target.cpu_cores or d.gpu_mem_cap_mib is not None or target_key(d.target) != key:
+                continue
+            for run in (fb.outcome, fb.other):
+                if run is None or not run.feasible or run.gpu_mem_cap_mib is not None or (
+                        run.cpu_cores is not None and run.cpu_cores != target.cpu_cores):
+                    continue
+                jobs.append(d.job)
+                runs.append(run)
+        jobs, runs = jobs[-TARGET_HISTORY:], runs[-TARGET_HISTORY:]
+        offsets: dict[str, float] = {}
+        if jobs:
+            est = model_estimate(self.perf_model, JobBatch.from_jobs(jobs).model_columns(target))
+            res: dict[str, list[float]] = {"cpu_time": [], "gpu_time": [], "cpu_power": [], "gpu_power": []}
+            for i, run in enumerate(runs):
+                out = run.device_outcome()
+                dev = str(run.device)
+                mt = est.cpu_time_per_sample_s[i] if dev == "cpu" else est.gpu_time_per_sample_s[i]
+                mp = est.cpu_power_w[i] if dev == "cpu" else est.gpu_power_w[i] + est.gpu_host_cpu_power_w[i]
+                if mt > 0 and math.isfinite(mt):
+                    res[f"{dev}_time"].append(math.log(out.time_per_sample_s / mt))
+                    e = out.energy_per_sample_j
+                    if math.isfinite(e) and e > 0 and mp > 0 and math.isfinite(mp):
+                        res[f"{dev}_power"].append(math.log(e / out.time_per_sample_s / mp))
+            for name, values in res.items():
+                if len(values) >= TARGET_MIN_OUTCOMES:
+                    offsets[name] = float(np.median(values)) * len(values) / (len(values) + 2.0)
+        self._offsets[key] = (seq, offsets)
+        return offsets
 
     @staticmethod
     def _observation(est: Estimate, i: int, device: str, feasible: bool, time_s: float | None, power_w: float | None,
@@ -540,7 +611,8 @@ class Placer:
             mp = float(est.gpu_power_w[i] + est.gpu_host_cpu_power_w[i])
         return Observation(device, feasible, time_s, power_w, method, mt, mp, same_job, source)
 
-    def _history(self, batch: JobBatch, target: HardwareTarget, est: Estimate, rows: dict[int, list[Observation]]) -> None:
+    def _history(self, batch: JobBatch, target: HardwareTarget, est: Estimate, rows: dict[int, list[Observation]],
+                 offsets: Mapping[str, float] | None = None) -> None:
         """Append each signed job's stored outcomes on ``target`` (same mode) as observations."""
         from serve.store import target_key
 
@@ -556,7 +628,7 @@ class Placer:
                 ev_jobs.append(Job.model_validate_json(ev.job_json))
                 ev_rows.append(ev)
         ev_batch = JobBatch.from_jobs(ev_jobs)
-        ev_est = model_estimate(self.perf_model, ev_batch.model_columns(target))
+        ev_est = _shift(model_estimate(self.perf_model, ev_batch.model_columns(target)), offsets or {})
         by_sig: dict[str, list[int]] = {}
         for k, ev in enumerate(ev_rows):
             by_sig.setdefault(ev.signature, []).append(k)

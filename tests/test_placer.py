@@ -322,3 +322,20 @@ def test_settings_bind_loopback_unless_a_token_is_set(tmp_path):
     assert Settings.from_env({"PLACEMENT_PORT": "9000"}).port == 9000
     with pytest.raises(SettingsError, match="PLACEMENT_PORT"):
         Settings.from_env({"PLACEMENT_PORT": "eighty"})
+
+
+def test_outcomes_on_a_target_shift_every_estimate_there(placer, serve_world):
+    """A GPU that drifted 3x slower (the hardware description unchanged) is seen in the next answers."""
+    jobs = serve_world.jobs(60)
+    target = get_target("B")
+    probe_job = jobs[-1]
+    (fresh,) = _place(placer, job=probe_job.model_dump(), target="B", explore=False).decisions
+    serve_world.gpu_slowdown = 3.0
+    for job in jobs[:40]:
+        (d,) = _place(placer, job=job.model_dump(), target="B", explore=False).decisions
+        body = {"decision_id": d.decision_id, "outcome": serve_world.outcome(job, target, d.device)}
+        placer.feedback(FeedbackRequest.model_validate(body))
+    (after,) = _place(placer, job=probe_job.model_dump(), target="B", explore=False).decisions
+    assert after.predicted_speedup == pytest.approx(fresh.predicted_speedup / 3.0, rel=0.25)
+    (other,) = _place(placer, job=probe_job.model_dump(), target="A", explore=False).decisions
+    assert other.estimate_source == "model"  # target A saw no outcome: unchanged
