@@ -23,7 +23,8 @@ from placement.workloads import describe_model
 from serve.store import Store, target_key
 from tests.archs import GatedMlp
 
-TARGET = get_target("B")
+TARGET = get_target("B").model_copy(update={"id": "evidence-box"})
+"""B's figures under its own id: a target no other test places on (its outcomes shift estimates there)."""
 CPU_FACTOR = 1.0 / 6.0
 BAND = math.log(1.25)
 
@@ -57,7 +58,8 @@ def _label(world, job: Job) -> tuple[bool, float]:
 
 
 def _place(c: httpx.Client, jobs: list[Job]) -> list[dict]:
-    r = c.post("/v1/placements", json={"jobs": [j.model_dump() for j in jobs], "target": "B", "explore": False})
+    r = c.post("/v1/placements", json={"jobs": [j.model_dump() for j in jobs], "target": TARGET.model_dump(mode="json"),
+                                       "explore": False})
     assert r.status_code == 200, r.text
     return r.json()["decisions"]
 
