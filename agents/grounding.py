@@ -80,18 +80,7 @@ def _fold_model(arch: str) -> PerformanceModel:
 
 
 def _probe_runs(path: Path) -> dict[tuple[str, str, int], dict[str, dict[str, Any]]]:
-    """Probe trace rows by (model, mode, batch) and device: time per sample, eq. (2) power, method,
-    and whether the time is an upper bound (the journal's ``time_is_upper_bound``)."""
-    bounds: dict[tuple[str, str, int, str], bool] = {}
-    journal = Path(str(path) + ".journal.jsonl")
-    if journal.exists():
-        for line in journal.read_text().splitlines():
-            if line.strip():
-                res = json.loads(line)
-                job = res["job"]
-                for run in res["runs"]:
-                    bounds[(job["name"], job["mode"], int(job["batch_size"]), run["device"])] = bool(
-                        run.get("time_is_upper_bound", False))
+    """Probe trace rows by (model, mode, batch) and device: time per sample, eq. (2) power, method."""
     frame = read_trace(path).frame
     out: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
     for r in frame.itertuples(index=False):
@@ -103,8 +92,7 @@ def _probe_runs(path: Path) -> dict[tuple[str, str, int], dict[str, dict[str, An
         power = (cpu_w + gpu_w if (cpu_w is not None and gpu_w is not None) else None) if r.device == "gpu" else cpu_w
         methods = {str(r.cpu_power_method)} | ({str(r.gpu_power_method)} if r.device == "gpu" else set())
         method = "measured" if methods == {"measured"} else "modelled"
-        out.setdefault(key, {})[str(r.device)] = {"feasible": feasible, "time": t, "power": power, "method": method,
-                                                  "upper_bound": bounds.get((*key, str(r.device)), False)}
+        out.setdefault(key, {})[str(r.device)] = {"feasible": feasible, "time": t, "power": power, "method": method}
     return out
 
 
@@ -126,7 +114,7 @@ def _observe(est: Any, i: int, dev: str, run: Mapping[str, Any], same_job: bool,
     else:
         mt, mp = float(est.gpu_time_per_sample_s[i]), float(est.gpu_power_w[i] + est.gpu_host_cpu_power_w[i])
     return Observation(dev, bool(run["feasible"]), run["time"], run["power"], str(run["method"]), mt, mp, same_job,
-                       source, bool(run.get("upper_bound", False)))  # type: ignore[arg-type]
+                       source)  # type: ignore[arg-type]
 
 
 def _decide(policy: Any, cols: Mapping[str, Any], est: Any, th: Thresholds) -> npt.NDArray[np.float64]:

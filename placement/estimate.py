@@ -295,9 +295,6 @@ class Observation:
     model_power_w: float
     same_job: bool
     source: Source
-    upper_bound: bool = False
-    """The time is only an upper bound (a probe's cold warm-up step, its early exit): it caps the
-    estimate where the model is above it and is otherwise ignored."""
 
 
 def _posterior(residuals: Sequence[float], sigmas: Sequence[float], prior_sigma: float) -> tuple[float, float]:
@@ -334,8 +331,7 @@ def correct(estimate: Estimate, rows: Mapping[int, Sequence[Observation]]) -> Es
             elif any(o.same_job for o in mine):
                 f["cpu_feasible"][i] = any(o.same_job and o.feasible for o in mine)
             timed = [o for o in mine if o.feasible and o.time_per_sample_s and o.model_time_per_sample_s > 0
-                     and math.isfinite(o.model_time_per_sample_s)
-                     and not (o.upper_bound and o.model_time_per_sample_s <= o.time_per_sample_s)]
+                     and math.isfinite(o.model_time_per_sample_s)]
             if not timed:
                 continue
             res = [math.log(o.time_per_sample_s / o.model_time_per_sample_s) for o in timed]  # type: ignore[operator]

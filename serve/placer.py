@@ -54,7 +54,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,8 @@ def _shift(est: Estimate, offsets: Mapping[str, float]) -> Estimate:
     """The estimate with a target's log offsets applied (times, powers; sigmas and sources unchanged)."""
     if not offsets:
         return est
+    from dataclasses import replace
+
     g = math.exp(offsets.get("gpu_power", 0.0))
     return replace(
         est,
@@ -544,9 +546,9 @@ class Placer:
                 for run in probe.runs:
                     if run.device == "gpu" and not target.has_gpu:
                         continue
-                    ob = self._observation(est, i, run.device, run.feasible, run.time_per_sample_s, run.power_w,
-                                           run.power_method, True, "probe")
-                    rows.setdefault(i, []).append(replace(ob, upper_bound=run.time_is_upper_bound))
+                    rows.setdefault(i, []).append(self._observation(est, i, run.device, run.feasible,
+                                                                    run.time_per_sample_s, run.power_w,
+                                                                    run.power_method, True, "probe"))
         if batch.signatures is not None and self.store is not None:
             self._history(batch, target, est, rows, offsets)
         return correct(est, rows)

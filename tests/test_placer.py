@@ -339,23 +339,3 @@ def test_outcomes_on_a_target_shift_every_estimate_there(placer, serve_world):
     assert after.predicted_speedup == pytest.approx(fresh.predicted_speedup / 3.0, rel=0.25)
     (other,) = _place(placer, job=probe_job.model_dump(), target="A", explore=False).decisions
     assert other.estimate_source == "model"  # target A saw no outcome: unchanged
-
-
-def test_an_upper_bound_probe_time_only_caps_the_estimate(placer, serve_world):
-    job = serve_world.jobs(50)[3]
-    (model_d,) = _place(placer, job=job.model_dump(), target="A", explore=False).decisions
-    gpu = {"device": "gpu", "time_per_sample_s": 1e-4, "avg_cpu_power_w": 20.0, "cpu_power_method": "modelled",
-           "avg_gpu_power_w": 80.0, "gpu_power_method": "measured"}
-
-    def with_cpu_bound(factor: float):
-        cpu_t = model_d.predicted_speedup * 1e-4 * factor  # the model's CPU time x factor
-        cpu = {"device": "cpu", "time_per_sample_s": cpu_t, "avg_cpu_power_w": 50.0, "cpu_power_method": "modelled",
-               "time_is_upper_bound": True}
-        (d,) = _place(placer, job=job.model_dump(), target="A", explore=False,
-                      probes=[{"runs": [gpu, cpu], "early_exit": True}]).decisions
-        return d
-
-    above = with_cpu_bound(40.0)  # a bound above the model's CPU time says nothing: the CPU stays modelled
-    assert above.speedup_source == "cpu:model+gpu:probe"
-    below = with_cpu_bound(0.1)  # a bound below it caps the CPU time
-    assert below.speedup_source == "probe" and below.predicted_speedup < 0.2 * above.predicted_speedup
