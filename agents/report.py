@@ -398,6 +398,37 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(frame.to_json(orient="records"))
 
 
+GROUNDING_START = "<!-- section:grounding (python -m agents.report --only grounding) -->"
+GROUNDING_END = "<!-- /section:grounding -->"
+
+
+def write_grounding_section(out: Path, seed: int = 0, threads: int = 1) -> dict[str, Any]:
+    """Issue 12's targets (:mod:`agents.grounding`) as a section of ``out``: replaced between its
+    markers when present, else appended; the figures also go to ``docs/evaluation_grounding.json``."""
+    from agents.grounding import GroundingSettings, grounding_evaluation, grounding_markdown
+
+    hosts = {TRACES / name for name in NOT_POOLED}
+    measured = [p for p in sorted(TRACES.glob("*_measured.parquet")) if p not in hosts]
+    pooled = [p for p in [TRACES / "paper_table2.csv", TRACES / "simulated.parquet", *measured] if p.exists()]
+    # a shortened DNN recipe (no refit, 120 epochs at most): 11 splits in minutes on a shared 2-core host
+    recipe = DnnConfig(seed=seed, max_epochs=120, patience=40, refit=False)
+    result = grounding_evaluation(pooled, TRACES / "h200_probe.parquet",
+                                  GroundingSettings(seed=seed, threads=threads, dnn=recipe), progress=True)
+    command = f"python -m agents.report --only grounding --seed {seed}"
+    result["command"] = command
+    result["code_version"] = code_version()
+    section = f"{GROUNDING_START}\n{grounding_markdown(result, command)}\n{GROUNDING_END}\n"
+    text = out.read_text() if out.exists() else ""
+    if GROUNDING_START in text and GROUNDING_END in text:
+        head, rest = text.split(GROUNDING_START, 1)
+        text = head + section + rest.split(GROUNDING_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    out.write_text(text)
+    (out.parent / "evaluation_grounding.json").write_text(json.dumps(result, indent=1, sort_keys=True, default=_jsonable) + "\n")
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write docs/evaluation.md (agents' evaluation report).")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation.md")
@@ -409,8 +440,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eval-jobs", type=int, default=2_048)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke run; not for the committed report)")
+    parser.add_argument("--only", choices=("grounding",), default=None,
+                        help="write one section alone into --out (between its markers), leaving the rest as is")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.only == "grounding":
+        write_grounding_section(args.out, args.seed, args.threads)
+        return
     if args.quick:
         args.ppo_seeds, args.warm_steps, args.cold_steps, args.every, args.eval_jobs = 1, 1024, 1024, 512, 256
     th = Thresholds()

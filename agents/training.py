@@ -72,6 +72,8 @@ class TrainSettings:
     version: str | None = None
     progress: bool = False
     threads: int = 2
+    augment_copies: int = 4
+    """Estimate-augmented copies per labelled row for the DNN (:mod:`agents.augmentation`; 0: none)."""
 
     def __post_init__(self) -> None:
         if self.cv_column not in CV_COLUMNS:
@@ -115,7 +117,7 @@ def cv_splits(data: LabelledSet, column: str, folds: int, seed: int) -> list[Spl
 
 def cross_validate(
     data: LabelledSet, dnn_config: DnnConfig, *, column: str = "arch", folds: int = 5, seed: int = 0,
-    progress: bool = False,
+    progress: bool = False, augment_copies: int = 0, thresholds: Thresholds | None = None,
 ) -> pd.DataFrame:
     """Out-of-fold Table 5 for the DNN and the baselines (whole ``column`` groups held out per fold)."""
     splits = cv_splits(data, column, folds, seed)
@@ -127,7 +129,14 @@ def cross_validate(
 
     def fit(train: LabelledSet) -> Mapping[str, Policy]:
         policies = baseline_policies(train, seed)
-        policies["dnn"], _ = train_dnn(train.x, train.y, config=dnn_config)
+        x, y = train.x, train.y
+        if augment_copies:
+            from agents.augmentation import estimate_augmentation, with_augmentation
+
+            th = thresholds or Thresholds()
+            xa, ya, _ = estimate_augmentation(train, augment_copies, seed, th.speedup_min, th.energy_ratio_max)
+            x, y, _ = with_augmentation(x, y, {}, xa, ya)
+        policies["dnn"], _ = train_dnn(x, y, config=dnn_config)
         return policies
 
     choices = out_of_fold(data, fold_iter, fit)
@@ -207,7 +216,8 @@ def train_from_traces(
     n_groups = len(set(data.pairs[s.cv_column].astype(str))) if s.cv_column != "random" else len(data)
     if s.cv_folds and n_groups >= 2:
         cv_table = cross_validate(data, dnn_config, column=s.cv_column, folds=min(s.cv_folds, n_groups),
-                                  seed=s.seed, progress=s.progress)
+                                  seed=s.seed, progress=s.progress, augment_copies=s.augment_copies,
+                                  thresholds=s.thresholds)
         metrics["cv"] = {"held_out": s.cv_column, "folds": min(s.cv_folds, n_groups), "table5": _records(cv_table)}
 
     env = None
@@ -220,7 +230,13 @@ def train_from_traces(
         if knob_counts:
             metrics["knob_labels"] = knob_counts
 
-    dnn, history = train_dnn(data.x, data.y, config=dnn_config, progress=s.progress, **knob_kwargs)
+    from agents.augmentation import estimate_augmentation, with_augmentation
+
+    x_aug, y_aug, aug_summary = estimate_augmentation(data, s.augment_copies, s.seed, s.thresholds.speedup_min,
+                                                      s.thresholds.energy_ratio_max)
+    metrics["estimate_augmentation"] = aug_summary
+    x_fit, y_fit, knob_kwargs = with_augmentation(data.x, data.y, knob_kwargs, x_aug, y_aug)
+    dnn, history = train_dnn(x_fit, y_fit, config=dnn_config, progress=s.progress, **knob_kwargs)
     metrics["dnn_history"] = history.to_dict()
     metrics["dnn_in_sample"] = {k: v for k, v in classification_metrics(data.y, dnn.gpu_probability(data.x)).items()
                                 if k != "calibration"}

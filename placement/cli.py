@@ -112,11 +112,47 @@ def catalogue(
 
 
 @app.command()
-def probe() -> None:
-    """Probe this machine (cores, RAM, NVIDIA GPUs) and print it as a hardware target (JSON)."""
-    from placement.probe import probe_local
+def probe(
+    model: str = typer.Argument("", help="A zoo workload or 'package.module:Factory' to probe; none (or --host): "
+                                "print this machine as a hardware target."),
+    host: bool = typer.Option(False, "--host", help="Print this machine (cores, RAM, NVIDIA GPUs) as a hardware target."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Samples per batch."),
+    mode: str = typer.Option("infer", "--mode", "-m", help="infer or train."),
+    family: str = typer.Option("", "--family", help="Model family (module path)."),
+    input_shape: str = typer.Option("", "--input-shape", help="Per-sample input shape, e.g. 3,32,32 (module path)."),
+    input_dtype: str = typer.Option("float32", "--input-dtype", help="Input dtype (module path)."),
+    budget_s: float = typer.Option(5.0, "--budget-s", min=0.1, help="Time budget of the probe, s."),
+    cores: int = typer.Option(0, "--cores", min=0, help="CPU cores the CPU side may use (0: all usable)."),
+    gpu_mem_cap_mib: int = typer.Option(0, "--gpu-mem-cap-mib", min=0, help="GPU memory cap, MiB (0: grow)."),
+    speedup_min: float = typer.Option(2.0, "--speedup-min", "-t", min=1e-6, help="T_t for the early exit."),
+) -> None:
+    """Probe a job on this machine's CPU and GPU (placement.job_probe; JSON to send as a request's
+    'probes'), or with --host / no MODEL print this machine as a hardware target (JSON)."""
+    if host or not model:
+        from placement.probe import probe_local
 
-    sys.stdout.write(probe_local().model_dump_json(indent=2) + "\n")
+        sys.stdout.write(probe_local().model_dump_json(indent=2) + "\n")
+        return
+    from placement.job_probe import probe_factory, probe_workload
+    from placement.workloads import ZOO
+
+    here = str(Path.cwd())
+    if ":" in model and here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)  # as describe: mymodule:Factory imports from the current directory
+    kwargs = {"budget_s": budget_s, "cpu_cores": cores or None, "gpu_mem_cap_mib": gpu_mem_cap_mib or None,
+              "speedup_min": speedup_min}
+    try:
+        if model in ZOO:
+            result = probe_workload(model, batch_size, mode, **kwargs)  # type: ignore[arg-type]
+        else:
+            if not family or not input_shape:
+                _fail("probing a module path needs --family and --input-shape (e.g. --family cnn --input-shape 3,32,32)")
+            shape = [int(s) for s in input_shape.split(",") if s.strip()]
+            result = probe_factory(model, family, shape, input_dtype, batch_size, mode, **kwargs)  # type: ignore[arg-type]
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    sys.stdout.write(result.model_dump_json(indent=2) + "\n")
 
 
 def _variadic(first: list[Path] | None, ctx: typer.Context, option: str) -> list[Path]:
@@ -387,6 +423,14 @@ def describe(
             job = job.model_copy(update={"operators": summary if operators else None})
             if operator_rows is not None:
                 operator_rows.write_text(json.dumps(rows) + "\n")
+        from placement.signature import signature_of_factory, workload_signature
+
+        if model in ZOO:
+            job = job.model_copy(update={"signature": workload_signature(model)})
+        elif ":" in model and input_shape:
+            from placement.workloads import load_model_factory
+
+            job = job.model_copy(update={"signature": signature_of_factory(load_model_factory(model), shape, input_dtype)})
     except (FileNotFoundError, KeyError, ValueError) as exc:
         hint = ""
         if "cannot import module" in str(exc):

@@ -6,6 +6,14 @@ one learner generalise across hardware: log scales, compute-time estimates (FLOP
 throughput), a transfer-time estimate (bytes over the host link; zero on unified memory),
 the GPU working set against GPU memory, and one-hot family and mode.
 
+Schema 2 adds the *estimate* (:mod:`placement.estimate`): the threshold margins
+``log(speedup / T_t)`` and ``log(T_e / energy_ratio)`` of the estimated outcomes, their
+uncertainty and whether the GPU is estimated to fit. They come from the columns
+``ESTIMATE_COLUMNS`` when given (the service passes probe- and history-corrected
+estimates at the request's thresholds); otherwise from the performance model at the
+thresholds in the optional columns ``threshold_speedup_min`` / ``threshold_energy_ratio_max``
+(default: paper A's 2.0 and 1.5).
+
 One function, :func:`feature_matrix`, builds every vector from named columns (arrays);
 :func:`build_features` is the single-job view of it. ``FEATURE_NAMES`` gives the order.
 """
@@ -23,7 +31,7 @@ import numpy.typing as npt
 from placement.hardware import HardwareTarget
 from placement.job import FAMILIES, Job
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 _EPS = 1e-12
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -53,6 +61,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "unified_memory",
     "mode_train",
     *(f"family_{f}" for f in FAMILIES),
+    # the estimate (placement.estimate): threshold margins, their uncertainty, GPU fit
+    "est_margin_speedup",
+    "est_margin_energy",
+    "est_margin_sigma",
+    "est_gpu_feasible",
 )
 N_FEATURES = len(FEATURE_NAMES)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -79,6 +92,26 @@ TARGET_COLUMNS = (
     "hw_unified_memory",
 )
 FEATURE_INPUT_COLUMNS = JOB_COLUMNS + TARGET_COLUMNS + ("cpu_cores",)
+ESTIMATE_COLUMNS = ("est_margin_speedup", "est_margin_energy", "est_margin_sigma", "est_gpu_feasible")
+THRESHOLD_COLUMNS = ("threshold_speedup_min", "threshold_energy_ratio_max")
+
+_DEFAULT_PERF_MODEL: object | None = None
+
+
+def estimate_columns(columns: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[np.float64]]:
+    """``ESTIMATE_COLUMNS`` of the performance model's estimate (source ``model``) at the
+    thresholds of ``THRESHOLD_COLUMNS`` (defaults 2.0 and 1.5 where absent)."""
+    global _DEFAULT_PERF_MODEL
+    from placement.estimate import margin_columns, margins, model_estimate
+    from placement.perfmodel import PerformanceModel
+
+    if _DEFAULT_PERF_MODEL is None:
+        _DEFAULT_PERF_MODEL = PerformanceModel()
+    est = model_estimate(_DEFAULT_PERF_MODEL, columns)
+    t_t = np.asarray(columns["threshold_speedup_min"], dtype=np.float64) if "threshold_speedup_min" in columns else 2.0
+    t_e = (np.asarray(columns["threshold_energy_ratio_max"], dtype=np.float64)
+           if "threshold_energy_ratio_max" in columns else 1.5)
+    return margin_columns(margins(est, t_t, t_e), est)
 
 
 def _log10(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -115,6 +148,10 @@ def feature_matrix(columns: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float
     train = np.asarray(columns["mode"]).reshape(-1) == "train"
     family = np.asarray(columns["family"]).reshape(-1)
     kind = np.asarray(columns["hw_kind"]).reshape(-1)
+    if all(c in columns for c in ESTIMATE_COLUMNS):
+        est = {c: np.asarray(columns[c], dtype=np.float64).reshape(-1) for c in ESTIMATE_COLUMNS}
+    else:
+        est = estimate_columns(columns)
 
     cpu_time = flops / (cpu_gflops * 1e9 * cores / cores_total)
     gpu_time = np.where(has_gpu, flops / (np.maximum(gpu_gflops, _EPS) * 1e9), np.inf)
@@ -149,6 +186,7 @@ def feature_matrix(columns: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float
         unified.astype(np.float64),
         train.astype(np.float64),
         *((family == f).astype(np.float64) for f in FAMILIES),
+        *(est[c] for c in ESTIMATE_COLUMNS),
     ]
     for i, col in enumerate(cols):
         out[:, i] = col
@@ -180,8 +218,12 @@ def job_target_columns(job: Job, target: HardwareTarget, cpu_cores: int | None =
 
 
 def build_features(job: Job, target: HardwareTarget, cpu_cores: int | None = None) -> npt.NDArray[np.float32]:
-    """The feature vector of one job on one target, shape ``(N_FEATURES,)``."""
-    return feature_matrix(job_target_columns(job, target, cpu_cores))[0]
+    """The feature vector of one job on one target, shape ``(N_FEATURES,)`` (estimate: the
+    performance model's at the default thresholds)."""
+    cols = job_target_columns(job, target, cpu_cores)
+    cols.update({"hw_cpu_mem_bw_gbs": [target.cpu_mem_bw_gbs], "hw_gpu_mem_bw_gbs": [target.gpu_mem_bw_gbs],
+                 "hw_cpu_idle_w": [target.cpu_idle_w], "hw_gpu_idle_w": [target.gpu_idle_w], "model": [job.name]})
+    return feature_matrix(cols)[0]
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class Job(Record):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, validate_default=True)
 
-    name: str = Field("job", min_length=1, max_length=200, description="Free-form job or model name.")
+    name: str = Field(default="job", min_length=1, max_length=200, description="Free-form job or model name.")
     family: Family = Field(description="Model family: " + ", ".join(FAMILIES) + ".")
     mode: Mode = Field(description="train (forward+backward+step) or infer (forward only).")
     batch_size: int = Field(ge=1, le=1_000_000, description="Samples per batch.")
@@ -55,10 +55,15 @@ class Job(Record):
     param_count: int = Field(ge=0, le=10**13, description="Trainable parameters.")
     input_elems_per_sample: int = Field(ge=1, le=10**12, description="Input elements per sample.")
     input_bytes_per_sample: int = Field(ge=1, le=10**13, description="Input bytes per sample.")
-    dataset_size: int | None = Field(None, ge=1, le=10**13, description="Samples in the dataset, where known.")
+    dataset_size: int | None = Field(default=None, ge=1, le=10**13, description="Samples in the dataset, where known.")
     operators: OperatorSummary | None = Field(
-        None, description="The step's operators per kind and size (placement describe records them on 'meta'); "
+        default=None, description="The step's operators per kind and size (placement describe records them on 'meta'); "
         "absent: the performance model predicts from the aggregate fields above (labelled as such).")
+    signature: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{16,64}$",
+        description="Structural hash of the model (placement.signature; `placement describe` prints it): the "
+        "service keeps every measured outcome of a signature as evidence for its other jobs.",
+    )
 
     @field_validator("flops_per_batch")
     @classmethod

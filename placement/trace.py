@@ -37,7 +37,7 @@ from placement.threshold import Thresholds, joint_threshold
 TRACE_SCHEMA_VERSION = 1
 META_KEY = b"placement.trace"
 CSV_META_PREFIX = "# placement-trace: "
-SOURCES = ("paper", "measured", "simulated", "feedback")
+SOURCES = ("paper", "measured", "simulated", "feedback", "probe")
 POWER_METHODS = ("measured", "modelled", "unknown")
 CV_LIMIT = 0.05
 """Rows whose repeat coefficient of variation exceeds this are flagged (``cv_flag``)."""

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from placement.decision import PlacementDecision
 from placement.hardware import HardwareTarget
 from placement.job import Job
+from placement.job_probe import ProbeResult
 from serve.schemas import (
     DecisionOut,
     FeedbackResponse,
@@ -92,9 +93,12 @@ class PlacementClient:
 
     # -- routes ----------------------------------------------------------------------------
     def place(self, job: Job, target: str | HardwareTarget = "local", *, thresholds: Mapping[str, float] | None = None,
-              max_slowdown: float | None = None, explore: bool = True) -> DecisionOut:
-        """Place one job; ``thresholds`` may set ``speedup_min`` (T_t) and ``energy_ratio_max`` (T_e)."""
+              max_slowdown: float | None = None, explore: bool = True, probe: ProbeResult | None = None) -> DecisionOut:
+        """Place one job; ``thresholds`` may set ``speedup_min`` (T_t) and ``energy_ratio_max`` (T_e);
+        ``probe`` (from :func:`probe`) makes the service decide on the measured run and keep it as evidence."""
         body = {"job": job.model_dump(mode="json"), **self._request(target, thresholds, max_slowdown, explore)}
+        if probe is not None:
+            body["probes"] = [probe.model_dump(mode="json")]
         response = self._call("POST", "/v1/placements", PlacementResponse, body)
         if not response.decisions:
             raise PlacementApiError(200, "unexpected_answer", [{"field": "decisions", "message": "no decision in the answer"}])
@@ -102,9 +106,11 @@ class PlacementClient:
 
     def place_batch(self, jobs: Sequence[Job], target: str | HardwareTarget = "local", *,
                     thresholds: Mapping[str, float] | None = None, max_slowdown: float | None = None,
-                    explore: bool = True) -> PlacementResponse:
-        """Place a list of jobs; the answer has one decision per job, in order."""
+                    explore: bool = True, probes: Sequence[ProbeResult | None] | None = None) -> PlacementResponse:
+        """Place a list of jobs; the answer has one decision per job, in order (``probes``: one per job or None)."""
         body = {"jobs": [j.model_dump(mode="json") for j in jobs], **self._request(target, thresholds, max_slowdown, explore)}
+        if probes is not None:
+            body["probes"] = [None if p is None else p.model_dump(mode="json") for p in probes]
         return self._call("POST", "/v1/placements", PlacementResponse, body)
 
     def place_columns(self, columns: Mapping[str, Sequence[Any]], target: str | HardwareTarget = "local", *,
@@ -152,6 +158,49 @@ def apply(decision: DecisionOut | PlacementDecision, memory: Any = None) -> Iter
     from placement.knobs import applied
 
     core = decision if isinstance(decision, PlacementDecision) else PlacementDecision(
-        device=decision.device, cpu_cores=decision.cpu_cores, gpu_mem_cap=decision.gpu_mem_cap)
+        device=decision.device, cpu_cores=decision.cpu_cores,
+        gpu_mem_cap="grow" if decision.gpu_mem_cap is None else decision.gpu_mem_cap)  # None: no GPU, nothing to cap
     with applied(core, memory) as effective:
         yield effective
+
+
+def job_signature(model: Any, sample_shape: Sequence[int], input_dtype: str = "float32") -> str:
+    """The structural signature (:mod:`placement.signature`) of an ``nn.Module`` or of a
+    zero-argument factory of one, for per-sample inputs of ``sample_shape`` and ``input_dtype``.
+    Send it as the job's ``signature``: the service then learns from every outcome of this
+    architecture at once."""
+    from placement.signature import signature_of, signature_of_factory
+
+    if callable(model) and not hasattr(model, "named_modules"):
+        return signature_of_factory(model, sample_shape, input_dtype)
+    return signature_of(model, sample_shape, input_dtype)
+
+
+def probe(model: Any, *, batch_size: int = 32, mode: str = "infer", example: tuple[Any, Any] | None = None,
+          family: str | None = None, input_shape: Sequence[int] | None = None, input_dtype: str = "float32",
+          budget_s: float = 5.0, cpu_cores: int | None = None, gpu_mem_cap_mib: int | None = None,
+          speedup_min: float = 2.0) -> ProbeResult:
+    """Probe a job on this machine's devices (:mod:`placement.job_probe`) and return the result to
+    pass to :meth:`PlacementClient.place` as ``probe``.
+
+    ``model``: a zoo workload name, ``'package.module:Factory'`` (with ``family`` and
+    ``input_shape``), or an ``nn.Module`` / zero-argument factory with ``example`` = one batch
+    ``(inputs, labels)`` on the host (its job description is then left to the caller; the
+    result carries no job)."""
+    from placement.job_probe import probe_factory, probe_job, probe_workload
+    from placement.workloads import ZOO
+
+    kwargs: dict[str, Any] = {"budget_s": budget_s, "cpu_cores": cpu_cores, "gpu_mem_cap_mib": gpu_mem_cap_mib,
+                              "speedup_min": speedup_min}
+    if isinstance(model, str):
+        if model in ZOO:
+            return probe_workload(model, batch_size, mode, **kwargs)
+        if family is None or input_shape is None:
+            raise ValueError("probing 'package.module:Factory' needs family= and input_shape=")
+        return probe_factory(model, family, list(input_shape), input_dtype, batch_size, mode, **kwargs)
+    if example is None:
+        raise ValueError("probing a module needs example=(inputs, labels), one batch on the host")
+    import copy
+
+    build = model if (callable(model) and not hasattr(model, "named_modules")) else (lambda: copy.deepcopy(model))
+    return probe_job(build, example, mode, **kwargs)

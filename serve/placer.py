@@ -1,36 +1,46 @@
-"""The placement service as a library (no Ray, no HTTP): policy, exploration, predictions, storage.
+"""The placement service as a library (no Ray, no HTTP): one decision path over estimated outcomes.
 
 :class:`Placer` answers a :class:`~serve.schemas.PlacementRequest` for one job or a batch,
 vectorised over the batch:
 
 1. **Target**: a catalogue id, ``"local"`` (this host, probed once) or a full description.
-2. **Policy**: the serving version's ``gpu_probability`` on the raw features
-   (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``. A target without a
-   GPU is always CPU (``decided_by='no_gpu'``).
-3. **Per-request thresholds**: the policy was trained for one joint threshold (its
-   ``thresholds``). When a request (or the service settings) asks for another ``T_t`` /
-   ``T_e``, the decision is the joint threshold applied to the performance model's
-   predicted speedup and energy ratio (``decided_by='thresholds'``); ``gpu_probability``
-   still reports the policy's belief under its own thresholds.
+2. **Estimate** (:mod:`placement.estimate`): per job, CPU and GPU time per sample, powers,
+   GPU memory need against the target's, each with a source and a log-scale sigma -- the
+   performance model's (``model``), corrected by the stored outcomes of the job's signature
+   on this target (``history``: feedback and earlier probes, shrunk toward the model by
+   the amount of evidence) and by a probe the request carries for it (``probe``). Every
+   estimate on a target is first shifted by the median residual of the last outcomes
+   reported on it (:meth:`Placer._target_offsets`): a device that drifted is seen at once.
+3. **Policy**: the serving version's ``gpu_probability`` on features that include the
+   estimate's threshold margins ``log(speedup / T_t)``, ``log(T_e / energy_ratio)``, their
+   sigma and the GPU fit (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``.
+   Per-request thresholds change only those margins: the same policy decides at any
+   ``T_t``/``T_e``. A target without a GPU is always CPU (``decided_by='no_gpu'``) and the
+   answer has no GPU probability and no cap. A job estimated not to fit in GPU memory is
+   never placed on the GPU unless a measurement (probe or outcome) showed it running
+   (``decided_by='infeasible'``).
 4. **Maximum slowdown**: with ``max_slowdown = m`` the chosen device may be at most ``m``
-   times slower than the other by the performance model; a choice that breaks it is
-   switched (``decided_by='max_slowdown'``).
-5. **Exploration** (bounded, recorded): with probability ``exploration_rate`` (at most
-   :data:`serve.settings.MAX_EXPLORATION_RATE`) the other device is tried -- only for
-   policy decisions on GPU targets, only when the policy is unsure
-   (``|p - 0.5| < explore_band``), never when the flip is predicted infeasible (OOM) or
-   would break ``max_slowdown``, never when the request says ``explore=false``. Each
-   decision stores ``explored`` and the propensity of the action taken (for off-policy
-   evaluation).
+   times slower than the other by the estimate; a choice that breaks it is switched
+   (``decided_by='max_slowdown'``).
+5. **Exploration by uncertainty** (bounded, recorded): with probability ``exploration_rate``
+   (at most :data:`serve.settings.MAX_EXPLORATION_RATE`) the other device is tried -- only
+   for policy decisions on GPU targets whose estimate's ``+-explore_z`` sigma interval
+   straddles the joint threshold, never into an estimated OOM, never against
+   ``max_slowdown``, never when the request says ``explore=false``. Each decision stores
+   ``explored`` and the propensity of the action taken (for off-policy evaluation).
+   (``explore_band`` is kept for configuration compatibility and no longer gates.)
 6. **Knobs**: on edge targets the policy's :meth:`~agents.policy.Policy.knobs` (cores, GPU
    memory cap); elsewhere all cores and ``"grow"``.
 7. **Storage**: the batch is committed to the :class:`~serve.store.Store` before the
-   answer is returned.
+   answer is returned; signed jobs are remembered so that their feedback becomes evidence,
+   and carried probes are kept as evidence.
 
-Predictions (``predicted_speedup``, ``predicted_energy_ratio``) come from
-:class:`placement.perfmodel.PerformanceModel` at default knobs and are ``modelled``.
+The answer says which source decided (``estimate_source``), the estimated speedup and
+energy ratio with how each was obtained (``speedup_source``, ``energy_ratio_source``,
+``energy_method``, sigmas) and ``gpu_feasible``.
 
-Feedback (:meth:`Placer.feedback`) is checked against the stored decision and stored once.
+Feedback (:meth:`Placer.feedback`) is checked against the stored decision and stored once;
+a signed decision's runs are stored as evidence at once (the next answer uses them).
 Policy versions swap atomically (:meth:`Placer.swap`): a request in flight finishes on the
 version it started with.
 """
@@ -55,12 +65,20 @@ import pydantic_core
 from agents.policy import Policy
 from placement.catalogue import default_catalogue
 from placement.decision import GROW
+from placement.estimate import (
+    Estimate,
+    Observation,
+    correct,
+    margin_columns,
+    margins,
+    model_estimate,
+)
 from placement.features import feature_matrix
 from placement.hardware import HardwareTarget
 from placement.job import Job
 from placement.outcome import Device
 from placement.perfmodel import PerformanceModel
-from placement.threshold import Thresholds, joint_threshold
+from placement.threshold import Thresholds
 from serve.schemas import (
     LOCAL_TARGET,
     FeedbackRequest,
@@ -74,6 +92,13 @@ from serve.settings import Settings
 from serve.store import DecisionBatch, Store, UnknownDecision, iso
 
 log = logging.getLogger(__name__)
+
+
+TARGET_HISTORY = 200
+"""Outcomes per target whose median residual shifts every estimate on that target."""
+TARGET_MIN_OUTCOMES = 20
+EXPLORE_Z = 1.0
+"""Exploration is eligible only where the estimate's +-EXPLORE_Z sigma interval straddles the joint threshold."""
 
 
 class InputError(ValueError):
@@ -119,14 +144,6 @@ def load_bundle(path: Path, version: str | None = None) -> PolicyBundle:
     )
 
 
-def _same_thresholds(a: Thresholds, b: Thresholds) -> bool:
-    return (
-        math.isclose(a.speedup_min, b.speedup_min, rel_tol=1e-12)
-        and math.isclose(a.energy_ratio_max, b.energy_ratio_max, rel_tol=1e-12)
-        and a.missing_power == b.missing_power
-    )
-
-
 _JOB_FIELDS = ("name", "family", "mode", "batch_size", "flops_per_batch", "param_count", "input_elems_per_sample",
                "input_bytes_per_sample", "dataset_size")
 
@@ -140,6 +157,8 @@ class JobBatch:
     text: dict[str, list[str]]
     numeric: dict[str, npt.NDArray[np.float64]]
     jobs: Sequence[Job] | None = None
+    signatures: list[str | None] | None = None
+    """Each job's structural signature (:mod:`placement.signature`), None where not sent."""
 
     @classmethod
     def from_jobs(cls, jobs: Sequence[Job]) -> JobBatch:
@@ -149,7 +168,8 @@ class JobBatch:
             for j in jobs
         ]
         columns = dict(zip(_JOB_FIELDS, (list(c) for c in zip(*rows, strict=True)), strict=True))
-        return cls._build(len(jobs), columns, jobs)
+        sigs = [j.signature for j in jobs]
+        return cls._build(len(jobs), columns, jobs, sigs if any(sigs) else None)
 
     @classmethod
     def from_columns(cls, columns: Any) -> JobBatch:
@@ -158,14 +178,16 @@ class JobBatch:
         if data["name"] is None:
             data["name"] = ["job"] * n
         data["dataset_size"] = [-1] * n if data["dataset_size"] is None else [-1 if v is None else v for v in data["dataset_size"]]
-        return cls._build(n, data, None)
+        sigs = getattr(columns, "signature", None)
+        return cls._build(n, data, None, list(sigs) if sigs is not None and any(sigs) else None)
 
     @classmethod
-    def _build(cls, n: int, columns: Mapping[str, Any], jobs: Sequence[Job] | None) -> JobBatch:
+    def _build(cls, n: int, columns: Mapping[str, Any], jobs: Sequence[Job] | None,
+               signatures: list[str | None] | None = None) -> JobBatch:
         text = {k: [str(v) for v in columns[k]] if k != "name" else list(columns[k]) for k in ("name", "family", "mode")}
         numeric = {k: np.asarray(columns[k], dtype=np.float64) for k in _JOB_FIELDS[3:]}
         numeric["dataset_size"] = np.where(numeric["dataset_size"] > 0, numeric["dataset_size"], np.nan)
-        return cls(n, text, numeric, jobs)
+        return cls(n, text, numeric, jobs, signatures)
 
     def job(self, i: int) -> Job:
         if self.jobs is not None:
@@ -178,6 +200,7 @@ class JobBatch:
             input_elems_per_sample=int(self.numeric["input_elems_per_sample"][i]),
             input_bytes_per_sample=int(self.numeric["input_bytes_per_sample"][i]),
             dataset_size=None if not math.isfinite(ds) else int(ds),
+            signature=None if self.signatures is None else self.signatures[i],
         )
 
     def model_columns(self, target: HardwareTarget) -> dict[str, Any]:
@@ -205,45 +228,20 @@ class JobBatch:
         return cols
 
 
-@dataclass(frozen=True)
-class Predictions:
-    """Performance-model predictions at default knobs, shape ``(n,)`` (``modelled``)."""
+def _shift(est: Estimate, offsets: Mapping[str, float]) -> Estimate:
+    """The estimate with a target's log offsets applied (times, powers; sigmas and sources unchanged)."""
+    if not offsets:
+        return est
+    from dataclasses import replace
 
-    cpu_time_per_sample_s: npt.NDArray[np.float64]
-    gpu_time_per_sample_s: npt.NDArray[np.float64]
-    cpu_energy_per_sample_j: npt.NDArray[np.float64]
-    gpu_energy_per_sample_j: npt.NDArray[np.float64]
-    cpu_feasible: npt.NDArray[np.bool_]
-    gpu_feasible: npt.NDArray[np.bool_]
-
-    @property
-    def speedup(self) -> npt.NDArray[np.float64]:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self.cpu_feasible & self.gpu_feasible, self.cpu_time_per_sample_s / self.gpu_time_per_sample_s, np.nan)
-
-    @property
-    def energy_ratio(self) -> npt.NDArray[np.float64]:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(
-                self.cpu_feasible & self.gpu_feasible, self.gpu_energy_per_sample_j / self.cpu_energy_per_sample_j, np.nan
-            )
-
-
-def predict_pairs(model: PerformanceModel, cols: Mapping[str, Any], has_gpu: bool) -> Predictions:
-    """CPU and GPU predictions for every row of ``cols`` at default knobs."""
-    n = len(cols["batch_size"])
-    batch = np.asarray(cols["batch_size"], dtype=np.float64)
-    cpu = model.predict_columns(cols, "cpu", np.nan, np.nan)
-    cpu_t = cpu.time_per_batch_s / batch
-    cpu_e = cpu.energy_per_batch_j / batch
-    if has_gpu:
-        gpu = model.predict_columns(cols, "gpu", np.nan, np.nan)
-        gpu_t, gpu_e, gpu_ok = gpu.time_per_batch_s / batch, gpu.energy_per_batch_j / batch, np.asarray(gpu.feasible, dtype=bool)
-    else:
-        gpu_t = np.full(n, np.nan)
-        gpu_e = np.full(n, np.nan)
-        gpu_ok = np.zeros(n, dtype=bool)
-    return Predictions(cpu_t, gpu_t, cpu_e, gpu_e, np.asarray(cpu.feasible, dtype=bool), gpu_ok)
+    g = math.exp(offsets.get("gpu_power", 0.0))
+    return replace(
+        est,
+        cpu_time_per_sample_s=est.cpu_time_per_sample_s * math.exp(offsets.get("cpu_time", 0.0)),
+        gpu_time_per_sample_s=est.gpu_time_per_sample_s * math.exp(offsets.get("gpu_time", 0.0)),
+        cpu_power_w=est.cpu_power_w * math.exp(offsets.get("cpu_power", 0.0)),
+        gpu_power_w=est.gpu_power_w * g, gpu_host_cpu_power_w=est.gpu_host_cpu_power_w * g,
+    )
 
 
 def _float_or_none(values: npt.NDArray[np.float64]) -> list[float | None]:
@@ -273,6 +271,8 @@ class PlacementResult:
     explored: npt.NDArray[np.bool_]
     propensity: npt.NDArray[np.float64]
     decided_by: list[str]
+    estimate: Estimate | None = None
+    """What the policy decided on (sources, sigmas, feasibility); None only for results built by hand."""
 
     @property
     def n(self) -> int:
@@ -300,18 +300,34 @@ class PlacementResult:
         caps = self.gpu_mem_cap_mib.tolist()
         sp = _float_or_none(self.predicted_speedup)
         er = _float_or_none(self.predicted_energy_ratio)
-        return {
+        has_gpu = self.target.has_gpu
+        cols: dict[str, Any] = {
             "decision_id": self.decision_ids,
             "job_name": self.jobs.text["name"],
             "device": np.where(self.gpu, "gpu", "cpu").tolist(),
             "cpu_cores": self.cpu_cores.tolist(),
-            "gpu_mem_cap": [GROW if c < 0 else c for c in caps],
-            "gpu_probability": self.gpu_probability.tolist(),
+            "gpu_mem_cap": [None if not has_gpu else GROW if c < 0 else c for c in caps],
+            "gpu_probability": self.gpu_probability.tolist() if has_gpu else [None] * self.n,
             "predicted_speedup": sp,
             "predicted_energy_ratio": er,
             "explored": self.explored.tolist(),
             "decided_by": self.decided_by,
         }
+        est = self.estimate
+        if est is not None:
+            mixed = est.speedup_source
+            cols.update({
+                "estimate_source": est.source.tolist(),
+                "speedup_source": mixed if has_gpu else [None] * self.n,
+                "energy_ratio_source": mixed if has_gpu else [None] * self.n,
+                "energy_method": [m if r is not None else None for m, r in zip(est.energy_method.tolist(), er, strict=True)],
+                "speedup_sigma": _float_or_none(np.where(np.isfinite(self.predicted_speedup), est.speedup_sigma, np.nan)),
+                "energy_ratio_sigma": _float_or_none(np.where(np.isfinite(self.predicted_energy_ratio),
+                                                              est.energy_ratio_sigma, np.nan)),
+                "gpu_feasible": est.gpu_usable.tolist() if has_gpu else [None] * self.n,
+                "gpu_mem_need_mib": _float_or_none(est.gpu_mem_need_mib) if has_gpu else [None] * self.n,
+            })
+        return cols
 
     def _head(self) -> dict[str, Any]:
         th = self.thresholds
@@ -331,8 +347,8 @@ class PlacementResult:
         rows = []
         for values in zip(*cols.values(), strict=True):
             row = dict(zip(keys, values, strict=True))
-            row["prediction_method"] = "modelled" if (row["predicted_speedup"] is not None
-                                                      or row["predicted_energy_ratio"] is not None) else None
+            row["prediction_method"] = (None if row["predicted_speedup"] is None and row["predicted_energy_ratio"] is None
+                                        else "modelled" if row.get("estimate_source", "model") == "model" else "measured")
             row["policy_version"] = version
             rows.append(row)
         return {**self._head(), "decisions": rows, "columns": None}
@@ -369,6 +385,8 @@ class Placer:
         self._rng_lock = threading.Lock()
         self.exploration_rate = settings.exploration_rate
         self.explore_band = settings.explore_band
+        self.explore_z = EXPLORE_Z
+        self._offsets: dict[str, tuple[int, dict[str, float]]] = {}
 
     # -- policy versions -----------------------------------------------------------------
     @property
@@ -444,37 +462,35 @@ class Placer:
         target = self.resolve_target(request.target)
         bundle = self._bundle  # one version for the whole request
         th = self.thresholds_for(request)
-        use_policy = _same_thresholds(th, bundle.thresholds)
 
         cols = batch.model_columns(target)
-        x = feature_matrix(cols)
+        est = self.estimate(batch, target, cols, request)
+        m = margins(est, th.speedup_min, th.energy_ratio_max)
+        x = feature_matrix({**cols, **margin_columns(m, est)})
         p_gpu = np.asarray(bundle.policy.gpu_probability(x), dtype=np.float64).reshape(-1)
         if p_gpu.shape != (n,) or not np.all(np.isfinite(p_gpu)):
             raise RuntimeError(f"policy {bundle.version} returned bad GPU probabilities (shape {p_gpu.shape})")
-        pred = predict_pairs(self.perf_model, cols, target.has_gpu)
-        speedup, ratio = pred.speedup, pred.energy_ratio
+        speedup, ratio = est.speedup, est.energy_ratio
+        usable = est.gpu_usable
 
         decided_by = np.full(n, "policy", dtype=object)
         if not target.has_gpu:
             gpu = np.zeros(n, dtype=bool)
+            p_gpu = np.zeros(n, dtype=np.float64)
             decided_by[:] = "no_gpu"
-        elif use_policy:
-            gpu = p_gpu >= 0.5
         else:
-            labels = joint_threshold(
-                pred.cpu_time_per_sample_s, pred.gpu_time_per_sample_s, pred.cpu_energy_per_sample_j,
-                pred.gpu_energy_per_sample_j, pred.cpu_feasible, pred.gpu_feasible, th,
-            )
-            gpu = labels.gpu.copy()
-            decided_by[:] = "thresholds"
+            gpu = p_gpu >= 0.5
+            oom = gpu & ~usable  # never GPU for an estimated OOM unless a measurement shows it ran
+            gpu = gpu & usable
+            decided_by[oom] = "infeasible"
 
         slow_ok = np.ones(n, dtype=bool)
         if request.max_slowdown is not None and target.has_gpu:
-            m = request.max_slowdown
+            ms = request.max_slowdown
             with np.errstate(invalid="ignore"):
-                cpu_too_slow = speedup > m
-                gpu_too_slow = speedup < 1.0 / m
-            flip = (~gpu & cpu_too_slow & pred.gpu_feasible) | (gpu & gpu_too_slow & pred.cpu_feasible)
+                cpu_too_slow = speedup > ms
+                gpu_too_slow = speedup < 1.0 / ms
+            flip = (~gpu & cpu_too_slow & usable) | (gpu & gpu_too_slow & est.cpu_feasible)
             gpu = np.where(flip, ~gpu, gpu)
             decided_by[flip] = "max_slowdown"
             # may the other device be tried without breaking the constraint?
@@ -484,8 +500,8 @@ class Placer:
         explored = np.zeros(n, dtype=bool)
         propensity = np.ones(n, dtype=np.float64)
         if target.has_gpu and request.explore and rate > 0:
-            flip_feasible = np.where(gpu, pred.cpu_feasible, pred.gpu_feasible)
-            eligible = (decided_by == "policy") & (np.abs(p_gpu - 0.5) < self.explore_band) & flip_feasible & slow_ok
+            flip_feasible = np.where(gpu, est.cpu_feasible, usable)
+            eligible = (decided_by == "policy") & m.straddles(self.explore_z) & flip_feasible & slow_ok
             if eligible.any():
                 with self._rng_lock:
                     u = self._rng.random(n)
@@ -507,11 +523,156 @@ class Placer:
             max_slowdown=request.max_slowdown, policy_version=bundle.version, columns_format=request.columns is not None,
             jobs=batch, gpu=gpu, cpu_cores=cores, gpu_mem_cap_mib=caps, gpu_probability=p_gpu,
             predicted_speedup=speedup, predicted_energy_ratio=ratio, explored=explored, propensity=propensity,
-            decided_by=decided_by.tolist(),
+            decided_by=decided_by.tolist(), estimate=est,
         )
         if self.store is not None:
             self.store.insert_decisions(result.record())
+            self._keep_signatures(result, request)
         return result
+
+    # -- the estimate ----------------------------------------------------------------------
+    def estimate(self, batch: JobBatch, target: HardwareTarget, cols: Mapping[str, Any],
+                 request: PlacementRequest | None = None) -> Estimate:
+        """The model's estimate of every job, corrected by the request's probes and by the stored
+        outcomes of each job's signature on this target (:func:`placement.estimate.correct`)."""
+        offsets = self._target_offsets(target)
+        est = _shift(model_estimate(self.perf_model, cols), offsets)
+        rows: dict[int, list[Observation]] = {}
+        probes = request.probes if request is not None else None
+        if probes is not None:
+            for i, probe in enumerate(probes):
+                if probe is None:
+                    continue
+                for run in probe.runs:
+                    if run.device == "gpu" and not target.has_gpu:
+                        continue
+                    rows.setdefault(i, []).append(self._observation(est, i, run.device, run.feasible,
+                                                                    run.time_per_sample_s, run.power_w,
+                                                                    run.power_method, True, "probe"))
+        if batch.signatures is not None and self.store is not None:
+            self._history(batch, target, est, rows, offsets)
+        return correct(est, rows)
+
+    def _target_offsets(self, target: HardwareTarget) -> dict[str, float]:
+        """Log offsets of every job's measured time and power from the model on ``target``: the
+        median residual of the last :data:`TARGET_HISTORY` outcomes reported at default knobs,
+        once at least :data:`TARGET_MIN_OUTCOMES` arrived (a drifted device -- a slower GPU the
+        hardware description does not show -- corrects every estimate on that target at once;
+        one architecture's outcomes do not move the median). Cached per feedback sequence number."""
+        from serve.store import target_key
+
+        if self.store is None:
+            return {}
+        key = target_key(target)
+        seq = self.store.last_feedback_seq()
+        cached = self._offsets.get(key)
+        if cached is not None and cached[0] == seq:
+            return cached[1]
+        jobs: list[Job] = []
+        runs: list[ReportedOutcome] = []
+        for fb in self.store.recent_feedback(limit=4 * TARGET_HISTORY):
+            d = fb.decision
+            if d.cpu_cores != target.cpu_cores or d.gpu_mem_cap_mib is not None or target_key(d.target) != key:
+                continue
+            for run in (fb.outcome, fb.other):
+                if run is None or not run.feasible or run.gpu_mem_cap_mib is not None or (
+                        run.cpu_cores is not None and run.cpu_cores != target.cpu_cores):
+                    continue
+                jobs.append(d.job)
+                runs.append(run)
+        jobs, runs = jobs[-TARGET_HISTORY:], runs[-TARGET_HISTORY:]
+        offsets: dict[str, float] = {}
+        if jobs:
+            est = model_estimate(self.perf_model, JobBatch.from_jobs(jobs).model_columns(target))
+            res: dict[str, list[float]] = {"cpu_time": [], "gpu_time": [], "cpu_power": [], "gpu_power": []}
+            for i, run in enumerate(runs):
+                out = run.device_outcome()
+                dev = str(run.device)
+                mt = est.cpu_time_per_sample_s[i] if dev == "cpu" else est.gpu_time_per_sample_s[i]
+                mp = est.cpu_power_w[i] if dev == "cpu" else est.gpu_power_w[i] + est.gpu_host_cpu_power_w[i]
+                if mt > 0 and math.isfinite(mt):
+                    res[f"{dev}_time"].append(math.log(out.time_per_sample_s / mt))
+                    e = out.energy_per_sample_j
+                    if math.isfinite(e) and e > 0 and mp > 0 and math.isfinite(mp):
+                        res[f"{dev}_power"].append(math.log(e / out.time_per_sample_s / mp))
+            for name, values in res.items():
+                if len(values) >= TARGET_MIN_OUTCOMES:
+                    offsets[name] = float(np.median(values)) * len(values) / (len(values) + 2.0)
+        self._offsets[key] = (seq, offsets)
+        return offsets
+
+    @staticmethod
+    def _observation(est: Estimate, i: int, device: str, feasible: bool, time_s: float | None, power_w: float | None,
+                     method: str, same_job: bool, source: Any) -> Observation:
+        if device == "cpu":
+            mt, mp = float(est.cpu_time_per_sample_s[i]), float(est.cpu_power_w[i])
+        else:
+            mt = float(est.gpu_time_per_sample_s[i])
+            mp = float(est.gpu_power_w[i] + est.gpu_host_cpu_power_w[i])
+        return Observation(device, feasible, time_s, power_w, method, mt, mp, same_job, source)
+
+    def _history(self, batch: JobBatch, target: HardwareTarget, est: Estimate, rows: dict[int, list[Observation]],
+                 offsets: Mapping[str, float] | None = None) -> None:
+        """Append each signed job's stored outcomes on ``target`` (same mode) as observations."""
+        from serve.store import target_key
+
+        assert batch.signatures is not None and self.store is not None
+        sigs = [s for s in batch.signatures if s]
+        evidence = self.store.evidence(sigs, target_key(target))
+        if not evidence:
+            return
+        ev_jobs: list[Job] = []
+        ev_rows: list[Any] = []
+        for ev_list in evidence.values():
+            for ev in ev_list:
+                ev_jobs.append(Job.model_validate_json(ev.job_json))
+                ev_rows.append(ev)
+        ev_batch = JobBatch.from_jobs(ev_jobs)
+        ev_est = _shift(model_estimate(self.perf_model, ev_batch.model_columns(target)), offsets or {})
+        by_sig: dict[str, list[int]] = {}
+        for k, ev in enumerate(ev_rows):
+            by_sig.setdefault(ev.signature, []).append(k)
+        for i, sig in enumerate(batch.signatures):
+            if not sig or sig not in by_sig:
+                continue
+            job = batch.job(i)
+            for k in by_sig[sig]:
+                ev, ej = ev_rows[k], ev_jobs[k]
+                if ej.mode != job.mode:
+                    continue
+                same = ej.batch_size == job.batch_size
+                obs = self._observation(ev_est, k, ev.device, ev.feasible, ev.time_per_sample_s, ev.power_w,
+                                        ev.power_method, same, "history")
+                if ev.device == "gpu" and not same and not ev.feasible:
+                    continue  # an OOM at another batch size says nothing certain about this one
+                rows.setdefault(i, []).append(obs)
+
+    def _keep_signatures(self, result: PlacementResult, request: PlacementRequest) -> None:
+        """Remember signed jobs (feedback becomes evidence) and keep carried probes as evidence."""
+        from serve.store import EvidenceRow, target_key
+
+        batch = result.jobs
+        if batch.signatures is None or self.store is None:
+            return
+        ids = result.decision_ids
+        keep: list[tuple[str, str, str]] = []
+        evidence: list[EvidenceRow] = []
+        key = target_key(result.target)
+        for i, sig in enumerate(batch.signatures):
+            if not sig:
+                continue
+            job_json = batch.job(i).model_dump_json()
+            keep.append((ids[i], sig, job_json))
+            probe = request.probes[i] if request.probes is not None else None
+            if probe is None:
+                continue
+            for run in probe.runs:
+                if run.device == "gpu" and not result.target.has_gpu:
+                    continue
+                evidence.append(EvidenceRow(sig, key, result.created_at, "probe", ids[i], job_json, run.device,
+                                            run.feasible, run.time_per_sample_s, run.power_w, run.power_method))
+        self.store.record_signatures(keep)
+        self.store.add_evidence(evidence)
 
     # -- feedback --------------------------------------------------------------------------
     def feedback(self, request: FeedbackRequest) -> tuple[str, bool]:
@@ -549,9 +710,39 @@ class Placer:
         payload = request.model_dump_json()
         digest = hashlib.sha256(payload.encode()).hexdigest()
         response = self._feedback_response(request, decision.device)
-        return self.store.record_feedback(
+        answer, replayed = self.store.record_feedback(
             request.decision_id, digest, response.model_dump_json(), request.outcome, request.other_outcome
         )
+        if not replayed:
+            self._feedback_evidence(request, target)
+        return answer, replayed
+
+    def _feedback_evidence(self, request: FeedbackRequest, target: HardwareTarget) -> None:
+        """A signed decision's measured runs become evidence of its signature on its target, at once."""
+        from serve.store import EvidenceRow, target_key
+
+        assert self.store is not None
+        signed = self.store.decision_signature(request.decision_id)
+        if signed is None:
+            return
+        sig, job_json = signed
+        now = time.time()
+        rows = []
+        for run in (request.outcome, request.other_outcome):
+            if run is None:
+                continue
+            t = p = None
+            method = "unknown"
+            if run.feasible:
+                out = run.device_outcome()
+                t = out.time_per_sample_s
+                e = out.energy_per_sample_j
+                if math.isfinite(e) and t > 0:
+                    p = e / t
+                    method = out.energy_method
+            rows.append(EvidenceRow(sig, target_key(target), now, "feedback", request.decision_id, job_json,
+                                    str(run.device), bool(run.feasible), t, p, str(method)))
+        self.store.add_evidence(rows)
 
     @staticmethod
     def _feedback_response(request: FeedbackRequest, device: str) -> FeedbackResponse:

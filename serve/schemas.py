@@ -29,6 +29,7 @@ from pydantic import (
 from placement.decision import GpuMemCap
 from placement.hardware import HardwareTarget
 from placement.job import Job
+from placement.job_probe import ProbeResult
 from placement.outcome import Device, DeviceOutcome, EnergyMethod
 from placement.record import (
     Record,
@@ -131,12 +132,19 @@ class PlacementRequest(Record):
         description="The chosen device may be at most this many times slower than the faster one (by the performance model).",
     )
     explore: bool = Field(default=True, description="Allow exploration for these jobs (false: always the policy's best guess).")
+    probes: list[ProbeResult | None] | None = Field(
+        default=None, description="A probe result per job (`placement probe`), in job order, null where none: the service "
+        "decides on it (source 'probe') and keeps it as evidence of the job's signature.",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> PlacementRequest:
         given = [name for name in ("job", "jobs", "columns") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of 'job' (one job), 'jobs' (a list of jobs) or 'columns' (jobs as columns)")
+        if self.probes is not None and len(self.probes) != self.n_jobs:
+            raise ValueError(f"probes has {len(self.probes)} entries for {self.n_jobs} jobs: give one per job "
+                             "(null where a job was not probed)")
         return self
 
     @property
@@ -146,7 +154,8 @@ class PlacementRequest(Record):
         return 1 if self.job is not None else len(self.jobs or [])
 
 
-DecidedBy = Literal["policy", "thresholds", "max_slowdown", "exploration", "no_gpu"]
+DecidedBy = Literal["policy", "thresholds", "max_slowdown", "exploration", "no_gpu", "infeasible"]
+EstimateSource = Literal["probe", "history", "model"]
 
 
 class DecisionOut(BaseModel):
@@ -158,14 +167,25 @@ class DecisionOut(BaseModel):
     job_name: str = Field(description="The job's name as sent (or one the service derived from its features).")
     device: Device = Field(description="Where to run the job: 'cpu' or 'gpu'.")
     cpu_cores: int = Field(description="Cores the job may use (affinity and intra-op threads).")
-    gpu_mem_cap: GpuMemCap = Field(description="GPU memory cap in MiB, or 'grow' (no cap).")
-    gpu_probability: float = Field(description="The policy's P(GPU is a valid acceleration) under its thresholds.")
-    predicted_speedup: float | None = Field(default=None, description="T_cpu / T_gpu by the performance model (modelled); null without a GPU or when infeasible.")
-    predicted_energy_ratio: float | None = Field(default=None, description="GPU/CPU per-sample energy by the performance model (modelled).")
-    prediction_method: Literal["modelled"] | None = Field(default=None, description="How the predictions were obtained.")
+    gpu_mem_cap: GpuMemCap | None = Field(description="GPU memory cap in MiB, or 'grow' (no cap); null on a target without a GPU.")
+    gpu_probability: float | None = Field(
+        description="The policy's P(GPU is a valid acceleration) at the request's thresholds; null on a target without a GPU.")
+    predicted_speedup: float | None = Field(default=None, description="Estimated T_cpu / T_gpu (source in speedup_source); null without a GPU or when infeasible.")
+    predicted_energy_ratio: float | None = Field(default=None, description="Estimated GPU/CPU per-sample energy (eq. 2; source in energy_ratio_source, power method in energy_method).")
+    prediction_method: Literal["modelled", "measured"] | None = Field(
+        default=None, description="'modelled' when the speedup is the performance model's, 'measured' when a probe or the signature's history corrected it.")
     explored: bool = Field(description="True when this decision deliberately tried the other device (exploration).")
-    decided_by: DecidedBy = Field(description="What decided: policy, thresholds, max_slowdown (the request's limit), exploration, or no_gpu (the target has none).")
+    decided_by: DecidedBy = Field(description="What decided: policy, thresholds, max_slowdown (the request's limit), exploration, infeasible (estimated not to fit in GPU memory), or no_gpu (the target has none).")
     policy_version: str = Field(description="The policy version that decided (GET /v1/policy lists the versions).")
+    estimate_source: EstimateSource | None = Field(
+        default=None, description="The strongest source of the estimate the policy decided on: probe > history > model.")
+    speedup_source: str | None = Field(default=None, description="probe | history | model, or cpu:<source>+gpu:<source> when mixed.")
+    energy_ratio_source: str | None = Field(default=None, description="Same as speedup_source (time and power per device).")
+    energy_method: Literal["measured", "modelled"] | None = Field(default=None, description="measured when every power was read from a counter.")
+    speedup_sigma: float | None = Field(default=None, description="Log-scale sd of the estimated speedup.")
+    energy_ratio_sigma: float | None = Field(default=None, description="Log-scale sd of the estimated energy ratio.")
+    gpu_feasible: bool | None = Field(default=None, description="The job is estimated to fit in GPU memory (or was seen running); null without a GPU.")
+    gpu_mem_need_mib: float | None = Field(default=None, description="Estimated GPU memory need, MiB (modelled working set).")
 
 
 class ThresholdsOut(BaseModel):
@@ -183,13 +203,21 @@ class DecisionColumns(BaseModel):
     job_name: list[str] = Field(description="Per job: the job's name.")
     device: list[Device] = Field(description="Per job: 'cpu' or 'gpu'.")
     cpu_cores: list[int] = Field(description="Per job: cores the job may use.")
-    gpu_mem_cap: list[GpuMemCap] = Field(description="Per job: GPU memory cap in MiB, or 'grow' (no cap).")
-    gpu_probability: list[float] = Field(description="Per job: the policy's P(GPU is a valid acceleration).")
-    predicted_speedup: list[float | None] = Field(description="Per job: T_cpu / T_gpu by the performance model (modelled), or null.")
-    predicted_energy_ratio: list[float | None] = Field(description="Per job: GPU/CPU per-sample energy by the performance model (modelled), or null.")
-    prediction_method: Literal["modelled"] = Field(default="modelled", description="How the predictions were obtained (always 'modelled').")
+    gpu_mem_cap: list[GpuMemCap | None] = Field(description="Per job: GPU memory cap in MiB, or 'grow' (no cap); null without a GPU.")
+    gpu_probability: list[float | None] = Field(description="Per job: the policy's P(GPU is a valid acceleration); null without a GPU.")
+    predicted_speedup: list[float | None] = Field(description="Per job: estimated T_cpu / T_gpu, or null.")
+    predicted_energy_ratio: list[float | None] = Field(description="Per job: estimated GPU/CPU per-sample energy, or null.")
+    prediction_method: Literal["modelled"] = Field(default="modelled", description="Kept for old clients: see estimate_source per row.")
     explored: list[bool] = Field(description="Per job: true when the decision deliberately tried the other device.")
-    decided_by: list[DecidedBy] = Field(description="Per job: policy, thresholds, max_slowdown, exploration or no_gpu (as in DecisionOut).")
+    decided_by: list[DecidedBy] = Field(description="Per job: what decided (as in DecisionOut).")
+    estimate_source: list[EstimateSource] | None = Field(default=None, description="Per job: probe, history or model (as in DecisionOut).")
+    speedup_source: list[str] | None = Field(default=None, description="Per job: how the speedup was obtained.")
+    energy_ratio_source: list[str] | None = Field(default=None, description="Per job: how the energy ratio was obtained.")
+    energy_method: list[Literal["measured", "modelled"] | None] | None = Field(default=None, description="Per job: measured or modelled power.")
+    speedup_sigma: list[float | None] | None = Field(default=None, description="Per job: log-scale sd of the speedup.")
+    energy_ratio_sigma: list[float | None] | None = Field(default=None, description="Per job: log-scale sd of the energy ratio.")
+    gpu_feasible: list[bool | None] | None = Field(default=None, description="Per job: estimated to fit in GPU memory.")
+    gpu_mem_need_mib: list[float | None] | None = Field(default=None, description="Per job: estimated GPU memory need, MiB.")
 
 
 class PlacementResponse(BaseModel):

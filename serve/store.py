@@ -67,7 +67,7 @@ from serve.schemas import ReportedOutcome
 
 SCHEMA_VERSION = 1
 """The ``meta.schema_version`` row (kept for databases read by older code; Alembic's revision is the truth)."""
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 """The newest Alembic revision under ``serve/migrations/versions`` (tests check they agree)."""
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _VERSION_LOCK_KEY = 0x706C6163  # pg_advisory_xact_lock key of version changes ("plac")
@@ -137,6 +137,33 @@ events_t = sa.Table(
     sa.Column("detail_json", sa.Text, nullable=False),
     sqlite_autoincrement=True,
 )
+signatures_t = sa.Table(
+    "decision_signatures", METADATA,
+    sa.Column("decision_id", sa.Text, primary_key=True),
+    sa.Column("signature", sa.Text, nullable=False),
+    sa.Column("job_json", sa.Text, nullable=False),
+    sqlite_with_rowid=False,
+)
+evidence_t = sa.Table(
+    "evidence", METADATA,
+    sa.Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    sa.Column("signature", sa.Text, nullable=False),
+    sa.Column("target_key", sa.Text, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("source", sa.Text, sa.CheckConstraint("source IN ('probe', 'feedback')"), nullable=False),
+    sa.Column("decision_id", sa.Text),
+    sa.Column("job_json", sa.Text, nullable=False),
+    sa.Column("device", sa.Text, sa.CheckConstraint("device IN ('cpu', 'gpu')"), nullable=False),
+    sa.Column("feasible", sa.Integer, nullable=False),
+    sa.Column("time_per_sample_s", sa.Float),
+    sa.Column("power_w", sa.Float),
+    sa.Column("power_method", sa.Text, nullable=False),
+    sa.Index("evidence_by_signature", "signature", "target_key", "seq"),
+    sqlite_autoincrement=True,
+)
+_EVIDENCE_COLS = (evidence_t.c.signature, evidence_t.c.target_key, evidence_t.c.at, evidence_t.c.source,
+                  evidence_t.c.decision_id, evidence_t.c.job_json, evidence_t.c.device, evidence_t.c.feasible,
+                  evidence_t.c.time_per_sample_s, evidence_t.c.power_w, evidence_t.c.power_method)
 # statements on the request path, built once (building one costs more than running it on SQLite)
 _Q_META = sa.select(meta_t.c.value).where(meta_t.c.key == sa.bindparam("key"))
 _Q_TARGET = sa.select(targets_t.c.target_json).where(targets_t.c.target_key == sa.bindparam("key"))
@@ -269,6 +296,24 @@ class StoredVersion:
     status: str
     thresholds: dict[str, Any]
     metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """One measured run of a signature's job on a target (``source`` probe or feedback).
+    ``power_w`` is eq. (2)'s (CPU on CPU runs, GPU + host CPU on GPU runs); None when unknown."""
+
+    signature: str
+    target_key: str
+    at: float
+    source: str
+    decision_id: str | None
+    job_json: str
+    device: str
+    feasible: bool
+    time_per_sample_s: float | None
+    power_w: float | None
+    power_method: str
 
 
 def target_key(target: HardwareTarget) -> str:
@@ -745,6 +790,47 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as conn:
             self._set_meta(conn, key, value)
+
+    # -- per-signature evidence -------------------------------------------------------------
+    def record_signatures(self, rows: list[tuple[str, str, str]]) -> None:
+        """Remember ``(decision_id, signature, job_json)`` of placed jobs that carried a signature."""
+        if not rows:
+            return
+        stmt = self._insert(signatures_t).on_conflict_do_nothing(index_elements=["decision_id"])
+        with self._tx() as conn:
+            conn.execute(stmt, [{"decision_id": d, "signature": sig, "job_json": j} for d, sig, j in rows])
+
+    def decision_signature(self, decision_id: str) -> tuple[str, str] | None:
+        """``(signature, job_json)`` of a placed job, or None when it carried no signature."""
+        s = signatures_t.c
+        with self._read() as conn:
+            row = conn.execute(sa.select(s.signature, s.job_json).where(s.decision_id == decision_id)).first()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def add_evidence(self, rows: list[EvidenceRow]) -> None:
+        """Store measured outcomes of signatures (probes and feedback)."""
+        if not rows:
+            return
+        with self._tx() as conn:
+            conn.execute(evidence_t.insert(), [
+                {"signature": r.signature, "target_key": r.target_key, "at": r.at, "source": r.source,
+                 "decision_id": r.decision_id, "job_json": r.job_json, "device": r.device, "feasible": int(r.feasible),
+                 "time_per_sample_s": r.time_per_sample_s, "power_w": r.power_w, "power_method": r.power_method}
+                for r in rows])
+
+    def evidence(self, signatures: list[str], target_key: str, limit: int = 50) -> dict[str, list[EvidenceRow]]:
+        """The latest ``limit`` outcomes of each signature on a target, oldest first."""
+        out: dict[str, list[EvidenceRow]] = {}
+        e = evidence_t.c
+        with self._read() as conn:
+            for sig in dict.fromkeys(signatures):
+                rows = conn.execute(sa.select(*_EVIDENCE_COLS)
+                                    .where(e.signature == sig, e.target_key == target_key)
+                                    .order_by(e.seq.desc()).limit(int(limit))).all()
+                if rows:
+                    out[sig] = [EvidenceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
+                                for r in reversed(rows)]
+        return out
 
     # -- export -------------------------------------------------------------------------
     def feedback_trace_frame(self, limit: int | None = None) -> pd.DataFrame:

@@ -4,6 +4,7 @@ edge knobs, feedback checks and version swaps, against a DNN trained in the sess
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -103,18 +104,86 @@ def test_target_without_gpu_is_cpu(placer, example_job):
     resp = _place(placer, job=example_job.model_dump(), target=cpu_box.model_dump())
     (d,) = resp.decisions
     assert (d.device, d.decided_by, d.predicted_speedup) == ("cpu", "no_gpu", None)
+    assert d.gpu_probability is None and d.gpu_mem_cap is None and d.gpu_feasible is None
     assert resp.target_id == "cpu-box"
 
 
-def test_request_thresholds_decide_by_predictions(placer, serve_world):
-    jobs = [j.model_dump() for j in serve_world.jobs(100)]
-    never = _place(placer, jobs=jobs, target="B", thresholds={"speedup_min": 1e5})
-    assert {d.device for d in never.decisions} == {"cpu"}
-    assert {d.decided_by for d in never.decisions} == {"thresholds"}
+def test_local_target_without_a_gpu(bundle, settings, serve_world):
+    from placement.probe import probe_local
+
+    local = probe_local()
+    if local.has_gpu:
+        pytest.skip("this host has a GPU")
+    placer = Placer(bundle, settings=settings, store=None, local_target=local)
+    resp = _place(placer, jobs=[j.model_dump() for j in serve_world.jobs(20)], target="local")
+    for d in resp.decisions:
+        assert (d.device, d.decided_by, d.gpu_probability, d.gpu_mem_cap) == ("cpu", "no_gpu", None, None)
+        assert d.predicted_speedup is None and d.gpu_feasible is None
+
+
+def _margins(d) -> tuple[float, float]:
+    return math.log(d.predicted_speedup / 2.0), math.log(1.5 / d.predicted_energy_ratio)
+
+
+def test_thresholds_are_inputs_of_the_one_path(placer, serve_world):
+    jobs = [j.model_dump() for j in serve_world.jobs(200)]
+    base = _place(placer, jobs=jobs, target="B", explore=False)
+    nudged = _place(placer, jobs=jobs, target="B", thresholds={"speedup_min": 2.01}, explore=False)
+    assert {d.decided_by for d in base.decisions + nudged.decisions} <= {"policy", "infeasible"}
+    flipped = [(a, b) for a, b in zip(base.decisions, nudged.decisions, strict=True) if a.device != b.device]
+    for a, _ in flipped:  # only where the speedup margin is near the moved threshold
+        assert a.predicted_speedup is not None and abs(math.log(a.predicted_speedup / 2.0)) < 0.25
+    assert len(flipped) <= 0.05 * len(jobs)
+    # far thresholds: the same policy follows the margins
+    never = _place(placer, jobs=jobs, target="B", thresholds={"speedup_min": 1e5}, explore=False)
+    assert {d.device for d in never.decisions} == {"cpu"} and {d.decided_by for d in never.decisions} <= {"policy", "infeasible"}
     assert never.thresholds.speedup_min == 1e5 and never.thresholds.energy_ratio_max == 1.5
-    lax = _place(placer, jobs=jobs, target="B", thresholds={"speedup_min": 1e-3, "energy_ratio_max": 1e5})
+    lax = _place(placer, jobs=jobs, target="B", thresholds={"speedup_min": 1e-3, "energy_ratio_max": 1e5}, explore=False)
     for d in lax.decisions:
-        assert d.device == ("gpu" if d.predicted_speedup is not None else "cpu")
+        assert d.device == ("gpu" if d.gpu_feasible and d.predicted_speedup is not None else "cpu")
+    # sweeping T_t across one job's estimated speedup moves its answer once, from GPU to CPU
+    job = next(j for j, d in zip(jobs, lax.decisions, strict=True)
+               if d.predicted_speedup and d.predicted_speedup > 4 and d.predicted_energy_ratio < 0.3)
+    (d0,) = _place(placer, job=job, target="B", explore=False).decisions
+    s = d0.predicted_speedup
+    answers = [_place(placer, job=job, target="B", thresholds={"speedup_min": s * f}, explore=False).decisions[0].device
+               for f in (0.25, 0.5, 2.0, 4.0)]
+    assert answers == ["gpu", "gpu", "cpu", "cpu"]
+
+
+def test_no_gpu_for_an_estimated_oom_unless_seen_running(settings, example_job):
+    from agents.baselines import GpuOnlyPolicy
+
+    placer = Placer(PolicyBundle("gpu-only", GpuOnlyPolicy(), Thresholds()), settings=settings, store=None)
+    huge = example_job.model_copy(update={"name": "llm-70b", "param_count": 70_000_000_000,
+                                          "flops_per_batch": 6 * 70e9 * 2048 * 8, "batch_size": 8})
+    (d,) = _place(placer, job=huge.model_dump(), target="B").decisions
+    assert (d.device, d.decided_by, d.gpu_feasible) == ("cpu", "infeasible", False)
+    assert d.gpu_mem_need_mib > get_target("B").gpu_mem_mib
+    ran = {"runs": [{"device": "gpu", "time_per_sample_s": 0.5, "avg_cpu_power_w": 50.0, "cpu_power_method": "modelled",
+                     "avg_gpu_power_w": 200.0, "gpu_power_method": "measured"},
+                    {"device": "cpu", "time_per_sample_s": 50.0, "avg_cpu_power_w": 100.0, "cpu_power_method": "modelled"}]}
+    (seen,) = _place(placer, job=huge.model_dump(), target="B", probes=[ran]).decisions
+    assert (seen.device, seen.gpu_feasible, seen.estimate_source) == ("gpu", True, "probe")
+    assert seen.predicted_speedup == pytest.approx(100.0, rel=0.05)
+
+
+def test_a_probe_decides_and_says_so(placer, serve_world):
+    target = get_target("B")
+    job = serve_world.jobs(50)[3]
+    (model_d,) = _place(placer, job=job.model_dump(), target="B", explore=False).decisions
+    assert model_d.estimate_source == "model" and model_d.prediction_method == "modelled"
+    for speedup in (10.0, 0.5):
+        probe = {"runs": [
+            {"device": "cpu", "time_per_sample_s": 1e-3 * speedup, "avg_cpu_power_w": 100.0, "cpu_power_method": "measured"},
+            {"device": "gpu", "time_per_sample_s": 1e-3, "avg_cpu_power_w": 20.0, "cpu_power_method": "measured",
+             "avg_gpu_power_w": 80.0, "gpu_power_method": "measured"}]}
+        (d,) = _place(placer, job=job.model_dump(), target="B", explore=False, probes=[probe]).decisions
+        assert d.estimate_source == "probe" and d.speedup_source == "probe" and d.prediction_method == "measured"
+        assert d.predicted_speedup == pytest.approx(speedup, rel=0.1) and d.energy_method == "measured"
+        assert d.speedup_sigma < 0.2
+        assert d.device == ("gpu" if speedup > 2 else "cpu")
+    assert target.has_gpu
 
 
 def test_max_slowdown_overrides_a_cpu_policy(settings, serve_world):
@@ -128,29 +197,43 @@ def test_max_slowdown_overrides_a_cpu_policy(settings, serve_world):
         assert d.device == ("gpu" if fast_gpu else "cpu")
 
 
-def test_exploration_is_bounded_recorded_and_only_when_unsure(bundle, tmp_path, serve_world):
-    settings = Settings(state_dir=tmp_path, exploration_rate=0.2, explore_band=0.45, seed=7)
-    unsure = PolicyBundle("tempered", Tempered(bundle.policy, 50.0), bundle.thresholds)
-    placer = Placer(unsure, settings=settings, store=Store(settings.database))
+def _straddles(d, z: float = 1.0) -> bool:
+    if d.predicted_speedup is None or d.predicted_energy_ratio is None:
+        return False
+    m_t, m_e = _margins(d)
+    lo = min(m_t - z * d.speedup_sigma, m_e - z * d.energy_ratio_sigma)
+    hi = min(m_t + z * d.speedup_sigma, m_e + z * d.energy_ratio_sigma)
+    return lo < 0 < hi
+
+
+def test_exploration_is_bounded_recorded_and_only_where_the_estimate_straddles(bundle, tmp_path, serve_world):
+    settings = Settings(state_dir=tmp_path, exploration_rate=0.2, seed=7)
+    placer = Placer(bundle, settings=settings, store=Store(settings.database))
     jobs = [j.model_dump() for j in serve_world.jobs(1500)]
     resp = _place(placer, jobs=jobs, target="B")
-    p = np.array([d.gpu_probability for d in resp.decisions])
+    greedy = _place(placer, jobs=jobs, target="B", explore=False)
     explored = np.array([d.explored for d in resp.decisions])
-    eligible = np.abs(p - 0.5) < 0.45
-    assert eligible.mean() > 0.5
+    eligible = np.array([_straddles(g) and g.decided_by == "policy" and (g.device == "gpu" or g.gpu_feasible)
+                         for g in greedy.decisions])
+    assert eligible.sum() > 100
     assert not explored[~eligible].any()
-    assert 0.15 < explored[eligible].mean() < 0.25  # rate 0.2, ~1000 draws
-    for d in resp.decisions:
-        greedy = "gpu" if d.gpu_probability >= 0.5 else "cpu"
-        assert (d.device != greedy) == d.explored
-        assert d.decided_by == ("exploration" if d.explored else "policy")
+    assert 0.15 < explored[eligible].mean() < 0.25  # rate 0.2
+    for d, g in zip(resp.decisions, greedy.decisions, strict=True):
+        assert (d.device != g.device) == d.explored
+        assert d.decided_by == ("exploration" if d.explored else g.decided_by)
+        assert not (d.explored and d.device == "gpu" and not d.gpu_feasible)  # never into an estimated OOM
     stored = placer.store.get_decision(resp.decisions[int(np.argmax(explored))].decision_id)
     assert stored.explored and stored.propensity == pytest.approx(0.2)
-    # a sure policy never explores; nor does a request that opts out
-    narrow = Placer(bundle, settings=Settings(state_dir=tmp_path, exploration_rate=0.2, explore_band=0.01), store=None)
-    assert all(abs(d.gpu_probability - 0.5) < 0.01 for d in _place(narrow, jobs=jobs, target="B").decisions if d.explored)
-    sure = Placer(PolicyBundle("cpu", CpuOnlyPolicy(), Thresholds()), settings=settings, store=None)
-    assert not any(d.explored for d in _place(sure, jobs=jobs, target="B").decisions)
+    kept = placer.store.get_decision(resp.decisions[int(np.argmax(eligible & ~explored))].decision_id)
+    assert not kept.explored and kept.propensity == pytest.approx(0.8)
+    outside = placer.store.get_decision(resp.decisions[int(np.argmax(~eligible))].decision_id)
+    assert outside.propensity == 1.0
+    # a probe that puts the margin far from the threshold leaves nothing to explore
+    job = jobs[int(np.argmax(eligible))]
+    far = {"runs": [{"device": "cpu", "time_per_sample_s": 1.0, "avg_cpu_power_w": 100.0, "cpu_power_method": "measured"},
+                    {"device": "gpu", "time_per_sample_s": 1e-3, "avg_cpu_power_w": 20.0, "cpu_power_method": "measured",
+                     "avg_gpu_power_w": 80.0, "gpu_power_method": "measured"}]}
+    assert not any(d.explored for d in _place(placer, jobs=[job] * 200, target="B", probes=[far] * 200).decisions)
     assert not any(d.explored for d in _place(placer, jobs=jobs, target="B", explore=False).decisions)
     # and the rate is bounded
     with pytest.raises(SettingsError, match="PLACEMENT_EXPLORATION_RATE.*less than or equal to 0.2"):
@@ -239,3 +322,20 @@ def test_settings_bind_loopback_unless_a_token_is_set(tmp_path):
     assert Settings.from_env({"PLACEMENT_PORT": "9000"}).port == 9000
     with pytest.raises(SettingsError, match="PLACEMENT_PORT"):
         Settings.from_env({"PLACEMENT_PORT": "eighty"})
+
+
+def test_outcomes_on_a_target_shift_every_estimate_there(placer, serve_world):
+    """A GPU that drifted 3x slower (the hardware description unchanged) is seen in the next answers."""
+    jobs = serve_world.jobs(60)
+    target = get_target("B")
+    probe_job = jobs[-1]
+    (fresh,) = _place(placer, job=probe_job.model_dump(), target="B", explore=False).decisions
+    serve_world.gpu_slowdown = 3.0
+    for job in jobs[:40]:
+        (d,) = _place(placer, job=job.model_dump(), target="B", explore=False).decisions
+        body = {"decision_id": d.decision_id, "outcome": serve_world.outcome(job, target, d.device)}
+        placer.feedback(FeedbackRequest.model_validate(body))
+    (after,) = _place(placer, job=probe_job.model_dump(), target="B", explore=False).decisions
+    assert after.predicted_speedup == pytest.approx(fresh.predicted_speedup / 3.0, rel=0.25)
+    (other,) = _place(placer, job=probe_job.model_dump(), target="A", explore=False).decisions
+    assert other.estimate_source == "model"  # target A saw no outcome: unchanged

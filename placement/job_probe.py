@@ -1,0 +1,347 @@
+"""The job probe: a short measured run of the real job on each local device.
+
+:func:`probe_job` runs a job -- a zoo workload, a ``package.module:Factory`` or a built
+module with an example batch -- on the CPU and, where CUDA is present, the GPU:
+
+1. **warm-up**: at least one step per device (a new shape's first CPU step carries one-time
+   setup: 69 ms was seen against a 0.7 ms step; nothing is decided from it);
+2. **timed window**: synchronised steps (``torch.cuda.synchronize`` on the GPU) timed
+   together over a window of at least ``min_window_s`` (default 20 ms) and at least one
+   step, so a sub-millisecond step is timed over many steps, never one;
+3. **GPU energy**: the NVML total-energy counter over a window of at least
+   ``gpu_energy_window_s`` (default 0.3 s: the counter ticks every 100 ms) while the job
+   keeps running, read as ``measured``; a GPU without the counter is sampled for power over
+   the same window (``measured``, source ``nvml_power_samples``);
+4. **host CPU power**: RAPL where readable (``measured``), else the linear utilisation
+   model of :class:`placement.meter.ModelledCpuMeter` (``modelled``), on CPU runs and as
+   the host's share of GPU runs;
+5. **GPU memory peak** (``torch.cuda.max_memory_allocated``), and ``feasible=False`` with
+   ``infeasible_reason='oom'`` when the GPU runs out of memory;
+6. **early exit**: the GPU side runs first (it is cheap), then the CPU's cold warm-up step,
+   which is an upper bound of its step time and at most ``setup_allowance_s`` (default
+   0.1 s; 69 ms of one-time setup was seen) above it. When that step is already below
+   ``T_t`` x the GPU step by a wide margin (``early_exit_margin``, default 1.25), or above
+   it by that margin after taking the allowance off and is itself at least ``slow_exit_min_s``
+   (default 1 s) long, the speed half of the joint
+   threshold has decided, the CPU's timed window is skipped, the warm-up is reported as
+   the CPU time (``time_is_upper_bound``, power over the warm-up) and the result says
+   ``early_exit`` -- slow CPU steps dominate a probe's cost, and this skips the second one;
+7. all within ``budget_s`` (default 5 s): a device whose warm-up step alone would break
+   the budget is reported with the steps it ran; the CPU side runs under the core count
+   asked for (affinity and torch threads, :func:`placement.knobs.cpu_cores`) and the GPU
+   side under the memory cap asked for.
+
+The result (:class:`ProbeResult`) is what ``placement probe`` prints and what a placement
+request carries per job (``probes``): the service decides on it (source ``probe``) and
+keeps it as evidence of the job's signature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from placement.job import Job
+from placement.outcome import EnergyMethod
+from placement.record import Record
+
+PROBE_SCHEMA = "placement.probe/1"
+
+
+class ProbeRun(Record):
+    """One device's side of a probe. Powers in W over the timed window; time per sample in s."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+    device: Literal["cpu", "gpu"]
+    feasible: bool = True
+    infeasible_reason: str | None = Field(None, max_length=200)
+    time_per_sample_s: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)
+    avg_cpu_power_w: float | None = Field(None, ge=0, le=1e5, allow_inf_nan=False,
+                                          description="CPU (CPU run) or host CPU (GPU run) power.")
+    cpu_power_method: EnergyMethod = EnergyMethod.UNKNOWN
+    avg_gpu_power_w: float | None = Field(None, ge=0, le=1e5, allow_inf_nan=False)
+    gpu_power_method: EnergyMethod = EnergyMethod.UNKNOWN
+    gpu_power_source: str | None = Field(None, max_length=100, description="nvml_total_energy or nvml_power_samples.")
+    energy_window_s: float | None = Field(None, ge=0, le=1e4, allow_inf_nan=False)
+    gpu_mem_peak_mib: float | None = Field(None, ge=0, le=1e8, allow_inf_nan=False)
+    warmup_s: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="First (cold) step, s.")
+    timed_steps: int = Field(0, ge=0, le=10**9)
+    time_is_upper_bound: bool = Field(False, description="Early exit: the time is the cold warm-up step (an upper bound).")
+    timed_window_s: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
+    cpu_cores: int | None = Field(None, ge=1, le=4096)
+    gpu_mem_cap_mib: int | None = Field(None, ge=1, le=10**8)
+
+    @property
+    def power_w(self) -> float | None:
+        """Power counted by paper A eq. (2): CPU on CPU runs, GPU + host CPU on GPU runs."""
+        if self.avg_cpu_power_w is None:
+            return None
+        if self.device == "gpu":
+            return None if self.avg_gpu_power_w is None else self.avg_cpu_power_w + self.avg_gpu_power_w
+        return self.avg_cpu_power_w
+
+    @property
+    def power_method(self) -> str:
+        methods = {str(self.cpu_power_method)} | ({str(self.gpu_power_method)} if self.device == "gpu" else set())
+        if methods == {EnergyMethod.MEASURED.value}:
+            return EnergyMethod.MEASURED.value
+        return EnergyMethod.UNKNOWN.value if EnergyMethod.UNKNOWN.value in methods else EnergyMethod.MODELLED.value
+
+
+class ProbeResult(Record):
+    """A probe of one job on this host's devices (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: Job | None = Field(None, description="The job probed (with its signature).")
+    host: str | None = Field(None, max_length=200, description="Host / target id the probe ran on.")
+    runs: list[ProbeRun] = Field(min_length=1, max_length=2)
+    early_exit: bool = Field(False, description="The CPU timed window was skipped: its warm-up step already decided the speed half.")
+    wall_s: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="Probe cost, s.")
+    budget_s: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)
+
+    def run(self, device: str) -> ProbeRun | None:
+        return next((r for r in self.runs if r.device == device), None)
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def _run(**fields: Any) -> ProbeRun:
+    return ProbeRun.model_validate(fields)
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _timed_window(step: Callable[[], object], sync: Callable[[], object], min_window_s: float,
+                  deadline: float) -> tuple[int, float]:
+    """Run synchronised steps until ``min_window_s`` passed (>= 1 step) or the deadline; returns (steps, s)."""
+    sync()
+    t0 = _now()
+    steps = 0
+    while True:
+        step()
+        steps += 1
+        if steps & (steps - 1) == 0 or _now() - t0 >= min_window_s:  # sync at 1, 2, 4, ... and at the end
+            sync()
+            elapsed = _now() - t0
+            if elapsed >= min_window_s or _now() >= deadline:
+                return steps, elapsed
+
+
+def probe_job(
+    build: Callable[[], Any],
+    example: tuple[Any, Any],
+    mode: str,
+    *,
+    job: Job | None = None,
+    host: str | None = None,
+    devices: tuple[str, ...] = ("cpu", "gpu"),
+    budget_s: float = 5.0,
+    min_window_s: float = 0.02,
+    gpu_energy_window_s: float = 0.3,
+    cpu_cores: int | None = None,
+    gpu_mem_cap_mib: int | None = None,
+    speedup_min: float = 2.0,
+    early_exit_margin: float = 1.25,
+    setup_allowance_s: float = 0.1,
+    slow_exit_min_s: float = 1.0,
+    cpu_tdp_w: float | None = None,
+    cpu_idle_w: float | None = None,
+    gpu_meter: Any = None,
+    cpu_meter_factory: Callable[[], Any] | None = None,
+) -> ProbeResult:
+    """Probe a job (see the module docstring). ``build()`` makes the module; ``example`` is one
+    batch ``(inputs, labels)`` on the host; ``mode`` ``infer``/``train``. ``gpu_meter`` and
+    ``cpu_meter_factory`` may be injected (tests); by default NVML and RAPL-or-modelled."""
+    import torch
+
+    from placement.knobs import cpu_cores as applied_cores
+    from placement.meter import cpu_meter
+    from placement.probe import probe_local
+    from placement.workloads import make_step
+
+    started = _now()
+    deadline = started + budget_s
+    batch = int(example[0].shape[0])
+    host_t = None
+    if cpu_tdp_w is None or cpu_idle_w is None:
+        host_t = probe_local()
+    tdp = cpu_tdp_w if cpu_tdp_w is not None else host_t.cpu_tdp_w  # type: ignore[union-attr]
+    idle = cpu_idle_w if cpu_idle_w is not None else host_t.cpu_idle_w  # type: ignore[union-attr]
+    runs: list[ProbeRun] = []
+    early = False
+
+    def make_cpu_meter(cores: int) -> Any:
+        return cpu_meter_factory() if cpu_meter_factory is not None else cpu_meter(tdp, idle, cores)
+
+    gpu_step_s = math.nan
+    if "gpu" in devices and torch.cuda.is_available():
+        gpu_run = _probe_gpu(build, example, mode, batch, deadline, min_window_s, gpu_energy_window_s,
+                             gpu_mem_cap_mib, gpu_meter, make_cpu_meter)
+        runs.append(gpu_run)
+        if gpu_run.feasible and gpu_run.time_per_sample_s is not None:
+            gpu_step_s = gpu_run.time_per_sample_s * batch
+    if "cpu" in devices:
+        x, y = example
+        from placement.probe import usable_cores
+
+        with applied_cores(cpu_cores if cpu_cores is not None else usable_cores()) as used:
+            model = build()
+            step = make_step(model, mode)
+            meter = make_cpu_meter(used)
+            meter.begin_window()
+            t0 = _now()
+            step(x, y)  # warm-up: one-time setup included, so an upper bound of a step
+            warm = _now() - t0
+            warm_reading = meter.end_window()
+            gpu_bound = gpu_step_s * speedup_min  # the CPU step at which the speed half flips
+            fast = warm * early_exit_margin < gpu_bound
+            # slow side only for a step that is slow in itself: a cold step of a tiny job can carry
+            # well over setup_allowance_s of one-time setup (the H200 sweep saw tiny jobs 40x off)
+            slow = warm >= slow_exit_min_s and (warm - setup_allowance_s) > early_exit_margin * gpu_bound
+            if fast or slow or _now() + warm > deadline:
+                # the warm-up alone decides the speed half (or the budget is spent): it is the
+                # measurement -- an upper bound of a step, at most setup_allowance_s too long
+                early = fast or slow
+                runs.append(_run(device="cpu", time_per_sample_s=warm / batch, time_is_upper_bound=True,
+                                 avg_cpu_power_w=warm_reading.avg_power_w,
+                                 cpu_power_method=(warm_reading.method if warm_reading.avg_power_w is not None
+                                                   else "unknown"),
+                                 energy_window_s=warm_reading.duration_s, warmup_s=warm, timed_steps=0,
+                                 cpu_cores=used))
+            else:
+                meter = make_cpu_meter(used)
+                meter.begin_window()
+                n, window = _timed_window(lambda: step(x, y), lambda: None, min_window_s, deadline)
+                reading = meter.end_window()
+                runs.append(_run(device="cpu", time_per_sample_s=window / n / batch,
+                                 avg_cpu_power_w=reading.avg_power_w,
+                                 cpu_power_method=reading.method if reading.avg_power_w is not None else "unknown",
+                                 warmup_s=warm, timed_steps=n, timed_window_s=window, cpu_cores=used,
+                                 energy_window_s=reading.duration_s))
+        del model, step
+        gc.collect()
+    return ProbeResult(job=job, host=host, runs=runs, early_exit=early, wall_s=_now() - started, budget_s=budget_s)
+
+
+def _probe_gpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, batch: int, deadline: float,
+               min_window_s: float, energy_window_s: float, cap_mib: int | None, gpu_meter: Any,
+               make_cpu_meter: Callable[[int], Any]) -> ProbeRun:
+    import torch
+
+    from placement.knobs import TorchCudaMemory, gpu_memory_cap, is_oom
+    from placement.meter import MeterError, NullMeter, NvmlMeter
+    from placement.workloads import make_step
+
+    dev = torch.device("cuda")
+    sync = torch.cuda.synchronize
+    if gpu_meter is None:
+        try:
+            gpu_meter = NvmlMeter(0, min_window_s=energy_window_s)
+        except MeterError:
+            gpu_meter = NullMeter("gpu")
+    torch.cuda.reset_peak_memory_stats()
+    model: Any = None
+    step: Any = None
+    try:
+        with gpu_memory_cap("grow" if cap_mib is None else cap_mib, TorchCudaMemory(0)):
+            model = build().to(dev)
+            step = make_step(model, mode)
+            x_host, y_host = example
+
+            def run() -> None:
+                step(x_host.to(dev, non_blocking=True), y_host.to(dev, non_blocking=True))
+
+            sync()
+            t0 = _now()
+            run()
+            sync()
+            warm = _now() - t0
+            run()
+            n, window = _timed_window(run, sync, min_window_s, deadline)
+            # energy: keep the job running over >= energy_window_s of counter ticks
+            host = make_cpu_meter(1)
+            gpu_meter.begin_window()
+            host.begin_window()
+            e_start = _now()
+            while True:
+                run()
+                sync()
+                elapsed = _now() - e_start
+                if gpu_meter.window_can_end(elapsed) and host.window_can_end(elapsed) and elapsed >= energy_window_s:
+                    break
+                if _now() > deadline + energy_window_s + 1.0:
+                    break
+            host_r = host.end_window()
+            gpu_r = gpu_meter.end_window()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        return _run(device="gpu", time_per_sample_s=window / n / batch, avg_cpu_power_w=host_r.avg_power_w,
+                        cpu_power_method=host_r.method if host_r.avg_power_w is not None else "unknown",
+                        avg_gpu_power_w=gpu_r.avg_power_w,
+                        gpu_power_method=gpu_r.method if gpu_r.avg_power_w is not None else "unknown",
+                        gpu_power_source=gpu_r.source, energy_window_s=gpu_r.duration_s, gpu_mem_peak_mib=peak,
+                        warmup_s=warm, timed_steps=n, timed_window_s=window, gpu_mem_cap_mib=cap_mib)
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        return _run(device="gpu", feasible=False, infeasible_reason="oom",
+                        gpu_mem_peak_mib=torch.cuda.max_memory_allocated() / 2**20, gpu_mem_cap_mib=cap_mib)
+    finally:
+        model = step = None
+        gc.collect()
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+
+
+def probe_workload(name: str, batch_size: int, mode: str, *, seed: int = 0, **kwargs: Any) -> ProbeResult:
+    """Probe a zoo workload at a batch size and mode (the job carries its signature)."""
+    import torch
+
+    from placement.signature import workload_signature
+    from placement.workloads import describe_workload, get_workload, make_batch
+
+    w = get_workload(name)
+    job = describe_workload(name, batch_size, mode).model_copy(update={"signature": workload_signature(name)})
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    example = make_batch(w.dataset, batch_size, "cpu", gen)
+    return probe_job(w.build, example, mode, job=job, **kwargs)
+
+
+def probe_factory(path: str, family: str, input_shape: list[int], input_dtype: str, batch_size: int, mode: str, *,
+                  seed: int = 0, **kwargs: Any) -> ProbeResult:
+    """Probe ``package.module:Factory`` on a random batch of ``input_shape`` per sample (the job
+    is described by FLOPs on ``meta`` and carries its signature)."""
+
+    from placement.signature import signature_of_factory
+    from placement.workloads import describe_spec, load_model_factory
+
+    factory = load_model_factory(path)
+    job = describe_spec({"model": path, "family": family, "input_shape": list(input_shape), "input_dtype": input_dtype,
+                         "batch_size": batch_size, "mode": mode})
+    job = job.model_copy(update={"signature": signature_of_factory(factory, input_shape, input_dtype)})
+    return probe_job(factory, example_batch(input_shape, input_dtype, batch_size, seed), mode, job=job, **kwargs)
+
+
+def example_batch(input_shape: list[int], input_dtype: str, batch_size: int, seed: int = 0,
+                  n_classes: int = 10) -> tuple[Any, Any]:
+    """A random batch ``(inputs, labels)`` on the host: floats ~ N(0, 1), integers in [0, 100)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    dtype = getattr(torch, input_dtype)
+    shape = (batch_size, *input_shape)
+    x = (torch.randn(shape, generator=gen).to(dtype) if dtype.is_floating_point
+         else torch.randint(0, 100, shape, generator=gen, dtype=dtype))
+    y = torch.randint(0, n_classes, (batch_size,), generator=gen)
+    return x, y
