@@ -22,6 +22,16 @@ LEDGER: dict[str, dict] = {"decisions": {}, "feedback": {}}
 """Every decision id and feedback payload the service acknowledged (for the restart test)."""
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _baseline(serve_app):
+    """The session app's counts before this module's first request: other modules share the app
+    (and may have placed jobs and sent feedback), so this module checks its own additions."""
+    with _client(serve_app, auth=True) as c:
+        counts = c.get("/v1/policy").json()
+    LEDGER["baseline"] = {"feedback": counts["feedback"]["total"], "decisions": counts["decisions"]["total"],
+                          "explored": counts["decisions"]["explored"]}
+
+
 def _client(serve_app, auth: bool = False) -> httpx.Client:
     return httpx.Client(base_url=serve_app.url, timeout=120, headers=serve_app.headers if auth else None)
 
@@ -178,9 +188,11 @@ def test_drift_feedback_update_serves_a_new_version(serve_app, serve_world):
                 r = _feedback(c, {"decision_id": d["decision_id"], "outcome": serve_world.outcome(job, TARGET, d["device"])})
                 assert r.status_code == 200, r.text
         counts = c.get("/v1/policy").json()
-        assert counts["feedback"]["total"] == len(LEDGER["feedback"]) >= 2 * len(mix)
-        assert counts["decisions"]["total"] == len(LEDGER["decisions"])
-        assert counts["decisions"]["explored"] == sum(d["explored"] for d in LEDGER["decisions"].values())
+        base = LEDGER["baseline"]
+        assert counts["feedback"]["total"] - base["feedback"] == len(LEDGER["feedback"]) >= 2 * len(mix)
+        assert counts["decisions"]["total"] - base["decisions"] == len(LEDGER["decisions"])
+        assert counts["decisions"]["explored"] - base["explored"] == sum(
+            d["explored"] for d in LEDGER["decisions"].values())
 
         stop, statuses = threading.Event(), []
         hammer = threading.Thread(target=_hammer, args=(serve_app.url, {"job": probe[0], "target": "B"}, stop, statuses))
