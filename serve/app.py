@@ -63,6 +63,7 @@ from pydantic.json_schema import models_json_schema
 
 from serve.docs import mount_docs
 from serve.examples import REQUEST_EXAMPLES
+from serve.learner import learner_fields
 from serve.placer import InputError, Placer, bootstrap_store
 from serve.schemas import (
     ErrorResponse,
@@ -372,6 +373,7 @@ class PlacementService:
                 "active_version_in_store": self.store.active_version(),
                 "enabled": self.settings.learner_enabled,
                 "interval_s": self.settings.learn_interval_s,
+                **learner_fields(self.store),
             },
             versions=versions,
             exploration_rate=self.placer.exploration_rate,

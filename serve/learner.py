@@ -44,6 +44,7 @@ import pandas as pd
 from placement.perfmodel import PerformanceModel
 from placement.trace import TraceMeta, file_sha256, write_trace
 from placement.version import code_version
+from serve.quarantine import Screened, screen_stored
 from serve.rewards import FormedRewards, RewardSettings, form_rewards, screen_feedback
 from serve.schemas import LearnerReport
 from serve.settings import Settings
@@ -53,6 +54,15 @@ log = logging.getLogger(__name__)
 
 LAST_SEQ_KEY = "learner_last_feedback_seq"
 LAST_REPORT_KEY = "learner_last_report"
+QUARANTINE_KEY = "learner_quarantine"
+"""Store-wide counts of quarantined feedback by reason (:mod:`serve.quarantine`)."""
+
+
+def learner_fields(store: Store) -> dict[str, Any]:
+    """The learner's figures for ``GET /v1/policy``: quarantined feedback by reason (store-wide)."""
+    raw = store.get_meta(QUARANTINE_KEY)
+    quarantine = json.loads(raw) if raw else {"counts": {}, "last_seq": 0, "recent": []}
+    return {"quarantine": quarantine}
 
 
 def holdout_mask(decision_ids: pd.Series | list[str], fraction: float, seed: int) -> np.ndarray:
@@ -120,9 +130,16 @@ class Learner:
         if serving_version is None:
             raise RuntimeError("no serving policy version registered in the store")
         last_seq = self.store.last_feedback_seq()
-        feedback = self.store.recent_feedback(s.history_window)
+        skipped: list[tuple[int, str, str]] = []
+        stored_rows = self.store.recent_feedback(s.history_window, skipped=skipped)
+        quarantine = screen_stored(stored_rows, skipped)
+        self._count_quarantine(quarantine)
+        feedback = quarantine.usable
         if not feedback:
-            return LearnerReport(status="skipped", reason="no feedback yet", serving_version=serving_version)
+            why = "no feedback yet" if not quarantine.quarantined else "every feedback in the window is quarantined"
+            self.store.set_meta(LAST_SEQ_KEY, str(last_seq))
+            return LearnerReport(status="skipped", reason=why, serving_version=serving_version,
+                                 quarantined=quarantine.counts)
         stored = self.store.get_version(serving_version)
         loaded = load_model(stored.path)
         thresholds = loaded.thresholds
@@ -139,6 +156,7 @@ class Learner:
         base = LearnerReport(
             status="skipped", reason="", serving_version=serving_version, feedback_used=len(feedback),
             train_rows=int((~held).sum()), holdout_rows=int(held.sum()), reward_sources=formed.sources,
+            quarantined=quarantine.counts, screened_out=excluded,
         )
         self.store.set_meta(LAST_SEQ_KEY, str(last_seq))
         if held.sum() < s.min_holdout or (~held).sum() < s.min_holdout:
@@ -210,6 +228,27 @@ class Learner:
             "reason": f"candidate holdout reward {candidate_score.mean_reward:.4f} < serving "
                       f"{serving_score.mean_reward:.4f} - tolerance {s.gate_tolerance:g} (safety gate)",
         })
+
+    def _count_quarantine(self, screened: Screened) -> None:
+        """Add the quarantined rows not counted before to the store-wide counts by reason
+        (:data:`QUARANTINE_KEY`: ``{"counts": {reason: n}, "last_seq": s, "recent": [...]}``)."""
+        raw = self.store.get_meta(QUARANTINE_KEY)
+        state: dict[str, Any] = json.loads(raw) if raw else {"counts": {}, "last_seq": 0, "recent": []}
+        counted = int(state.get("last_seq", 0))
+        new = [q for q in screened.quarantined if q.seq > counted]
+        if not new:
+            return
+        counts = dict(state.get("counts", {}))
+        for q in new:
+            counts[q.reason] = int(counts.get(q.reason, 0)) + 1
+        recent = (list(state.get("recent", [])) + [
+            {"seq": q.seq, "decision_id": q.decision_id, "reason": q.reason, "detail": q.detail} for q in new])[-20:]
+        state = {"counts": counts, "last_seq": max(q.seq for q in new), "recent": recent}
+        self.store.set_meta(QUARANTINE_KEY, json.dumps(state))
+
+    def quarantine_counts(self) -> dict[str, Any]:
+        raw = self.store.get_meta(QUARANTINE_KEY)
+        return json.loads(raw) if raw else {"counts": {}, "last_seq": 0, "recent": []}
 
     def _next_version(self) -> str:
         existing = {v.version for v in self.store.versions()}
