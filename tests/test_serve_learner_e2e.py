@@ -62,3 +62,34 @@ def test_pathological_stored_outcome_is_quarantined(serve_app, serve_world, tmp_
     trace = read_trace(out)
     assert d["decision_id"] not in set(trace.frame["job_id"])
     assert trace.meta.extra["quarantined"].get("underivable") == 1
+
+
+@pytest.mark.slow
+def test_rollback_stays_pinned_until_released(serve_app, serve_world):
+    with _client(serve_app) as c:
+        versions = [v["version"] for v in c.get("/v1/policy").json()["versions"] if v["status"] != "rejected"]
+        if len(versions) < 2:  # make sure there is an earlier version to roll back to
+            with Store(serve_app.settings.database) as store:
+                from placement.threshold import Thresholds
+
+                active = store.get_version(store.active_version())
+                store.register_version("e2e-copy", active.path, parent=active.version, status="serving",
+                                       thresholds=Thresholds(), metrics={}, activate=True)
+        r = c.post("/v1/policy/rollback", json={})
+        assert r.status_code == 200, r.text
+        rolled = r.json()["active_version"]
+        assert c.get("/v1/policy").json()["learner"]["pinned_version"] == rolled
+        _place_and_report(c, serve_world, serve_world.jobs(16, seed=137))
+        report = c.post("/v1/policy/update").json()
+        policy = c.get("/v1/policy").json()
+        if report["status"] == "promoted":  # only a candidate that beats the pinned version by the bound
+            assert report["gate"]["confidence"] == serve_app.settings.pinned_gate_confidence
+            assert policy["learner"]["pinned_version"] is None
+        else:
+            assert policy["learner"]["active_version_in_store"] == rolled
+            assert policy["learner"]["pinned_version"] == rolled
+        recent = policy["learner"]["recent_updates"][-1]
+        assert {"feedback_used", "screened_out", "quarantined", "reason"} <= set(recent)
+        released = c.post("/v1/policy/release").json()
+        assert c.get("/v1/policy").json()["learner"]["pinned_version"] is None
+        assert released["released"] in (rolled, None)
