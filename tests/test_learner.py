@@ -202,3 +202,38 @@ def test_rollback_pin_holds_until_released(tmp_path, serve_model_dir, serve_worl
     assert report.gate["pinned_version"] == "serve-test-dnn"
     assert store.active_version() == "serve-test-dnn" and pinned_version(store) == "serve-test-dnn"
     assert release_pin(store) == "serve-test-dnn" and pinned_version(store) is None
+
+
+@pytest.mark.slow
+def test_a_lying_fifth_of_feedback_is_never_promoted_and_flips_nothing(tmp_path, serve_model_dir, serve_world):
+    """20 % of the feedback reports the GPU run 3x to 10x slower (one direction, varied batch sizes):
+    the screens hold it back, no update is promoted, and no answer changes."""
+    settings, store, placer = _service(tmp_path, serve_model_dir, ppo_timesteps=1024, min_holdout=3)
+    jobs = serve_world.jobs(900, seed=41)
+    speedup = np.array([serve_world.speedup(j, TARGET) for j in jobs])
+    pool = [j for j, s in zip(jobs, speedup, strict=True) if s > 8 or s < 1.2]
+
+    def answers(subset):
+        return [d.device for d in placer.place(PlacementRequest(jobs=subset, target="B", explore=False)).to_response().decisions]
+
+    probe = pool[:120]
+    before = answers(probe)
+    rng = np.random.default_rng(0)
+    learner = Learner(settings, store)
+    reports, lied = [], 0
+    for k, job in enumerate(pool[120:200]):
+        (d,) = placer.place(PlacementRequest(job=job, target="B", explore=False)).to_response().decisions
+        run = serve_world.outcome(job, TARGET, d.device)
+        if k % 5 == 4 and d.device == "gpu" and "time_total_s" in run:
+            run = {**run, "time_total_s": run["time_total_s"] * float(rng.uniform(3, 10))}
+            lied += 1
+        placer.feedback(FeedbackRequest.model_validate({"decision_id": d.decision_id, "outcome": run}))
+        report = learner.maybe_update()
+        if report is not None:
+            reports.append(report)
+            placer.refresh()
+    assert lied >= 10 and len(reports) == 10
+    assert not [r for r in reports if r.status == "promoted"], [r.reason for r in reports]
+    screened = sum(sum(r.screened_out.values()) for r in reports[-1:])
+    assert screened >= 0.8 * lied, reports[-1].screened_out
+    assert store.active_version() == "serve-test-dnn" and answers(probe) == before
