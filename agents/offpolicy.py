@@ -114,33 +114,50 @@ def dr_terms(reward: npt.ArrayLike, action: npt.ArrayLike, propensity: npt.Array
 
 
 def mean_interval(terms: npt.ArrayLike, confidence: float = 0.9, method: str = "mean",
-                  weights: npt.ArrayLike | None = None) -> Estimate:
-    """Mean of per-row terms with a Student-t interval."""
+                  weights: npt.ArrayLike | None = None, row_weights: npt.ArrayLike | None = None) -> Estimate:
+    """Mean of per-row terms with a Student-t interval. ``row_weights`` (e.g. recency) make it a
+    weighted mean, its variance ``sum v^2 (x - mean)^2 / (sum v)^2`` on ``n_eff - 1`` degrees of
+    freedom, ``n_eff = (sum v)^2 / sum v^2``; ``weights`` (importance weights) only report their
+    effective sample size."""
     x = np.asarray(terms, dtype=np.float64).reshape(-1)
     n = len(x)
     if n == 0:
         raise ValueError("no terms")
-    value = float(x.mean())
-    sd = float(x.std(ddof=1)) if n > 1 else math.inf
-    half = _t(confidence, n) * sd / math.sqrt(n)
-    eff = _effective_n(np.asarray(weights, dtype=np.float64)) if weights is not None else float(n)
-    return Estimate(method, value, value - half, value + half, confidence, n, eff)
+    if row_weights is None:
+        value = float(x.mean())
+        sd = float(x.std(ddof=1)) if n > 1 else math.inf
+        half = _t(confidence, n) * sd / math.sqrt(n)
+        eff = _effective_n(np.asarray(weights, dtype=np.float64)) if weights is not None else float(n)
+        return Estimate(method, value, value - half, value + half, confidence, n, eff)
+    v = np.asarray(row_weights, dtype=np.float64).reshape(-1)
+    if v.shape != x.shape or not np.all(np.isfinite(v) & (v >= 0)) or v.sum() <= 0:
+        raise ValueError("row_weights must be finite, >= 0, not all 0, one per term")
+    total = float(v.sum())
+    value = float(np.sum(v * x) / total)
+    n_eff = _effective_n(v)
+    var = float(np.sum(v * v * (x - value) ** 2)) / total**2 * (n_eff / max(n_eff - 1, 1e-9)) if n_eff > 1 else math.inf
+    half = float(stats.t.ppf(0.5 + confidence / 2, max(n_eff - 1, 1))) * math.sqrt(var)
+    return Estimate(method, value, value - half, value + half, confidence, n, n_eff)
 
 
 def doubly_robust(reward: npt.ArrayLike, action: npt.ArrayLike, propensity: npt.ArrayLike, target: npt.ArrayLike,
-                  reward_hat: npt.ArrayLike, confidence: float = 0.9) -> Estimate:
-    """The DR estimate (Dudík et al. 2011) with a t interval over its per-row terms."""
+                  reward_hat: npt.ArrayLike, confidence: float = 0.9, row_weights: npt.ArrayLike | None = None,
+                  ) -> Estimate:
+    """The DR estimate (Dudík et al. 2011) with a t interval over its per-row terms (optionally
+    weighted per row, e.g. by recency)."""
     terms = dr_terms(reward, action, propensity, target, reward_hat)
-    return mean_interval(terms, confidence, "doubly_robust", importance_weights(action, propensity, target))
+    return mean_interval(terms, confidence, "doubly_robust", importance_weights(action, propensity, target),
+                         row_weights)
 
 
-def paired_difference(terms_a: npt.ArrayLike, terms_b: npt.ArrayLike, confidence: float = 0.9) -> Estimate:
+def paired_difference(terms_a: npt.ArrayLike, terms_b: npt.ArrayLike, confidence: float = 0.9,
+                      row_weights: npt.ArrayLike | None = None) -> Estimate:
     """``a - b`` from per-row terms on the same rows (e.g. :func:`dr_terms` of two policies)."""
     a = np.asarray(terms_a, dtype=np.float64).reshape(-1)
     b = np.asarray(terms_b, dtype=np.float64).reshape(-1)
     if a.shape != b.shape:
         raise ValueError("paired terms must have the same rows")
-    return mean_interval(a - b, confidence, "paired_difference")
+    return mean_interval(a - b, confidence, "paired_difference", row_weights=row_weights)
 
 
 def one_hot(actions: npt.ArrayLike) -> FloatArray:

@@ -20,7 +20,8 @@ feedback rows arrived, or on demand (``POST /v1/policy/update``):
    architecture signature carries more than ``max_signature_share`` of the weight), then PPO
    on ``DevicePlacement-v0`` replaying the training rows, anchored (KL) to the supervised
    result. A candidate that answers as the serving policy on every evaluation row is not a
-   new version (no tie promotions).
+   new version (no tie promotions). Labels and held-out rows are weighted by recency
+   (``recency_half_life``) so that after a drift the new regime outweighs the old.
 7. **Off-policy gate** (:meth:`Learner._gate`, :mod:`agents.offpolicy`): doubly robust
    estimates of both policies' reward on the held-out feedback with the logged propensities;
    promoted only when the candidate's lower bound (serving estimate + the lower end of the
@@ -114,6 +115,13 @@ def learner_fields(store: Store) -> dict[str, Any]:
     recent = store.get_meta(UPDATES_KEY)
     return {"quarantine": quarantine, "pinned_version": pinned_version(store),
             "recent_updates": json.loads(recent) if recent else []}
+
+
+def recency_weights(by_id: dict[str, StoredFeedback], last_seq: int, half_life: int) -> dict[str, float]:
+    """Per decision id: ``0.5 ** ((last_seq - seq) / half_life)`` -- the newest feedback counts
+    fully, one ``half_life`` older half (training labels and the gate's held-out rows alike), so
+    after a drift the new regime outweighs the old within the window."""
+    return {i: float(0.5 ** (max(last_seq - fb.seq, 0) / half_life)) for i, fb in by_id.items()}
 
 
 def label_weights(pairs: pd.DataFrame, by_id: dict[str, StoredFeedback], max_share: float,
@@ -263,7 +271,9 @@ class Learner:
         train_set = labelled_set(train_pairs)
         holdout = labelled_set(pairs[held].reset_index(drop=True))
         by_id = {fb.decision.decision_id: fb for fb in feedback}
+        recency = recency_weights(by_id, last_seq, s.recency_half_life)
         weights, weight_info = label_weights(train_set.pairs, by_id, s.max_signature_share)
+        weights = weights * np.array([recency[i] for i in train_set.pairs["job_id"].astype(str)])
 
         import torch
 
@@ -289,7 +299,7 @@ class Learner:
             })
         candidate_score = evaluate_policy(candidate, holdout, "candidate")
         confidence = s.pinned_gate_confidence if pinned else s.gate_confidence
-        gate = self._gate(feedback, holdout, loaded.policy, candidate, thresholds, confidence)
+        gate = self._gate(feedback, holdout, loaded.policy, candidate, thresholds, confidence, recency)
         gate.update({
             "answers_changed": changed, "answers_changed_train": changed_train, "evaluation_rows": len(serving_all),
             "pinned_version": pinned, "serving_holdout_reward_formed": serving_score.mean_reward,
@@ -341,7 +351,7 @@ class Learner:
         return report.model_copy(update={"status": "rejected", "reason": gate["decision"]})
 
     def _gate(self, feedback: list[StoredFeedback], holdout: Any, serving: Any, candidate: Any,
-              thresholds: Any, confidence: float) -> dict[str, Any]:
+              thresholds: Any, confidence: float, recency: dict[str, float]) -> dict[str, Any]:
         """The off-policy gate: doubly robust estimates of both policies' mean reward on the held-out
         feedback (:mod:`agents.offpolicy`), with the logged propensities.
 
@@ -379,11 +389,12 @@ class Learner:
                                  placement_reward(np.ones(n_ok, bool), est_set.labels)], axis=1)
         serving_a = np.asarray(serving.predict(holdout.x)[0]).reshape(-1).astype(np.int64)
         candidate_a = np.asarray(candidate.predict(holdout.x)[0]).reshape(-1).astype(np.int64)
+        v = np.array([recency[i] for i in ids])
         t_s = dr_terms(reward, logged, propensity, one_hot(serving_a), rhat)
         t_c = dr_terms(reward, logged, propensity, one_hot(candidate_a), rhat)
-        v_s = doubly_robust(reward, logged, propensity, one_hot(serving_a), rhat, confidence)
-        v_c = doubly_robust(reward, logged, propensity, one_hot(candidate_a), rhat, confidence)
-        diff = paired_difference(t_c, t_s, confidence)
+        v_s = doubly_robust(reward, logged, propensity, one_hot(serving_a), rhat, confidence, v)
+        v_c = doubly_robust(reward, logged, propensity, one_hot(candidate_a), rhat, confidence, v)
+        diff = paired_difference(t_c, t_s, confidence, v)
         bound = v_s.value + diff.lower
         differs = int((serving_a != candidate_a).sum())
         if diff.value <= 0:
@@ -399,7 +410,8 @@ class Learner:
                                  f"[{diff.lower:+.4f}, {diff.upper:+.4f}], {differs} of {len(ids)} held-out answers "
                                  "changed)")
         return {
-            "method": "doubly_robust (reward model: estimated counterfactual; logged propensities)",
+            "method": "doubly_robust (reward model: estimated counterfactual; logged propensities; rows weighted "
+                      f"by recency, half-life {self.settings.recency_half_life} feedback rows)",
             "confidence": confidence,
             "holdout_rows": len(ids),
             "holdout_answers_changed": differs,

@@ -61,3 +61,16 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="0 \\(CPU\\) or 1"):
         snips([1.0], [2], [1.0], one_hot([0]))
     assert np.isnan(snips([1.0], [0], [1.0], one_hot([1])).value)  # the target never takes the logged action
+
+
+def test_row_weights():
+    from agents.offpolicy import mean_interval
+
+    x = np.random.default_rng(1).normal(0.3, 1.0, 50)
+    plain = mean_interval(x)
+    equal = mean_interval(x, row_weights=np.full(50, 2.0))
+    assert equal.value == pytest.approx(plain.value) and equal.lower == pytest.approx(plain.lower)
+    recent = mean_interval(x, row_weights=0.5 ** (np.arange(50)[::-1] / 10))
+    assert recent.effective_n < 50 and recent.upper - recent.lower > plain.upper - plain.lower
+    with pytest.raises(ValueError, match="row_weights"):
+        mean_interval(x, row_weights=np.zeros(50))
