@@ -39,6 +39,8 @@ is unsure (:mod:`serve.placer`); each explored decision's propensity is stored w
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -209,12 +211,12 @@ def job_signature(job: Any) -> str:
             f"/f{np.round(np.log10(max(per_sample, 1.0)), 2):g}")
 
 
-def _robust_flags(res: npt.NDArray[np.float64], ref_idx: list[int], i: int, rs: RewardSettings) -> bool:
-    ref = res[ref_idx]
-    ref = ref[np.isfinite(ref)]
-    med = float(np.median(ref))
-    scale = max(1.4826 * float(np.median(np.abs(ref - med))), rs.robust_floor)
-    return bool(abs(res[i] - med) > rs.robust_k * scale)
+def _robust_flags(ref: list[float], x: float, rs: RewardSettings) -> bool:
+    """Whether ``x`` is more than ``robust_k`` robust SDs from the median of the finite ``ref``
+    (plain Python on these few values: numpy's median costs more per call)."""
+    med = statistics.median(ref)
+    scale = max(1.4826 * statistics.median([abs(r - med) for r in ref]), rs.robust_floor)
+    return bool(abs(x - med) > rs.robust_k * scale)
 
 
 def _stands_out(res_t: npt.NDArray[np.float64], res_p: npt.NDArray[np.float64], past: list[int], future: list[int],
@@ -222,16 +224,16 @@ def _stands_out(res_t: npt.NDArray[np.float64], res_p: npt.NDArray[np.float64], 
     """Whether run ``i`` stands out from the runs before it *and* from the runs after it (a side
     with fewer than ``min_ref`` runs does not vouch for it; at least one side must have them).
     A change of regime (drift) agrees with what follows it, a lying minority with neither side."""
-    verdicts = []
+    verdicts: list[bool | None] = []
     for side in (past, future):
-        ref_t = [j for j in side if np.isfinite(res_t[j])]
+        ref_t = [x for x in res_t[side].tolist() if math.isfinite(x)]
         if len(ref_t) < min_ref:
             verdicts.append(None)
             continue
-        out = _robust_flags(res_t, ref_t, i, rs)
-        ref_p = [j for j in side if np.isfinite(res_p[j])]
-        if not out and np.isfinite(res_p[i]) and len(ref_p) >= min_ref:
-            out = _robust_flags(res_p, ref_p, i, rs)
+        out = _robust_flags(ref_t, float(res_t[i]), rs)
+        ref_p = [x for x in res_p[side].tolist() if math.isfinite(x)]
+        if not out and math.isfinite(res_p[i]) and len(ref_p) >= min_ref:
+            out = _robust_flags(ref_p, float(res_p[i]), rs)
         verdicts.append(out)
     known = [v for v in verdicts if v is not None]
     return bool(known) and all(known)
@@ -250,8 +252,13 @@ def _robust_screens(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, own
     out on both sides; drift agrees with the runs after it, and the newest drifted runs pass
     once ``min_reference`` more runs confirm them. Returns feedback indices by reason."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    devices = frame["device"].astype(str).tolist()
+    tkeys: dict[int, str] = {}
     for i, k in enumerate(owner):
-        groups[(target_key(feedback[k].decision.target), str(frame["device"].iat[i]))].append(i)
+        target = feedback[k].decision.target
+        if id(target) not in tkeys:
+            tkeys[id(target)] = target_key(target)
+        groups[(tkeys[id(target)], devices[i])].append(i)
     sig = [job_signature(feedback[k].decision.job) for k in owner]
     batch = frame["batch_size"].astype("float64").to_numpy()
     flags: dict[str, set[int]] = {"excluded_robust_signature": set(), "excluded_robust_target": set(),
@@ -259,12 +266,17 @@ def _robust_screens(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, own
     h = rs.robust_neighbours
     limit = float(np.log(rs.near_contradiction_factor))
     for rows in groups.values():
+        by_sig: dict[str, list[int]] = defaultdict(list)
+        sig_pos: dict[int, int] = {}
+        for i in rows:
+            sig_pos[i] = len(by_sig[sig[i]])
+            by_sig[sig[i]].append(i)
         for pos, i in enumerate(rows):
             if not np.isfinite(res_t[i]):
                 continue
             past, future = rows[max(0, pos - h): pos], rows[pos + 1: pos + 1 + h]
-            s_past = [j for j in rows[:pos] if sig[j] == sig[i]][-h:]
-            s_future = [j for j in rows[pos + 1:] if sig[j] == sig[i]][:h]
+            same, sp = by_sig[sig[i]], sig_pos[i]
+            s_past, s_future = same[max(0, sp - h): sp], same[sp + 1: sp + 1 + h]
             reason = None
             if len(s_past) >= 3 or len(s_future) >= 3:
                 if _stands_out(res_t, res_p, s_past, s_future, i, rs, 3):
