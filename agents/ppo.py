@@ -698,3 +698,135 @@ def _copy_actor(src: PPO, dst: PPO) -> None:
     rows = min(s_head.out_features, d_head.out_features) if _knobbed(src) and _knobbed(dst) else 2
     d_head.weight[:rows] = s_head.weight[:rows]
     d_head.bias[:rows] = s_head.bias[:rows]
+
+
+# --------------------------------------------------------------------------------------
+# online updates: a supervised step on the formed labels, then PPO anchored to it
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AnchorConfig:
+    """The online learner's update recipe (:func:`anchored_update`).
+
+    ``supervised_steps`` full-batch Adam steps at ``supervised_lr`` of confidence-weighted
+    binary cross-entropy on the device logit; then PPO for the given timesteps in chunks of
+    ``n_steps``, each followed by ``anchor_steps`` steps of the behaviour-cloning anchor:
+    weighted KL(p_supervised || p) on the training rows, so PPO may refine but not walk away
+    from what the labels say (cf. PPO with a KL penalty, Schulman et al. 2017, sec. 4)."""
+
+    supervised_steps: int = 150
+    supervised_lr: float = 3e-3
+    anchor_steps: int = 10
+    anchor_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.supervised_steps < 0 or self.anchor_steps < 0:
+            raise ValueError("supervised_steps and anchor_steps must be >= 0")
+        if not (self.supervised_lr > 0 and self.anchor_lr > 0):
+            raise ValueError("supervised_lr and anchor_lr must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _obs_tensor(model: PPO, x_raw: npt.ArrayLike) -> torch.Tensor:
+    x = np.asarray(x_raw, dtype=np.float32)
+    n_in = int(np.prod(model.observation_space.shape or (N_FEATURES,)))
+    if x.shape[1] < n_in:
+        x = np.concatenate([x, np.zeros((len(x), n_in - x.shape[1]), dtype=np.float32)], axis=1)
+    return torch.as_tensor(np.clip(x, -FEATURE_BOUND, FEATURE_BOUND))
+
+
+def _device_logit(model: PPO, obs: torch.Tensor) -> torch.Tensor:
+    policy = model.policy
+    latent = policy.mlp_extractor.forward_actor(_extractor(model)(obs))
+    logits = policy.action_net(latent)
+    return logits[:, 1] - logits[:, 0]
+
+
+def _actor_parameters(model: PPO) -> list[nn.Parameter]:
+    params = [p for m in _actor_layers(model) for p in m.parameters()]
+    return params + list(_action_net(model).parameters())
+
+
+def supervised_actor_step(model: PPO, x_raw: npt.ArrayLike, labels: npt.ArrayLike, weights: npt.ArrayLike,
+                          steps: int, lr: float) -> dict[str, float]:
+    """Weighted BCE of the actor's device logit against ``labels`` (True = GPU), ``steps`` full-batch
+    Adam steps on the actor (the critic is untouched). Returns the loss before and after."""
+    obs = _obs_tensor(model, x_raw)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float32))
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    w = w / w.sum().clamp_min(1e-12)
+    opt = torch.optim.Adam(_actor_parameters(model), lr=lr)
+
+    def loss_fn() -> torch.Tensor:
+        return (w * nn.functional.binary_cross_entropy_with_logits(_device_logit(model, obs), y, reduction="none")).sum()
+
+    with torch.no_grad():
+        before = float(loss_fn())
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(loss_fn())
+    return {"loss_before": before, "loss_after": after}
+
+
+def anchor_actor(model: PPO, obs: torch.Tensor, p_anchor: torch.Tensor, w: torch.Tensor, steps: int, lr: float) -> float:
+    """``steps`` Adam steps on weighted KL(p_anchor || p) of the device choice. Returns the final KL."""
+    opt = torch.optim.Adam(_actor_parameters(model), lr=lr)
+
+    def kl() -> torch.Tensor:
+        logp = nn.functional.logsigmoid(_device_logit(model, obs))
+        logq = nn.functional.logsigmoid(-_device_logit(model, obs))
+        pa = p_anchor.clamp(1e-6, 1 - 1e-6)
+        return (w * (pa * (torch.log(pa) - logp) + (1 - pa) * (torch.log(1 - pa) - logq))).sum()
+
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = kl()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float(kl())
+
+
+def anchored_update(loaded: Any, env: DevicePlacementEnv | gym.Env, x_raw: npt.ArrayLike, labels: npt.ArrayLike,
+                    weights: npt.ArrayLike, total_timesteps: int, seed: int = 0, config: PpoConfig | None = None,
+                    anchor: AnchorConfig | None = None) -> tuple[PpoPolicy, dict[str, Any]]:
+    """The online learner's candidate: the loaded model's PPO agent (or one warm-started from its
+    DNN when the spaces differ, as :func:`fine_tune`), a supervised step on the formed labels
+    weighted by confidence, then PPO on ``env`` anchored to that supervised result
+    (:class:`AnchorConfig`). Returns the policy and the step's metrics."""
+    if total_timesteps < 0:
+        raise ValueError(f"total_timesteps must be >= 0, got {total_timesteps}")
+    cfg = config or PpoConfig.warm()
+    ac = anchor or AnchorConfig()
+    ppo: PpoPolicy | None = getattr(loaded, "ppo", None)
+    if ppo is not None and ppo.model.observation_space == env.observation_space and ppo.model.action_space == env.action_space:
+        model = ppo.model
+        model.set_env(env)
+        model.set_random_seed(seed)
+        knob_levels = ppo.knob_levels
+    else:
+        model, _ = warm_start(loaded.dnn, env, replace(cfg, value_warmup_steps=min(cfg.value_warmup_steps, 512)), seed)
+        if ppo is not None:
+            _copy_actor(ppo.model, model)
+        knob_levels = KnobLevels() if isinstance(env.action_space, spaces.MultiDiscrete) else None
+    torch.manual_seed(seed)
+    sup = supervised_actor_step(model, x_raw, labels, weights, ac.supervised_steps, ac.supervised_lr)
+    obs = _obs_tensor(model, x_raw)
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    w = w / w.sum().clamp_min(1e-12)
+    with torch.no_grad():
+        p_anchor = torch.sigmoid(_device_logit(model, obs))
+    chunk = max(int(model.n_steps) * int(model.n_envs), 1)
+    done, kls = 0, []
+    while done < total_timesteps:
+        model.learn(total_timesteps=min(chunk, total_timesteps - done), reset_num_timesteps=False)
+        done += chunk
+        kls.append(anchor_actor(model, obs, p_anchor, w, ac.anchor_steps, ac.anchor_lr))
+    metrics = {"supervised": sup, "ppo_timesteps": int(total_timesteps), "anchor_kl_final": kls[-1] if kls else 0.0,
+               "anchor": ac.to_dict()}
+    return PpoPolicy(model, knob_levels), metrics

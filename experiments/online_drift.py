@@ -68,8 +68,8 @@ class Args:
     drift_at: int = 400
     window: int = 100
     """Rolling accuracy window (events)."""
-    update_every: int = 64
-    """Feedback rows between learner updates."""
+    update_every: int = 8
+    """Feedback rows between learner updates (the service's default min_feedback_per_update)."""
     history_window: int = 256
     """Most recent feedback rows a learner update trains on."""
     learner_ppo_steps: int = 2048
@@ -79,6 +79,10 @@ class Args:
     """Value warm-up steps of the warm start (agents.ppo.PpoConfig.value_warmup_steps)."""
     """Warm PPO fine-tuning of the starting model."""
     seeds: int = 1
+    eval_jobs: int = 300
+    """Fixed evaluation jobs (their own seed) on the drifting target (gpu_slowdown) or the new target
+    (new_target): the serving policy's accuracy on them against the *current* world's noiseless labels
+    is recorded at every event (recovery is read from it, not from the noisy rolling window)."""
     threads: int = 1
     full: bool = False
     smoke: bool = False
@@ -156,6 +160,26 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
                                      "time_per_batch_s": o.time_per_batch_s * a.gpu_slowdown})
         return o
 
+    def noiseless_label(job: Job, tid: str, drifted: bool) -> bool:
+        c = pm.predict(job, catalogue[tid], "cpu")
+        g = pm.predict(job, catalogue[tid], "gpu")
+        if drifted and g.feasible and scenario == "gpu_slowdown":
+            g = g.model_copy(update={"time_total_s": g.time_total_s * a.gpu_slowdown,
+                                     "time_per_batch_s": g.time_per_batch_s * a.gpu_slowdown})
+        return bool(joint_threshold(c.time_per_sample_s, g.time_per_sample_s, c.energy_per_sample_j,
+                                    g.energy_per_sample_j, c.feasible, g.feasible, thr).gpu)
+
+    eval_target = a.slow_target if scenario == "gpu_slowdown" else a.new_target
+    eval_frame = generate_jobs(a.eval_jobs, np.random.default_rng([seed, 11]))
+    eval_list = [Job(name=str(r["model"]), family=r["family"], mode=r["mode"], batch_size=int(r["batch_size"]),
+                     flops_per_batch=float(r["flops_per_batch"]), param_count=int(r["param_count"]),
+                     input_elems_per_sample=int(r["input_elems_per_sample"]),
+                     input_bytes_per_sample=int(r["input_bytes_per_sample"])) for _, r in eval_frame.iterrows()]
+    eval_truth = {d: np.array([noiseless_label(j, eval_target, d) for j in eval_list]) for d in (False, True)}
+    eval_x = np.stack([build_features(j, catalogue[eval_target]) for j in eval_list])
+    static_eval = {d: float(np.mean((np.asarray(dnn.predict(eval_x)[0]).reshape(-1) == 1) == eval_truth[d]))
+                   for d in (False, True)}
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="online-drift-") as tmp:
         model_dir = Path(tmp) / "start"
@@ -164,12 +188,22 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
                                           trace_hashes={"training rows of " + a.simulated: "see provenance"}))
         settings = Settings(state_dir=Path(tmp) / "state", model_path=model_dir, speedup_min=thr.speedup_min,
                             energy_ratio_max=thr.energy_ratio_max, seed=seed, min_feedback_per_update=a.update_every,
-                            min_holdout=max(4, a.update_every // 8), history_window=max(10, a.history_window),
+                            min_holdout=3, history_window=max(10, a.history_window),
                             ppo_timesteps=max(64, a.learner_ppo_steps), exploration_rate=a.exploration,
                             torch_threads=a.threads)
         store = Store(settings.database)
         placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
         learner = Learner(settings, store)
+        eval_cache: dict[tuple[str, bool], float] = {}
+
+        def online_eval(drifted: bool) -> float:
+            key = (placer.version, drifted)
+            if key not in eval_cache:
+                res = placer.place(PlacementRequest(jobs=eval_list, target=eval_target, explore=False))
+                eval_cache[key] = float(np.mean(np.asarray(res.gpu, dtype=bool) == eval_truth[drifted]))
+            return eval_cache[key]
+
+        update_s: list[float] = []
         for i in range(a.events):
             r = jobs.iloc[i]
             job = Job(name=str(r["model"]), family=r["family"], mode=r["mode"], batch_size=int(r["batch_size"]),
@@ -200,13 +234,15 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
                                             outcome=ReportedOutcome.model_validate(report)))
             update = learner.maybe_update()
             if update is not None:
+                update_s.append(update.duration_s)
                 placer.refresh()
             rows.append({"scenario": scenario, "seed": seed, "event": i, "target": tid, "drifted": drifted,
                          "label_gpu": truth, "online_gpu": gpu, "static_dnn_gpu": static,
                          "explored": bool(result.explored[0]), "policy_version": result.policy_version,
-                         "learner_update": None if update is None else update.status})
+                         "learner_update": None if update is None else update.status,
+                         "online_eval_accuracy": online_eval(drifted), "static_dnn_eval_accuracy": static_eval[drifted]})
         store.close()
-    return {"rows": rows}
+    return {"rows": rows, "update_s": update_s}
 
 
 calls = [(scenario, args.seed + s, train_frame, args) for scenario in args.scenarios for s in range(args.seeds)]
@@ -239,6 +275,12 @@ for who in ("online", "static_dnn"):
 events.drop(columns=[c for c in events.columns if c.endswith("_rolling_accuracy") or c.endswith("_correct")]).to_csv(
     out / "online_drift_events.csv", index=False)
 
+def _first_event(post: pd.DataFrame, column: str, level: float, drift_at: int) -> float:
+    """Feedback events after the drift until the column first reaches ``level`` (NaN: never)."""
+    hit = np.flatnonzero(post[column].to_numpy() >= level) if np.isfinite(level) else []
+    return float(post.event.to_numpy()[hit[0]] - drift_at + 1) if len(hit) else np.nan
+
+
 summary_rows = []
 for (scenario, seed), g in events.groupby(["scenario", "seed"], sort=False):
     g = g.sort_values("event")
@@ -266,6 +308,16 @@ for (scenario, seed), g in events.groupby(["scenario", "seed"], sort=False):
             "explored_share": float(g.explored.mean()) if who == "online" else 0.0,
             "label_gpu_share_pre": float(g[g.event < args.drift_at].label_gpu.mean()),
             "label_gpu_share_post": float(post.label_gpu.mean()) if len(post) else np.nan,
+            # on the fixed evaluation jobs (current world's noiseless labels), after each event
+            "eval_accuracy_pre_drift": float(pre[f"{who}_eval_accuracy"].iloc[-1]) if len(pre) else np.nan,
+            "eval_accuracy_at_drift": float(post[f"{who}_eval_accuracy"].iloc[0]) if len(post) else np.nan,
+            "eval_accuracy_final": float(g[f"{who}_eval_accuracy"].iloc[-1]),
+            "eval_events_to_95pct_of_pre_drift": _first_event(post, f"{who}_eval_accuracy",
+                                                               0.95 * float(pre[f"{who}_eval_accuracy"].iloc[-1])
+                                                               if len(pre) else np.nan, args.drift_at),
+            "eval_events_to_95pct_absolute": _first_event(post, f"{who}_eval_accuracy", 0.95, args.drift_at),
+            "eval_min_online_minus_static_after_drift": float((post["online_eval_accuracy"]
+                                                               - post["static_dnn_eval_accuracy"]).min()) if len(post) else np.nan,
         })
 summary = pd.DataFrame(summary_rows)
 summary.to_csv(out / "online_drift_summary.csv", index=False, float_format="%.4f")
@@ -329,6 +381,20 @@ for (scenario, who), g in summary.groupby(["scenario", "policy"], sort=False):
                  f"{events_text(g.events_to_95pct_absolute)} | "
                  + (f"{g.learner_updates.mean():.0f} ({g.promoted.mean():.0f} / {g.rejected.mean():.0f})" if who == "online" else "–")
                  + " |")
+update_s = np.array([x for r in results for x in r["update_s"]])
+lines += ["", f"On {args.eval_jobs} fixed evaluation jobs (the drifting target, or the new target), against the current "
+          "world's noiseless labels, the serving policy after each feedback event:", "",
+          "| scenario | policy | eval acc. before drift | at drift | final | events to 95 % of pre-drift | "
+          "events to 95 % absolute | worst (online - static) after drift |", "|---|---|---|---|---|---|---|---|"]
+for (scenario, who), g in summary.groupby(["scenario", "policy"], sort=False):
+    lines.append(f"| {scenario} | {who.replace('_', ' ')} | {fmt(g.eval_accuracy_pre_drift.mean())} | "
+                 f"{fmt(g.eval_accuracy_at_drift.mean())} | {fmt(g.eval_accuracy_final.mean())} | "
+                 f"{events_text(g.eval_events_to_95pct_of_pre_drift)} | {events_text(g.eval_events_to_95pct_absolute)} | "
+                 f"{fmt(g.eval_min_online_minus_static_after_drift.mean()) if who == 'online' else '–'} |")
+if len(update_s):
+    lines += ["", f"Learner update wall time in this run ({len(update_s)} updates, windows up to {args.history_window} "
+              f"rows, {args.threads} torch thread(s), streams in parallel on this host): median "
+              f"{np.median(update_s):.1f} s, max {update_s.max():.1f} s (the first includes one-time imports)."]
 lines += ["", "![online drift](online_drift/online_drift.png)", ""]
 for scenario, g in summary.groupby("scenario", sort=False):
     gg = g.set_index("policy")
@@ -350,4 +416,6 @@ headline = "No paper figure. Ours (modelled outcomes, bandit feedback): " + "; "
 lines.insert(2, f"> **Headline.** {headline}\n")
 (out / "section.md").write_text("\n".join(lines))
 print(summary.to_string(index=False))
+if len(update_s):
+    print(f"learner updates: {len(update_s)}, median {np.median(update_s):.2f} s, max {update_s.max():.2f} s")
 print(f"wrote {out} in {time.time() - start:.0f} s")

@@ -8,7 +8,8 @@ route                          auth*  what
 ``POST /v1/placements``               one job, a list of jobs or jobs as columns -> decisions
 ``POST /v1/feedback``          yes    measured outcome of a placed job (idempotent per id)
 ``GET /v1/policy``             yes    serving version, training and gate metrics, counts
-``POST /v1/policy/rollback``   yes    serve an earlier version
+``POST /v1/policy/rollback``   yes    serve an earlier version (pinned until released)
+``POST /v1/policy/release``    yes    release a rollback's pin
 ``POST /v1/policy/update``     yes    run one learner update now (normally periodic)
 ``GET /v1/targets``                   the hardware catalogue ids
 ``GET /healthz``                      liveness and the serving version
@@ -63,6 +64,7 @@ from pydantic.json_schema import models_json_schema
 
 from serve.docs import mount_docs
 from serve.examples import REQUEST_EXAMPLES
+from serve.learner import learner_fields, pin_version, release_pin
 from serve.placer import InputError, Placer, bootstrap_store
 from serve.schemas import (
     ErrorResponse,
@@ -372,6 +374,7 @@ class PlacementService:
                 "active_version_in_store": self.store.active_version(),
                 "enabled": self.settings.learner_enabled,
                 "interval_s": self.settings.learn_interval_s,
+                **learner_fields(self.store),
             },
             versions=versions,
             exploration_rate=self.placer.exploration_rate,
@@ -402,7 +405,15 @@ class PlacementService:
             await asyncio.to_thread(self.placer.refresh)
             return _error(409, "conflict", [{"field": "version", "message": f"version '{new}' cannot be served "
                                              f"({exc}); still serving '{old}'"}])
+        pin_version(self.store, new)  # the learner does not replace it until released or beaten by the bound
         return Response(RollbackResponse(active_version=new, previous_version=old).model_dump_json(),
+                        media_type="application/json")
+
+    async def release(self, request: Request) -> Response:
+        """Release the pin of an operator's rollback: the learner may promote over it again."""
+        self.authorize(request)
+        was = release_pin(self.store)
+        return Response(json.dumps({"released": was, "active_version": self.store.active_version()}),
                         media_type="application/json")
 
     async def update(self, request: Request) -> Response:
@@ -500,6 +511,11 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
               openapi_extra=_body_schema(RollbackRequest), summary="Serve an earlier version")
     async def rollback(request: Request) -> Response:
         return await service.rollback(request)
+
+    @app.post("/v1/policy/release", responses=_ERRORS,
+              summary="Release a rollback's pin (the learner may promote over the rolled-back version again)")
+    async def release(request: Request) -> Response:
+        return await service.release(request)
 
     @app.post("/v1/policy/update", response_model=LearnerReport, responses=_ERRORS,
               summary="Run one learner update now (PPO on feedback, safety gate, promotion)")

@@ -39,6 +39,8 @@ is unsure (:mod:`serve.placer`); each explored decision's propensity is stored w
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,12 +72,31 @@ class RewardSettings:
     contradiction_factor: float = 10.0
     """Reports of the same job on the same target and device whose times per sample differ by more
     than this factor contradict each other: all of them are excluded."""
+    robust_neighbours: int = 12
+    """Robust screens compare a run with up to this many runs before and after it (in arrival order)
+    on the same target and device: recent enough to follow drift, many enough to outvote a lying
+    minority."""
+    robust_k: float = 4.0
+    """A run is excluded when its log residual against the model is more than ``robust_k`` robust
+    standard deviations (1.4826 MAD, at least ``robust_floor``) from its reference's median."""
+    robust_floor: float = 0.15
+    min_reference: int = 6
+    """Runs a target/device reference needs (3 for a signature reference) before it may exclude."""
+    near_batch_factor: float = 2.0
+    """Jobs of one architecture signature whose batch sizes are within this factor are near-identical."""
+    near_contradiction_factor: float = 3.0
+    """Near-identical runs (too few for a robust reference) whose residuals differ by more than this
+    factor contradict each other: all of them are excluded."""
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or self.min_group < 1 or self.group_recent < 1:
             raise ValueError("neighbours, min_group and group_recent must be >= 1")
         if not (self.max_outlier_factor > 1 and self.contradiction_factor > 1):
             raise ValueError("max_outlier_factor and contradiction_factor must be > 1")
+        if self.robust_neighbours < 1 or self.min_reference < 1 or not (self.robust_k > 0 and self.robust_floor > 0):
+            raise ValueError("robust_neighbours, min_reference, robust_k and robust_floor must be > 0")
+        if not (self.near_batch_factor >= 1 and self.near_contradiction_factor > 1):
+            raise ValueError("near_batch_factor must be >= 1 and near_contradiction_factor > 1")
         if not self.max_distance > 0:
             raise ValueError(f"max_distance must be > 0, got {self.max_distance}")
 
@@ -125,7 +146,9 @@ def screen_feedback(
     performance model: drift of a few times passes, a run 10^4 times too slow does not) and
     *contradictory* feedback (the same job on the same target and device reported with times
     per sample more than ``contradiction_factor`` apart: every report of that job is dropped,
-    since which one is true cannot be told). Failed runs are not screened."""
+    since which one is true cannot be told), then the robust screens of :func:`_robust_screens`
+    (reasons ``excluded_robust_signature``, ``excluded_robust_target``,
+    ``excluded_contradictory_near``). Failed runs are not screened."""
     rs = settings or RewardSettings()
     model = perf_model or PerformanceModel()
     rows: list[dict[str, Any]] = []
@@ -159,10 +182,115 @@ def screen_feedback(
             times = [x for _, x in items if np.isfinite(x) and x > 0]
             if len(times) >= 2 and max(times) / min(times) > rs.contradiction_factor:
                 contradictory.update(k for k, _ in items)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            signed_t, signed_p = np.log(t / pred_t), np.log(power / pred_p)
+        robust = _robust_screens(feedback, frame, owner, signed_t, signed_p, rs)
+    else:
+        robust = {}
     contradictory -= outlier
-    kept = [fb for k, fb in enumerate(feedback) if k not in outlier and k not in contradictory]
+    kept_out = outlier | contradictory
     excluded = {"excluded_outlier": len(outlier), "excluded_contradictory": len(contradictory)}
+    for reason, flagged in robust.items():
+        flagged = flagged - kept_out
+        excluded[reason] = len(flagged)
+        kept_out |= flagged
+    kept = [fb for k, fb in enumerate(feedback) if k not in kept_out]
     return kept, {k: v for k, v in excluded.items() if v}
+
+
+def job_signature(job: Any) -> str:
+    """The architecture signature of a job: its ``signature`` field when the job carries one,
+    else the model family and the structure fields (mode, parameters, input size, FLOPs per
+    sample to 1 %) -- the batch size left out, so one architecture at several batch sizes
+    shares a signature."""
+    sig = getattr(job, "signature", None)
+    if sig:
+        return str(sig)
+    per_sample = float(job.flops_per_batch) / max(int(job.batch_size), 1)
+    return (f"{job.family}/{job.mode}/p{int(job.param_count)}/i{int(job.input_elems_per_sample)}"
+            f"/f{np.round(np.log10(max(per_sample, 1.0)), 2):g}")
+
+
+def _robust_flags(ref: list[float], x: float, rs: RewardSettings) -> bool:
+    """Whether ``x`` is more than ``robust_k`` robust SDs from the median of the finite ``ref``
+    (plain Python on these few values: numpy's median costs more per call)."""
+    med = statistics.median(ref)
+    scale = max(1.4826 * statistics.median([abs(r - med) for r in ref]), rs.robust_floor)
+    return bool(abs(x - med) > rs.robust_k * scale)
+
+
+def _stands_out(res_t: npt.NDArray[np.float64], res_p: npt.NDArray[np.float64], past: list[int], future: list[int],
+                i: int, rs: RewardSettings, min_ref: int) -> bool:
+    """Whether run ``i`` stands out from the runs before it *and* from the runs after it (a side
+    with fewer than ``min_ref`` runs does not vouch for it; at least one side must have them).
+    A change of regime (drift) agrees with what follows it, a lying minority with neither side."""
+    verdicts: list[bool | None] = []
+    for side in (past, future):
+        ref_t = [x for x in res_t[side].tolist() if math.isfinite(x)]
+        if len(ref_t) < min_ref:
+            verdicts.append(None)
+            continue
+        out = _robust_flags(ref_t, float(res_t[i]), rs)
+        ref_p = [x for x in res_p[side].tolist() if math.isfinite(x)]
+        if not out and math.isfinite(res_p[i]) and len(ref_p) >= min_ref:
+            out = _robust_flags(ref_p, float(res_p[i]), rs)
+        verdicts.append(out)
+    known = [v for v in verdicts if v is not None]
+    return bool(known) and all(known)
+
+
+def _robust_screens(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, owner: list[int],
+                    res_t: npt.NDArray[np.float64], res_p: npt.NDArray[np.float64], rs: RewardSettings,
+                    ) -> dict[str, set[int]]:
+    """Poison screens on log residuals against the performance model (time per sample and eq. 2
+    power), per target and device, in arrival order. A run is compared (median/MAD,
+    :func:`_stands_out`) with up to ``robust_neighbours`` runs before it and after it: first
+    with runs of the same architecture signature (>= 3 a side), then with all runs on that
+    target and device (>= ``min_reference`` a side). Near-identical runs (same signature,
+    batch sizes within ``near_batch_factor``) too few for a signature reference are checked
+    against each other (``near_contradiction_factor``). A consistent lie by a minority stands
+    out on both sides; drift agrees with the runs after it, and the newest drifted runs pass
+    once ``min_reference`` more runs confirm them. Returns feedback indices by reason."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    devices = frame["device"].astype(str).tolist()
+    tkeys: dict[int, str] = {}
+    for i, k in enumerate(owner):
+        target = feedback[k].decision.target
+        if id(target) not in tkeys:
+            tkeys[id(target)] = target_key(target)
+        groups[(tkeys[id(target)], devices[i])].append(i)
+    sig = [job_signature(feedback[k].decision.job) for k in owner]
+    batch = frame["batch_size"].astype("float64").to_numpy()
+    flags: dict[str, set[int]] = {"excluded_robust_signature": set(), "excluded_robust_target": set(),
+                                  "excluded_contradictory_near": set()}
+    h = rs.robust_neighbours
+    limit = float(np.log(rs.near_contradiction_factor))
+    for rows in groups.values():
+        by_sig: dict[str, list[int]] = defaultdict(list)
+        sig_pos: dict[int, int] = {}
+        for i in rows:
+            sig_pos[i] = len(by_sig[sig[i]])
+            by_sig[sig[i]].append(i)
+        for pos, i in enumerate(rows):
+            if not np.isfinite(res_t[i]):
+                continue
+            past, future = rows[max(0, pos - h): pos], rows[pos + 1: pos + 1 + h]
+            same, sp = by_sig[sig[i]], sig_pos[i]
+            s_past, s_future = same[max(0, sp - h): sp], same[sp + 1: sp + 1 + h]
+            reason = None
+            if len(s_past) >= 3 or len(s_future) >= 3:
+                if _stands_out(res_t, res_p, s_past, s_future, i, rs, 3):
+                    reason = "excluded_robust_signature"
+            else:
+                twins = [j for j in s_past + s_future
+                         if max(batch[i], batch[j]) / max(min(batch[i], batch[j]), 1) <= rs.near_batch_factor]
+                if any(np.isfinite(res_t[j]) and abs(res_t[i] - res_t[j]) > limit for j in twins):
+                    reason = "excluded_contradictory_near"
+            if reason is None and _stands_out(res_t, res_p, past, future, i, rs, rs.min_reference):
+                reason = "excluded_robust_target"
+            if reason is not None:
+                flags[reason].add(owner[i])
+    return flags
 
 
 def form_rewards(

@@ -394,6 +394,9 @@ class LearnerReport(BaseModel):
     candidate_holdout_accuracy: float | None = Field(default=None, description="Share of held-out rows the candidate labels right.")
     reward_sources: dict[str, int] = Field(default_factory=dict, description="How the other device's outcome was obtained per row (measured by the client, residual-corrected model, bare model).")
     duration_s: float = Field(default=0.0, description="Wall time of the update, seconds.")
+    quarantined: dict[str, int] = Field(default_factory=dict, description="Feedback in the window kept out of learning, by reason (serve.quarantine).")
+    screened_out: dict[str, int] = Field(default_factory=dict, description="Feedback the poison screens excluded, by reason.")
+    gate: dict[str, Any] | None = Field(default=None, description="The off-policy gate's estimates, bounds and decision.")
 
 
 class ErrorItem(BaseModel):

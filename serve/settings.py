@@ -143,12 +143,16 @@ class Settings(BaseSettings):
     # --- learner -------------------------------------------------------------------------
     learner_enabled: bool = True
     learn_interval_s: float = Field(60.0, gt=0, le=86_400, allow_inf_nan=False)
-    min_feedback_per_update: int = Field(64, ge=1, le=10_000_000)
+    min_feedback_per_update: int = Field(8, ge=1, le=10_000_000, description="New feedback rows that trigger an update.")
     holdout_fraction: float = Field(0.25, gt=0.0, lt=1.0)
-    min_holdout: int = Field(16, ge=1)
+    min_holdout: int = Field(3, ge=1, description="Held-out rows an update needs before its gate can promote.")
     history_window: int = Field(5000, ge=10, le=10_000_000, description="Most recent feedback rows a learner update uses.")
     ppo_timesteps: int = Field(4096, ge=64, le=10_000_000)
     gate_tolerance: float = Field(0.0, ge=0.0, le=10.0, description="Candidate may be this much worse in mean holdout reward.")
+    gate_confidence: float = Field(0.9, gt=0.0, lt=1.0, description="Two-sided confidence of the off-policy gate's interval (its lower end is the bound).")
+    pinned_gate_confidence: float = Field(0.99, gt=0.0, lt=1.0, description="The gate's confidence while an operator's rollback pins the serving version.")
+    recency_half_life: int = Field(64, ge=1, le=10_000_000, description="Feedback rows after which a row's weight in training and in the gate halves (the policy follows drift).")
+    max_signature_share: float = Field(0.25, gt=0.0, le=1.0, description="Largest share of an update's training weight one architecture signature may carry.")
 
     # --- Ray resources (fractional CPUs so it runs on 2 cores) ---------------------------
     ingress_replicas: int = Field(1, ge=1, le=256)

@@ -633,8 +633,12 @@ class Store:
         with self._read() as conn:
             return int(conn.execute(sa.select(sa.func.max(feedback_t.c.seq))).scalar_one() or 0)
 
-    def recent_feedback(self, limit: int | None = None, *, after_seq: int = 0) -> list[StoredFeedback]:
-        """Feedback with its decision, oldest first: the ``limit`` most recent with ``seq > after_seq``."""
+    def recent_feedback(self, limit: int | None = None, *, after_seq: int = 0,
+                        skipped: list[tuple[int, str, str]] | None = None) -> list[StoredFeedback]:
+        """Feedback with its decision, oldest first: the ``limit`` most recent with ``seq > after_seq``.
+
+        With ``skipped`` (a list), a row that no longer parses is appended to it as
+        ``(seq, decision_id, error)`` instead of raising (:mod:`serve.quarantine`)."""
         f = feedback_t.c
         query = (sa.select(f.seq, f.received_at, f.decision_id, f.outcome_json, f.other_json)
                  .where(f.seq > after_seq).order_by(f.seq.desc()))
@@ -644,16 +648,21 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(query).all()
             for seq, received_at, decision_id, outcome_json, other_json in reversed(rows):
-                batch_id, index = split_decision_id(decision_id)
-                out.append(
-                    StoredFeedback(
-                        seq=int(seq),
-                        received_at=received_at,
-                        outcome=ReportedOutcome.model_validate_json(outcome_json),
-                        other=None if other_json is None else ReportedOutcome.model_validate_json(other_json),
-                        decision=self._decision(conn, batch_id, index),
+                try:
+                    batch_id, index = split_decision_id(decision_id)
+                    out.append(
+                        StoredFeedback(
+                            seq=int(seq),
+                            received_at=received_at,
+                            outcome=ReportedOutcome.model_validate_json(outcome_json),
+                            other=None if other_json is None else ReportedOutcome.model_validate_json(other_json),
+                            decision=self._decision(conn, batch_id, index),
+                        )
                     )
-                )
+                except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+                    if skipped is None:
+                        raise
+                    skipped.append((int(seq), str(decision_id), f"{type(exc).__name__}: {exc}"))
         return out
 
     # -- counts --------------------------------------------------------------------------
@@ -833,20 +842,27 @@ class Store:
         return out
 
     # -- export -------------------------------------------------------------------------
-    def feedback_trace_frame(self, limit: int | None = None) -> pd.DataFrame:
-        """Feedback as trace rows (one per observed device run; ``job_id`` = decision id)."""
-        rows: list[dict[str, Any]] = []
-        for fb in self.recent_feedback(limit):
-            rows.append(run_row(fb.decision, fb.outcome))
-            if fb.other is not None:
-                rows.append(run_row(fb.decision, fb.other))
-        return pd.DataFrame(rows)
+    def feedback_trace_frame(self, limit: int | None = None,
+                             quarantined: dict[str, int] | None = None) -> pd.DataFrame:
+        """Feedback as trace rows (one per observed device run; ``job_id`` = decision id).
+        Rows :mod:`serve.quarantine` keeps out are left out and counted by reason into
+        ``quarantined`` (when given)."""
+        from serve.quarantine import screen_stored, trace_rows
+
+        skipped: list[tuple[int, str, str]] = []
+        screened = screen_stored(self.recent_feedback(limit, skipped=skipped), skipped)
+        if quarantined is not None:
+            quarantined.update(screened.counts)
+        return pd.DataFrame([row for fb in screened.usable for row in trace_rows(fb)])
 
     def export_trace(self, path: Path, *, seed: int | None = None, thresholds: Thresholds | None = None,
                      limit: int | None = None) -> tuple[Path, str]:
         """Write the feedback as a trace (``source='feedback'``). Returns ``(path, sha256)``."""
-        frame = self.feedback_trace_frame(limit)
+        quarantined: dict[str, int] = {}
+        frame = self.feedback_trace_frame(limit, quarantined)
         if frame.empty:
+            if quarantined:
+                raise ValueError(f"every feedback row is quarantined ({quarantined}): nothing to export")
             raise ValueError("no feedback recorded yet: nothing to export")
         targets = sorted(set(frame["target_id"].astype(str)))
         meta = TraceMeta(
@@ -857,7 +873,8 @@ class Store:
             hardware="targets: " + ", ".join(targets),
             method="outcomes reported by clients through POST /v1/feedback; power methods per row as reported "
             "(GPU runs reported as total energy_j carry eq. 2's total in avg_cpu_power_w and 0 in avg_gpu_power_w)",
-            extra={"thresholds": (thresholds or Thresholds()).as_dict(), "database": str(self.path)},
+            extra={"thresholds": (thresholds or Thresholds()).as_dict(), "database": str(self.path),
+                   "quarantined": quarantined},
         )
         out = write_trace(frame, Path(path), meta)
         return out, file_sha256(out)

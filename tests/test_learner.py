@@ -148,3 +148,92 @@ def test_drift_update_is_promoted_and_flips_marginal_jobs(tmp_path, serve_model_
     assert gpu_share(probe_gpu) > 0.9  # jobs still far above the threshold stay on the GPU
     assert store.rollback() == ("serve-test-dnn", report.candidate_version)
     assert placer.refresh() and gpu_share(probe) > 0.8
+
+
+def test_first_update_after_eight_events_and_no_tie_versions(tmp_path, serve_model_dir, serve_world):
+    settings, store, placer = _service(tmp_path, serve_model_dir, min_holdout=1, holdout_fraction=0.5)
+    assert settings.min_feedback_per_update == 8
+    _run(placer, serve_world, serve_world.jobs(7), both=True)
+    learner = Learner(settings, store, trainer=lambda loaded, env, steps, seed: loaded.policy)
+    assert learner.maybe_update() is None  # 7 < 8
+    _run(placer, serve_world, serve_world.jobs(9)[7:], both=True)
+    report = learner.maybe_update()
+    assert report is not None and report.status == "skipped", report
+    assert "not a new version" in report.reason and report.gate["answers_changed"] == 0
+    assert [v.version for v in store.versions()] == ["serve-test-dnn"]  # a tie registers nothing
+
+
+def test_label_weights_follow_confidence_and_cap_signatures(tmp_path, serve_model_dir, serve_world, example_job):
+    from serve.learner import label_weights
+    from serve.rewards import job_signature
+
+    _, store, placer = _service(tmp_path, serve_model_dir)
+    same = [example_job.model_copy(update={"batch_size": b, "flops_per_batch": example_job.flops_per_batch / 64 * b})
+            for b in (16, 32, 48, 64, 96, 128)]
+    assert len({job_signature(j) for j in same}) == 1  # batch size is not part of the architecture
+    _run(placer, serve_world, same, both=True)
+    _run(placer, serve_world, serve_world.jobs(6), both=False)
+    feedback = store.recent_feedback()
+    formed = form_rewards(feedback, Thresholds())
+    pairs = formed.pairs[formed.pairs["hw_gpu_gflops"] > 0].reset_index(drop=True)
+    w, info = label_weights(pairs, {fb.decision.decision_id: fb for fb in feedback}, max_share=0.25)
+    sig = np.array([job_signature(store.get_decision(i).job) for i in pairs["job_id"]])
+    share = w[sig == job_signature(same[0])].sum() / w.sum()
+    assert share <= 0.25 + 1e-9 and info["signatures_capped"] >= 1
+    src = pairs["estimate_source"].to_numpy()
+    one_sig = {s for s in sig if (sig == s).sum() == 1}
+    single = np.array([s in one_sig for s in sig])
+    assert (w[(src == "model") & single] <= w[single].max()).all()
+
+
+def test_rollback_pin_holds_until_released(tmp_path, serve_model_dir, serve_world):
+    from agents.ppo import PpoConfig, fine_tune, make_env
+    from serve.learner import pin_version, pinned_version, release_pin
+
+    def cpu_minded(loaded, env, timesteps, seed):
+        wrong = make_env(env.source, thresholds=Thresholds(speedup_min=1000.0))
+        return fine_tune(loaded, wrong, timesteps, seed=seed, config=PpoConfig.cold(value_warmup_steps=0, learning_rate=3e-3))
+
+    settings, store, placer = _service(tmp_path, serve_model_dir, ppo_timesteps=1024)
+    _run(placer, serve_world, serve_world.jobs(60), both=True)
+    pin_version(store, "serve-test-dnn")
+    report = Learner(settings, store, trainer=cpu_minded).update()
+    assert report.status == "rejected" and report.gate["confidence"] == settings.pinned_gate_confidence
+    assert report.gate["pinned_version"] == "serve-test-dnn"
+    assert store.active_version() == "serve-test-dnn" and pinned_version(store) == "serve-test-dnn"
+    assert release_pin(store) == "serve-test-dnn" and pinned_version(store) is None
+
+
+@pytest.mark.slow
+def test_a_lying_fifth_of_feedback_is_never_promoted_and_flips_nothing(tmp_path, serve_model_dir, serve_world):
+    """20 % of the feedback reports the GPU run 3x to 10x slower (one direction, varied batch sizes):
+    the screens hold it back, no update is promoted, and no answer changes."""
+    settings, store, placer = _service(tmp_path, serve_model_dir, ppo_timesteps=1024, min_holdout=3)
+    jobs = serve_world.jobs(900, seed=41)
+    speedup = np.array([serve_world.speedup(j, TARGET) for j in jobs])
+    pool = [j for j, s in zip(jobs, speedup, strict=True) if s > 8 or s < 1.2]
+
+    def answers(subset):
+        return [d.device for d in placer.place(PlacementRequest(jobs=subset, target="B", explore=False)).to_response().decisions]
+
+    probe = pool[:120]
+    before = answers(probe)
+    rng = np.random.default_rng(0)
+    learner = Learner(settings, store)
+    reports, lied = [], 0
+    for k, job in enumerate(pool[120:200]):
+        (d,) = placer.place(PlacementRequest(job=job, target="B", explore=False)).to_response().decisions
+        run = serve_world.outcome(job, TARGET, d.device)
+        if k % 5 == 4 and d.device == "gpu" and "time_total_s" in run:
+            run = {**run, "time_total_s": run["time_total_s"] * float(rng.uniform(3, 10))}
+            lied += 1
+        placer.feedback(FeedbackRequest.model_validate({"decision_id": d.decision_id, "outcome": run}))
+        report = learner.maybe_update()
+        if report is not None:
+            reports.append(report)
+            placer.refresh()
+    assert lied >= 10 and len(reports) == 10
+    assert not [r for r in reports if r.status == "promoted"], [r.reason for r in reports]
+    screened = sum(sum(r.screened_out.values()) for r in reports[-1:])
+    assert screened >= 0.8 * lied, reports[-1].screened_out
+    assert store.active_version() == "serve-test-dnn" and answers(probe) == before
