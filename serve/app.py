@@ -801,7 +801,11 @@ def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[
     from ray import serve
 
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # "local": a Ray of this service's own, never one a bare ray.init() would find on the host (a
+        # `ray start` cluster of someone else's, recorded in /tmp/ray); RAY_ADDRESS still picks one explicitly
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, num_cpus=None if address != "local" else num_cpus, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     haproxy = uses_haproxy(settings)
     http_options = {"host": settings.host, "port": settings.port if haproxy else settings.ray_proxy_port}
     for attempt in range(3):
