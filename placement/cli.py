@@ -547,10 +547,14 @@ def export_feedback(
     try:
         with Store.from_settings(settings) as store:
             path, sha = store.export_trace(out, seed=settings.seed, thresholds=settings.thresholds, limit=limit)
+            skipped = store.last_export_skipped
     except (StoreError, ValueError, OSError) as exc:
         _fail(str(exc))
         return
     console.print(f"wrote {path} (sha256 {sha[:12]})")
+    if skipped:
+        console.print(f"skipped {len(skipped)} stored feedback rows that cannot be used (listed in the trace's "
+                      f"metadata), e.g. {skipped[0][0]}: {skipped[0][1]}")
 
 
 def _json_arg(value: str, what: str) -> object:

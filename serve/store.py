@@ -389,6 +389,7 @@ class Store:
         self._known_targets: set[str] = set()
         self._target_cache: dict[str, HardwareTarget] = {}
         self._batch_cache: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.last_export_skipped: list[tuple[str, str]] = []
 
     # -- plumbing ---------------------------------------------------------------------
     def _connection(self, kind: str = "write") -> Connection:
@@ -744,21 +745,47 @@ class Store:
             self._set_meta(conn, key, value)
 
     # -- export -------------------------------------------------------------------------
-    def feedback_trace_frame(self, limit: int | None = None) -> pd.DataFrame:
-        """Feedback as trace rows (one per observed device run; ``job_id`` = decision id)."""
+    def feedback_trace_rows(self, limit: int | None = None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Feedback as trace rows (one per observed device run; ``job_id`` = decision id), oldest
+        first, and the rows that cannot be used as ``(decision_id, why)``: each stored row is read
+        and checked on its own, so one that the current checks refuse (stored by an older
+        version, or damaged) is skipped and reported, never fatal and never silent."""
+        sql = "SELECT seq, decision_id, outcome_json, other_json FROM feedback ORDER BY seq DESC"
+        with self._lock:
+            stored = self._conn.execute(sql + (" LIMIT ?" if limit is not None else ""),
+                                        (int(limit),) if limit is not None else ()).fetchall()
         rows: list[dict[str, Any]] = []
-        for fb in self.recent_feedback(limit):
-            rows.append(run_row(fb.decision, fb.outcome))
-            if fb.other is not None:
-                rows.append(run_row(fb.decision, fb.other))
-        return pd.DataFrame(rows)
+        skipped: list[tuple[str, str]] = []
+        for _seq, decision_id, outcome_json, other_json in reversed(stored):
+            try:
+                batch_id, index = split_decision_id(decision_id)
+                with self._lock:
+                    decision = self._decision(batch_id, index)
+                runs = [ReportedOutcome.model_validate_json(outcome_json)]
+                if other_json is not None:
+                    runs.append(ReportedOutcome.model_validate_json(other_json))
+                rows.extend(run_row(decision, run) for run in runs)
+            except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+                skipped.append((str(decision_id), " ".join(str(exc).split())[:300]))
+        return rows, skipped
+
+    def feedback_trace_frame(self, limit: int | None = None) -> pd.DataFrame:
+        """Feedback as trace rows (one per observed device run; ``job_id`` = decision id); rows
+        that cannot be used are left out (:meth:`feedback_trace_rows` lists them)."""
+        return pd.DataFrame(self.feedback_trace_rows(limit)[0])
 
     def export_trace(self, path: Path, *, seed: int | None = None, thresholds: Thresholds | None = None,
                      limit: int | None = None) -> tuple[Path, str]:
-        """Write the feedback as a trace (``source='feedback'``). Returns ``(path, sha256)``."""
-        frame = self.feedback_trace_frame(limit)
+        """Write the feedback as a trace (``source='feedback'``). Returns ``(path, sha256)``.
+
+        Stored rows that cannot be used are skipped; their count and ids are in the trace's
+        metadata (``extra.skipped_feedback``) and in :attr:`last_export_skipped`."""
+        rows, skipped = self.feedback_trace_rows(limit)
+        self.last_export_skipped = skipped
+        frame = pd.DataFrame(rows)
         if frame.empty:
-            raise ValueError("no feedback recorded yet: nothing to export")
+            why = f" ({len(skipped)} stored rows cannot be used, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+            raise ValueError(f"no usable feedback recorded yet: nothing to export{why}")
         targets = sorted(set(frame["target_id"].astype(str)))
         meta = TraceMeta(
             source="feedback",
@@ -768,7 +795,9 @@ class Store:
             hardware="targets: " + ", ".join(targets),
             method="outcomes reported by clients through POST /v1/feedback; power methods per row as reported "
             "(GPU runs reported as total energy_j carry eq. 2's total in avg_cpu_power_w and 0 in avg_gpu_power_w)",
-            extra={"thresholds": (thresholds or Thresholds()).as_dict(), "database": str(self.path)},
+            extra={"thresholds": (thresholds or Thresholds()).as_dict(), "database": str(self.path),
+                   "skipped_feedback": {"count": len(skipped), "decision_ids": [d for d, _ in skipped[:100]],
+                                        "first_reason": skipped[0][1] if skipped else None}},
         )
         out = write_trace(frame, Path(path), meta)
         return out, file_sha256(out)
