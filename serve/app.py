@@ -61,6 +61,7 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
+from serve import guard
 from serve.docs import mount_docs
 from serve.examples import REQUEST_EXAMPLES
 from serve.placer import InputError, Placer, bootstrap_store
@@ -85,6 +86,8 @@ log = logging.getLogger(__name__)
 APP_NAME = "placement"
 INLINE_MAX_JOBS = 256
 """Batches up to this size are decided on the event loop; larger ones in a worker thread."""
+INLINE_MAX_BODY_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop; larger ones in a worker thread."""
 _TARGET_TAGS = {"hardware", "id"}
 
 
@@ -256,6 +259,7 @@ class PlacementService:
             raise ValueError("the HTTP service needs a placer with a store")
         self.store: Store = placer.store
         self.learner = learner
+        self._token_digest = settings.token_digest  # read once (a token file too); never logged
         self.metrics = ServiceMetrics(self, replica)
         self.started_at = time.time()
         self._stop = threading.Event()
@@ -281,7 +285,7 @@ class PlacementService:
 
     # -- request plumbing -----------------------------------------------------------------
     def authorize(self, request: Request) -> None:
-        digest = self.settings.token_digest
+        digest = self._token_digest
         if digest is None:
             return
         header = request.headers.get("authorization", "")
@@ -316,7 +320,7 @@ class PlacementService:
     async def place(self, request: Request) -> Response:
         raw = await self.body(request)
         try:
-            req = PlacementRequest.model_validate_json(raw)
+            req = await _parse(PlacementRequest, raw)
         except ValidationError as exc:
             return _error(422, "invalid_request", validation_errors(exc))
         except ValueError as exc:  # a column-length mismatch raised outside pydantic's own checks
@@ -338,7 +342,7 @@ class PlacementService:
         self.authorize(request)
         raw = await self.body(request)
         try:
-            req = FeedbackRequest.model_validate_json(raw)
+            req = await _parse(FeedbackRequest, raw)
         except ValidationError as exc:
             return _error(422, "invalid_request", validation_errors(exc))
         try:
@@ -418,6 +422,13 @@ class PlacementService:
                 "uptime_s": round(time.time() - self.started_at, 3)}
 
 
+async def _parse(model: Any, raw: bytes) -> Any:
+    """``model.model_validate_json(raw)``; a large body in a worker thread, off the event loop."""
+    if len(raw) <= INLINE_MAX_BODY_BYTES:
+        return model.model_validate_json(raw)
+    return await asyncio.to_thread(model.model_validate_json, raw)
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
@@ -434,9 +445,12 @@ def _body_schema(model: type) -> dict[str, Any]:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
     for code, why in ((400, "unreadable request (e.g. a bad Content-Length)"), (401, "token missing or wrong"),
-                      (404, "unknown decision or version"), (409, "conflict"), (413, "body or batch too large"),
-                      (422, "invalid field (named in detail)"),
-                      (503, "the database cannot be written (disk full, read-only) or no learner in this app"))
+                      (403, "cross-site Origin"), (404, "unknown decision or version"),
+                      (408, "the body arrived too slowly"), (409, "conflict"), (413, "body or batch too large"),
+                      (415, "the body is not application/json"), (422, "invalid field (named in detail)"),
+                      (429, "too many bodies at once or placements too fast from this client"),
+                      (503, "the database cannot be written (disk full, read-only), too many bodies being received, "
+                       "or no learner in this app"))
 }
 _REPLAY_HEADER = {"Idempotent-Replayed": {"description": "true when this answer replays feedback already recorded",
                                           "schema": {"type": "string", "enum": ["true", "false"]}}}
@@ -530,6 +544,8 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(guard.Guard, limits=guard.GuardLimits.from_settings(service.settings))  # outermost
+    guard.install_header_timeout(service.settings.header_timeout_s)  # uvicorn in this process has none
     return app
 
 
@@ -577,6 +593,8 @@ def ray_env(settings: Settings) -> dict[str, str]:
         # no HAProxy in front, so a restarted replica may take its port back at once
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
         "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        # serve.guard around every HTTP server Ray starts, outside its request accounting
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.guard:ray_middlewares",
         "OMP_NUM_THREADS": str(settings.torch_threads),
         "OPENBLAS_NUM_THREADS": str(settings.torch_threads),
         "MKL_NUM_THREADS": str(settings.torch_threads),
@@ -671,9 +689,13 @@ def _deployments() -> tuple[Any, Any]:
             import ray
 
             self.service.node = ray.get_runtime_context().get_node_id()
+            self._limits = guard.GuardLimits.from_settings(self.settings)
+            guard.configure(self._limits)
 
         def __serve_build_asgi_app__(self) -> FastAPI:
-            return build_fastapi(self.service)
+            app = build_fastapi(self.service)
+            guard.configure(self._limits, app)  # /healthz and /metrics past Ray's max_ongoing_requests
+            return app
 
         def reconfigure(self, config: dict[str, Any]) -> None:
             self.service.reconfigure(config)
@@ -781,6 +803,9 @@ def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[
     free port when that one is still held. ``wait_s=None`` returns at once with the asked-for URL.
     The environment of :func:`ray_env` is set first: start Ray only through this function."""
     os.environ.update(ray_env(settings))
+    # Ray's processes inherit this process's environment: the token must not be in it (the
+    # replicas get its sha256, or read PLACEMENT_TOKEN_FILE themselves)
+    os.environ.pop("PLACEMENT_TOKEN", None)
     import ray
     from ray import serve
 
