@@ -79,7 +79,7 @@ from serve.schemas import (
     VersionInfo,
 )
 from serve.settings import Settings
-from serve.store import FeedbackConflict, StorageUnavailable, Store, iso
+from serve.store import FeedbackConflict, StorageUnavailable, Store, UnknownDecision, iso
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,7 @@ class PlacementService:
         if poll:
             self._poller = threading.Thread(target=self._poll, name="policy-poll", daemon=True)
             self._poller.start()
+            threading.Thread(target=self._retain, name="retention", daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
@@ -278,6 +279,16 @@ class PlacementService:
                 self.placer.refresh()
             except Exception:  # keep serving the current version; the next poll retries
                 log.exception("policy refresh failed; still serving %s", self.placer.version)
+
+    def _retain(self) -> None:
+        """Enforce the retention window for decisions without feedback (every replica; idempotent)."""
+        while not self._stop.wait(self.settings.retention_interval_s):
+            try:
+                deleted = self.store.prune_decisions(self.settings.retention_s, self.settings.retention_rows)
+                if deleted:
+                    log.info("retention: deleted %d decisions without feedback", deleted)
+            except Exception:  # a busy or full disk: the next round retries
+                log.exception("retention failed")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve ``user_config``: exploration_rate / explore_band change without a restart."""
@@ -349,6 +360,9 @@ class PlacementService:
             answer, replayed = self.placer.feedback(req)
         except FeedbackConflict as exc:
             return _error(409, "conflict", [{"field": "decision_id", "message": str(exc)}])
+        except UnknownDecision:  # deleted by retention between the check and the write
+            return _error(404, "not_found", [{"field": "decision_id", "message": f"no decision '{req.decision_id}' "
+                                              "(decisions without feedback are kept PLACEMENT_RETENTION_S)"}])
         return Response(answer, media_type="application/json", headers={"Idempotent-Replayed": "true" if replayed else "false"})
 
     async def policy(self, request: Request) -> Response:

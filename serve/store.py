@@ -609,6 +609,34 @@ class Store:
                 )
         return out
 
+    # -- retention -----------------------------------------------------------------------
+    def prune_decisions(self, max_age_s: float, max_rows: int, *, now: float | None = None) -> int:
+        """Delete stored decisions that got no feedback: those older than ``max_age_s``, then the
+        oldest beyond ``max_rows`` such decisions. A batch with any feedback is kept whole.
+        Returns the decisions deleted (also added to the ``retention_deleted_decisions`` meta count)."""
+        cutoff = (time.time() if now is None else now) - max_age_s
+        b, f = batches_t.c, feedback_t.c
+        no_feedback = ~sa.exists(sa.select(f.seq).where(f.batch_id == b.batch_id))
+        with self._tx() as conn:
+            old = conn.execute(sa.select(b.batch_id, b.n).where(b.created_at < cutoff, no_feedback)).all()
+            rest = conn.execute(sa.select(b.batch_id, b.n).where(b.created_at >= cutoff, no_feedback)
+                                .order_by(b.created_at.desc())).all()
+            kept, over = 0, []
+            for batch_id, n in rest:
+                kept += int(n)
+                if kept > max_rows:
+                    over.append((batch_id, int(n)))
+            doomed = [str(r[0]) for r in old] + [bid for bid, _ in over]
+            deleted = sum(int(r[1]) for r in old) + sum(n for _, n in over)
+            for i in range(0, len(doomed), 500):
+                conn.execute(sa.delete(batches_t).where(b.batch_id.in_(doomed[i:i + 500])))
+        if deleted:
+            self.set_meta("retention_deleted_decisions",
+                          str(int(self.get_meta("retention_deleted_decisions") or 0) + deleted))
+        for batch_id in doomed:
+            self._batch_cache.pop(batch_id, None)
+        return deleted
+
     # -- counts --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Decision and feedback counts (all replicas, all time)."""
@@ -750,23 +778,24 @@ class Store:
         first, and the rows that cannot be used as ``(decision_id, why)``: each stored row is read
         and checked on its own, so one that the current checks refuse (stored by an older
         version, or damaged) is skipped and reported, never fatal and never silent."""
-        sql = "SELECT seq, decision_id, outcome_json, other_json FROM feedback ORDER BY seq DESC"
-        with self._lock:
-            stored = self._conn.execute(sql + (" LIMIT ?" if limit is not None else ""),
-                                        (int(limit),) if limit is not None else ()).fetchall()
+        f = feedback_t.c
+        query = sa.select(f.seq, f.decision_id, f.outcome_json, f.other_json).order_by(f.seq.desc())
+        if limit is not None:
+            query = query.limit(int(limit))
         rows: list[dict[str, Any]] = []
         skipped: list[tuple[str, str]] = []
-        for _seq, decision_id, outcome_json, other_json in reversed(stored):
-            try:
-                batch_id, index = split_decision_id(decision_id)
-                with self._lock:
-                    decision = self._decision(batch_id, index)
-                runs = [ReportedOutcome.model_validate_json(outcome_json)]
-                if other_json is not None:
-                    runs.append(ReportedOutcome.model_validate_json(other_json))
-                rows.extend(run_row(decision, run) for run in runs)
-            except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
-                skipped.append((str(decision_id), " ".join(str(exc).split())[:300]))
+        with self._read() as conn:
+            stored = conn.execute(query).all()
+            for _seq, decision_id, outcome_json, other_json in reversed(stored):
+                try:
+                    batch_id, index = split_decision_id(decision_id)
+                    decision = self._decision(conn, batch_id, index)
+                    runs = [ReportedOutcome.model_validate_json(outcome_json)]
+                    if other_json is not None:
+                        runs.append(ReportedOutcome.model_validate_json(other_json))
+                    rows.extend(run_row(decision, run) for run in runs)
+                except (ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+                    skipped.append((str(decision_id), " ".join(str(exc).split())[:300]))
         return rows, skipped
 
     def feedback_trace_frame(self, limit: int | None = None) -> pd.DataFrame:
