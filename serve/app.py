@@ -470,6 +470,36 @@ _REPLAY_HEADER = {"Idempotent-Replayed": {"description": "true when this answer 
                                           "schema": {"type": "string", "enum": ["true", "false"]}}}
 
 
+_LINKS = {
+    # (path, method) of the answering operation -> (link name, target path, target method, link fields)
+    ("/v1/placements", "post"): [("feedback", "/v1/feedback", "post",
+                                  {"requestBody": {"decision_id": "$response.body#/decisions/0/decision_id"}}),
+                                 ("feedback_columns", "/v1/feedback", "post",
+                                  {"requestBody": {"decision_id": "$response.body#/columns/decision_id/0"}}),
+                                 ("feedback_failed_run", "/v1/feedback", "post", {"requestBody": {
+                                     "decision_id": "$response.body#/decisions/0/decision_id",
+                                     "outcome": {"device": "$response.body#/decisions/0/device", "feasible": False,
+                                                 "infeasible_reason": "oom"}}})],
+    ("/v1/feedback", "post"): [("update", "/v1/policy/update", "post", {})],
+    ("/v1/policy/update", "post"): [("policy", "/v1/policy", "get", {}),
+                                    ("rollback", "/v1/policy/rollback", "post", {})],
+}
+
+
+def _add_links(schema: dict[str, Any]) -> None:
+    """OpenAPI links of the workflow (a placement's decision_id -> feedback -> update -> policy):
+    clients and stateful API testers (schemathesis) follow them."""
+    paths = schema.get("paths", {})
+    for (path, method), links in _LINKS.items():
+        ok = paths.get(path, {}).get(method, {}).get("responses", {}).get("200")
+        if ok is None:
+            continue
+        for name, target, target_method, fields in links:
+            op_id = paths.get(target, {}).get(target_method, {}).get("operationId")
+            if op_id:
+                ok.setdefault("links", {})[name] = {"operationId": op_id, **fields}
+
+
 def build_fastapi(service: PlacementService, *, title: str = "placement") -> FastAPI:
     """The HTTP API around ``service`` (used by the Ray ingress and by the plain benchmark app)."""
     app = FastAPI(
@@ -554,6 +584,7 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
         _, defs = models_json_schema([(m, "validation") for m in (PlacementRequest, FeedbackRequest, RollbackRequest)],
                                      ref_template="#/components/schemas/{model}")
         schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        _add_links(schema)
         app.openapi_schema = schema
         return schema
 

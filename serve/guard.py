@@ -63,7 +63,7 @@ class GuardLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 15.0
     max_body_reads_per_client: int = 8
-    max_body_reads: int = 256
+    max_body_reads: int = 4096
     allowed_origins: frozenset[str] = frozenset()
     placements_per_client_per_s: float = 0.0
     placement_burst: int = 20

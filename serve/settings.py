@@ -183,7 +183,7 @@ class Settings(BaseSettings):
                                   description="A request body must arrive whole within this time (else 408).")
     max_body_reads_per_client: int = Field(8, ge=1, le=100_000,
                                            description="Request bodies one client address may be sending at once (429).")
-    max_body_reads: int = Field(256, ge=1, le=1_000_000, description="Request bodies being received at once, all clients (503).")
+    max_body_reads: int = Field(4096, ge=1, le=1_000_000, description="Request bodies being received at once, all clients (503).")
     allowed_origins: str = Field("", max_length=10_000,
                                  description="Comma-separated browser origins (https://host:port) allowed to call "
                                  "mutating routes besides the service's own; any other Origin gets 403.")
