@@ -21,7 +21,11 @@ set, and it must be set to bind a non-loopback address.
 
 Every bad input is a 4xx whose body names the field (:class:`serve.schemas.ErrorResponse`):
 422 for invalid values, 413 for an oversized body or batch, 404 for an unknown decision, 409
-for conflicting feedback, 401 for a missing token.
+for conflicting feedback, 401 for a missing token. Before any parsing, :mod:`serve.guard`
+refuses what a hostile or broken client sends: 415 for a body that is not JSON, 403 for a
+cross-site ``Origin`` on a mutating route, 413 from ``Content-Length``, 408 for a body sent too
+slowly, 429 for too many bodies at once (or placements too fast) from one client; it also
+answers ``/healthz`` and ``/metrics`` past Ray's ``max_ongoing_requests``.
 
 :func:`build_fastapi` makes the app around a :class:`PlacementService`; the Ray Serve
 deployment :class:`PlacementIngress` builds one per replica (``__serve_build_asgi_app__``),

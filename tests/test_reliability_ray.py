@@ -110,7 +110,9 @@ def test_slow_client_flood_through_ray(default_app):
     thread, stats, ready = slow_flood(default_app.port, n, duration_s=12.0)
     assert ready.wait(30), f"only {stats.open_now} of {n} slow connections opened"
     seen = probe(default_app.url, 8.0, address="127.0.0.2")
+    metrics = httpx.get(f"{default_app.url}/metrics", timeout=10)  # the flood is still on
     thread.join(60)
+    assert metrics.status_code == 200 and "placement_decisions_total" in metrics.text
     health = np.asarray(seen.health_s)
     print(f"\n{n} slow connections (min open {stats.open_min}): /healthz n={len(health)} p50 "
           f"{np.quantile(health, 0.5) * 1000:.1f} ms p99 {np.quantile(health, 0.99) * 1000:.1f} ms, statuses "
