@@ -226,13 +226,8 @@ def fuzz_stateless(url: str, headers: dict[str, str], *, per_operation: int, see
     """schemathesis, stateless: for every operation of the schema, ``per_operation`` positive and
     (where it has inputs) ``per_operation`` negative cases, seeded. Statuses counted; a failed
     conformance check is recorded in ``failures`` (not raised), a 5xx counted like any status."""
-    import hashlib
-
     import requests
     import schemathesis
-    from hypothesis import HealthCheck, Phase, given
-    from hypothesis import seed as hseed
-    from hypothesis import settings as hsettings
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
@@ -253,20 +248,31 @@ def fuzz_stateless(url: str, headers: dict[str, str], *, per_operation: int, see
                 continue
             checks = base_checks + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
             key = f"{op.method.upper()} {op.path} {mode.value} {seed}"
-
-            @hseed(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16))
-            @hsettings(max_examples=per_operation, derandomize=False, deadline=None, database=None,
-                       phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-            @given(case=op.as_strategy(generation_mode=mode))
-            def run(case: Any, checks: list = checks, key: str = key) -> None:
-                response = case.call(headers=headers, session=session, timeout=120)
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-                try:
-                    case.validate_response(response, checks=checks, headers=headers)
-                except Exception as exc:  # recorded, and the run goes on
-                    if failures is not None:
-                        failures.append(f"{key}: {response.status_code}: {str(exc).splitlines()[0][:200]}")
-
-            run()
+            _run_cases(op.as_strategy(generation_mode=mode), per_operation, key, checks, headers, session, statuses,
+                       failures)
     session.close()
     return statuses
+
+
+def _run_cases(strategy: Any, budget: int, key: str, checks: list, headers: dict[str, str], session: Any,
+               statuses: dict[int, int], failures: list[str] | None) -> None:
+    import hashlib
+
+    from hypothesis import HealthCheck, Phase, given
+    from hypothesis import seed as hseed
+    from hypothesis import settings as hsettings
+
+    @hseed(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16))
+    @hsettings(max_examples=budget, derandomize=False, deadline=None, database=None,
+               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        response = case.call(headers=headers, session=session, timeout=120)
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        try:
+            case.validate_response(response, checks=checks, headers=headers)
+        except Exception as exc:  # recorded, and the run goes on
+            if failures is not None:
+                failures.append(f"{key}: {response.status_code}: {str(exc).splitlines()[0][:200]}")
+
+    run()
