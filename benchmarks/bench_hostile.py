@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -105,10 +106,12 @@ def main() -> None:
             print("big body:", out["big_body"], flush=True)
         if "flood" not in args.skip:
             rss0 = _listener_rss(service, port)
+            load0 = os.getloadavg()
             thread, stats, ready = slow_flood(port, args.slow, duration_s=args.flood_s + 15)
             opened = ready.wait(60)
             seen = probe(settings_url(settings), args.flood_s, address="127.0.0.2")
             rss1 = _listener_rss(service, port)
+            load1 = os.getloadavg()
             thread.join(120)
             out["slow_flood"] = {
                 "slow_connections": args.slow, "all_opened": opened, "open_min_during_probe": stats.open_min,
@@ -119,6 +122,7 @@ def main() -> None:
                 "healthz_ms_max": max(seen.health_s) * 1000, "placements_n": len(seen.place_s),
                 "placement_statuses": seen.place_status, "placement_ms_p50": _q(seen.place_s, 0.5),
                 "placement_ms_p99": _q(seen.place_s, 0.99), "replica_rss_mib_before": rss0, "replica_rss_mib_during": rss1,
+                "host_load_avg_1_5_15_before": load0, "host_load_avg_1_5_15_after": load1,
             }
             print("slow flood:", out["slow_flood"], flush=True)
         if "fuzz" not in args.skip:
