@@ -10,6 +10,8 @@ printed, never fatal.
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
@@ -66,7 +68,7 @@ def _bad_store(tmp_path, example_job):
     store.record_feedback(batch.decision_id(0), "a", "{}", _gpu_run(example_job), cpu)
     store.record_feedback(batch.decision_id(1), "b", "{}", _gpu_run(example_job), None)
     store.record_feedback(batch.decision_id(2), "c", "{}", _gpu_run(example_job), None)
-    with store._tx() as conn:  # what the unchecked service stored
+    with sqlite3.connect(tmp_path / "p.db") as conn:  # what the unchecked service stored
         conn.execute("UPDATE feedback SET outcome_json=? WHERE decision_id=?",
                      ('{"device":"gpu","n_samples":64,"time_total_s":5e-324}', batch.decision_id(1)))
     return store, batch
