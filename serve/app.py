@@ -738,7 +738,7 @@ def _deployments() -> tuple[Any, Any]:
             import ray
 
             self.service.node = ray.get_runtime_context().get_node_id()
-            self._limits = guard.GuardLimits.from_settings(self.settings)
+            self._limits = guard.GuardLimits.from_settings(self.settings, behind_proxy=uses_haproxy(self.settings))
             guard.configure(self._limits)
 
         def __serve_build_asgi_app__(self) -> FastAPI:

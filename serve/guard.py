@@ -69,12 +69,17 @@ class GuardLimits:
     placement_burst: int = 20
 
     @classmethod
-    def from_settings(cls, settings: Any) -> GuardLimits:
+    def from_settings(cls, settings: Any, *, behind_proxy: bool = False) -> GuardLimits:
+        """The settings' limits. ``behind_proxy``: every connection comes from the proxy (Ray's
+        HAProxy adds no X-Forwarded-For), so per-client limits cannot tell clients apart: the
+        per-client body cap becomes the total one and the per-client rate limit is off (set
+        them in the proxy)."""
         origins = frozenset(o.strip().rstrip("/") for o in str(settings.allowed_origins or "").split(",") if o.strip())
+        per_client = settings.max_body_reads if behind_proxy else settings.max_body_reads_per_client
         return cls(max_body_bytes=settings.max_body_bytes, header_timeout_s=settings.header_timeout_s,
-                   body_timeout_s=settings.body_timeout_s, max_body_reads_per_client=settings.max_body_reads_per_client,
+                   body_timeout_s=settings.body_timeout_s, max_body_reads_per_client=per_client,
                    max_body_reads=settings.max_body_reads, allowed_origins=origins,
-                   placements_per_client_per_s=settings.placements_per_client_per_s,
+                   placements_per_client_per_s=0.0 if behind_proxy else settings.placements_per_client_per_s,
                    placement_burst=settings.placement_burst)
 
 
