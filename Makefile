@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck pytest clean-venv model bench-decide bench soak evaluation-report newcomer
+.PHONY: setup run test lint typecheck pytest clean-venv model bench-decide bench soak evaluation-report newcomer reliability
 
 # CPU torch, never CUDA: constraints.txt pins the CPU build (torch==X+cpu), which only the PyTorch CPU index (or a
 # local wheel) has, so pip fails rather than fetch CUDA wheels. The index is added when it answers within 5 s (an
@@ -68,6 +68,10 @@ bench: setup
 # SIGKILL, full and read-only disks, damaged artifacts, poisoned feedback) and the OpenAPI fuzzing
 soak: setup
 	$(PY) -m pytest -s -p no:cacheprovider tests/test_load_faults.py tests/test_openapi_fuzz.py
+
+# hostile clients and whole-service SIGKILL on a private Ray cluster (docs/reliability.md; loopback only, ~20 min)
+reliability: setup
+	$(PY) benchmarks/bench_hostile.py --per-operation 800 --scenarios 800 --out results/reliability/bench_hostile.json
 
 evaluation-report: setup  # docs/evaluation.md and docs/figures/ (held-out Table 5, warm vs cold PPO curves)
 	$(PY) -m agents.report

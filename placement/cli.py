@@ -591,10 +591,15 @@ def export_feedback(
     try:
         with Store.from_settings(settings) as store:
             path, sha = store.export_trace(out, seed=settings.seed, thresholds=settings.thresholds, limit=limit)
+            quarantined = store.last_export_quarantined
     except (StoreError, ValueError, OSError) as exc:
         _fail(str(exc))
         return
     console.print(f"wrote {path} (sha256 {sha[:12]})")
+    if quarantined:
+        reasons = ", ".join(f"{why}: {n}" for why, n in sorted(quarantined.items()))
+        console.print(f"left out {sum(quarantined.values())} quarantined stored feedback rows that cannot be used "
+                      f"({reasons}; counted in the trace's metadata)")
 
 
 def _json_arg(value: str, what: str) -> object:

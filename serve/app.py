@@ -22,7 +22,11 @@ set, and it must be set to bind a non-loopback address.
 
 Every bad input is a 4xx whose body names the field (:class:`serve.schemas.ErrorResponse`):
 422 for invalid values, 413 for an oversized body or batch, 404 for an unknown decision, 409
-for conflicting feedback, 401 for a missing token.
+for conflicting feedback, 401 for a missing token. Before any parsing, :mod:`serve.guard`
+refuses what a hostile or broken client sends: 415 for a body that is not JSON, 403 for a
+cross-site ``Origin`` on a mutating route, 413 from ``Content-Length``, 408 for a body sent too
+slowly, 429 for too many bodies at once (or placements too fast) from one client; it also
+answers ``/healthz`` and ``/metrics`` past Ray's ``max_ongoing_requests``.
 
 :func:`build_fastapi` makes the app around a :class:`PlacementService`; the Ray Serve
 deployment :class:`PlacementIngress` builds one per replica (``__serve_build_asgi_app__``),
@@ -62,6 +66,7 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
+from serve import guard
 from serve.docs import mount_docs
 from serve.examples import REQUEST_EXAMPLES
 from serve.learner import learner_fields, pin_version, release_pin
@@ -80,13 +85,15 @@ from serve.schemas import (
     VersionInfo,
 )
 from serve.settings import Settings
-from serve.store import FeedbackConflict, StorageUnavailable, Store, iso
+from serve.store import FeedbackConflict, StorageUnavailable, Store, UnknownDecision, iso
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "placement"
 INLINE_MAX_JOBS = 256
 """Batches up to this size are decided on the event loop; larger ones in a worker thread."""
+INLINE_MAX_BODY_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop; larger ones in a worker thread."""
 _TARGET_TAGS = {"hardware", "id"}
 
 
@@ -258,6 +265,7 @@ class PlacementService:
             raise ValueError("the HTTP service needs a placer with a store")
         self.store: Store = placer.store
         self.learner = learner
+        self._token_digest = settings.token_digest  # read once (a token file too); never logged
         self.metrics = ServiceMetrics(self, replica)
         self.started_at = time.time()
         self._stop = threading.Event()
@@ -265,6 +273,7 @@ class PlacementService:
         if poll:
             self._poller = threading.Thread(target=self._poll, name="policy-poll", daemon=True)
             self._poller.start()
+            threading.Thread(target=self._retain, name="retention", daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
@@ -277,13 +286,23 @@ class PlacementService:
             except Exception:  # keep serving the current version; the next poll retries
                 log.exception("policy refresh failed; still serving %s", self.placer.version)
 
+    def _retain(self) -> None:
+        """Enforce the retention window for decisions without feedback (every replica; idempotent)."""
+        while not self._stop.wait(self.settings.retention_interval_s):
+            try:
+                deleted = self.store.prune_decisions(self.settings.retention_s, self.settings.retention_rows)
+                if deleted:
+                    log.info("retention: deleted %d decisions without feedback", deleted)
+            except Exception:  # a busy or full disk: the next round retries
+                log.exception("retention failed")
+
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve ``user_config``: exploration_rate / explore_band change without a restart."""
         self.placer.set_exploration(config.get("exploration_rate"), config.get("explore_band"))
 
     # -- request plumbing -----------------------------------------------------------------
     def authorize(self, request: Request) -> None:
-        digest = self.settings.token_digest
+        digest = self._token_digest
         if digest is None:
             return
         header = request.headers.get("authorization", "")
@@ -318,7 +337,7 @@ class PlacementService:
     async def place(self, request: Request) -> Response:
         raw = await self.body(request)
         try:
-            req = PlacementRequest.model_validate_json(raw)
+            req = await _parse(PlacementRequest, raw)
         except ValidationError as exc:
             return _error(422, "invalid_request", validation_errors(exc))
         except ValueError as exc:  # a column-length mismatch raised outside pydantic's own checks
@@ -340,13 +359,16 @@ class PlacementService:
         self.authorize(request)
         raw = await self.body(request)
         try:
-            req = FeedbackRequest.model_validate_json(raw)
+            req = await _parse(FeedbackRequest, raw)
         except ValidationError as exc:
             return _error(422, "invalid_request", validation_errors(exc))
         try:
             answer, replayed = self.placer.feedback(req)
         except FeedbackConflict as exc:
             return _error(409, "conflict", [{"field": "decision_id", "message": str(exc)}])
+        except UnknownDecision:  # deleted by retention between the check and the write
+            return _error(404, "not_found", [{"field": "decision_id", "message": f"no decision '{req.decision_id}' "
+                                              "(decisions without feedback are kept PLACEMENT_RETENTION_S)"}])
         return Response(answer, media_type="application/json", headers={"Idempotent-Replayed": "true" if replayed else "false"})
 
     async def policy(self, request: Request) -> Response:
@@ -429,6 +451,13 @@ class PlacementService:
                 "uptime_s": round(time.time() - self.started_at, 3)}
 
 
+async def _parse(model: Any, raw: bytes) -> Any:
+    """``model.model_validate_json(raw)``; a large body in a worker thread, off the event loop."""
+    if len(raw) <= INLINE_MAX_BODY_BYTES:
+        return model.model_validate_json(raw)
+    return await asyncio.to_thread(model.model_validate_json, raw)
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
@@ -445,12 +474,45 @@ def _body_schema(model: type) -> dict[str, Any]:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": why}
     for code, why in ((400, "unreadable request (e.g. a bad Content-Length)"), (401, "token missing or wrong"),
-                      (404, "unknown decision or version"), (409, "conflict"), (413, "body or batch too large"),
-                      (422, "invalid field (named in detail)"),
-                      (503, "the database cannot be written (disk full, read-only) or no learner in this app"))
+                      (403, "cross-site Origin"), (404, "unknown decision or version"),
+                      (408, "the body arrived too slowly"), (409, "conflict"), (413, "body or batch too large"),
+                      (415, "the body is not application/json"), (422, "invalid field (named in detail)"),
+                      (429, "too many bodies at once or placements too fast from this client"),
+                      (503, "the database cannot be written (disk full, read-only), too many bodies being received, "
+                       "or no learner in this app"))
 }
 _REPLAY_HEADER = {"Idempotent-Replayed": {"description": "true when this answer replays feedback already recorded",
                                           "schema": {"type": "string", "enum": ["true", "false"]}}}
+
+
+_LINKS: dict[tuple[str, str], list[tuple[str, str, str, dict[str, Any]]]] = {
+    # (path, method) of the answering operation -> (link name, target path, target method, link fields)
+    ("/v1/placements", "post"): [("feedback", "/v1/feedback", "post",
+                                  {"requestBody": {"decision_id": "$response.body#/decisions/0/decision_id"}}),
+                                 ("feedback_columns", "/v1/feedback", "post",
+                                  {"requestBody": {"decision_id": "$response.body#/columns/decision_id/0"}}),
+                                 ("feedback_failed_run", "/v1/feedback", "post", {"requestBody": {
+                                     "decision_id": "$response.body#/decisions/0/decision_id",
+                                     "outcome": {"device": "$response.body#/decisions/0/device", "feasible": False,
+                                                 "infeasible_reason": "oom"}}})],
+    ("/v1/feedback", "post"): [("update", "/v1/policy/update", "post", {})],
+    ("/v1/policy/update", "post"): [("policy", "/v1/policy", "get", {}),
+                                    ("rollback", "/v1/policy/rollback", "post", {})],
+}
+
+
+def _add_links(schema: dict[str, Any]) -> None:
+    """OpenAPI links of the workflow (a placement's decision_id -> feedback -> update -> policy):
+    clients and stateful API testers (schemathesis) follow them."""
+    paths = schema.get("paths", {})
+    for (path, method), links in _LINKS.items():
+        ok = paths.get(path, {}).get(method, {}).get("responses", {}).get("200")
+        if ok is None:
+            continue
+        for name, target, target_method, fields in links:
+            op_id = paths.get(target, {}).get(target_method, {}).get("operationId")
+            if op_id:
+                ok.setdefault("links", {})[name] = {"operationId": op_id, **fields}
 
 
 def build_fastapi(service: PlacementService, *, title: str = "placement") -> FastAPI:
@@ -542,10 +604,13 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
         _, defs = models_json_schema([(m, "validation") for m in (PlacementRequest, FeedbackRequest, RollbackRequest)],
                                      ref_template="#/components/schemas/{model}")
         schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        _add_links(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(guard.Guard, limits=guard.GuardLimits.from_settings(service.settings))  # outermost
+    guard.install_header_timeout(service.settings.header_timeout_s)  # uvicorn in this process has none
     return app
 
 
@@ -593,6 +658,8 @@ def ray_env(settings: Settings) -> dict[str, str]:
         # no HAProxy in front, so a restarted replica may take its port back at once
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
         "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        # serve.guard around every HTTP server Ray starts, outside its request accounting
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.guard:ray_middlewares",
         "OMP_NUM_THREADS": str(settings.torch_threads),
         "OPENBLAS_NUM_THREADS": str(settings.torch_threads),
         "MKL_NUM_THREADS": str(settings.torch_threads),
@@ -687,9 +754,13 @@ def _deployments() -> tuple[Any, Any]:
             import ray
 
             self.service.node = ray.get_runtime_context().get_node_id()
+            self._limits = guard.GuardLimits.from_settings(self.settings, behind_proxy=uses_haproxy(self.settings))
+            guard.configure(self._limits)
 
         def __serve_build_asgi_app__(self) -> FastAPI:
-            return build_fastapi(self.service)
+            app = build_fastapi(self.service)
+            guard.configure(self._limits, app)  # /healthz and /metrics past Ray's max_ongoing_requests
+            return app
 
         def reconfigure(self, config: dict[str, Any]) -> None:
             self.service.reconfigure(config)
@@ -797,6 +868,9 @@ def start(settings: Settings, *, num_cpus: int | None = None, user_config: dict[
     free port when that one is still held. ``wait_s=None`` returns at once with the asked-for URL.
     The environment of :func:`ray_env` is set first: start Ray only through this function."""
     os.environ.update(ray_env(settings))
+    # Ray's processes inherit this process's environment: the token must not be in it (the
+    # replicas get its sha256, or read PLACEMENT_TOKEN_FILE themselves)
+    os.environ.pop("PLACEMENT_TOKEN", None)
     import ray
     from ray import serve
 

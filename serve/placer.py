@@ -87,6 +87,7 @@ from serve.schemas import (
     PlacementResponse,
     ReportedOutcome,
     column_length,
+    measured_ratios,
 )
 from serve.settings import Settings
 from serve.store import DecisionBatch, Store, UnknownDecision, iso
@@ -749,17 +750,11 @@ class Placer:
         observed = [request.outcome.device] + ([request.other_outcome.device] if request.other_outcome else [])
         speedup = ratio = None
         method = None
-        both = request.other_outcome
-        if both is not None and request.outcome.feasible and both.feasible:
-            runs: dict[str, ReportedOutcome] = {str(request.outcome.device): request.outcome, str(both.device): both}
-            cpu, gpu = runs["cpu"].device_outcome(), runs["gpu"].device_outcome()
-            speedup = cpu.time_per_sample_s / gpu.time_per_sample_s
-            e_cpu, e_gpu = cpu.energy_per_sample_j, gpu.energy_per_sample_j
-            if math.isfinite(e_cpu) and math.isfinite(e_gpu) and e_cpu > 0:
-                ratio = e_gpu / e_cpu
-                from placement.outcome import combine_methods
-
-                method = combine_methods(cpu.energy_method, gpu.energy_method)
+        if request.other_outcome is not None:
+            try:
+                speedup, ratio, method = measured_ratios(request.outcome, request.other_outcome)
+            except ValueError as exc:  # the request model refuses these first; a record built in code may not
+                raise InputError("other_outcome", str(exc)) from None
         return FeedbackResponse(
             decision_id=request.decision_id, recorded_at=iso(time.time()), device=Device(device),
             observed_devices=[Device(d) for d in observed], measured_speedup=speedup, measured_energy_ratio=ratio,

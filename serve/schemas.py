@@ -22,7 +22,9 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     create_model,
+    field_validator,
     model_validator,
 )
 
@@ -43,6 +45,25 @@ DECISION_ID_PATTERN = r"^[0-9a-f]{32}-[0-9]{1,7}$"
 LOCAL_TARGET = "local"
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+MAX_POWER_W = 1e5
+"""Upper bound of an average power, given (``avg_*_power_w``) or implied (``energy_j / time_total_s``)."""
+MIN_TIME_PER_SAMPLE_S = 1e-12
+"""Lower bound of a per-sample time (a picosecond): below it the inverse and the ratios overflow."""
+
+
+def check_derived(what: str, value: float, fix: str, *, allow_zero: bool = False, upper: float | None = None,
+                  lower: float | None = None) -> None:
+    """Raise ``ValueError`` naming ``what`` and ``fix`` unless ``value`` is finite, positive
+    (or zero with ``allow_zero``) and at most ``upper``: what a reported figure implies
+    must itself be a usable number (no inf, NaN or underflow to 0 in a later division)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{what} is {value}, not a finite number: {fix}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{what} is {value:g}; it must be positive: {fix}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{what} is {value:g}, above the bound of {upper:g}: {fix}")
+    if lower is not None and value < lower:
+        raise ValueError(f"{what} is {value:g}, below the bound of {lower:g}: {fix}")
 
 
 def _target_tag(value: Any) -> str:
@@ -253,6 +274,29 @@ class ReportedOutcome(Record):
     cpu_cores: int | None = Field(default=None, ge=1, le=4096, description="Cores used, if not the decision's.")
     gpu_mem_cap_mib: int | None = Field(default=None, ge=1, le=10**8, description="Cap used in MiB, if not the decision's.")
 
+    @field_validator("time_total_s")
+    @classmethod
+    def _time_per_sample(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """What the time implies: the per-sample time ``time_total_s / n_samples`` must be a
+        positive finite number (5e-324 s over 64 samples rounds to 0 s per sample)."""
+        n = info.data.get("n_samples")
+        if value is not None and n is not None:
+            check_derived("time_total_s / n_samples (s per sample)", value / n,
+                          "give time_total_s in seconds for all n_samples samples", lower=MIN_TIME_PER_SAMPLE_S)
+        return value
+
+    @field_validator("energy_j")
+    @classmethod
+    def _power(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """What the energy implies: the average power ``energy_j / time_total_s`` must be a
+        finite number of at most :data:`MAX_POWER_W` (1e15 J in 1e-300 s is not a run)."""
+        t = info.data.get("time_total_s")
+        if value is not None and t is not None:
+            check_derived("energy_j / time_total_s (average W)", value / t,
+                          "give energy_j in joules for the whole run of time_total_s seconds", allow_zero=True,
+                          upper=MAX_POWER_W)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ReportedOutcome:
         if self.feasible:
@@ -332,6 +376,37 @@ class FeedbackRequest(Record):
         if self.other_outcome is not None and self.other_outcome.device == self.outcome.device:
             raise ValueError("other_outcome must be the other device's run (its device equals outcome.device)")
         return self
+
+    @field_validator("other_outcome")
+    @classmethod
+    def _ratios(cls, value: ReportedOutcome | None, info: ValidationInfo) -> ReportedOutcome | None:
+        outcome = info.data.get("outcome")
+        if value is not None and outcome is not None and value.device != outcome.device:
+            measured_ratios(outcome, value)  # raises when the pair implies no usable ratio
+        return value
+
+
+def measured_ratios(outcome: ReportedOutcome, other: ReportedOutcome) -> tuple[float | None, float | None, str | None]:
+    """``(speedup, energy_ratio, energy_method)`` implied by runs on both devices: T_cpu / T_gpu per
+    sample and GPU/CPU per-sample energy (eq. 2). None where a run failed or energy is unknown.
+    Raises ``ValueError`` naming the fields when a ratio is not a positive finite number (each run
+    valid on its own, but e.g. 1e-300 s per sample against 1 s overflows)."""
+    if not (outcome.feasible and other.feasible):
+        return None, None, None
+    runs = {str(outcome.device): outcome, str(other.device): other}
+    cpu, gpu = runs[Device.CPU.value].device_outcome(), runs[Device.GPU.value].device_outcome()
+    fix = "the two runs' per-sample times (time_total_s / n_samples) differ by too much to be real: check units"
+    check_derived("the measured speedup (CPU s per sample / GPU s per sample)",
+                  cpu.time_per_sample_s / gpu.time_per_sample_s, fix)
+    e_cpu, e_gpu = cpu.energy_per_sample_j, gpu.energy_per_sample_j
+    if not (math.isfinite(e_cpu) and math.isfinite(e_gpu) and e_cpu > 0):
+        return cpu.time_per_sample_s / gpu.time_per_sample_s, None, None
+    ratio = e_gpu / e_cpu
+    check_derived("the measured energy ratio (GPU J per sample / CPU J per sample)", ratio,
+                  "the two runs' per-sample energies differ by too much to be real: check units", allow_zero=True)
+    from placement.outcome import combine_methods
+
+    return cpu.time_per_sample_s / gpu.time_per_sample_s, ratio, combine_methods(cpu.energy_method, gpu.energy_method)
 
 
 class FeedbackResponse(BaseModel):

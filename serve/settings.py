@@ -37,7 +37,7 @@ from placement.threshold import MissingPower, Thresholds
 ENV_PREFIX = "PLACEMENT_"
 ENV_FILE = ".env"
 """Read from the working directory when present; the process environment wins over it."""
-EMPTY_IS_UNSET = ("token", "db_path", "model_path", "db_url")
+EMPTY_IS_UNSET = ("token", "db_path", "model_path", "db_url", "token_file")
 """Optional settings where an empty variable (``PLACEMENT_TOKEN=``) means "not set"."""
 MAX_EXPLORATION_RATE = 0.2
 """Hard upper bound on the exploration rate: at most one decision in five may explore."""
@@ -100,6 +100,26 @@ class _PlacementDotEnv(DotEnvSettingsSource):
         return _settings_vars(super()._load_env_vars(), self.settings_cls.model_fields)
 
 
+def read_token_file(path: Path) -> str:
+    """The bearer token in ``path`` (surrounding whitespace stripped). The file must belong to
+    this user and be readable by no one else (mode 0600 or 0400); raises :class:`SettingsError`
+    naming the file and the fix (never the token)."""
+    try:
+        st = os.stat(path)
+        if st.st_uid != os.geteuid():
+            raise SettingsError(f"PLACEMENT_TOKEN_FILE {path}: owned by uid {st.st_uid}, not the service user "
+                                f"({os.geteuid()}): chown it")
+        if st.st_mode & 0o077:
+            raise SettingsError(f"PLACEMENT_TOKEN_FILE {path}: mode {st.st_mode & 0o777:o} lets others read it: "
+                                f"chmod 600 {path}")
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"PLACEMENT_TOKEN_FILE {path}: cannot be read ({exc.strerror})") from None
+    if len(token) < 16:
+        raise SettingsError(f"PLACEMENT_TOKEN_FILE {path}: the token must have at least 16 characters")
+    return token
+
+
 class Settings(BaseSettings):
     """All service settings. See the module docstring for how they are set."""
 
@@ -160,9 +180,38 @@ class Settings(BaseSettings):
     learner_num_cpus: float = Field(0.5, gt=0, le=64)
     max_ongoing_requests: int = Field(64, ge=1, le=100_000)
 
+    # --- hostile clients (serve.guard): limits applied before any parsing ------------------
+    header_timeout_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False,
+                                    description="A connection's request headers must arrive within this time.")
+    body_timeout_s: float = Field(15.0, gt=0, le=3600, allow_inf_nan=False,
+                                  description="A request body must arrive whole within this time (else 408).")
+    max_body_reads_per_client: int = Field(8, ge=1, le=100_000,
+                                           description="Request bodies one client address may be sending at once (429).")
+    max_body_reads: int = Field(4096, ge=1, le=1_000_000, description="Request bodies being received at once, all clients (503).")
+    allowed_origins: str = Field("", max_length=10_000,
+                                 description="Comma-separated browser origins (https://host:port) allowed to call "
+                                 "mutating routes besides the service's own; any other Origin gets 403.")
+    placements_per_client_per_s: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False,
+                                               description="Placement requests per second per client address "
+                                               "(token bucket; 0: no limit).")
+    placement_burst: int = Field(20, ge=1, le=1_000_000, description="Placement requests a client may send at once "
+                                 "before placements_per_client_per_s applies.")
+    token_file: Path | None = Field(None, description="File holding the bearer token (mode 0600, owned by the service "
+                                    "user): replicas read it; the token never enters their environment.")
+
+    # --- retention of decisions that got no feedback ---------------------------------------
+    retention_s: float = Field(30 * 86_400.0, gt=0, le=10 * 365 * 86_400.0, allow_inf_nan=False,
+                               description="Decisions without feedback older than this are deleted.")
+    retention_rows: int = Field(10_000_000, ge=1000, le=10**10,
+                                description="At most this many decisions without feedback are kept (oldest deleted first).")
+    retention_interval_s: float = Field(600.0, gt=0, le=86_400, allow_inf_nan=False,
+                                        description="How often a replica enforces the retention window.")
+
     @model_validator(mode="after")
     def _secure_bind(self) -> Settings:
-        if not is_loopback(self.host) and not (self.token or self.token_sha256):
+        if self.token_file is not None:
+            read_token_file(self.token_file)  # raises naming the file and the fix
+        if not is_loopback(self.host) and not (self.token or self.token_sha256 or self.token_file):
             raise ValueError(
                 f"host '{self.host}' is not a loopback address: set PLACEMENT_TOKEN (>= 16 characters) so "
                 "feedback and policy routes need a bearer token, or bind 127.0.0.1"
@@ -189,13 +238,15 @@ class Settings(BaseSettings):
         """sha256 (hex) of the bearer token, or None when no token is configured."""
         if self.token:
             return hashlib.sha256(self.token.encode()).hexdigest()
+        if self.token_file is not None:
+            return hashlib.sha256(read_token_file(self.token_file).encode()).hexdigest()
         return self.token_sha256
 
     def for_replicas(self) -> dict[str, Any]:
         """Settings to hand to Ray deployments: JSON-safe, the token replaced by its sha256
         (the secret stays in the launching process; replicas compare digests)."""
         data = self.model_dump(mode="json")
-        data["token_sha256"] = self.token_digest
+        data["token_sha256"] = None if self.token_file is not None else self.token_digest  # replicas read the file
         data["token"] = None
         return data
 

@@ -437,6 +437,8 @@ class Store:
         self._known_targets: set[str] = set()
         self._target_cache: dict[str, HardwareTarget] = {}
         self._batch_cache: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.last_export_quarantined: dict[str, int] = {}
+        """Stored feedback rows the last :meth:`export_trace` left out, counted by reason."""
 
     # -- plumbing ---------------------------------------------------------------------
     def _connection(self, kind: str = "write") -> Connection:
@@ -665,6 +667,34 @@ class Store:
                     skipped.append((int(seq), str(decision_id), f"{type(exc).__name__}: {exc}"))
         return out
 
+    # -- retention -----------------------------------------------------------------------
+    def prune_decisions(self, max_age_s: float, max_rows: int, *, now: float | None = None) -> int:
+        """Delete stored decisions that got no feedback: those older than ``max_age_s``, then the
+        oldest beyond ``max_rows`` such decisions. A batch with any feedback is kept whole.
+        Returns the decisions deleted (also added to the ``retention_deleted_decisions`` meta count)."""
+        cutoff = (time.time() if now is None else now) - max_age_s
+        b, f = batches_t.c, feedback_t.c
+        no_feedback = ~sa.exists(sa.select(f.seq).where(f.batch_id == b.batch_id))
+        with self._tx() as conn:
+            old = conn.execute(sa.select(b.batch_id, b.n).where(b.created_at < cutoff, no_feedback)).all()
+            rest = conn.execute(sa.select(b.batch_id, b.n).where(b.created_at >= cutoff, no_feedback)
+                                .order_by(b.created_at.desc())).all()
+            kept, over = 0, []
+            for batch_id, n in rest:
+                kept += int(n)
+                if kept > max_rows:
+                    over.append((batch_id, int(n)))
+            doomed = [str(r[0]) for r in old] + [bid for bid, _ in over]
+            deleted = sum(int(r[1]) for r in old) + sum(n for _, n in over)
+            for i in range(0, len(doomed), 500):
+                conn.execute(sa.delete(batches_t).where(b.batch_id.in_(doomed[i:i + 500])))
+        if deleted:
+            self.set_meta("retention_deleted_decisions",
+                          str(int(self.get_meta("retention_deleted_decisions") or 0) + deleted))
+        for batch_id in doomed:
+            self._batch_cache.pop(batch_id, None)
+        return deleted
+
     # -- counts --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Decision and feedback counts (all replicas, all time)."""
@@ -860,6 +890,7 @@ class Store:
         """Write the feedback as a trace (``source='feedback'``). Returns ``(path, sha256)``."""
         quarantined: dict[str, int] = {}
         frame = self.feedback_trace_frame(limit, quarantined)
+        self.last_export_quarantined = quarantined
         if frame.empty:
             if quarantined:
                 raise ValueError(f"every feedback row is quarantined ({quarantined}): nothing to export")
