@@ -571,7 +571,12 @@ class Placer:
             return cached[1]
         jobs: list[Job] = []
         runs: list[ReportedOutcome] = []
-        for fb in self.store.recent_feedback(limit=4 * TARGET_HISTORY):
+        from serve.quarantine import screen_stored
+
+        # quarantined rows (unreadable, or with no usable per-sample time/power) never move the estimates
+        skipped: list[tuple[int, str, str]] = []
+        stored = screen_stored(self.store.recent_feedback(limit=4 * TARGET_HISTORY, skipped=skipped), skipped).usable
+        for fb in stored:
             d = fb.decision
             if d.cpu_cores != target.cpu_cores or d.gpu_mem_cap_mib is not None or target_key(d.target) != key:
                 continue
@@ -591,7 +596,7 @@ class Placer:
                 dev = str(run.device)
                 mt = est.cpu_time_per_sample_s[i] if dev == "cpu" else est.gpu_time_per_sample_s[i]
                 mp = est.cpu_power_w[i] if dev == "cpu" else est.gpu_power_w[i] + est.gpu_host_cpu_power_w[i]
-                if mt > 0 and math.isfinite(mt):
+                if mt > 0 and math.isfinite(mt) and out.time_per_sample_s > 0 and math.isfinite(out.time_per_sample_s):
                     res[f"{dev}_time"].append(math.log(out.time_per_sample_s / mt))
                     e = out.energy_per_sample_j
                     if math.isfinite(e) and e > 0 and mp > 0 and math.isfinite(mp):
