@@ -59,24 +59,29 @@ class ProbeRun(Record):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
 
-    device: Literal["cpu", "gpu"]
-    feasible: bool = True
-    infeasible_reason: str | None = Field(None, max_length=200)
-    time_per_sample_s: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)
-    avg_cpu_power_w: float | None = Field(None, ge=0, le=1e5, allow_inf_nan=False,
+    device: Literal["cpu", "gpu"] = Field(description="The device this side of the probe ran on.")
+    feasible: bool = Field(default=True, description="False when the job could not run there (e.g. out of memory).")
+    infeasible_reason: str | None = Field(default=None, max_length=200, description="Why it could not run (e.g. 'oom').")
+    time_per_sample_s: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False,
+                                            description="Timed window / (steps x batch size), s per sample.")
+    avg_cpu_power_w: float | None = Field(default=None, ge=0, le=1e5, allow_inf_nan=False,
                                           description="CPU (CPU run) or host CPU (GPU run) power.")
-    cpu_power_method: EnergyMethod = EnergyMethod.UNKNOWN
-    avg_gpu_power_w: float | None = Field(None, ge=0, le=1e5, allow_inf_nan=False)
-    gpu_power_method: EnergyMethod = EnergyMethod.UNKNOWN
-    gpu_power_source: str | None = Field(None, max_length=100, description="nvml_total_energy or nvml_power_samples.")
-    energy_window_s: float | None = Field(None, ge=0, le=1e4, allow_inf_nan=False)
-    gpu_mem_peak_mib: float | None = Field(None, ge=0, le=1e8, allow_inf_nan=False)
-    warmup_s: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="First (cold) step, s.")
-    timed_steps: int = Field(0, ge=0, le=10**9)
-    time_is_upper_bound: bool = Field(False, description="Early exit: the time is the cold warm-up step (an upper bound).")
-    timed_window_s: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
-    cpu_cores: int | None = Field(None, ge=1, le=4096)
-    gpu_mem_cap_mib: int | None = Field(None, ge=1, le=10**8)
+    cpu_power_method: EnergyMethod = Field(default=EnergyMethod.UNKNOWN, description="How the CPU power was obtained.")
+    avg_gpu_power_w: float | None = Field(default=None, ge=0, le=1e5, allow_inf_nan=False,
+                                          description="GPU board power over the energy window, W.")
+    gpu_power_method: EnergyMethod = Field(default=EnergyMethod.UNKNOWN, description="How the GPU power was obtained.")
+    gpu_power_source: str | None = Field(default=None, max_length=100, description="nvml_total_energy or nvml_power_samples.")
+    energy_window_s: float | None = Field(default=None, ge=0, le=1e4, allow_inf_nan=False,
+                                          description="Length of the GPU energy window, s (>= 0.3 s on the NVML counter).")
+    gpu_mem_peak_mib: float | None = Field(default=None, ge=0, le=1e8, allow_inf_nan=False,
+                                           description="Peak GPU memory allocated, MiB.")
+    warmup_s: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False, description="First (cold) step, s.")
+    timed_steps: int = Field(default=0, ge=0, le=10**9, description="Synchronised steps in the timed window.")
+    time_is_upper_bound: bool = Field(default=False, description="Early exit: the time is the cold warm-up step (an upper bound).")
+    timed_window_s: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False,
+                                         description="Wall time of the timed window, s.")
+    cpu_cores: int | None = Field(default=None, ge=1, le=4096, description="Cores the probe ran on.")
+    gpu_mem_cap_mib: int | None = Field(default=None, ge=1, le=10**8, description="GPU memory cap it ran under, MiB (none: no cap).")
 
     @property
     def power_w(self) -> float | None:
@@ -100,12 +105,12 @@ class ProbeResult(Record):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job: Job | None = Field(None, description="The job probed (with its signature).")
-    host: str | None = Field(None, max_length=200, description="Host / target id the probe ran on.")
-    runs: list[ProbeRun] = Field(min_length=1, max_length=2)
-    early_exit: bool = Field(False, description="The CPU timed window was skipped: its warm-up step already decided the speed half.")
-    wall_s: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="Probe cost, s.")
-    budget_s: float | None = Field(None, gt=0, le=1e6, allow_inf_nan=False)
+    job: Job | None = Field(default=None, description="The job probed (with its signature).")
+    host: str | None = Field(default=None, max_length=200, description="Host / target id the probe ran on.")
+    runs: list[ProbeRun] = Field(min_length=1, max_length=2, description="One run per device probed.")
+    early_exit: bool = Field(default=False, description="The CPU timed window was skipped: its warm-up step already decided the speed half.")
+    wall_s: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False, description="Probe cost, s.")
+    budget_s: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False, description="The probe's time budget, s.")
 
     def run(self, device: str) -> ProbeRun | None:
         return next((r for r in self.runs if r.device == device), None)
