@@ -576,6 +576,11 @@ class Placer:
         # quarantined rows (unreadable, or with no usable per-sample time/power) never move the estimates
         skipped: list[tuple[int, str, str]] = []
         stored = screen_stored(self.store.recent_feedback(limit=4 * TARGET_HISTORY, skipped=skipped), skipped).usable
+        # and the learner's poison screens (outliers, contradictions, robust residuals): lying feedback must not
+        # move every estimate on the target either
+        from serve.rewards import screen_feedback
+
+        stored, _ = screen_feedback(stored, self.perf_model)
         for fb in stored:
             d = fb.decision
             if d.cpu_cores != target.cpu_cores or d.gpu_mem_cap_mib is not None or target_key(d.target) != key:
