@@ -15,8 +15,10 @@ For every request:
   (its ``Host``) nor in ``allowed_origins``, or ``Sec-Fetch-Site: cross-site``.
 * A body must be ``application/json`` (415 naming ``Content-Type``): a form or
   ``text/plain`` post, which a page may send cross-site without asking, is refused.
-* The body size is refused from ``Content-Length`` before a byte of it is read (413), and
-  while streaming when chunked.
+* The body size is refused from ``Content-Length`` (413), and while streaming when chunked. A
+  body at most :func:`drain_limit_bytes` long is read and dropped first, so the connection
+  stays usable (a proxy in front does not pass ``Connection: close`` on); a larger one is
+  refused before a byte of it is read and its connection closed.
 * The whole body is read here, before the request takes one of Ray's ongoing-request slots,
   within ``body_timeout_s`` (408 when a client sends it too slowly), with at most
   ``max_body_reads_per_client`` bodies being read at once per client address and
@@ -173,9 +175,14 @@ def _patch(cls: Any) -> None:
 # the middleware
 # --------------------------------------------------------------------------------------
 class Refused(Exception):
-    def __init__(self, status: int, error: str, field: str, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, status: int, error: str, field: str, message: str, retry_after_s: float | None = None,
+                 drain_bytes: int = 0, body_read: bool = False) -> None:
         super().__init__(message)
         self.status, self.error, self.field, self.message, self.retry_after_s = status, error, field, message, retry_after_s
+        # drain_bytes: a refused body declared this large is read and discarded before the answer;
+        # body_read: the request's body was read whole. Either way the connection stays open for the
+        # client's next request (see drain_limit_bytes).
+        self.drain_bytes, self.body_read = drain_bytes, body_read
 
 
 class _Bucket:
@@ -222,9 +229,24 @@ class Guard:
                 self._rate(client)
             body = await self._read(client, receive, declared)
         except Refused as exc:
-            await _refuse(send, exc)
+            keep_alive = exc.body_read or (exc.drain_bytes > 0 and await self._drain(receive, exc.drain_bytes))
+            await _refuse(send, exc, keep_alive=keep_alive)
             return
         await self.app(scope, _replay(body, receive), send)
+
+    async def _drain(self, receive: Receive, declared: int) -> bool:
+        """Read and discard a refused body of ``declared`` bytes within ``body_timeout_s``:
+        whether it all arrived (then the connection can stay open). Counted in the total cap on
+        bodies being read; nothing is kept."""
+        if self._reading_total >= self.limits.max_body_reads:
+            return False
+        self._reading_total += 1
+        try:
+            return await asyncio.wait_for(_discard(receive, declared), self.limits.body_timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._reading_total -= 1
 
     # -- checks --------------------------------------------------------------------------
     def _check_origin(self, headers: dict[str, str]) -> None:
@@ -256,7 +278,8 @@ class Guard:
             limit = self.limits.max_body_bytes
             if declared > limit:
                 raise Refused(413, "too_large", "body", f"{declared} bytes exceed the limit of {limit} bytes "
-                              "(PLACEMENT_MAX_BODY_BYTES): split the batch")
+                              "(PLACEMENT_MAX_BODY_BYTES): split the batch",
+                              drain_bytes=declared if declared <= drain_limit_bytes(limit) else 0)
         has_body = (declared or 0) > 0 or "chunked" in headers.get("transfer-encoding", "").lower()
         if has_body and not _is_json(headers.get("content-type", "")):
             given = headers.get("content-type")
@@ -321,8 +344,12 @@ class Guard:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > limit:
+                # read on (discarding) up to the drain limit, so a body slightly too large still
+                # leaves a usable connection
+                whole = message.get("more_body", False) is False or await _discard(
+                    receive, drain_limit_bytes(limit) - total, at_most=True)
                 raise Refused(413, "too_large", "body", f"body exceeds the limit of {limit} bytes "
-                              "(PLACEMENT_MAX_BODY_BYTES): split the batch")
+                              "(PLACEMENT_MAX_BODY_BYTES): split the batch", body_read=whole)
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
@@ -360,10 +387,39 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _refuse(send: Send, exc: Refused) -> None:
+def drain_limit_bytes(max_body_bytes: int) -> int:
+    """The largest too-large body (declared by ``Content-Length``) that the guard still reads and
+    discards before its 413: twice the limit, at most 16 MiB over it. A server that answers before
+    reading the body must close the connection, and a proxy in front (HAProxy) does not pass the
+    ``Connection: close`` on: the client then reuses a connection the proxy closes ("server
+    disconnected without sending a response"), or loses the answer itself to the reset. A client
+    slightly over the limit keeps a working connection; a far larger body is refused at once and
+    its connection closed."""
+    return max_body_bytes + min(max_body_bytes, 16 * 2**20)
+
+
+async def _discard(receive: Receive, expected: int, *, at_most: bool = False) -> bool:
+    """Read and drop the rest of a body: whether it ended having ``expected`` bytes (``at_most``:
+    no more than ``expected``)."""
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        total += len(message.get("body", b""))
+        if total > expected:
+            return False
+        if not message.get("more_body", False):
+            return total <= expected if at_most else total == expected
+
+
+async def _refuse(send: Send, exc: Refused, *, keep_alive: bool = False) -> None:
+    """The refusal's JSON answer; the connection is closed after it unless the request's body was
+    read whole (``keep_alive``)."""
     body = json.dumps({"error": exc.error, "detail": [{"field": exc.field, "message": exc.message}]}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if not keep_alive:
+        headers.append((b"connection", b"close"))
     if exc.retry_after_s is not None:
         headers.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})

@@ -84,6 +84,32 @@ def test_body_size_refused_before_reading(server):
         assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
 
 
+def test_a_body_slightly_too_large_leaves_the_connection_usable(server):
+    """Up to drain_limit_bytes the refused body is read and dropped, so the answer keeps the
+    connection open (a proxy in front does not pass ``Connection: close`` on); a far larger one
+    is refused unread and the connection closed."""
+    from serve.guard import drain_limit_bytes
+
+    limit = server.settings.max_body_bytes
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.post("/v1/placements", content=b" " * (limit + 1), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "connection" not in r.headers, r.headers
+
+        def chunks():
+            for _ in range(3):
+                yield b" " * (limit // 2 + 1)
+
+        r = c.post("/v1/placements", content=chunks(), headers={"content-type": "application/json"})  # chunked
+        assert r.status_code == 413 and "connection" not in r.headers, r.headers
+        assert c.post("/v1/placements", json={"job": JOB, "target": "B", "explore": False}).status_code == 200
+    port = int(server.url.rsplit(":", 1)[1])
+    sk = _raw(port, b"POST /v1/placements HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % (drain_limit_bytes(limit) + 1))
+    head = sk.recv(4096).lower()
+    assert head.startswith(b"http/1.1 413") and b"connection: close" in head, head
+    sk.close()
+
+
 def test_slow_body_times_out_and_slow_senders_are_capped_per_client(server):
     port = int(server.url.rsplit(":", 1)[1])
     head = b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
