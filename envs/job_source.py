@@ -42,7 +42,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from placement.catalogue import default_catalogue
-from placement.features import FEATURE_INPUT_COLUMNS
+from placement.features import ESTIMATE_COLUMNS, FEATURE_INPUT_COLUMNS
 from placement.hardware import HardwareTarget
 from placement.trace import (
     COLUMNS,
@@ -463,7 +463,12 @@ class TraceJobSource(JobSource):
 
 def _feature_columns(frame: pd.DataFrame, cores: FloatArray) -> dict[str, npt.NDArray[Any]]:
     """The :data:`placement.features.FEATURE_INPUT_COLUMNS` of ``frame`` as numpy arrays,
-    with ``cpu_cores`` set to ``cores`` (default knobs: all the target's cores)."""
+    with ``cpu_cores`` set to ``cores`` (default knobs: all the target's cores).
+
+    A frame that carries every one of :data:`placement.features.ESTIMATE_COLUMNS`, finite on
+    every row (the learner's feedback trace: margins as the service forms them, shifted by the
+    target's offsets), passes them on, so the features are the ones the service decides on;
+    otherwise :func:`placement.features.feature_matrix` forms them from the performance model."""
     out: dict[str, npt.NDArray[Any]] = {}
     for name in FEATURE_INPUT_COLUMNS:
         if name == "cpu_cores":
@@ -474,6 +479,10 @@ def _feature_columns(frame: pd.DataFrame, cores: FloatArray) -> dict[str, npt.ND
             out[name] = _bool(frame, name)
         else:
             out[name] = _float(frame, name)
+    if all(c in frame.columns for c in ESTIMATE_COLUMNS):
+        given = {c: _float(frame, c) for c in ESTIMATE_COLUMNS}
+        if all(np.isfinite(v).all() for v in given.values()):
+            out.update(given)
     return out
 
 

@@ -149,7 +149,12 @@ def feature_matrix(columns: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float
     family = np.asarray(columns["family"]).reshape(-1)
     kind = np.asarray(columns["hw_kind"]).reshape(-1)
     if all(c in columns for c in ESTIMATE_COLUMNS):
+        # given estimate columns (the service's own, or a trace's); rows without them (NaN) use the model's
         est = {c: np.asarray(columns[c], dtype=np.float64).reshape(-1) for c in ESTIMATE_COLUMNS}
+        missing_rows = ~np.logical_and.reduce([np.isfinite(v) for v in est.values()])
+        if missing_rows.any():
+            model = estimate_columns(columns)
+            est = {c: np.where(missing_rows, model[c], est[c]) for c in ESTIMATE_COLUMNS}
     else:
         est = estimate_columns(columns)
 

@@ -102,6 +102,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("cpu_power_method", "str", choices=POWER_METHODS),
     Column("gpu_power_method", "str", choices=POWER_METHODS),
     Column("cv_flag", "bool", required=False, default=False),
+    # the estimate a service decided on (placement.features.ESTIMATE_COLUMNS), where the trace
+    # records it (the learner's feedback traces); absent: features form it from the model
+    Column("est_margin_speedup", "float", required=False, nullable=True),
+    Column("est_margin_energy", "float", required=False, nullable=True),
+    Column("est_margin_sigma", "float", required=False, nullable=True, minimum=0),
+    Column("est_gpu_feasible", "float", required=False, nullable=True, minimum=0),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 _BY_NAME = {c.name: c for c in COLUMNS}

@@ -44,7 +44,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from placement.features import ESTIMATE_COLUMNS
 from placement.perfmodel import PerformanceModel
+from placement.threshold import Thresholds
 from placement.trace import TraceMeta, file_sha256, write_trace
 from placement.version import code_version
 from serve.quarantine import Screened, screen_stored
@@ -159,6 +161,17 @@ def label_weights(pairs: pd.DataFrame, by_id: dict[str, StoredFeedback], max_sha
                "signatures_capped": len(capped), "max_signature_share": max_share}
 
 
+def with_margins(frame: pd.DataFrame, margins_by_id: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """``frame`` (rows keyed by ``job_id``, the decision id) with the estimate columns of
+    :meth:`Learner.decision_margins`, which :func:`placement.features.feature_matrix` then reads
+    instead of the performance model's unshifted margins."""
+    out = frame.copy()
+    ids = out["job_id"].astype(str)
+    for c in ESTIMATE_COLUMNS:
+        out[c] = ids.map(lambda i, c=c: margins_by_id[i][c] if i in margins_by_id else np.nan).astype("float64")
+    return out
+
+
 def holdout_mask(decision_ids: pd.Series | list[str], fraction: float, seed: int) -> np.ndarray:
     """Deterministic held-out rows: ``sha256(seed:decision_id)`` below ``fraction`` of the range."""
     out = np.empty(len(decision_ids), dtype=bool)
@@ -253,6 +266,11 @@ class Learner:
                                  reward_sources=excluded, quarantined=quarantine.counts, screened_out=excluded)
         formed = form_rewards(feedback, thresholds, self.perf_model, self.reward_settings)
         formed = replace(formed, sources={**formed.sources, **excluded})
+        by_id = {fb.decision.decision_id: fb for fb in feedback}
+        # features as the placer forms them now: margins of the estimate shifted by each target's offsets
+        margins_by_id = self.decision_margins(by_id, thresholds)
+        formed = replace(formed, pairs=with_margins(formed.pairs, margins_by_id),
+                         trace=with_margins(formed.trace, margins_by_id))
         pairs = formed.pairs[formed.pairs["hw_gpu_gflops"].astype("float64") > 0].reset_index(drop=True)
         held = holdout_mask(pairs["job_id"].astype(str).tolist(), s.holdout_fraction, s.seed)
         base = LearnerReport(
@@ -270,7 +288,6 @@ class Learner:
         train_trace = formed.trace[formed.trace["job_id"].astype(str).isin(train_ids)].reset_index(drop=True)
         train_set = labelled_set(train_pairs)
         holdout = labelled_set(pairs[held].reset_index(drop=True))
-        by_id = {fb.decision.decision_id: fb for fb in feedback}
         recency = recency_weights(by_id, last_seq, s.recency_half_life)
         weights, weight_info = label_weights(train_set.pairs, by_id, s.max_signature_share)
         weights = weights * np.array([recency[i] for i in train_set.pairs["job_id"].astype(str)])
@@ -349,6 +366,31 @@ class Learner:
         self.store.register_version(version, out, parent=serving_version, status="rejected", thresholds=thresholds,
                                     metrics=summary)
         return report.model_copy(update={"status": "rejected", "reason": gate["decision"]})
+
+    def decision_margins(self, by_id: Mapping[str, StoredFeedback], thresholds: Thresholds) -> dict[str, dict[str, float]]:
+        """The estimate columns (:data:`placement.features.ESTIMATE_COLUMNS`) of each decision's
+        job as the placer forms them now, at default knobs: the performance model's estimate
+        shifted by the target's offsets (:mod:`serve.offsets`), margins at ``thresholds``."""
+        from placement.estimate import margin_columns, margins, model_estimate
+        from serve.offsets import shift, target_offsets
+        from serve.placer import JobBatch
+        from serve.store import target_key
+
+        groups: dict[str, list[str]] = {}
+        targets: dict[str, Any] = {}
+        for decision_id, fb in by_id.items():
+            key = target_key(fb.decision.target)
+            groups.setdefault(key, []).append(decision_id)
+            targets[key] = fb.decision.target
+        out: dict[str, dict[str, float]] = {}
+        for key, ids in groups.items():
+            target = targets[key]
+            cols = JobBatch.from_jobs([by_id[i].decision.job for i in ids]).model_columns(target)
+            est = shift(model_estimate(self.perf_model, cols), target_offsets(self.store, self.perf_model, target))
+            m = margin_columns(margins(est, thresholds.speedup_min, thresholds.energy_ratio_max), est)
+            for k, i in enumerate(ids):
+                out[i] = {c: float(np.asarray(m[c])[k]) for c in ESTIMATE_COLUMNS}
+        return out
 
     def _gate(self, feedback: list[StoredFeedback], holdout: Any, serving: Any, candidate: Any,
               thresholds: Any, confidence: float, recency: dict[str, float]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ vectorised over the batch:
    on this target (``history``: feedback and earlier probes, shrunk toward the model by
    the amount of evidence) and by a probe the request carries for it (``probe``). Every
    estimate on a target is first shifted by the median residual of the last outcomes
-   reported on it (:meth:`Placer._target_offsets`): a device that drifted is seen at once.
+   reported on it (:mod:`serve.offsets`): a device that drifted is seen at once.
 3. **Policy**: the serving version's ``gpu_probability`` on features that include the
    estimate's threshold margins ``log(speedup / T_t)``, ``log(T_e / energy_ratio)``, their
    sigma and the GPU fit (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``.
@@ -79,13 +79,13 @@ from placement.job import Job
 from placement.outcome import Device
 from placement.perfmodel import PerformanceModel
 from placement.threshold import Thresholds
+from serve.offsets import shift, target_offsets
 from serve.schemas import (
     LOCAL_TARGET,
     FeedbackRequest,
     FeedbackResponse,
     PlacementRequest,
     PlacementResponse,
-    ReportedOutcome,
     column_length,
     measured_ratios,
 )
@@ -95,9 +95,6 @@ from serve.store import DecisionBatch, Store, UnknownDecision, iso
 log = logging.getLogger(__name__)
 
 
-TARGET_HISTORY = 200
-"""Outcomes per target whose median residual shifts every estimate on that target."""
-TARGET_MIN_OUTCOMES = 20
 EXPLORE_Z = 1.0
 """Exploration is eligible only where the estimate's +-EXPLORE_Z sigma interval straddles the joint threshold."""
 
@@ -227,22 +224,6 @@ class JobBatch:
         cols["hw_kind"] = np.full(n, target.kind, dtype=object)
         cols["hw_unified_memory"] = np.full(n, bool(target.unified_memory), dtype=bool)
         return cols
-
-
-def _shift(est: Estimate, offsets: Mapping[str, float]) -> Estimate:
-    """The estimate with a target's log offsets applied (times, powers; sigmas and sources unchanged)."""
-    if not offsets:
-        return est
-    from dataclasses import replace
-
-    g = math.exp(offsets.get("gpu_power", 0.0))
-    return replace(
-        est,
-        cpu_time_per_sample_s=est.cpu_time_per_sample_s * math.exp(offsets.get("cpu_time", 0.0)),
-        gpu_time_per_sample_s=est.gpu_time_per_sample_s * math.exp(offsets.get("gpu_time", 0.0)),
-        cpu_power_w=est.cpu_power_w * math.exp(offsets.get("cpu_power", 0.0)),
-        gpu_power_w=est.gpu_power_w * g, gpu_host_cpu_power_w=est.gpu_host_cpu_power_w * g,
-    )
 
 
 def _float_or_none(values: npt.NDArray[np.float64]) -> list[float | None]:
@@ -537,7 +518,7 @@ class Placer:
         """The model's estimate of every job, corrected by the request's probes and by the stored
         outcomes of each job's signature on this target (:func:`placement.estimate.correct`)."""
         offsets = self._target_offsets(target)
-        est = _shift(model_estimate(self.perf_model, cols), offsets)
+        est = shift(model_estimate(self.perf_model, cols), offsets)
         rows: dict[int, list[Observation]] = {}
         probes = request.probes if request is not None else None
         if probes is not None:
@@ -555,11 +536,8 @@ class Placer:
         return correct(est, rows)
 
     def _target_offsets(self, target: HardwareTarget) -> dict[str, float]:
-        """Log offsets of every job's measured time and power from the model on ``target``: the
-        median residual of the last :data:`TARGET_HISTORY` outcomes reported at default knobs,
-        once at least :data:`TARGET_MIN_OUTCOMES` arrived (a drifted device -- a slower GPU the
-        hardware description does not show -- corrects every estimate on that target at once;
-        one architecture's outcomes do not move the median). Cached per feedback sequence number."""
+        """The target's log offsets (:func:`serve.offsets.target_offsets`), cached per feedback
+        sequence number."""
         from serve.store import target_key
 
         if self.store is None:
@@ -569,46 +547,7 @@ class Placer:
         cached = self._offsets.get(key)
         if cached is not None and cached[0] == seq:
             return cached[1]
-        jobs: list[Job] = []
-        runs: list[ReportedOutcome] = []
-        from serve.quarantine import screen_stored
-
-        # quarantined rows (unreadable, or with no usable per-sample time/power) never move the estimates
-        skipped: list[tuple[int, str, str]] = []
-        stored = screen_stored(self.store.recent_feedback(limit=4 * TARGET_HISTORY, skipped=skipped), skipped).usable
-        # and the learner's poison screens (outliers, contradictions, robust residuals): lying feedback must not
-        # move every estimate on the target either
-        from serve.rewards import screen_feedback
-
-        stored, _ = screen_feedback(stored, self.perf_model)
-        for fb in stored:
-            d = fb.decision
-            if d.cpu_cores != target.cpu_cores or d.gpu_mem_cap_mib is not None or target_key(d.target) != key:
-                continue
-            for run in (fb.outcome, fb.other):
-                if run is None or not run.feasible or run.gpu_mem_cap_mib is not None or (
-                        run.cpu_cores is not None and run.cpu_cores != target.cpu_cores):
-                    continue
-                jobs.append(d.job)
-                runs.append(run)
-        jobs, runs = jobs[-TARGET_HISTORY:], runs[-TARGET_HISTORY:]
-        offsets: dict[str, float] = {}
-        if jobs:
-            est = model_estimate(self.perf_model, JobBatch.from_jobs(jobs).model_columns(target))
-            res: dict[str, list[float]] = {"cpu_time": [], "gpu_time": [], "cpu_power": [], "gpu_power": []}
-            for i, run in enumerate(runs):
-                out = run.device_outcome()
-                dev = str(run.device)
-                mt = est.cpu_time_per_sample_s[i] if dev == "cpu" else est.gpu_time_per_sample_s[i]
-                mp = est.cpu_power_w[i] if dev == "cpu" else est.gpu_power_w[i] + est.gpu_host_cpu_power_w[i]
-                if mt > 0 and math.isfinite(mt) and out.time_per_sample_s > 0 and math.isfinite(out.time_per_sample_s):
-                    res[f"{dev}_time"].append(math.log(out.time_per_sample_s / mt))
-                    e = out.energy_per_sample_j
-                    if math.isfinite(e) and e > 0 and mp > 0 and math.isfinite(mp):
-                        res[f"{dev}_power"].append(math.log(e / out.time_per_sample_s / mp))
-            for name, values in res.items():
-                if len(values) >= TARGET_MIN_OUTCOMES:
-                    offsets[name] = float(np.median(values)) * len(values) / (len(values) + 2.0)
+        offsets = target_offsets(self.store, self.perf_model, target)
         self._offsets[key] = (seq, offsets)
         return offsets
 
@@ -639,7 +578,7 @@ class Placer:
                 ev_jobs.append(Job.model_validate_json(ev.job_json))
                 ev_rows.append(ev)
         ev_batch = JobBatch.from_jobs(ev_jobs)
-        ev_est = _shift(model_estimate(self.perf_model, ev_batch.model_columns(target)), offsets or {})
+        ev_est = shift(model_estimate(self.perf_model, ev_batch.model_columns(target)), offsets or {})
         by_sig: dict[str, list[int]] = {}
         for k, ev in enumerate(ev_rows):
             by_sig.setdefault(ev.signature, []).append(k)

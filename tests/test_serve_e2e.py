@@ -214,7 +214,9 @@ def test_drift_feedback_update_serves_a_new_version(serve_app, serve_world):
         after, version = gpu_share(c, probe)
         assert version == report["candidate_version"]
         assert after < 0.3, f"marginal jobs on GPU: {before:.2f} before drift, {after:.2f} after the update"
-        promoted_clear_gpu = gpu_share(c, probe_gpu)[0]  # jobs far above the threshold should stay on the GPU
+        # jobs far above the threshold stay on the GPU: the candidate trained on the margins the placer
+        # forms (shifted by the target's offsets), so it does not count the drift a second time
+        assert gpu_share(c, probe_gpu)[0] > 0.9
         assert "placement_learner_updates_total" in c.get("/metrics").text
 
         # rollback keeps the old version servable, and back again
@@ -226,10 +228,6 @@ def test_drift_feedback_update_serves_a_new_version(serve_app, serve_world):
         assert fwd.status_code == 200
         assert gpu_share(c, probe) == (after, report["candidate_version"])
         LEDGER["serving"] = report["candidate_version"]
-    if promoted_clear_gpu <= 0.9:
-        from tests.test_learner import KNOWN_DOUBLE_COUNT
-
-        pytest.xfail(f"{KNOWN_DOUBLE_COUNT}: {promoted_clear_gpu:.2f} of clear GPU jobs on the GPU")
 
 
 def test_serve_config_yaml_builds_the_app():
