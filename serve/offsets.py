@@ -5,7 +5,9 @@ A drifted device -- a GPU slower than its description says, a throttled CPU -- s
 outcome reported on it. The median log residual of the last :data:`TARGET_HISTORY` outcomes at
 default knobs (all cores, no GPU memory cap), once at least :data:`TARGET_MIN_OUTCOMES`
 arrived, shrunk by ``n / (n + 2)``, shifts every estimate on that target
-(:func:`shift`): one architecture's outcomes do not move a median. Only feedback that passes
+(:func:`shift`): one architecture's outcomes do not move a median. When the last
+:data:`RECENT_OUTCOMES` clearly moved away from the ones before (:func:`offset_level`), their
+median is taken instead: a change of the device shows within a few outcomes. Only feedback that passes
 the quarantine (:mod:`serve.quarantine`) and the poison screens
 (:func:`serve.rewards.screen_feedback`) counts, so lying feedback cannot move every answer.
 
@@ -31,6 +33,14 @@ TARGET_HISTORY = 200
 """Outcomes per target whose median residual shifts every estimate on that target."""
 TARGET_MIN_OUTCOMES = 20
 """Outcomes of one kind (device, time or power) a target needs before its offset applies."""
+RECENT_OUTCOMES = 32
+"""Outcomes whose median is compared with the older ones' to see a change (:func:`offset_level`)."""
+CHANGE_SHARE = 0.8
+"""Share of the recent outcomes that must sit beyond the older median (by :data:`MIN_SHIFT`, on
+one side) to count as a change of the device: a lying fifth cannot reach it unless three
+quarters of the honest outcomes moved too."""
+MIN_SHIFT = math.log(1.25)
+"""Smallest change counted (log): 25 %, the band the service treats as marginal."""
 OFFSET_NAMES = ("cpu_time", "gpu_time", "cpu_power", "gpu_power")
 
 
@@ -90,5 +100,25 @@ def target_offsets(store: Any, perf_model: Any, target: HardwareTarget) -> dict[
                 res[f"{dev}_power"].append(math.log(e / out.time_per_sample_s / mp))
     for name, values in res.items():
         if len(values) >= TARGET_MIN_OUTCOMES:
-            offsets[name] = float(np.median(values)) * len(values) / (len(values) + 2.0)
+            level, n = offset_level(values)
+            offsets[name] = level * n / (n + 2.0)
     return offsets
+
+
+def offset_level(values: list[float]) -> tuple[float, int]:
+    """The log offset of one kind from its residuals (oldest first) and how many outcomes it
+    stands on: the median of all of them, unless the last :data:`RECENT_OUTCOMES` moved away
+    from the ones before -- at least :data:`CHANGE_SHARE` of them lie more than
+    :data:`MIN_SHIFT` beyond the older ones' median, on one side -- then the recent median. A
+    changed device moves every outcome, so it shows within about ``CHANGE_SHARE *
+    RECENT_OUTCOMES`` outcomes instead of after it outnumbers the whole history; a lying
+    minority (20 % by 3x to 10x in one direction) cannot reach the share while the honest
+    outcomes stay put (``tests/test_offsets.py``)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size >= 2 * RECENT_OUTCOMES:
+        recent, older = x[-RECENT_OUTCOMES:], x[:-RECENT_OUTCOMES]
+        m_older = float(np.median(older))
+        beyond = max(float(np.mean(recent > m_older + MIN_SHIFT)), float(np.mean(recent < m_older - MIN_SHIFT)))
+        if beyond >= CHANGE_SHARE:
+            return float(np.median(recent)), RECENT_OUTCOMES
+    return float(np.median(x)), int(x.size)

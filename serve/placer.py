@@ -424,8 +424,10 @@ class Placer:
         )
 
     # -- placement -------------------------------------------------------------------------
-    def place(self, request: PlacementRequest) -> PlacementResult:
-        """Decide every job of ``request``, store the decisions, return the answers."""
+    def place(self, request: PlacementRequest, *, record: bool = True) -> PlacementResult:
+        """Decide every job of ``request``, store the decisions, return the answers.
+        ``record=False``: decide without storing anything (an evaluation: the answers' decision
+        ids cannot take feedback)."""
         n = request.n_jobs
         if n > self.settings.max_batch_jobs:
             raise InputError(
@@ -437,9 +439,9 @@ class Placer:
             batch = JobBatch.from_columns(request.columns)
         else:
             batch = JobBatch.from_jobs([request.job] if request.job is not None else list(request.jobs or []))
-        return self.place_batch(batch, request)
+        return self.place_batch(batch, request, record=record)
 
-    def place_batch(self, batch: JobBatch, request: PlacementRequest) -> PlacementResult:
+    def place_batch(self, batch: JobBatch, request: PlacementRequest, *, record: bool = True) -> PlacementResult:
         n = batch.n
         target = self.resolve_target(request.target)
         bundle = self._bundle  # one version for the whole request
@@ -507,7 +509,7 @@ class Placer:
             predicted_speedup=speedup, predicted_energy_ratio=ratio, explored=explored, propensity=propensity,
             decided_by=decided_by.tolist(), estimate=est,
         )
-        if self.store is not None:
+        if self.store is not None and record:
             self.store.insert_decisions(result.record())
             self._keep_signatures(result, request)
         return result
