@@ -58,7 +58,13 @@ from envs.device_placement import (
     DevicePlacementEnv,
 )
 from placement.decision import GpuMemCap
-from placement.features import FEATURE_INDEX, N_FEATURES, Normaliser, build_features
+from placement.features import (
+    ESTIMATE_COLUMNS,
+    FEATURE_INDEX,
+    N_FEATURES,
+    Normaliser,
+    build_features,
+)
 from placement.hardware import HardwareTarget
 from placement.job import Job
 from placement.threshold import Thresholds
@@ -551,7 +557,8 @@ def knob_labels(
     env: DevicePlacementEnv, x_raw: npt.ArrayLike, max_steps: int, seed: int, temperature: float = 0.05
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Soft knob targets per raw feature row of ``x_raw`` (rows are matched to the environment's
-    observations by their exact feature vector), read from ``env`` (its knob
+    observations by their exact feature vector without the estimate columns -- an edge row's
+    estimated margins depend on the cores it is shown at, the job does not), read from ``env`` (its knob
     reward decides what is good): ``softmax(score / temperature)`` over the core levels (score:
     the best reward of that level on the Oracle's device) and, when the Oracle's device is the
     GPU, over the cap levels. Equally good levels (e.g. 6, 8 and 12 cores clipped to a 4-core
@@ -567,9 +574,10 @@ def knob_labels(
     if not env.knobs:
         return cores, caps
     is_edge = x[:, FEATURE_INDEX["is_edge"]] > 0.5
+    keep = np.array([i for i in range(N_FEATURES) if i not in {FEATURE_INDEX[c] for c in ESTIMATE_COLUMNS}])
     index: dict[bytes, list[int]] = {}
     for i in np.flatnonzero(is_edge):
-        index.setdefault(np.clip(x[i], -FEATURE_BOUND, FEATURE_BOUND).tobytes(), []).append(int(i))
+        index.setdefault(np.clip(x[i, keep], -FEATURE_BOUND, FEATURE_BOUND).tobytes(), []).append(int(i))
     todo = set(index)
 
     def soft(score: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
@@ -582,7 +590,7 @@ def knob_labels(
         if not todo:
             break
         action = env.oracle_action()
-        key = np.asarray(obs[:N_FEATURES], dtype=np.float32).tobytes()
+        key = np.asarray(obs[:N_FEATURES], dtype=np.float32)[keep].tobytes()
         if key in todo:
             device = int(np.asarray(action).reshape(-1)[0])
             table = env.action_rewards().reshape(2, N_CORE_LEVELS, N_CAP_LEVELS)

@@ -98,11 +98,11 @@ def test_edge_warm_start_copies_knob_heads(edge):
     assert decision.cpu_cores in {min(c, nano.cpu_cores) for c in CORE_GRID}
     assert decision.device == "cpu" or decision.gpu_mem_cap in cap_levels(nano)
     assert dnn.decide(job, nano) == decision
-    if known.sum() <= 10:
-        pytest.xfail(
-            f"known defect (issue 12's feature schema 2): only {known.sum()} of {len(known)} rows got knob labels -- "
-            "knob_labels matches rows to the environment's observations by their feature bytes, and the "
-            "estimate's energy margin of an edge row depends on the cores the environment shows it at")
+    # every edge row that the environment showed gets a knob label (rows are matched without the
+    # estimate columns, whose energy margin depends on the cores the environment shows the job at)
+    edge_rows = (data.pairs["hw_kind"] == "edge").to_numpy()
+    print(f"knob labels: {known.sum()} of {edge_rows.sum()} edge rows")
+    assert known.sum() >= 0.9 * edge_rows.sum(), (known.sum(), edge_rows.sum())
 
 
 def test_tiny_budget_warm_and_cold_training(desktop):
