@@ -194,12 +194,14 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
         store = Store(settings.database)
         placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
         learner = Learner(settings, store)
-        eval_cache: dict[tuple[str, bool], float] = {}
+        eval_cache: dict[tuple[str, int, bool], float] = {}
 
         def online_eval(drifted: bool) -> float:
-            key = (placer.version, drifted)
+            # the answers move with the serving version and with every feedback (the target's offsets,
+            # serve.offsets): keyed by both; evaluated without storing decisions
+            key = (placer.version, store.last_feedback_seq(), drifted)
             if key not in eval_cache:
-                res = placer.place(PlacementRequest(jobs=eval_list, target=eval_target, explore=False))
+                res = placer.place(PlacementRequest(jobs=eval_list, target=eval_target, explore=False), record=False)
                 eval_cache[key] = float(np.mean(np.asarray(res.gpu, dtype=bool) == eval_truth[drifted]))
             return eval_cache[key]
 

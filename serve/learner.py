@@ -369,10 +369,11 @@ class Learner:
 
     def decision_margins(self, by_id: Mapping[str, StoredFeedback], thresholds: Thresholds) -> dict[str, dict[str, float]]:
         """The estimate columns (:data:`placement.features.ESTIMATE_COLUMNS`) of each decision's
-        job as the placer forms them now, at default knobs: the performance model's estimate
-        shifted by the target's offsets (:mod:`serve.offsets`), margins at ``thresholds``."""
+        job as the placer forms them, at default knobs: the performance model's estimate shifted
+        by the target's offsets (:mod:`serve.offsets`) as they stood for the world that outcome
+        measured (before or after a change of the device), margins at ``thresholds``."""
         from placement.estimate import margin_columns, margins, model_estimate
-        from serve.offsets import shift, target_offsets
+        from serve.offsets import shift, target_timeline
         from serve.placer import JobBatch
         from serve.store import target_key
 
@@ -385,11 +386,18 @@ class Learner:
         out: dict[str, dict[str, float]] = {}
         for key, ids in groups.items():
             target = targets[key]
-            cols = JobBatch.from_jobs([by_id[i].decision.job for i in ids]).model_columns(target)
-            est = shift(model_estimate(self.perf_model, cols), target_offsets(self.store, self.perf_model, target))
-            m = margin_columns(margins(est, thresholds.speedup_min, thresholds.energy_ratio_max), est)
-            for k, i in enumerate(ids):
-                out[i] = {c: float(np.asarray(m[c])[k]) for c in ESTIMATE_COLUMNS}
+            timeline = target_timeline(self.store, self.perf_model, target)
+            # each outcome with the offsets of the world it measured: a row from before a change of
+            # the device keeps the old level (its label is of the old device)
+            by_offsets: dict[tuple[tuple[str, float], ...], list[str]] = {}
+            for i in ids:
+                by_offsets.setdefault(tuple(sorted(timeline.at(by_id[i].seq).items())), []).append(i)
+            for offsets, sub in by_offsets.items():
+                cols = JobBatch.from_jobs([by_id[i].decision.job for i in sub]).model_columns(target)
+                est = shift(model_estimate(self.perf_model, cols), dict(offsets))
+                m = margin_columns(margins(est, thresholds.speedup_min, thresholds.energy_ratio_max), est)
+                for k, i in enumerate(sub):
+                    out[i] = {c: float(np.asarray(m[c])[k]) for c in ESTIMATE_COLUMNS}
         return out
 
     def _gate(self, feedback: list[StoredFeedback], holdout: Any, serving: Any, candidate: Any,

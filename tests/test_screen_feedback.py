@@ -140,7 +140,9 @@ def _gpu_energy_higher(job, run, device, factor):
 @pytest.mark.parametrize("poison", [_gpu_slower, _cpu_slower, _gpu_faster, _gpu_energy_higher],
                          ids=["gpu_slower", "cpu_slower", "gpu_faster", "gpu_energy_higher"])
 def test_consistent_minority_lies_are_screened(tmp_path, serve_model_dir, serve_world, poison):
-    feedback, poisoned = _stream(tmp_path, serve_model_dir, serve_world, poison)
+    # 150 jobs: a fifth of those placed on the poisoned device is at least 5 for every shape (with 100,
+    # cpu_slower hinged on the serve test model's CPU share)
+    feedback, poisoned = _stream(tmp_path, serve_model_dir, serve_world, poison, n=150)
     assert len(poisoned) >= 5
     kept, excluded = screen_feedback(feedback)
     kept_ids = {fb.decision.decision_id for fb in kept}
