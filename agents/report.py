@@ -402,6 +402,15 @@ GROUNDING_START = "<!-- section:grounding (python -m agents.report --only ground
 GROUNDING_END = "<!-- /section:grounding -->"
 
 
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the repository (trace hashes name files, not one machine's checkout)."""
+    root = ROOT.resolve()
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return path
+
+
 def write_grounding_section(out: Path, seed: int = 0, threads: int = 1) -> dict[str, Any]:
     """Issue 12's targets (:mod:`agents.grounding`) as a section of ``out``: replaced between its
     markers when present, else appended; the figures also go to ``docs/evaluation_grounding.json``."""
@@ -417,6 +426,7 @@ def write_grounding_section(out: Path, seed: int = 0, threads: int = 1) -> dict[
     command = f"python -m agents.report --only grounding --seed {seed}"
     result["command"] = command
     result["code_version"] = code_version()
+    result["trace_hashes"] = {_repo_relative(k): v for k, v in result.get("trace_hashes", {}).items()}
     section = f"{GROUNDING_START}\n{grounding_markdown(result, command)}\n{GROUNDING_END}\n"
     text = out.read_text() if out.exists() else ""
     if GROUNDING_START in text and GROUNDING_END in text:
