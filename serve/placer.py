@@ -10,7 +10,8 @@ vectorised over the batch:
    on this target (``history``: feedback and earlier probes, shrunk toward the model by
    the amount of evidence) and by a probe the request carries for it (``probe``). Every
    estimate on a target is first shifted by the median residual of the last outcomes
-   reported on it (:mod:`serve.offsets`): a device that drifted is seen at once.
+   reported on it, or of those since the device changed (:mod:`serve.offsets`): a drifted
+   device is seen within about 20 outcomes.
 3. **Policy**: the serving version's ``gpu_probability`` on features that include the
    estimate's threshold margins ``log(speedup / T_t)``, ``log(T_e / energy_ratio)``, their
    sigma and the GPU fit (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``.
