@@ -96,6 +96,8 @@ from serve.store import DecisionBatch, Store, UnknownDecision, iso
 log = logging.getLogger(__name__)
 
 
+OFFSET_REFRESH_ROWS = 8
+"""New feedback rows after which a target's offsets are recomputed at the next placement."""
 EXPLORE_Z = 1.0
 """Exploration is eligible only where the estimate's +-EXPLORE_Z sigma interval straddles the joint threshold."""
 
@@ -539,8 +541,11 @@ class Placer:
         return correct(est, rows)
 
     def _target_offsets(self, target: HardwareTarget) -> dict[str, float]:
-        """The target's log offsets (:func:`serve.offsets.target_offsets`), cached per feedback
-        sequence number."""
+        """The target's log offsets (:func:`serve.offsets.target_offsets`), recomputed once
+        :data:`OFFSET_REFRESH_ROWS` new feedback rows arrived since the last computation (reading
+        and screening the recent feedback takes a few hundred milliseconds; a placement after
+        every feedback must not pay it each time). Counted in rows, not seconds, so the answers
+        do not depend on timing."""
         from serve.store import target_key
 
         if self.store is None:
@@ -548,7 +553,7 @@ class Placer:
         key = target_key(target)
         seq = self.store.last_feedback_seq()
         cached = self._offsets.get(key)
-        if cached is not None and cached[0] == seq:
+        if cached is not None and 0 <= seq - cached[0] < OFFSET_REFRESH_ROWS:
             return cached[1]
         offsets = target_offsets(self.store, self.perf_model, target)
         self._offsets[key] = (seq, offsets)
