@@ -267,7 +267,8 @@ class Learner:
         formed = form_rewards(feedback, thresholds, self.perf_model, self.reward_settings)
         formed = replace(formed, sources={**formed.sources, **excluded})
         by_id = {fb.decision.decision_id: fb for fb in feedback}
-        # features as the placer forms them now: margins of the estimate shifted by each target's offsets
+        # features as the placer forms them: margins of the estimate shifted by each target's offsets (as they
+        # stood for the world each outcome measured)
         margins_by_id = self.decision_margins(by_id, thresholds)
         formed = replace(formed, pairs=with_margins(formed.pairs, margins_by_id),
                          trace=with_margins(formed.trace, margins_by_id))
