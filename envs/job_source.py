@@ -465,10 +465,10 @@ def _feature_columns(frame: pd.DataFrame, cores: FloatArray) -> dict[str, npt.ND
     """The :data:`placement.features.FEATURE_INPUT_COLUMNS` of ``frame`` as numpy arrays,
     with ``cpu_cores`` set to ``cores`` (default knobs: all the target's cores).
 
-    A frame that carries every one of :data:`placement.features.ESTIMATE_COLUMNS`, finite on
-    every row (the learner's feedback trace: margins as the service forms them, shifted by the
-    target's offsets), passes them on, so the features are the ones the service decides on;
-    otherwise :func:`placement.features.feature_matrix` forms them from the performance model."""
+    A frame that carries :data:`placement.features.ESTIMATE_COLUMNS` (the learner's feedback
+    trace: margins as the service formed them, shifted by the target's offsets) passes them on,
+    so the features are the ones the service decides on; :func:`placement.features.feature_matrix`
+    forms them from the performance model for rows where they are missing (NaN)."""
     out: dict[str, npt.NDArray[Any]] = {}
     for name in FEATURE_INPUT_COLUMNS:
         if name == "cpu_cores":
@@ -480,9 +480,7 @@ def _feature_columns(frame: pd.DataFrame, cores: FloatArray) -> dict[str, npt.ND
         else:
             out[name] = _float(frame, name)
     if all(c in frame.columns for c in ESTIMATE_COLUMNS):
-        given = {c: _float(frame, c) for c in ESTIMATE_COLUMNS}
-        if all(np.isfinite(v).all() for v in given.values()):
-            out.update(given)
+        out.update({c: _float(frame, c) for c in ESTIMATE_COLUMNS})
     return out
 
 

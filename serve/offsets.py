@@ -138,7 +138,7 @@ def target_timeline(store: Any, perf_model: Any, target: HardwareTarget) -> Offs
             continue
         x = np.asarray(values, dtype=np.float64)
         start = change_point(x)
-        level, n = offset_level(values)
+        level, n = _level(x, start)
         timeline.now[name] = level * n / (n + 2.0)
         if start is not None:
             timeline.since_seq[name] = res_seq[name][start]
@@ -175,7 +175,10 @@ def offset_level(values: list[float]) -> tuple[float, int]:
     minority (20 % by 3x to 10x in one direction) cannot reach the share while the honest
     outcomes stay put (``tests/test_offsets.py``)."""
     x = np.asarray(values, dtype=np.float64)
-    start = change_point(x)
-    if start is not None:
-        return float(np.median(x[start:])), int(x.size - start)
-    return float(np.median(x)), int(x.size)
+    return _level(x, change_point(x))
+
+
+def _level(x: np.ndarray, start: int | None) -> tuple[float, int]:
+    """The median of ``x`` since ``start`` (all of it without a change) and how many it stands on."""
+    since = x if start is None else x[start:]
+    return float(np.median(since)), int(since.size)
