@@ -216,6 +216,36 @@ def margins(estimate: Estimate, speedup_min: npt.ArrayLike, energy_ratio_max: np
     return Margins(m_t, m_e, estimate.speedup_sigma.copy(), estimate.energy_ratio_sigma.copy())
 
 
+SETTLE_Z = 2.0
+"""A measured estimate settles the answer when its ``+-SETTLE_Z`` sigma interval lies wholly on one
+side of the joint threshold (about 95 % two-sided under the measured sigmas; fixed before any
+evaluation, never tuned on one)."""
+
+
+def settled(estimate: Estimate, m: Margins, z: float = SETTLE_Z) -> BoolArray:
+    """Rows whose measured estimate decides by itself: both devices' figures measured (probe or
+    history; a model figure on either side is not enough -- probing one device and predicting the
+    other was no better than static prediction, issue 12), both devices able to run the job, and
+    the ``+-z`` sigma interval of the joint margin clear of the threshold. The policy decides the
+    rest: the jobs the evidence leaves uncertain, and every job without measurements of both devices.
+    On the measured H200 jobs the threshold on a probe's own estimate agreed with long runs more
+    often than a held-out-architecture DNN given the same estimate (``docs/evaluation.md``)."""
+    measured = (estimate.cpu_source != "model") & (estimate.gpu_source != "model")
+    both_run = estimate.cpu_feasible & estimate.gpu_usable
+    return np.asarray(measured & both_run & ~m.straddles(z), dtype=bool)
+
+
+def settle(p_gpu: npt.ArrayLike, estimate: Estimate, m: Margins,
+           z: float = SETTLE_Z) -> tuple[FloatArray, BoolArray]:
+    """The policy's P(GPU) with the settled rows (:func:`settled`) replaced by the estimate's own
+    probability of passing both halves of the threshold (:meth:`Margins.p_pass`: >= 0.95 above
+    the threshold, <= 0.03 below at ``z = 2``), and the mask of those rows."""
+    p = np.array(p_gpu, dtype=np.float64, copy=True).reshape(-1)
+    mask = settled(estimate, m, z)
+    p[mask] = m.p_pass()[mask]
+    return p, mask
+
+
 def margin_columns(m: Margins, estimate: Estimate) -> dict[str, FloatArray]:
     """The estimate columns :func:`placement.features.feature_matrix` takes (see ``ESTIMATE_COLUMNS``)."""
     return {

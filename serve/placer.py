@@ -15,6 +15,10 @@ vectorised over the batch:
 3. **Policy**: the serving version's ``gpu_probability`` on features that include the
    estimate's threshold margins ``log(speedup / T_t)``, ``log(T_e / energy_ratio)``, their
    sigma and the GPU fit (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``.
+   Where both devices' figures are measured (probe or history) and the margin's ``+-2``
+   sigma interval is clear of the threshold, the estimate settles the answer by itself
+   (:func:`placement.estimate.settle`, ``decided_by='estimate'``, P(GPU) the estimate's
+   probability of passing): the policy keeps the uncertain jobs and the unmeasured ones.
    Per-request thresholds change only those margins: the same policy decides at any
    ``T_t``/``T_e``. A target without a GPU is always CPU (``decided_by='no_gpu'``) and the
    answer has no GPU probability and no cap. A job estimated not to fit in GPU memory is
@@ -73,6 +77,7 @@ from placement.estimate import (
     margin_columns,
     margins,
     model_estimate,
+    settle,
 )
 from placement.features import feature_matrix
 from placement.hardware import HardwareTarget
@@ -466,6 +471,8 @@ class Placer:
             p_gpu = np.zeros(n, dtype=np.float64)
             decided_by[:] = "no_gpu"
         else:
+            p_gpu, settled_rows = settle(p_gpu, est, m)
+            decided_by[settled_rows] = "estimate"
             gpu = p_gpu >= 0.5
             oom = gpu & ~usable  # never GPU for an estimated OOM unless a measurement shows it ran
             gpu = gpu & usable

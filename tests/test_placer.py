@@ -186,6 +186,36 @@ def test_a_probe_decides_and_says_so(placer, serve_world):
     assert target.has_gpu
 
 
+def _probe(speedup: float, devices: tuple[str, ...] = ("cpu", "gpu")) -> dict:
+    runs = {"cpu": {"device": "cpu", "time_per_sample_s": 1e-3 * speedup, "avg_cpu_power_w": 100.0,
+                    "cpu_power_method": "measured"},
+            "gpu": {"device": "gpu", "time_per_sample_s": 1e-3, "avg_cpu_power_w": 20.0, "cpu_power_method": "measured",
+                    "avg_gpu_power_w": 80.0, "gpu_power_method": "measured"}}
+    return {"runs": [runs[d] for d in devices]}
+
+
+def test_a_clear_measured_estimate_settles_and_the_policy_keeps_the_rest(settings, serve_world):
+    from agents.baselines import GpuOnlyPolicy
+
+    job = serve_world.jobs(50)[3].model_dump()
+    for policy, speedup, device in ((CpuOnlyPolicy(), 10.0, "gpu"), (GpuOnlyPolicy(), 0.5, "cpu")):
+        placer = Placer(PolicyBundle("fixed", policy, Thresholds()), settings=settings, store=None)
+        (d,) = _place(placer, job=job, target="B", explore=False, probes=[_probe(speedup)]).decisions
+        assert (d.device, d.decided_by) == (device, "estimate")
+        assert d.gpu_probability >= 0.95 if device == "gpu" else d.gpu_probability <= 0.03
+        # near the threshold (margin ln(2.2 / 2) < 2 sigma) the same probe leaves the answer to the policy
+        (near,) = _place(placer, job=job, target="B", explore=False, probes=[_probe(2.2 if device == "gpu" else 1.8)]
+                         ).decisions
+        assert near.decided_by == "policy" and near.device != device
+        # one device measured and the other modelled is not enough to settle
+        (half,) = _place(placer, job=job, target="B", explore=False, probes=[_probe(speedup, ("gpu",))]).decisions
+        assert half.decided_by == "policy" and half.device != device
+        # a per-request threshold moves the margin the rule reads: T_t above the measured speedup -> CPU
+        (strict,) = _place(placer, job=job, target="B", explore=False, probes=[_probe(10.0)],
+                           thresholds={"speedup_min": 40.0}).decisions
+        assert (strict.device, strict.decided_by) == ("cpu", "estimate")
+
+
 def test_max_slowdown_overrides_a_cpu_policy(settings, serve_world):
     placer = Placer(PolicyBundle("cpu-only", CpuOnlyPolicy(), Thresholds()), settings=settings, store=None)
     jobs = [j.model_dump() for j in serve_world.jobs(150)]
