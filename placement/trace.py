@@ -110,6 +110,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("est_gpu_feasible", "float", required=False, nullable=True, minimum=0),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+_HW_COLUMNS: tuple[tuple[str, str], ...] = tuple((n, n[len(_HW):]) for n in COLUMN_NAMES if n.startswith(_HW))
+"""The ``hw_*`` columns and the :class:`~placement.hardware.HardwareTarget` field each holds."""
 _BY_NAME = {c.name: c for c in COLUMNS}
 _PANDAS_DTYPE = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean"}
 MAX_ERRORS = 20
@@ -159,9 +161,8 @@ class Trace:
 def target_columns(target: HardwareTarget) -> dict[str, Any]:
     """The ``target_id`` and ``hw_*`` columns of a target."""
     cols: dict[str, Any] = {"target_id": target.id}
-    for name in COLUMN_NAMES:
-        if name.startswith(_HW):
-            cols[name] = getattr(target, name[len(_HW) :])
+    for name, attr in _HW_COLUMNS:
+        cols[name] = getattr(target, attr)
     return cols
 
 

@@ -293,6 +293,13 @@ def _robust_screens(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, own
     return flags
 
 
+def _median(values: npt.NDArray[np.float64]) -> float:
+    """``np.median`` of a short 1-d array without its per-call overhead (~0.1 ms; called per row)."""
+    v = np.sort(values)
+    n = v.shape[0]
+    return float(v[n // 2]) if n % 2 else float(0.5 * (v[n // 2 - 1] + v[n // 2]))
+
+
 def form_rewards(
     feedback: Sequence[StoredFeedback],
     thresholds: Thresholds,
@@ -361,6 +368,7 @@ def form_rewards(
         pred_tps = pred.time_per_batch_s / base["batch_size"].astype("float64").to_numpy()
         keys = [target_key(fb.decision.target) for fb in needed]
         qsim = _sim_vector(base)
+        base_rows = base.to_dict("records")  # one conversion: base.iloc[i] per row cost ~1 ms each
         for i, fb in enumerate(needed):
             d = str(dev[i])
             rt, rp, source = 0.0, 0.0, "model"
@@ -379,12 +387,12 @@ def form_rewards(
                     picked = group
                     source = "calibrated_model"
             if picked:
-                rt = float(np.median(res_t[picked]))
+                rt = _median(res_t[picked])
                 finite_p = res_p[picked][np.isfinite(res_p[picked])]
-                rp = float(np.median(finite_p)) if len(finite_p) else 0.0
+                rp = _median(finite_p) if len(finite_p) else 0.0
             sources[source] += 1
             source_of[fb.decision.decision_id] = source
-            row = dict(base.iloc[i])
+            row = dict(base_rows[i])
             row.update({"device": d, "cpu_cores": fb.decision.target.cpu_cores, "gpu_mem_cap_mib": None})
             if not bool(pred.feasible[i]):
                 row.update({"feasible": False, "infeasible_reason": f"{pred.infeasible_reason[i]} (predicted)",
