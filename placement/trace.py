@@ -180,6 +180,13 @@ def _isnull(value: Any) -> bool:
         return False
 
 
+def _all_text(raw: pd.Series) -> bool:
+    """Every value text or missing (strings, ``None``, ``NaN``, ``pd.NA``)."""
+    if pd.api.types.is_string_dtype(raw.dtype) and raw.dtype != object:
+        return True
+    return raw.dtype == object and pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty")
+
+
 def _coerce(frame: pd.DataFrame, errors: list[tuple[int, str, str]]) -> pd.DataFrame:
     """Columns to schema dtypes; values that cannot convert become errors."""
     out = pd.DataFrame(index=frame.index)
@@ -193,7 +200,12 @@ def _coerce(frame: pd.DataFrame, errors: list[tuple[int, str, str]]) -> pd.DataF
             series = frame[col.name]
         raw = series
         try:
-            if col.kind == "str":
+            if col.kind == "str" and _all_text(raw):  # the common case, without the per-value checks
+                out[col.name] = raw.astype("string")
+            elif col.kind == "float" and pd.api.types.is_float_dtype(raw.dtype) and not isinstance(
+                    raw.dtype, pd.api.types.CategoricalDtype):
+                out[col.name] = raw.astype("Float64")  # already numbers: nothing to convert or report
+            elif col.kind == "str":
                 conv = raw.astype("object").where(~raw.isna(), None)
                 bad_mask = conv.map(lambda v: v is not None and not isinstance(v, str))
                 conv = conv.map(lambda v: v if v is None or isinstance(v, str) else str(v))
