@@ -599,7 +599,7 @@ class Placer:
         """Recompute the offsets of every target placed on since the start (at most
         :data:`MAX_OFFSET_TARGETS`, the most recent) whose offsets are :data:`OFFSET_REFRESH_ROWS`
         feedback rows old; returns how many were recomputed. With ``offsets_inline=False`` the
-        service calls this from its own thread (:class:`serve.app.PlacementService`), so the ~0.5 s of
+        service calls this from its own thread (:class:`serve.app.ServiceState`), so the ~0.5 s of
         reading and screening the recent feedback is paid by no placement; a placement then uses
         offsets at most one refresh late (the first one on a new target: none yet)."""
         if self.store is None:
