@@ -4,10 +4,13 @@ Run: ``.venv/bin/python benchmarks/bench_placer_feedback.py [--model models/defa
 
 The library placer (no HTTP) on catalogue target A with a fresh SQLite store: every event places
 one job and feeds back its chosen device's outcome (performance model with noise, ``modelled``).
-The first placement after new feedback may recompute the target's offsets
-(:mod:`serve.offsets`: read and screen the last 800 feedback rows); the placer does so once
-every ``serve.placer.OFFSET_REFRESH_ROWS`` rows. Prints the placement latency per block of
-events and the time of one offsets recomputation at the end, measured in this run.
+The target's offsets (:mod:`serve.offsets`: read and screen the last 800 feedback rows) are
+recomputed once every ``serve.placer.OFFSET_REFRESH_ROWS`` rows, in one run two ways on the same
+events: ``inline`` (the library default: the first placement that finds them stale pays for it)
+and ``background`` (as the service runs: ``offsets_inline=False`` and a thread calling
+``Placer.refresh_offsets`` every ``serve.app.OFFSETS_POLL_S``, like ``PlacementService``).
+Prints the placement latency per block of events for each, their p90 ratio, and the time of one
+offsets recomputation at the end, all measured in this run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from placement.catalogue import get_target  # noqa: E402
 from placement.job import Job  # noqa: E402
 from placement.perfmodel import PerformanceModel, model_columns  # noqa: E402
 from placement.simulate import generate_jobs  # noqa: E402
+from serve.app import OFFSETS_POLL_S  # noqa: E402
 from serve.offsets import target_timeline  # noqa: E402
 from serve.placer import OFFSET_REFRESH_ROWS, Placer, bootstrap_store  # noqa: E402
 from serve.schemas import FeedbackRequest, PlacementRequest  # noqa: E402
@@ -42,15 +47,32 @@ def main() -> None:
     args = ap.parse_args()
     target = get_target("A")
     model = PerformanceModel()
-    rng = np.random.default_rng(args.seed)
     frame = generate_jobs(args.events, np.random.default_rng(args.seed + 1))
     jobs = [Job(name=r.model, family=r.family, mode=r.mode, batch_size=r.batch_size, flops_per_batch=r.flops_per_batch,
                 param_count=r.param_count, input_elems_per_sample=r.input_elems_per_sample,
                 input_bytes_per_sample=r.input_bytes_per_sample) for r in frame.itertuples()]
+    p90 = {}
+    for mode in ("inline", "background"):
+        p90[mode] = _stream(mode, jobs, target, model, args)
+    print(f"p90 of the last block, background / inline: {p90['background'] / p90['inline']:.3f}")
+
+
+def _stream(mode: str, jobs: list[Job], target, model, args) -> float:
+    rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-placer-") as tmp:
         settings = Settings(state_dir=Path(tmp), model_path=args.model, exploration_rate=0.1, seed=args.seed)
         store = Store(settings.database)
-        placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
+        placer = Placer(bootstrap_store(store, settings), settings=settings, store=store,
+                        offsets_inline=mode == "inline")
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(OFFSETS_POLL_S):
+                placer.refresh_offsets()
+
+        worker = threading.Thread(target=refresh, daemon=True)
+        if mode == "background":
+            worker.start()
         latency_s = []
         for job in jobs:
             t0 = time.perf_counter()
@@ -66,8 +88,11 @@ def main() -> None:
             else:
                 outcome["infeasible_reason"] = str(pred.infeasible_reason[0])
             placer.feedback(FeedbackRequest.model_validate({"decision_id": d.decision_id, "outcome": outcome}))
+        stop.set()
+        if worker.is_alive():
+            worker.join()
         lat = np.asarray(latency_s) * 1000
-        print(f"{args.events} events, offsets recomputed every {OFFSET_REFRESH_ROWS} feedback rows")
+        print(f"[{mode}] {args.events} events, offsets recomputed every {OFFSET_REFRESH_ROWS} feedback rows")
         block = max(1, args.events // 4)
         for lo in range(0, args.events, block):
             part = lat[lo:lo + block]
@@ -75,8 +100,10 @@ def main() -> None:
                   f"p90 {np.quantile(part, 0.9):7.1f} ms  max {part.max():7.1f} ms")
         t0 = time.perf_counter()
         target_timeline(store, placer.perf_model, target)
-        print(f"one offsets recomputation: {1000 * (time.perf_counter() - t0):.1f} ms")
+        print(f"[{mode}] one offsets recomputation: {1000 * (time.perf_counter() - t0):.1f} ms; "
+              f"offsets in use at the end: {placer._target_offsets(target)}")
         store.close()
+        return float(np.quantile(lat[-block:], 0.9))
 
 
 if __name__ == "__main__":

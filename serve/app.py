@@ -90,6 +90,8 @@ from serve.store import FeedbackConflict, StorageUnavailable, Store, UnknownDeci
 log = logging.getLogger(__name__)
 
 APP_NAME = "placement"
+OFFSETS_POLL_S = 0.25
+"""How often a replica's own thread checks whether its target offsets are stale (one count query)."""
 INLINE_MAX_JOBS = 256
 """Batches up to this size are decided on the event loop; larger ones in a worker thread."""
 INLINE_MAX_BODY_BYTES = 64 * 1024
@@ -274,6 +276,9 @@ class PlacementService:
             self._poller = threading.Thread(target=self._poll, name="policy-poll", daemon=True)
             self._poller.start()
             threading.Thread(target=self._retain, name="retention", daemon=True).start()
+            # the target offsets are recomputed here, not by the placement that finds them stale
+            placer.offsets_inline = False
+            threading.Thread(target=self._refresh_offsets, name="offsets", daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
@@ -285,6 +290,16 @@ class PlacementService:
                 self.placer.refresh()
             except Exception:  # keep serving the current version; the next poll retries
                 log.exception("policy refresh failed; still serving %s", self.placer.version)
+
+    def _refresh_offsets(self) -> None:
+        """Keep the target offsets (:mod:`serve.offsets`) of the targets this replica answered for
+        at most :data:`serve.placer.OFFSET_REFRESH_ROWS` feedback rows old, checked every
+        :data:`OFFSETS_POLL_S`."""
+        while not self._stop.wait(OFFSETS_POLL_S):
+            try:
+                self.placer.refresh_offsets()
+            except Exception:  # a busy store: placements keep the last offsets; the next round retries
+                log.exception("offsets refresh failed")
 
     def _retain(self) -> None:
         """Enforce the retention window for decisions without feedback (every replica; idempotent)."""

@@ -11,7 +11,10 @@ vectorised over the batch:
    the amount of evidence) and by a probe the request carries for it (``probe``). Every
    estimate on a target is first shifted by the median residual of the last outcomes
    reported on it, or of those since the device changed (:mod:`serve.offsets`): a drifted
-   device is seen within about 20 outcomes.
+   device is seen within about 20 outcomes. The offsets are recomputed every
+   :data:`OFFSET_REFRESH_ROWS` feedback rows: by the first placement that finds them stale in
+   the library (deterministic), by the service's own thread (``offsets_inline=False``,
+   :meth:`Placer.refresh_offsets`) so that no request pays for it.
 3. **Policy**: the serving version's ``gpu_probability`` on features that include the
    estimate's threshold margins ``log(speedup / T_t)``, ``log(T_e / energy_ratio)``, their
    sigma and the GPU fit (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``.
@@ -99,6 +102,17 @@ from serve.settings import Settings
 from serve.store import DecisionBatch, Store, UnknownDecision, iso
 
 log = logging.getLogger(__name__)
+
+
+MAX_OFFSET_TARGETS = 64
+"""Targets whose offsets a placer keeps (the most recently added): a client sending a new hardware
+description per request cannot grow them without bound."""
+
+
+def _bound(cache: dict[str, Any], limit: int) -> None:
+    """Drop the oldest entries of an insertion-ordered dict beyond ``limit``."""
+    while len(cache) > limit:
+        cache.pop(next(iter(cache)))
 
 
 OFFSET_REFRESH_ROWS = 8
@@ -364,6 +378,7 @@ class Placer:
         catalogue: Mapping[str, HardwareTarget] | None = None,
         local_target: HardwareTarget | None = None,
         rng_stream: int = 0,
+        offsets_inline: bool = True,
     ) -> None:
         self._bundle = bundle
         self.settings = settings
@@ -377,6 +392,11 @@ class Placer:
         self.explore_band = settings.explore_band
         self.explore_z = EXPLORE_Z
         self._offsets: dict[str, tuple[int, dict[str, float]]] = {}
+        self.offsets_inline = offsets_inline
+        """True: a placement recomputes stale target offsets itself (the library; deterministic).
+        False: placements use the last computed offsets and :meth:`refresh_offsets`, called by the
+        service's own thread, recomputes them (no request pays for it)."""
+        self._offset_targets: dict[str, HardwareTarget] = {}
 
     # -- policy versions -----------------------------------------------------------------
     @property
@@ -558,13 +578,40 @@ class Placer:
         if self.store is None:
             return {}
         key = target_key(target)
-        seq = self.store.last_feedback_seq()
+        if not self.offsets_inline:
+            if key not in self._offset_targets:
+                self._offset_targets[key] = target
+                _bound(self._offset_targets, MAX_OFFSET_TARGETS)
+            cached = self._offsets.get(key)
+            return cached[1] if cached is not None else {}
+        return self._recompute_if_stale(key, target, self.store.last_feedback_seq())
+
+    def _recompute_if_stale(self, key: str, target: HardwareTarget, seq: int) -> dict[str, float]:
         cached = self._offsets.get(key)
         if cached is not None and 0 <= seq - cached[0] < OFFSET_REFRESH_ROWS:
             return cached[1]
         offsets = target_offsets(self.store, self.perf_model, target)
         self._offsets[key] = (seq, offsets)
+        _bound(self._offsets, MAX_OFFSET_TARGETS)
         return offsets
+
+    def refresh_offsets(self) -> int:
+        """Recompute the offsets of every target placed on since the start (at most
+        :data:`MAX_OFFSET_TARGETS`, the most recent) whose offsets are :data:`OFFSET_REFRESH_ROWS`
+        feedback rows old; returns how many were recomputed. With ``offsets_inline=False`` the
+        service calls this from its own thread (:class:`serve.app.PlacementService`), so the ~0.5 s of
+        reading and screening the recent feedback is paid by no placement; a placement then uses
+        offsets at most one refresh late (the first one on a new target: none yet)."""
+        if self.store is None:
+            return 0
+        seq = self.store.last_feedback_seq()
+        done = 0
+        for key, target in list(self._offset_targets.items()):
+            cached = self._offsets.get(key)
+            if cached is None or not 0 <= seq - cached[0] < OFFSET_REFRESH_ROWS:
+                self._recompute_if_stale(key, target, seq)
+                done += 1
+        return done
 
     @staticmethod
     def _observation(est: Estimate, i: int, device: str, feasible: bool, time_s: float | None, power_w: float | None,

@@ -369,3 +369,30 @@ def test_outcomes_on_a_target_shift_every_estimate_there(placer, serve_world):
     assert after.predicted_speedup == pytest.approx(fresh.predicted_speedup / 3.0, rel=0.25)
     (other,) = _place(placer, job=probe_job.model_dump(), target="A", explore=False).decisions
     assert other.estimate_source == "model"  # target A saw no outcome: unchanged
+
+
+def test_background_offsets_are_paid_by_the_refresh_not_by_placements(settings, bundle, serve_world, monkeypatch):
+    """As the service runs (``offsets_inline=False``): placements use the last computed offsets and
+    never recompute them; ``refresh_offsets`` (the service's own thread) does, once they are stale."""
+    import serve.placer as placer_module
+
+    placer = Placer(bundle, settings=settings, store=Store(settings.database), offsets_inline=False)
+    calls = []
+    real = placer_module.target_offsets
+    monkeypatch.setattr(placer_module, "target_offsets", lambda *a, **k: calls.append(a[2].id) or real(*a, **k))
+    jobs = serve_world.jobs(60)
+    target = get_target("B")
+    probe_job = jobs[-1].model_dump()
+    (fresh,) = _place(placer, job=probe_job, target="B", explore=False).decisions
+    assert calls == [] and placer.refresh_offsets() == 1 and calls == ["B"]  # first sight of B: computed (none yet)
+    serve_world.gpu_slowdown = 3.0
+    for job in jobs[:40]:
+        (d,) = _place(placer, job=job.model_dump(), target="B", explore=False).decisions
+        placer.feedback(FeedbackRequest.model_validate(
+            {"decision_id": d.decision_id, "outcome": serve_world.outcome(job, target, d.device)}))
+    assert calls == ["B"], "no placement recomputed the offsets"
+    (stale,) = _place(placer, job=probe_job, target="B", explore=False).decisions
+    assert stale.predicted_speedup == pytest.approx(fresh.predicted_speedup)  # the last computed (none)
+    assert placer.refresh_offsets() == 1 and placer.refresh_offsets() == 0  # fresh now: nothing to do
+    (after,) = _place(placer, job=probe_job, target="B", explore=False).decisions
+    assert after.predicted_speedup == pytest.approx(fresh.predicted_speedup / 3.0, rel=0.25)
