@@ -24,14 +24,16 @@ from typing import Any
 import pandas as pd
 
 METHOD = (
-    "placement.job_probe.probe_workload per job at default knobs (all cores, no GPU memory cap): GPU side first "
-    "(warm-up step, then synchronised steps timed together over >= 20 ms and >= 1 step; then the job kept "
-    "running over an NVML total-energy counter window of >= 0.3 s aligned to counter updates (measured); host "
-    "CPU power over the same window by RAPL if readable else modelled (idle + (TDP - idle) x utilisation); "
-    "torch.cuda.max_memory_allocated as the memory peak; OOM -> feasible=False), then the CPU: one cold warm-up "
-    "step (an upper bound of a step, its power over it); early exit when it decides the speed half by 1.25x "
-    "(after a 0.1 s setup allowance on the slow side): the warm-up is the CPU time (time_is_upper_bound in the "
-    "journal); else synchronised steps over >= 20 ms. Budget 5 s per job."
+    "placement.job_probe.probe_workload per job at default knobs (all cores, no GPU memory cap), timed by "
+    "placement.job_probe.ProbeTiming's defaults: GPU side first (warm-up of >= 3 steps over >= 50 ms, then "
+    "synchronised repeats of >= 20 ms inside an NVML total-energy counter window of >= 0.3 s aligned to counter "
+    "updates (measured): the time per step is the repeats' median; host CPU power over the same window by RAPL if "
+    "readable else modelled (idle + (TDP - idle) x utilisation); torch.cuda.max_memory_allocated as the memory "
+    "peak; OOM -> feasible=False), then the CPU: one cold step (an upper bound of a step, its power over it); early "
+    "exit when it decides the speed half by 1.25x (after a 0.1 s setup allowance on the slow side, and only for a "
+    "cold step of >= 1 s): the cold step is the CPU time (time_is_upper_bound in the journal); else warm-up to >= 2 "
+    "steps over >= 50 ms (a step of >= 0.25 s ends it), then repeats of >= 10 ms, >= 5 of them over >= 50 ms (or "
+    "0.5 s of long steps), their median. Budget 5 s per job."
 )
 
 

@@ -3,14 +3,21 @@
 :func:`probe_job` runs a job -- a zoo workload, a ``package.module:Factory`` or a built
 module with an example batch -- on the CPU and, where CUDA is present, the GPU:
 
-1. **warm-up**: at least one step per device (a new shape's first CPU step carries one-time
-   setup: 69 ms was seen against a 0.7 ms step; nothing is decided from it);
-2. **timed window**: synchronised steps (``torch.cuda.synchronize`` on the GPU) timed
-   together over a window of at least ``min_window_s`` (default 20 ms) and at least one
-   step, so a sub-millisecond step is timed over many steps, never one;
+1. **warm-up**: steps until at least ``warmup_steps`` ran and ``warmup_min_s`` passed (a
+   new shape's first CPU step carries one-time setup: 69 ms was seen against a 0.7 ms step,
+   and on the lent H200 a tiny job's second CPU step was still up to 23x the long run's step;
+   nothing is decided from a warm-up but the early exit below); a step of at least
+   ``long_step_s`` ends the warm-up at once (its setup is a small part of it);
+2. **timed repeats** (a small copy of the long measurements' protocol, :mod:`placement.timing`):
+   repeats of ``k`` steps, ``k`` chosen from the last warm-up step so that a repeat lasts at
+   least ``min_repeat_s``, synchronised at both ends (``torch.cuda.synchronize`` on the GPU),
+   until at least ``min_repeats`` ran over at least ``min_window_s`` -- or one long step's
+   repeats passed ``long_window_s`` -- and the time per step is their **median** (a slow
+   repeat left over from the warm-up does not move it). On the GPU the repeats run inside the
+   energy window below, so the time and the energy describe the same steps at steady clocks;
 3. **GPU energy**: the NVML total-energy counter over a window of at least
-   ``gpu_energy_window_s`` (default 0.3 s: the counter ticks every 100 ms) while the job
-   keeps running, read as ``measured``; a GPU without the counter is sampled for power over
+   ``gpu_energy_window_s`` (default 0.3 s: the counter ticks every 100 ms) over the GPU's
+   timed repeats, read as ``measured``; a GPU without the counter is sampled for power over
    the same window (``measured``, source ``nvml_power_samples``);
 4. **host CPU power**: RAPL where readable (``measured``), else the linear utilisation
    model of :class:`placement.meter.ModelledCpuMeter` (``modelled``), on CPU runs and as
@@ -41,8 +48,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -76,10 +85,12 @@ class ProbeRun(Record):
     gpu_mem_peak_mib: float | None = Field(default=None, ge=0, le=1e8, allow_inf_nan=False,
                                            description="Peak GPU memory allocated, MiB.")
     warmup_s: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False, description="First (cold) step, s.")
-    timed_steps: int = Field(default=0, ge=0, le=10**9, description="Synchronised steps in the timed window.")
+    warmup_steps: int = Field(default=0, ge=0, le=10**9, description="Warm-up steps before the timed repeats (the cold one included).")
+    timed_steps: int = Field(default=0, ge=0, le=10**9, description="Steps in the timed repeats.")
+    timed_repeats: int = Field(default=0, ge=0, le=10**9, description="Timed repeats; the time per step is their median.")
     time_is_upper_bound: bool = Field(default=False, description="Early exit: the time is the cold warm-up step (an upper bound).")
     timed_window_s: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False,
-                                         description="Wall time of the timed window, s.")
+                                         description="Wall time of the timed repeats, s.")
     cpu_cores: int | None = Field(default=None, ge=1, le=4096, description="Cores the probe ran on.")
     gpu_mem_cap_mib: int | None = Field(default=None, ge=1, le=10**8, description="GPU memory cap it ran under, MiB (none: no cap).")
 
@@ -127,20 +138,90 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def _timed_window(step: Callable[[], object], sync: Callable[[], object], min_window_s: float,
-                  deadline: float) -> tuple[int, float]:
-    """Run synchronised steps until ``min_window_s`` passed (>= 1 step) or the deadline; returns (steps, s)."""
+@dataclass(frozen=True)
+class ProbeTiming:
+    """How a probe times each device (seconds; see the module docstring, steps 1-2).
+
+    A small copy of the long measurements' protocol (:class:`placement.profiler.ProfileSettings`:
+    2 CPU / 3 GPU warm-up steps over >= 50 ms, repeats of >= 20 / 50 ms, a trimmed mean of >= 7),
+    cut to what a probe can spend: fewer, shorter repeats and their median."""
+
+    warmup_steps: int = 2
+    gpu_warmup_steps: int = 3
+    warmup_min_s: float = 0.05
+    min_repeat_s: float = 0.01
+    gpu_min_repeat_s: float = 0.02
+    min_repeats: int = 5
+    min_window_s: float = 0.05
+    long_step_s: float = 0.25
+    long_window_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_steps", "gpu_warmup_steps", "min_repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ProbeTiming.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_min_s", "min_repeat_s", "gpu_min_repeat_s", "min_window_s", "long_step_s",
+                     "long_window_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"ProbeTiming.{name} must be a finite number of seconds >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class _Timed:
+    step_s: float  # median repeat, s per step
+    steps: int
+    repeats: int
+    window_s: float
+
+
+def _warm_up(step: Callable[[], object], sync: Callable[[], object], *, done_steps: int, done_s: float,
+             last_s: float, min_steps: int, timing: ProbeTiming, deadline: float) -> tuple[int, float]:
+    """Warm-up steps after ``done_steps`` already ran (``done_s`` long, the last ``last_s``) until
+    ``min_steps`` and ``warmup_min_s`` -- or a step of ``long_step_s`` or the deadline; returns
+    (steps in all, the fastest step after the first one, s: what sizes the timed repeats)."""
+    steps, elapsed = done_steps, done_s
+    fastest = math.inf
+    while ((steps < min_steps or elapsed < timing.warmup_min_s) and last_s < timing.long_step_s
+           and _now() + last_s < deadline):
+        t0 = _now()
+        step()
+        sync()
+        last_s = _now() - t0
+        elapsed += last_s
+        steps += 1
+        fastest = min(fastest, last_s)
+    return steps, (last_s if math.isinf(fastest) else fastest)
+
+
+def _timed_repeats(step: Callable[[], object], sync: Callable[[], object], *, per_step_s: float, min_repeat_s: float,
+                   timing: ProbeTiming, deadline: float, min_window_s: float | None = None,
+                   can_end: Callable[[float], bool] | None = None, hard_deadline: float | None = None) -> _Timed:
+    """Synchronised repeats of ``k`` steps (see the module docstring, step 2); the median repeat per step.
+
+    Without ``can_end``: until ``min_repeats`` over ``min_window_s``, or ``long_window_s`` passed,
+    or the deadline. With it (an energy window): also until ``can_end(elapsed)``, given up at
+    ``hard_deadline``."""
+    window_min = timing.min_window_s if min_window_s is None else min_window_s
+    k = 1 if per_step_s <= 0 or per_step_s >= min_repeat_s else max(1, math.ceil(min_repeat_s / per_step_s))
+    times: list[float] = []
     sync()
     t0 = _now()
-    steps = 0
     while True:
-        step()
-        steps += 1
-        if steps & (steps - 1) == 0 or _now() - t0 >= min_window_s:  # sync at 1, 2, 4, ... and at the end
-            sync()
-            elapsed = _now() - t0
-            if elapsed >= min_window_s or _now() >= deadline:
-                return steps, elapsed
+        a = _now()
+        for _ in range(k):
+            step()
+        sync()
+        b = _now()
+        times.append((b - a) / k)
+        elapsed = b - t0
+        ready = ((len(times) >= timing.min_repeats and elapsed >= window_min)
+                 or (can_end is None and (elapsed >= timing.long_window_s or b >= deadline)))
+        if ready and (can_end is None or can_end(elapsed)):
+            break
+        if can_end is not None and b >= (hard_deadline if hard_deadline is not None else deadline):
+            break
+    return _Timed(step_s=statistics.median(times), steps=k * len(times), repeats=len(times), window_s=elapsed)
 
 
 def probe_job(
@@ -152,7 +233,7 @@ def probe_job(
     host: str | None = None,
     devices: tuple[str, ...] = ("cpu", "gpu"),
     budget_s: float = 5.0,
-    min_window_s: float = 0.02,
+    timing: ProbeTiming | None = None,
     gpu_energy_window_s: float = 0.3,
     cpu_cores: int | None = None,
     gpu_mem_cap_mib: int | None = None,
@@ -177,6 +258,7 @@ def probe_job(
 
     started = _now()
     deadline = started + budget_s
+    tm = timing or ProbeTiming()
     batch = int(example[0].shape[0])
     host_t = None
     if cpu_tdp_w is None or cpu_idle_w is None:
@@ -191,7 +273,7 @@ def probe_job(
 
     gpu_step_s = math.nan
     if "gpu" in devices and torch.cuda.is_available():
-        gpu_run = _probe_gpu(build, example, mode, batch, deadline, min_window_s, gpu_energy_window_s,
+        gpu_run = _probe_gpu(build, example, mode, batch, deadline, tm, gpu_energy_window_s,
                              gpu_mem_cap_mib, gpu_meter, make_cpu_meter)
         runs.append(gpu_run)
         if gpu_run.feasible and gpu_run.time_per_sample_s is not None:
@@ -222,25 +304,28 @@ def probe_job(
                                  avg_cpu_power_w=warm_reading.avg_power_w,
                                  cpu_power_method=(warm_reading.method if warm_reading.avg_power_w is not None
                                                    else "unknown"),
-                                 energy_window_s=warm_reading.duration_s, warmup_s=warm, timed_steps=0,
+                                 energy_window_s=warm_reading.duration_s, warmup_s=warm, warmup_steps=1, timed_steps=0,
                                  cpu_cores=used))
             else:
+                warm_steps, step_s = _warm_up(lambda: step(x, y), lambda: None, done_steps=1, done_s=warm,
+                                              last_s=warm, min_steps=tm.warmup_steps, timing=tm, deadline=deadline)
                 meter = make_cpu_meter(used)
                 meter.begin_window()
-                n, window = _timed_window(lambda: step(x, y), lambda: None, min_window_s, deadline)
+                timed = _timed_repeats(lambda: step(x, y), lambda: None, per_step_s=step_s,
+                                       min_repeat_s=tm.min_repeat_s, timing=tm, deadline=deadline)
                 reading = meter.end_window()
-                runs.append(_run(device="cpu", time_per_sample_s=window / n / batch,
+                runs.append(_run(device="cpu", time_per_sample_s=timed.step_s / batch,
                                  avg_cpu_power_w=reading.avg_power_w,
                                  cpu_power_method=reading.method if reading.avg_power_w is not None else "unknown",
-                                 warmup_s=warm, timed_steps=n, timed_window_s=window, cpu_cores=used,
+                                 warmup_s=warm, warmup_steps=warm_steps, timed_steps=timed.steps,
+                                 timed_repeats=timed.repeats, timed_window_s=timed.window_s, cpu_cores=used,
                                  energy_window_s=reading.duration_s))
-        del model, step
-        gc.collect()
+        del model, step  # freed by reference counting: a full gc.collect() cost ~0.2 s a probe
     return ProbeResult(job=job, host=host, runs=runs, early_exit=early, wall_s=_now() - started, budget_s=budget_s)
 
 
 def _probe_gpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, batch: int, deadline: float,
-               min_window_s: float, energy_window_s: float, cap_mib: int | None, gpu_meter: Any,
+               tm: ProbeTiming, energy_window_s: float, cap_mib: int | None, gpu_meter: Any,
                make_cpu_meter: Callable[[int], Any]) -> ProbeRun:
     import torch
 
@@ -258,6 +343,7 @@ def _probe_gpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, ba
     torch.cuda.reset_peak_memory_stats()
     model: Any = None
     step: Any = None
+    oom = False
     try:
         with gpu_memory_cap("grow" if cap_mib is None else cap_mib, TorchCudaMemory(0)):
             model = build().to(dev)
@@ -272,38 +358,37 @@ def _probe_gpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, ba
             run()
             sync()
             warm = _now() - t0
-            run()
-            n, window = _timed_window(run, sync, min_window_s, deadline)
-            # energy: keep the job running over >= energy_window_s of counter ticks
+            warm_steps, step_s = _warm_up(run, sync, done_steps=1, done_s=warm, last_s=warm,
+                                          min_steps=tm.gpu_warmup_steps, timing=tm, deadline=deadline)
+            # timed repeats inside the energy window: >= energy_window_s of counter ticks
             host = make_cpu_meter(1)
             gpu_meter.begin_window()
             host.begin_window()
-            e_start = _now()
-            while True:
-                run()
-                sync()
-                elapsed = _now() - e_start
-                if gpu_meter.window_can_end(elapsed) and host.window_can_end(elapsed) and elapsed >= energy_window_s:
-                    break
-                if _now() > deadline + energy_window_s + 1.0:
-                    break
+            timed = _timed_repeats(
+                run, sync, per_step_s=step_s, min_repeat_s=tm.gpu_min_repeat_s, timing=tm, deadline=deadline,
+                min_window_s=max(energy_window_s, tm.min_window_s),
+                can_end=lambda e: gpu_meter.window_can_end(e) and host.window_can_end(e),
+                hard_deadline=deadline + energy_window_s + 1.0)
             host_r = host.end_window()
             gpu_r = gpu_meter.end_window()
         peak = torch.cuda.max_memory_allocated() / 2**20
-        return _run(device="gpu", time_per_sample_s=window / n / batch, avg_cpu_power_w=host_r.avg_power_w,
+        return _run(device="gpu", time_per_sample_s=timed.step_s / batch, avg_cpu_power_w=host_r.avg_power_w,
                         cpu_power_method=host_r.method if host_r.avg_power_w is not None else "unknown",
                         avg_gpu_power_w=gpu_r.avg_power_w,
                         gpu_power_method=gpu_r.method if gpu_r.avg_power_w is not None else "unknown",
                         gpu_power_source=gpu_r.source, energy_window_s=gpu_r.duration_s, gpu_mem_peak_mib=peak,
-                        warmup_s=warm, timed_steps=n, timed_window_s=window, gpu_mem_cap_mib=cap_mib)
+                        warmup_s=warm, warmup_steps=warm_steps, timed_steps=timed.steps, timed_repeats=timed.repeats,
+                        timed_window_s=timed.window_s, gpu_mem_cap_mib=cap_mib)
     except Exception as exc:
         if not is_oom(exc):
             raise
+        oom = True
         return _run(device="gpu", feasible=False, infeasible_reason="oom",
                         gpu_mem_peak_mib=torch.cuda.max_memory_allocated() / 2**20, gpu_mem_cap_mib=cap_mib)
     finally:
         model = step = None
-        gc.collect()
+        if oom:  # a failed step's frames may hold GPU tensors in cycles; else reference counting frees them
+            gc.collect()
         with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
 

@@ -10,23 +10,100 @@ from typer.testing import CliRunner
 
 from placement import job_probe
 from placement.cli import app
-from placement.job_probe import ProbeResult, ProbeRun, probe_factory, probe_workload
+from placement.job_probe import (
+    ProbeResult,
+    ProbeRun,
+    ProbeTiming,
+    _timed_repeats,
+    _warm_up,
+    probe_factory,
+    probe_workload,
+)
 from placement.signature import workload_signature
 
 
-def test_cpu_side_times_a_window_after_warmup_with_labelled_power():
+def test_cpu_side_times_repeats_after_warmup_with_labelled_power():
     result = probe_workload("mlp_covtype", 256, "infer", devices=("cpu",), budget_s=3.0, cpu_cores=1,
                             cpu_tdp_w=60.0, cpu_idle_w=10.0)
     (run,) = result.runs
+    tm = ProbeTiming()
     assert run.device == "cpu" and run.feasible and run.cpu_cores == 1
-    assert run.warmup_s is not None and run.warmup_s > 0
-    assert run.timed_steps >= 1 and run.timed_window_s >= 0.02  # a window of tens of ms, never the warm-up
-    assert run.time_per_sample_s == pytest.approx(run.timed_window_s / run.timed_steps / 256)
+    assert run.warmup_s is not None and run.warmup_s > 0 and run.warmup_steps >= tm.warmup_steps
+    # repeats over a window of tens of ms, never the warm-up; the time is their median, inside the window's range
+    assert run.timed_repeats >= tm.min_repeats and run.timed_steps >= run.timed_repeats
+    assert run.timed_window_s >= tm.min_window_s
+    per_step = run.time_per_sample_s * 256
+    assert 0 < per_step <= run.timed_window_s
     assert run.cpu_power_method in ("measured", "modelled") and run.avg_cpu_power_w > 0
     assert not run.time_is_upper_bound and not result.early_exit
     assert result.wall_s < 3.0 + 2.0
     assert result.job is not None and result.job.signature == workload_signature("mlp_covtype")
     assert ProbeResult.model_validate_json(result.model_dump_json()) == result
+
+
+class _Clock:
+    """A step whose duration is scripted: step i takes ``durations[i]`` s (the last repeats)."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.t = 0.0
+        self.i = 0
+        self.durations = durations
+
+    def now(self) -> float:
+        return self.t
+
+    def step(self) -> None:
+        self.t += self.durations[min(self.i, len(self.durations) - 1)]
+        self.i += 1
+
+
+def test_a_slow_step_left_over_from_warm_up_does_not_move_the_median(monkeypatch):
+    # the lent H200 saw a tiny job's second CPU step at 23x its steady step: the warm-up runs
+    # >= 2 steps over >= 50 ms, and the timed repeats' median ignores one slow repeat
+    clock = _Clock([0.008, 0.030] + [0.002] * 6 + [0.002] * 5 + [0.040] + [0.002] * 1000)
+    clock.i = 1  # the cold step (8 ms) already ran
+    monkeypatch.setattr(job_probe, "_now", clock.now)
+    tm = ProbeTiming()
+    steps, fastest = _warm_up(clock.step, lambda: None, done_steps=1, done_s=0.008, last_s=0.008, min_steps=2,
+                              timing=tm, deadline=1e9)
+    assert steps == 8 and sum(clock.durations[:steps]) >= tm.warmup_min_s and fastest == pytest.approx(0.002)
+    timed = _timed_repeats(clock.step, lambda: None, per_step_s=fastest, min_repeat_s=tm.min_repeat_s, timing=tm,
+                           deadline=1e9)
+    assert timed.step_s == pytest.approx(0.002)  # the repeat holding the 40 ms step is not the median
+    assert timed.repeats >= tm.min_repeats and timed.window_s >= tm.min_window_s
+    assert timed.steps == timed.repeats * 5  # k = ceil(10 ms / 2 ms) steps a repeat
+
+
+def test_a_long_step_is_timed_once_after_one_warm_up(monkeypatch):
+    clock = _Clock([0.6])
+    monkeypatch.setattr(job_probe, "_now", clock.now)
+    tm = ProbeTiming()
+    steps, last = _warm_up(clock.step, lambda: None, done_steps=1, done_s=0.6, last_s=0.6, min_steps=2,
+                           timing=tm, deadline=1e9)
+    assert steps == 1  # a step of >= long_step_s ends the warm-up: its setup is a small part of it
+    timed = _timed_repeats(clock.step, lambda: None, per_step_s=last, min_repeat_s=tm.min_repeat_s,
+                           timing=tm, deadline=1e9)
+    assert timed.repeats == 1 and timed.step_s == pytest.approx(0.6)  # past long_window_s after one repeat
+
+
+def test_an_energy_window_holds_the_repeats_until_the_meter_can_end(monkeypatch):
+    clock = _Clock([0.001])
+    monkeypatch.setattr(job_probe, "_now", clock.now)
+    asked: list[float] = []
+
+    def can_end(elapsed: float) -> bool:
+        asked.append(elapsed)
+        return elapsed >= 0.4  # the counter's tick after the 0.3 s minimum
+
+    timed = _timed_repeats(clock.step, lambda: None, per_step_s=0.001, min_repeat_s=0.02, timing=ProbeTiming(),
+                           deadline=0.0, min_window_s=0.3, can_end=can_end, hard_deadline=10.0)
+    assert timed.window_s >= 0.4 and asked and min(asked) >= 0.3 and timed.step_s == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("field,value", [("min_repeats", 0), ("warmup_min_s", float("nan")), ("long_step_s", -1.0)])
+def test_probe_timing_refuses_bad_settings(field, value):
+    with pytest.raises(ValueError, match=field):
+        ProbeTiming(**{field: value})
 
 
 def test_a_module_path_is_probed_with_its_signature():
@@ -64,7 +141,8 @@ def test_cli_probe_keeps_the_host_probe_and_probes_a_job():
 def test_gpu_side_reads_the_energy_counter_over_a_window_and_the_memory_peak():
     result = probe_workload("resnet18_cifar10", 64, "train", budget_s=5.0)
     gpu = result.run("gpu")
-    assert gpu is not None and gpu.feasible and gpu.timed_steps >= 1 and gpu.timed_window_s >= 0.02
+    assert gpu is not None and gpu.feasible and gpu.timed_repeats >= ProbeTiming().min_repeats
+    assert gpu.timed_window_s >= 0.3  # the timed repeats are the energy window's steps
     assert gpu.energy_window_s >= 0.3 and gpu.gpu_power_method == "measured" and gpu.avg_gpu_power_w > 0
     assert gpu.gpu_power_source in ("nvml_total_energy", "nvml_power_samples")
     assert gpu.gpu_mem_peak_mib > 0
