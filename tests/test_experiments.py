@@ -193,3 +193,23 @@ def test_experiment_writes_a_run_folder_not_tracked_results(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert "not run" in (tmp_path / "run" / "REPORT.md").read_text()
     assert (ROOT / "results" / "REPORT.md").read_bytes() == tracked
+
+
+def test_probe_recheck_separates_probe_error_from_lease_variation() -> None:
+    from experiments.probe_recheck import Args, compare, first_lease_jobs, main, pairs
+    from placement.threshold import Thresholds
+
+    args = Args()
+    same = first_lease_jobs(args.recheck.with_name(args.recheck.name + ".journal.jsonl"), args.lease_gap_s)
+    assert len(same) == 57  # the sweep was resumed on a second lease after 123 of its 212 rows
+    th = Thresholds()
+    recheck, probe = pairs(args.recheck, th), pairs(args.probe, th)
+    on_lease = compare(recheck, probe, args.band, same)
+    assert on_lease["jobs"] == 57 and 0.9 < float(on_lease["agreement_clear"]) <= 1.0  # type: ignore[arg-type]
+    # a clear job disagrees exactly when the two margins differ in sign
+    for item in on_lease["wrong"]:  # type: ignore[attr-defined]
+        first, second = item.split("(")[1].rstrip(")").split(" vs ")
+        assert (float(first) > 0) != (float(second) > 0)
+    assert compare(recheck, recheck, args.band)["agreement_clear"] == 1.0
+    text = main(args)
+    assert text.count("\n| ") == 10 and "probe (same lease)" in text  # header + 9 comparisons
