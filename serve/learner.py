@@ -427,7 +427,7 @@ class Learner:
         # reward model: the same held-out feedback with the unchosen run estimated, not measured
         held_ids = set(ids)
         blind = [replace(fb, other=None) if fb.decision.decision_id in held_ids else fb for fb in feedback]
-        est = form_rewards(blind, thresholds, self.perf_model, self.reward_settings).pairs
+        est = form_rewards(blind, thresholds, self.perf_model, self.reward_settings, only=held_ids).pairs
         est = est.set_index(est["job_id"].astype(str)).reindex(ids)
         rhat = r_obs_both.copy()
         ok = est["label_gpu"].notna().to_numpy()

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -305,11 +305,17 @@ def form_rewards(
     thresholds: Thresholds,
     perf_model: PerformanceModel | None = None,
     settings: RewardSettings | None = None,
+    only: Collection[str] | None = None,
 ) -> FormedRewards:
     """One labelled pair per feedback (see the module docstring). Raises ``ValueError`` when
-    ``feedback`` is empty."""
+    ``feedback`` is empty.
+
+    ``only``: decision ids to form pairs for (the others still serve as evidence); the pairs are
+    those the whole set would give for these ids, at a fraction of the cost (the learner's gate
+    needs its held-out rows only)."""
     if not feedback:
         raise ValueError("no feedback to form rewards from")
+    keep = None if only is None else set(only)
     rs = settings or RewardSettings()
     model = perf_model or PerformanceModel()
 
@@ -348,17 +354,20 @@ def form_rewards(
                 fine[(tk, str(dev), str(fam), str(mode))].append(i)
 
     # counterfactual rows to estimate
+    wanted = list(feedback) if keep is None else [fb for fb in feedback if fb.decision.decision_id in keep]
+    if not wanted:
+        raise ValueError("only names no decision of the feedback: nothing to form rewards for")
     needed: list[StoredFeedback] = [
-        fb for fb in feedback
+        fb for fb in wanted
         if fb.other is None and (fb.decision.device == "gpu" or fb.decision.target.has_gpu)
     ]
     sources: dict[str, int] = defaultdict(int)
-    for fb in feedback:
+    for fb in wanted:
         if fb.other is not None:
             sources["both_measured"] += 1
         elif not (fb.decision.device == "gpu" or fb.decision.target.has_gpu):
             sources["not_needed"] += 1
-    source_of: dict[str, str] = {fb.decision.decision_id: "both_measured" for fb in feedback if fb.other is not None}
+    source_of: dict[str, str] = {fb.decision.decision_id: "both_measured" for fb in wanted if fb.other is not None}
     estimated_rows: list[dict[str, Any]] = []
     if needed:
         base = pd.DataFrame([job_row(fb.decision) for fb in needed])
@@ -409,8 +418,9 @@ def form_rewards(
                 })
             estimated_rows.append(row)
 
-    frame = pd.concat([observed.drop(columns=["_target_key", "_order"]), pd.DataFrame(estimated_rows)],
-                      ignore_index=True) if estimated_rows else observed.drop(columns=["_target_key", "_order"])
+    kept = observed if keep is None else observed[observed["job_id"].astype(str).isin(keep)]
+    kept = kept.drop(columns=["_target_key", "_order"])
+    frame = pd.concat([kept, pd.DataFrame(estimated_rows)], ignore_index=True) if estimated_rows else kept
     trace = validate(frame, source="feedback rewards")
     pairs = pair_outcomes(trace, thresholds)
     pairs["estimate_source"] = [source_of.get(str(j), "not_needed") for j in pairs["job_id"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -244,3 +245,18 @@ def test_a_lying_fifth_of_feedback_is_never_promoted_and_flips_nothing(tmp_path,
     screened = sum(sum(r.screened_out.values()) for r in reports[-1:])
     assert screened >= 0.8 * lied, reports[-1].screened_out
     assert store.active_version() == "serve-test-dnn" and answers(probe) == before
+
+
+def test_forming_rewards_for_some_decisions_gives_their_pairs_of_the_whole_set(tmp_path, serve_model_dir, serve_world):
+    # the gate forms its held-out rows only; the others stay evidence, so their pairs are unchanged
+    _, store, placer = _service(tmp_path, serve_model_dir)
+    _run(placer, serve_world, serve_world.jobs(60))
+    feedback = store.recent_feedback()
+    whole = form_rewards(feedback, Thresholds()).pairs
+    some = [fb.decision.decision_id for fb in feedback[::4]]
+    part = form_rewards(feedback, Thresholds(), only=some).pairs
+    assert sorted(part["job_id"]) == sorted(some)
+    expected = whole.set_index("job_id").loc[part["job_id"]].reset_index()
+    pd.testing.assert_frame_equal(part.reset_index(drop=True), expected[part.columns], check_dtype=False)
+    with pytest.raises(ValueError, match="only names no decision"):
+        form_rewards(feedback, Thresholds(), only=["nope"])
