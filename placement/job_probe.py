@@ -9,8 +9,8 @@ module with an example batch -- on the CPU and, where CUDA is present, the GPU:
    nothing is decided from a warm-up but the early exit below); a step of at least
    ``long_step_s`` ends the warm-up at once (its setup is a small part of it);
 2. **timed repeats** (a small copy of the long measurements' protocol, :mod:`placement.timing`):
-   repeats of ``k`` steps, ``k`` chosen from the last warm-up step so that a repeat lasts at
-   least ``min_repeat_s``, synchronised at both ends (``torch.cuda.synchronize`` on the GPU),
+   repeats of ``k`` steps, ``k`` chosen from the fastest warm-up step after the cold one so
+   that a repeat lasts at least ``min_repeat_s``, synchronised at both ends (``torch.cuda.synchronize`` on the GPU),
    until at least ``min_repeats`` ran over at least ``min_window_s`` -- or one long step's
    repeats passed ``long_window_s`` -- and the time per step is their **median** (a slow
    repeat left over from the warm-up does not move it). On the GPU the repeats run inside the
