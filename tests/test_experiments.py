@@ -213,3 +213,14 @@ def test_probe_recheck_separates_probe_error_from_lease_variation() -> None:
     assert compare(recheck, recheck, args.band)["agreement_clear"] == 1.0
     text = main(args)
     assert text.count("\n| ") == 10 and "probe (same lease)" in text  # header + 9 comparisons
+
+
+def test_mlp_step_check_times_both_protocols(tmp_path: Path) -> None:
+    from experiments.mlp_step_check import Args, main
+
+    (rec,) = main(Args(out=tmp_path / "c.jsonl", batches=(2,), flush=(True,), cores=1))
+    assert rec["long_steps"] >= 7 and float(rec["long_trimmed_mean_s"]) > 0 and float(rec["probe_step_s"]) > 0
+    assert len(rec["first_steps_s"]) >= 7 and rec["subnormal_params"] == 0  # type: ignore[arg-type]
+    assert json.loads((tmp_path / "c.jsonl").read_text()) == rec
+    committed = [json.loads(line) for line in (ROOT / "data/traces/h200_mlp_step_check.jsonl").read_text().splitlines()]
+    assert {(r["flush_denormal"], r["batch"]) for r in committed} == {(f, b) for f in (False, True) for b in (2, 4, 8, 16, 32)}
