@@ -56,6 +56,15 @@ def long_protocol(step: Callable[[], object]) -> tuple[TimingStats, list[float]]
 
 
 def main(args: Args) -> list[dict[str, object]]:
+    """Run every configuration; torch's flush-subnormals state is process-wide, so it is put back
+    to torch's default (off) on the way out."""
+    try:
+        return _run(args)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _run(args: Args) -> list[dict[str, object]]:
     torch.set_num_threads(args.cores)
     records: list[dict[str, object]] = []
     with args.out.open("w") as fh:

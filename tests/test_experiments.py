@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
@@ -219,6 +220,8 @@ def test_mlp_step_check_times_both_protocols(tmp_path: Path) -> None:
     from experiments.mlp_step_check import Args, main
 
     (rec,) = main(Args(out=tmp_path / "c.jsonl", batches=(2,), flush=(True,), cores=1))
+    # flushing subnormals is process-wide: left on, it breaks every later test that draws subnormal floats
+    assert torch.tensor([1e-40], dtype=torch.float32).item() != 0.0
     assert rec["long_steps"] >= 7 and float(rec["long_trimmed_mean_s"]) > 0 and float(rec["probe_step_s"]) > 0
     assert len(rec["first_steps_s"]) >= 7 and rec["subnormal_params"] == 0  # type: ignore[arg-type]
     assert json.loads((tmp_path / "c.jsonl").read_text()) == rec
