@@ -26,6 +26,7 @@ import torch
 
 from placement.job_probe import probe_workload
 from placement.knobs import cpu_cores
+from placement.profiler import ProfileSettings
 from placement.timing import TimingSettings, TimingStats, time_step
 from placement.workloads import get_workload, make_batch, make_step
 
@@ -50,8 +51,10 @@ def long_protocol(step: Callable[[], object]) -> tuple[TimingStats, list[float]]
         step()
         steps.append(time.perf_counter() - a)
 
-    stats = time_step(timed, TimingSettings(warmup_steps=2, min_repeats=7, min_repeat_s=0.02, min_time_s=0.2,
-                                            max_time_s=8.0))
+    ps = ProfileSettings()  # the long sweeps' CPU settings, read from where the profiler keeps them
+    stats = time_step(timed, TimingSettings(warmup_steps=ps.cpu_warmup_steps, min_repeats=ps.cpu_min_repeats,
+                                            min_repeat_s=ps.cpu_min_repeat_s, min_time_s=ps.cpu_min_time_s,
+                                            max_time_s=ps.cpu_max_time_s))
     return stats, steps
 
 

@@ -316,6 +316,9 @@ def form_rewards(
     if not feedback:
         raise ValueError("no feedback to form rewards from")
     keep = None if only is None else set(only)
+    wanted = list(feedback) if keep is None else [fb for fb in feedback if fb.decision.decision_id in keep]
+    if not wanted:
+        raise ValueError("only names no decision of the feedback: nothing to form rewards for")
     rs = settings or RewardSettings()
     model = perf_model or PerformanceModel()
 
@@ -354,9 +357,6 @@ def form_rewards(
                 fine[(tk, str(dev), str(fam), str(mode))].append(i)
 
     # counterfactual rows to estimate
-    wanted = list(feedback) if keep is None else [fb for fb in feedback if fb.decision.decision_id in keep]
-    if not wanted:
-        raise ValueError("only names no decision of the feedback: nothing to form rewards for")
     needed: list[StoredFeedback] = [
         fb for fb in wanted
         if fb.other is None and (fb.decision.device == "gpu" or fb.decision.target.has_gpu)
