@@ -124,7 +124,7 @@ def test_gate_rejects_a_worse_candidate(tmp_path, serve_model_dir, serve_world):
 
 @pytest.mark.slow
 def test_drift_update_is_promoted_and_flips_marginal_jobs(tmp_path, serve_model_dir, serve_world):
-    settings, store, placer = _service(tmp_path, serve_model_dir, ppo_timesteps=8192, history_window=300,
+    settings, store, placer = _service(tmp_path, serve_model_dir, ppo_timesteps=8192, history_window=300, holdout_fraction=0.4,
                                        exploration_rate=0.1)
     jobs = serve_world.jobs(1500)
     speedup = np.array([serve_world.speedup(j, TARGET) for j in jobs])
