@@ -30,7 +30,7 @@ lint: setup
 	$(VENV)/bin/ruff check placement envs agents serve tests experiments
 
 typecheck: setup
-	$(VENV)/bin/mypy placement
+	$(VENV)/bin/mypy placement  # every package: placement/envs, agents and serve are links into the namespace
 
 pytest: setup
 	$(PY) -m pytest
@@ -38,11 +38,11 @@ pytest: setup
 test: lint typecheck pytest
 
 # every measured sweep except the H100 host's (noisy, and its CPU ran the same jobs ~1.8x slower under the same
-# catalogue figures: agents/report.py NOT_POOLED scores it as a held-out host instead; data/traces/README.md)
+# catalogue figures: experiments/evaluation_report.py NOT_POOLED scores it as a held-out host instead; data/traces/README.md)
 NOT_POOLED = data/traces/h100_pairs_measured.parquet
 MEASURED_TRACES = $(filter-out $(NOT_POOLED),$(wildcard data/traces/*_measured.parquet))
 calibration: setup  # performance model: fit on the measured traces, report, then re-simulate
-	$(VENV)/bin/placement calibrate $(MEASURED_TRACES) --params-out placement/data/perf_params.json --report docs/calibration.md --seed 0 --folds 5 --max-nfev 400 && $(VENV)/bin/python -m placement.opcalibration --fit --report docs/calibration.md && $(VENV)/bin/placement simulate --out data/traces/simulated.parquet --n-jobs 80 --seed 0
+	$(VENV)/bin/placement calibrate $(MEASURED_TRACES) --params-out placement/data/perf_params.json --report docs/calibration.md --seed 0 --folds 5 --max-nfev 400 && $(VENV)/bin/python -m placement.model.opcalibration --fit --report docs/calibration.md && $(VENV)/bin/placement simulate --out data/traces/simulated.parquet --n-jobs 80 --seed 0
 
 # the bundled default model: DNN + warm PPO from the shipped traces (paper, simulated, measured when present)
 MODEL_TRACES = $(wildcard data/traces/paper_table2.csv data/traces/simulated.parquet) $(MEASURED_TRACES)
@@ -74,7 +74,7 @@ reliability: setup
 	$(PY) benchmarks/bench_hostile.py --per-operation 800 --scenarios 800 --out results/reliability/bench_hostile.json
 
 evaluation-report: setup  # docs/evaluation.md and docs/figures/ (held-out Table 5, warm vs cold PPO curves)
-	$(PY) -m agents.report
+	$(PY) -m experiments.evaluation_report
 
 experiments: setup  # every study of experiments/ (small default budgets) and results/REPORT.md
 	$(VENV)/bin/placement experiment all --out results

@@ -5,7 +5,7 @@ Layout of ``models/NAME/``::
     metadata.json     ModelMetadata: version, seed, thresholds, trace hashes, code version,
                       feature schema, metrics, and a sha256 manifest of every other file
     dnn.pt            the supervised DNN (tensors and plain values; torch.load(weights_only=True))
-    normaliser.json   the feature normaliser (placement.features.Normaliser)
+    normaliser.json   the feature normaliser (placement.model.features.Normaliser)
     thresholds.json   the joint threshold the labels were made with (T_t, T_e, missing power)
     ppo.zip           the PPO policy (stable-baselines3), when trained
 
@@ -30,16 +30,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from agents.dnn import DnnPolicy
-from agents.knobs import KnobLevels
-from agents.policy import Policy
-from placement.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, Normaliser
-from placement.threshold import Thresholds
-from placement.trace import file_sha256
-from placement.version import code_version
+from placement.agents.dnn import DnnPolicy
+from placement.agents.knobs import KnobLevels
+from placement.agents.policy import Policy
+from placement.core.threshold import Thresholds
+from placement.core.trace import file_sha256
+from placement.core.version import code_version
+from placement.model.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, Normaliser
 
 if TYPE_CHECKING:
-    from agents.ppo import PpoPolicy
+    from placement.agents.ppo import PpoPolicy
 
 MODEL_FORMAT = "placement.model/1"
 METADATA_FILE = "metadata.json"
@@ -232,7 +232,7 @@ def load_model(path: Path = DEFAULT_MODEL_DIR) -> LoadedModel:
         raise ArtifactError(f"{path / DNN_FILE}: cannot load the DNN ({exc}): retrain the model") from exc
     ppo = None
     if PPO_FILE in meta.files:
-        from agents.ppo import load_ppo_policy
+        from placement.agents.ppo import load_ppo_policy
 
         try:
             ppo = load_ppo_policy(path / PPO_FILE, knob_levels)

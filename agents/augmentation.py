@@ -1,6 +1,6 @@
 """Training rows for the estimate features: the same jobs under other thresholds and sources.
 
-The policy decides on the estimate's threshold margins (:mod:`placement.estimate`), which
+The policy decides on the estimate's threshold margins (:mod:`placement.model.estimate`), which
 at serving time come from the performance model, from the job signature's history or from
 a probe, at the request's thresholds. A trace labelled at one joint threshold with
 model-source margins only would teach the policy neither that a margin measured with
@@ -12,7 +12,7 @@ the label:
 * the thresholds are drawn log-uniformly (``T_t`` in [1, 8], ``T_e`` in [0.5, 4]) for half
   of the copies and kept at the trace's for the rest; the label is the joint threshold
   applied to the row's *measured* speedup and energy ratio at those thresholds;
-* the estimate is either the performance model's (sigma :data:`placement.estimate.SIGMA_MODEL_TIME`)
+* the estimate is either the performance model's (sigma :data:`placement.model.estimate.SIGMA_MODEL_TIME`)
   or a measurement-like one: the measured speedup and ratio times ``exp(N(0, s))`` with
   ``s`` drawn log-uniformly from [0.03, 0.6] and reported as the margin sigma (a probe is
   about 0.1; history at other batch sizes 0.1-0.4; a model-grade guess 0.6).
@@ -30,10 +30,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from agents.baselines import pairs_features
-from agents.evaluation import LabelledSet
-from placement.estimate import INFEASIBLE_MARGIN, MARGIN_CLIP, SIGMA_MODEL_TIME
-from placement.features import ESTIMATE_COLUMNS, estimate_columns
+from placement.agents.baselines import pairs_features
+from placement.agents.evaluation import LabelledSet
+from placement.model.estimate import INFEASIBLE_MARGIN, MARGIN_CLIP, SIGMA_MODEL_TIME
+from placement.model.features import ESTIMATE_COLUMNS, estimate_columns
 
 T_T_RANGE = (1.0, 8.0)
 T_E_RANGE = (0.5, 4.0)

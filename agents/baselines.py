@@ -8,7 +8,7 @@
   points of log10 FLOPs per batch and log10 input bytes per sample, combined by AND or
   OR, maximising training accuracy). The rule sees no hardware -- that is its weakness;
 * :class:`OraclePolicy` -- the joint threshold applied to the *true* outcomes of a
-  labelled frame (:func:`placement.trace.pair_outcomes`): the ceiling. It answers only
+  labelled frame (:func:`placement.core.trace.pair_outcomes`): the ceiling. It answers only
   for (job, target) rows it was built from, and says so otherwise.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from agents.policy import Policy, as_batch
-from placement.features import FEATURE_INDEX, feature_matrix
+from placement.agents.policy import Policy, as_batch
+from placement.model.features import FEATURE_INDEX, feature_matrix
 
 _FLOPS = FEATURE_INDEX["log10_flops_per_batch"]
 _INPUT = FEATURE_INDEX["log10_input_bytes_per_sample"]
@@ -126,7 +126,7 @@ class RuleBasedPolicy(Policy):
 
 
 def pairs_features(pairs: pd.DataFrame) -> npt.NDArray[np.float32]:
-    """Raw feature rows of a labelled frame (:func:`placement.trace.pair_outcomes`) at default
+    """Raw feature rows of a labelled frame (:func:`placement.core.trace.pair_outcomes`) at default
     knobs (all of the target's cores)."""
     cols: dict[str, Any] = {c: pairs[c].to_numpy() for c in pairs.columns}
     if "cpu_cores" not in cols:

@@ -2,7 +2,7 @@
 
 The joint threshold places a job on the GPU iff its *margin* is positive,
 ``m = min(ln(speedup / T_t), ln(T_e / energy_ratio))`` (natural-log units;
-:func:`placement.threshold.joint_threshold`). A policy that predicts a job's GPU time
+:func:`placement.core.threshold.joint_threshold`). A policy that predicts a job's GPU time
 with a multiplicative error ``exp(-eps)`` (or its CPU time with ``exp(eps)``), powers
 known, moves ``ln speedup`` by ``+eps`` and ``ln energy_ratio`` (energy = power x time,
 paper A eq. 2) by ``-eps``: its predicted margin is exactly ``m + eps``. With
@@ -33,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from agents.evaluation import LabelledSet, Split
-from placement.trace import PAIR_KEYS
+from placement.agents.evaluation import LabelledSet, Split
+from placement.core.trace import PAIR_KEYS
 
 NORMAL_MAD = 0.6744897501960817
 """Median of ``|N(0, 1)|``: a normal error's median absolute value is ``NORMAL_MAD * sigma``."""
@@ -47,7 +47,7 @@ def _margins(margin: npt.ArrayLike) -> npt.NDArray[np.float64]:
     if m.size == 0:
         raise ValueError("margin is empty: need at least one labelled job")
     if not np.all(np.isfinite(m)):
-        raise ValueError("margin has NaN or infinite values: use the 'margin' column of placement.trace.pair_outcomes")
+        raise ValueError("margin has NaN or infinite values: use the 'margin' column of placement.core.trace.pair_outcomes")
     return m
 
 
@@ -177,7 +177,7 @@ class Reproducibility:
 
 
 def reproducibility(first: pd.DataFrame, second: pd.DataFrame, on: Sequence[str] = PAIR_KEYS) -> Reproducibility:
-    """Compare two labelled frames (:func:`placement.trace.pair_outcomes`) of the same jobs,
+    """Compare two labelled frames (:func:`placement.core.trace.pair_outcomes`) of the same jobs,
     matched on ``on`` (default ``job_id`` and ``target_id``: the same target measured twice;
     ``("job_id",)`` compares the same jobs on two targets). ``sigma_measurement`` is one run's
     margin noise (robust: ``median |m1 - m2| / NORMAL_MAD / sqrt(2)``; across targets it mixes
@@ -188,7 +188,7 @@ def reproducibility(first: pd.DataFrame, second: pd.DataFrame, on: Sequence[str]
     for name, frame in (("first", first), ("second", second)):
         missing = [c for c in (*PAIR_KEYS, "margin", "label_gpu") if c not in frame.columns]
         if missing:
-            raise ValueError(f"{name} frame lacks {', '.join(missing)}: build it with placement.trace.pair_outcomes")
+            raise ValueError(f"{name} frame lacks {', '.join(missing)}: build it with placement.core.trace.pair_outcomes")
     cols = [*PAIR_KEYS, "margin", "label_gpu"]
     both = first[cols].merge(second[cols], on=keys, suffixes=("_1", "_2"))
     if both.empty:

@@ -11,9 +11,9 @@ implements that, with two recipes:
 Both use early stopping on a stratified validation split (the validation error rate is
 monitored), then refit on every row for the chosen number of epochs.
 Edge targets optionally train two more heads (core level, GPU-memory-cap level) by
-cross-entropy on the best knob setting seen in the trace (:mod:`agents.knobs`).
+cross-entropy on the best knob setting seen in the trace (:mod:`placement.agents.knobs`).
 
-:class:`DnnPolicy` serves with numpy (:class:`agents.network.NumpyMlp`), not torch.
+:class:`DnnPolicy` serves with numpy (:class:`placement.agents.network.NumpyMlp`), not torch.
 Metrics (:func:`classification_metrics`): accuracy, precision, recall, average precision
 (area under PR), ROC-AUC, Brier score, log loss and expected calibration error, computed
 with scikit-learn.
@@ -35,13 +35,13 @@ from sklearn.calibration import calibration_curve
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from agents.knobs import KnobLevels
-from agents.network import NumpyMlp, PlacementNet, sigmoid
-from agents.policy import GPU, Policy, as_batch
-from placement.decision import GpuMemCap
-from placement.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, N_FEATURES, Normaliser
-from placement.hardware import HardwareTarget
-from placement.job import Job
+from placement.agents.knobs import KnobLevels
+from placement.agents.network import NumpyMlp, PlacementNet, sigmoid
+from placement.agents.policy import GPU, Policy, as_batch
+from placement.core.decision import GpuMemCap
+from placement.core.hardware import HardwareTarget
+from placement.core.job import Job
+from placement.model.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, N_FEATURES, Normaliser
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -185,7 +185,7 @@ class DnnPolicy(Policy):
     def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, GpuMemCap]:
         if self.knob_levels is None or not target.is_edge or self.net.core_head is None:
             return super().knobs(job, target, device)
-        from placement.features import build_features
+        from placement.model.features import build_features
 
         core_logits, cap_logits = self.knob_logits(build_features(job, target))
         return self.knob_levels.knobs(

@@ -1,6 +1,6 @@
 """Evaluation harness: paper A's Table 5 metrics, regret against the Oracle, generalisation splits.
 
-For a policy on a labelled frame (one row per (job, target), :func:`placement.trace.pair_outcomes`)
+For a policy on a labelled frame (one row per (job, target), :func:`placement.core.trace.pair_outcomes`)
 :func:`evaluate_policy` reports:
 
 * ``throughput_vs_cpu_only`` -- geometric mean over jobs of ``t_cpu / t_chosen`` (per-sample
@@ -14,7 +14,7 @@ For a policy on a labelled frame (one row per (job, target), :func:`placement.tr
 * ``time_regret_pct`` / ``energy_regret_pct`` -- ``100 * (geomean(x_chosen / x_oracle) - 1)``
   for per-sample time / energy: how much slower / costlier than the Oracle (signed: the
   Oracle trades time for energy, so a policy can beat it on one of the two).
-* ``mean_reward`` and ``reward_ratio`` -- :func:`placement.threshold.placement_reward`
+* ``mean_reward`` and ``reward_ratio`` -- :func:`placement.core.threshold.placement_reward`
   and its ratio to the Oracle's mean reward (1.0 = Oracle).
 
 Time metrics use jobs where both devices ran; energy metrics jobs whose both energies are
@@ -39,10 +39,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from agents.baselines import pairs_features
-from agents.policy import Policy
-from placement.threshold import Labels, Thresholds, placement_reward
-from placement.trace import pair_outcomes, read_traces
+from placement.agents.baselines import pairs_features
+from placement.agents.policy import Policy
+from placement.core.threshold import Labels, Thresholds, placement_reward
+from placement.core.trace import pair_outcomes, read_traces
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,11 @@ class LabelledSet:
 
 
 def labelled_set(pairs: pd.DataFrame) -> LabelledSet:
-    """A :class:`LabelledSet` from :func:`placement.trace.pair_outcomes` output (GPU targets only)."""
+    """A :class:`LabelledSet` from :func:`placement.core.trace.pair_outcomes` output (GPU targets only)."""
     required = ("label_gpu", "margin", "speedup", "energy_ratio", "cpu_time_per_sample_s", "gpu_time_per_sample_s")
     missing = [c for c in required if c not in pairs.columns]
     if missing:
-        raise ValueError(f"labelled frame lacks {', '.join(missing)}: build it with placement.trace.pair_outcomes")
+        raise ValueError(f"labelled frame lacks {', '.join(missing)}: build it with placement.core.trace.pair_outcomes")
     keep = pairs["hw_gpu_gflops"].astype("float64").to_numpy() > 0
     frame = pairs[keep].reset_index(drop=True)
     if frame.empty:
@@ -206,7 +206,7 @@ def evaluate_policy(policy: Policy, data: LabelledSet, name: str | None = None) 
 
 
 def evaluate_frame(policy: Policy, pairs: pd.DataFrame, name: str | None = None) -> PolicyReport:
-    """Score ``policy`` on a :func:`placement.trace.pair_outcomes` frame."""
+    """Score ``policy`` on a :func:`placement.core.trace.pair_outcomes` frame."""
     return evaluate_policy(policy, labelled_set(pairs), name)
 
 

@@ -1,32 +1,32 @@
 """Issue 12's targets: decisions grounded in a probe, in an architecture's history, or zero-shot.
 
-:func:`grounding_evaluation` scores the one decision path (:mod:`placement.estimate` ->
+:func:`grounding_evaluation` scores the one decision path (:mod:`placement.model.estimate` ->
 margin features -> the DNN) leave-one-architecture-out on the measured H200 jobs:
 
 * for every architecture ``A`` of the measured traces, a DNN is trained (the bundled recipe
-  with estimate augmentation, :mod:`agents.augmentation`) on every pooled row whose
+  with estimate augmentation, :mod:`placement.agents.augmentation`) on every pooled row whose
   architecture is not ``A`` (paper, simulated and measured alike), and the performance model
   loses its per-architecture constants for ``A`` (its family constants were still fitted
   with ``A``'s rows: a residual leak, said in the report);
 * ``A``'s measured jobs are then decided three ways, each by the service's decision path: the
   DNN on the estimate's features, except where a measured estimate of both devices settles the
-  answer by itself (:func:`placement.estimate.settle`):
+  answer by itself (:func:`placement.model.estimate.settle`):
 
   - **zero-shot**: the model's estimate only;
   - **with a probe**: the estimate corrected by the probe of the same job from
-    ``data/traces/h200_probe.parquet`` (:func:`placement.estimate.correct`, source ``probe``);
+    ``data/traces/h200_probe.parquet`` (:func:`placement.model.estimate.correct`, source ``probe``);
   - **after k outcomes**: ``k`` of ``A``'s jobs (drawn with the seed) were measured (the long
     runs, both devices) and act as history for ``A``'s other jobs of the same mode; scored on
     the jobs not drawn;
 
 * scores: agreement with the joint threshold on the long measurements for jobs whose
   |margin| > ln 1.25 (and on all jobs), time and energy regret against the Oracle
-  (:func:`agents.evaluation.evaluate_choices`), per-split zero-shot accuracy against
+  (:func:`placement.agents.evaluation.evaluate_choices`), per-split zero-shot accuracy against
   always-GPU and the rule-based baseline (fitted on the fold's training rows), and the
   expected calibration error of the zero-shot P(GPU) pooled over splits;
 * probe cost: median and p90 of the probe journal's ``wall_s``.
 
-Run: ``python -m agents.report --only grounding`` (writes the section of docs/evaluation.md).
+Run: ``python -m experiments.evaluation_report --only grounding`` (writes the section of docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from agents.augmentation import estimate_augmentation, with_augmentation
-from agents.baselines import RuleBasedPolicy
-from agents.dnn import DnnConfig, expected_calibration_error, train_dnn
-from agents.evaluation import evaluate_choices, labelled_set
-from placement.estimate import (
+from placement.agents.augmentation import estimate_augmentation, with_augmentation
+from placement.agents.baselines import RuleBasedPolicy
+from placement.agents.dnn import DnnConfig, expected_calibration_error, train_dnn
+from placement.agents.evaluation import evaluate_choices, labelled_set
+from placement.core.threshold import Thresholds
+from placement.core.trace import file_sha256, pair_outcomes, read_trace, read_traces
+from placement.model.estimate import (
     SETTLE_Z,
     Observation,
     correct,
@@ -55,10 +57,8 @@ from placement.estimate import (
     model_estimate,
     settle,
 )
-from placement.features import feature_matrix
-from placement.perfmodel import PerformanceModel, bundled_params
-from placement.threshold import Thresholds
-from placement.trace import file_sha256, pair_outcomes, read_trace, read_traces
+from placement.model.features import feature_matrix
+from placement.model.perfmodel import PerformanceModel, bundled_params
 
 BAND = math.log(1.25)
 
@@ -93,6 +93,7 @@ def _probe_runs(path: Path) -> dict[tuple[str, str, int], dict[str, dict[str, An
     """Probe trace rows by (model, mode, batch) and device: time per sample, eq. (2) power, method."""
     frame = read_trace(path).frame
     out: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+    r: Any  # a trace row (typed columns: trace.COLUMNS)
     for r in frame.itertuples(index=False):
         key = (str(r.model), str(r.mode), int(r.batch_size))
         feasible = bool(r.feasible)
@@ -128,7 +129,7 @@ def _observe(est: Any, i: int, dev: str, run: Mapping[str, Any], same_job: bool,
 
 
 SENSITIVITY_Z = (0.0, 1.0, 2.0, 3.0)
-"""Settling widths reported beside the served one (:data:`placement.estimate.SETTLE_Z`) as a
+"""Settling widths reported beside the served one (:data:`placement.model.estimate.SETTLE_Z`) as a
 diagnostic; the served width was fixed before this evaluation and is not chosen from it."""
 
 
@@ -169,7 +170,7 @@ def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: Groundin
     hist_scored = np.zeros(n, dtype=bool)
     rule_choice = np.zeros(n, dtype=bool)
     probed = np.zeros(n, dtype=bool)
-    per_split = []
+    per_split: list[dict[str, Any]] = []
     rng = np.random.default_rng([s.seed, 12])
     for arch in archs:
         train_rows = np.flatnonzero(data.pairs["arch"].astype(str).to_numpy() != arch)
@@ -252,8 +253,9 @@ def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: Groundin
     zero = score(p_zero, all_rows, "dnn_zero_shot")
     zero["ece"] = float(expected_calibration_error(meas.y, p_zero[meas_idx]))
     gpu_only = score(np.ones(n), all_rows, "gpu_only")
-    rule = score(rule_choice.astype(np.float64), all_rows, "rule_based")
-    below = [r["arch"] for r in per_split if r["dnn_zero_shot"] < max(r["gpu_only"], r["rule_based"]) - 1e-12]
+    rule_score = score(rule_choice.astype(np.float64), all_rows, "rule_based")
+    below = [s["arch"] for s in per_split
+             if float(s["dnn_zero_shot"]) < max(float(s["gpu_only"]), float(s["rule_based"])) - 1e-12]
     journal = Path(str(probe) + ".journal.jsonl")
     cost: dict[str, Any] = {}
     if journal.exists():
@@ -266,7 +268,7 @@ def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: Groundin
                      "thresholds": s.thresholds.as_dict(), "dnn": s.dnn.to_dict(), "band": "ln 1.25"},
         "trace_hashes": dict(hashes), "probe_trace_sha256": file_sha256(Path(probe)),
         "architectures": archs, "per_split": per_split, "zero_shot_below_baselines": below,
-        "zero_shot": zero, "gpu_only": gpu_only, "rule_based": rule,
+        "zero_shot": zero, "gpu_only": gpu_only, "rule_based": rule_score,
         "probe": score(p_probe, probed, "dnn_probe"), "probe_coverage": int((probed & is_meas).sum()),
         "probe_threshold": score(probe_rule, probed, "threshold_on_probe"),
         "history": score(p_hist, hist_scored, f"dnn_after_{s.outcomes}_outcomes"),
@@ -330,7 +332,7 @@ def grounding_markdown(r: Mapping[str, Any], command: str) -> str:
         "",
         f"The probe and history rows are decided as served: where both devices are measured and the joint margin's "
         f"+-{r['settle_z']:g} sigma interval is clear of the threshold the estimate settles the answer, elsewhere the "
-        "DNN (`placement.estimate.settle`). Diagnostic only (the served width was fixed before this evaluation and "
+        "DNN (`placement.model.estimate.settle`). Diagnostic only (the served width was fixed before this evaluation and "
         "is not chosen from it), agreement on clear jobs by the settling width z (z = 0: every measured row "
         "decided by its estimate):",
         "",

@@ -3,8 +3,8 @@
 Paper B (Ma et al. 2025) varies the number of CPU cores and the GPU memory limit on Jetson
 devices; gains flatten from about 4 cores, and an explicit memory cap is the stable choice
 (``mem_grow`` fragments in long runs). A policy answers a *level index* per knob; the
-environment's grids (:data:`envs.device_placement.CORE_GRID`, ``CAP_GRID``) and
-:func:`envs.device_placement.decode_action` turn levels into a core count and a cap in MiB
+environment's grids (:data:`placement.envs.device_placement.CORE_GRID`, ``CAP_GRID``) and
+:func:`placement.envs.device_placement.decode_action` turn levels into a core count and a cap in MiB
 for a target, the same way for every policy, the service and the evaluation.
 
 :class:`KnobLevels` records the grids a model was trained with, so a model whose grids no
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from envs.device_placement import CAP_GRID, CORE_GRID, decode_action
-from placement.decision import GpuMemCap
-from placement.hardware import HardwareTarget
+from placement.core.decision import GpuMemCap
+from placement.core.hardware import HardwareTarget
+from placement.envs.device_placement import CAP_GRID, CORE_GRID, decode_action
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class KnobLevels:
 
     def knobs(self, target: HardwareTarget, core_level: int, cap_level: int | None, *, gpu: bool) -> tuple[int, GpuMemCap]:
         """``(cpu_cores, gpu_mem_cap)`` for the levels on ``target`` (defaults off the edge;
-        ``"grow"`` on a CPU placement), by :func:`envs.device_placement.decode_action`."""
+        ``"grow"`` on a CPU placement), by :func:`placement.envs.device_placement.decode_action`."""
         cap = self.n_cap_levels - 1 if cap_level is None else cap_level
         decision = decode_action(np.array([int(gpu), core_level, cap], dtype=np.int64), target)
         return decision.cpu_cores, decision.gpu_mem_cap

@@ -4,7 +4,7 @@ Paper A (Ju, Kwak, Park 2026, section 3.3) uses "a lightweight DNN with two hidd
 (we default to ``[128, 64]``, the paper's own example), ReLU, dropout and a single sigmoid
 output for P(GPU is a valid acceleration). PPO's policy network uses the same layout
 (``net_arch=dict(pi=[128, 64], vf=[128, 64])``, ReLU), which is what lets the supervised
-weights be copied into it (:mod:`agents.ppo`).
+weights be copied into it (:mod:`placement.agents.ppo`).
 
 Edge targets add two optional heads on the same trunk: one logit per CPU-core level and
 one per GPU-memory-cap level (paper B's knobs), matching the ``MultiDiscrete`` action of
@@ -25,7 +25,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from placement.features import Normaliser
+from placement.model.features import Normaliser
 
 F32 = npt.NDArray[np.float32]
 

@@ -1,15 +1,15 @@
 """The one policy interface every placement policy implements.
 
-Observations are *raw* feature vectors in :data:`placement.features.FEATURE_NAMES` order
+Observations are *raw* feature vectors in :data:`placement.model.features.FEATURE_NAMES` order
 (``float32``, shape ``(N_FEATURES,)`` or ``(n, N_FEATURES)``); a policy that needs
-normalised inputs holds its own fitted :class:`placement.features.Normaliser`. Actions:
+normalised inputs holds its own fitted :class:`placement.model.features.Normaliser`. Actions:
 ``0`` = CPU, ``1`` = GPU.
 
 * :meth:`Policy.predict` is stable-baselines3-shaped: ``(actions, state)``.
 * :meth:`Policy.gpu_probability` gives P(GPU is a valid acceleration) per row (policies
   without probabilities return 0.0 or 1.0).
 * :meth:`Policy.decide` answers for a typed job and target with a
-  :class:`placement.decision.PlacementDecision` (knobs included on edge targets).
+  :class:`placement.core.decision.PlacementDecision` (knobs included on edge targets).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from placement.decision import GROW, GpuMemCap, PlacementDecision
-from placement.features import build_features, feature_matrix, job_target_columns
-from placement.hardware import HardwareTarget
-from placement.job import Job
-from placement.outcome import Device
+from placement.core.decision import GROW, GpuMemCap, PlacementDecision
+from placement.core.hardware import HardwareTarget
+from placement.core.job import Job
+from placement.core.outcome import Device
+from placement.model.features import build_features, feature_matrix, job_target_columns
 
 CPU, GPU = 0, 1
 

@@ -29,7 +29,9 @@ jobs during training (:func:`steps_to_fraction` reads off 95 % / 99 %).
 
 from __future__ import annotations
 
+import json
 import math
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,11 +47,15 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from agents.dnn import DnnPolicy
-from agents.knobs import KnobLevels
-from agents.network import NumpyMlp, sigmoid
-from agents.policy import GPU, Policy, as_batch
-from envs.device_placement import (
+from placement.agents.dnn import DnnPolicy
+from placement.agents.knobs import KnobLevels
+from placement.agents.network import NumpyMlp, sigmoid
+from placement.agents.policy import GPU, Policy, as_batch
+from placement.core.decision import GpuMemCap
+from placement.core.hardware import HardwareTarget
+from placement.core.job import Job
+from placement.core.threshold import Thresholds
+from placement.envs.device_placement import (
     DEFAULT_CAP_LEVEL,
     DEFAULT_CORE_LEVEL,
     FEATURE_BOUND,
@@ -57,17 +63,13 @@ from envs.device_placement import (
     N_CORE_LEVELS,
     DevicePlacementEnv,
 )
-from placement.decision import GpuMemCap
-from placement.features import (
+from placement.model.features import (
     ESTIMATE_COLUMNS,
     FEATURE_INDEX,
     N_FEATURES,
     Normaliser,
     build_features,
 )
-from placement.hardware import HardwareTarget
-from placement.job import Job
-from placement.threshold import Thresholds
 
 
 # --------------------------------------------------------------------------------------
@@ -346,7 +348,7 @@ def warm_start(dnn: DnnPolicy, env: gym.Env | Any, config: PpoConfig | None = No
 class PpoPolicy(Policy):
     """A trained SB3 PPO agent as a placement policy, decisions by numpy (the actor's weights).
 
-    ``predict`` answers the device (0/1) like every :class:`~agents.policy.Policy`;
+    ``predict`` answers the device (0/1) like every :class:`~placement.agents.policy.Policy`;
     :meth:`env_action` answers the environment's full action (``[device, core_level,
     cap_level]`` on a knob environment).
     """
@@ -418,9 +420,30 @@ class PpoPolicy(Policy):
 
 def load_ppo_policy(path: Path, knob_levels: KnobLevels | None = None) -> PpoPolicy:
     """Load a PPO zip written by :meth:`PpoPolicy.save` (unpickles: verify the file first,
-    as :func:`agents.artifact.load_model` does)."""
-    model = PPO.load(str(path), device="cpu")
+    as :func:`placement.agents.artifact.load_model` does)."""
+    model = PPO.load(str(path), device="cpu", custom_objects={"policy_kwargs": _saved_policy_kwargs(path)})
     return PpoPolicy(model, knob_levels)
+
+
+def _saved_policy_kwargs(path: Path) -> dict[str, Any]:
+    """The policy keyword arguments of a saved PPO zip, rebuilt from the readable copy SB3 writes
+    beside the pickle. The pickle names classes by module path, and artifacts written before the
+    namespace move name ``agents.ppo.NormalisedFeatures`` (now ``placement.agents.ppo``); rebuilding
+    reads both. Only the architecture this module builds is accepted (ReLU, NormalisedFeatures)."""
+    with zipfile.ZipFile(path) as archive:
+        saved = json.loads(archive.read("data"))["policy_kwargs"]
+    if "ReLU" not in str(saved.get("activation_fn", "")) or "NormalisedFeatures" not in str(
+            saved.get("features_extractor_class", "")):
+        raise ValueError(f"{path}: not a PPO policy this service wrote (activation_fn "
+                         f"{saved.get('activation_fn')!r}, features_extractor_class {saved.get('features_extractor_class')!r})")
+    extractor = saved["features_extractor_kwargs"]
+    return dict(
+        net_arch={key: list(value) for key, value in saved["net_arch"].items()},
+        activation_fn=nn.ReLU,
+        features_extractor_class=NormalisedFeatures,
+        features_extractor_kwargs=dict(mean=list(extractor["mean"]), scale=list(extractor["scale"])),
+        share_features_extractor=bool(saved.get("share_features_extractor", True)),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -662,7 +685,7 @@ def make_env(
 
 def fine_tune(loaded: Any, env: DevicePlacementEnv | gym.Env, total_timesteps: int, seed: int = 0,
               config: PpoConfig | None = None) -> PpoPolicy:
-    """Continue training a loaded model (:class:`agents.artifact.LoadedModel`) on ``env``, e.g.
+    """Continue training a loaded model (:class:`placement.agents.artifact.LoadedModel`) on ``env``, e.g.
     one replaying feedback-derived traces, conservatively; returns a new serving policy.
 
     When the loaded PPO's spaces match ``env`` its agent continues (same optimiser recipe);

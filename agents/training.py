@@ -4,14 +4,14 @@
 runs:
 
 1. read and validate the traces, pair runs into (job, target) rows and label them by the
-   joint threshold (:func:`placement.trace.pair_outcomes`);
+   joint threshold (:func:`placement.core.trace.pair_outcomes`);
 2. estimate generalisation: grouped k-fold cross-validation (whole model families, or
    hardware targets, held out per fold) of the DNN and the baselines, reported as paper A's
-   Table 5 with regret against the Oracle (:mod:`agents.evaluation`);
-3. train the DNN on every row (:func:`agents.dnn.train_dnn`);
+   Table 5 with regret against the Oracle (:mod:`placement.agents.evaluation`);
+3. train the DNN on every row (:func:`placement.agents.dnn.train_dnn`);
 4. optionally warm-start PPO from it and fine-tune on ``DevicePlacement-v0`` replaying the
-   same traces (:mod:`agents.ppo`);
-5. write the versioned model directory (:func:`agents.artifact.save_model`) with the trace
+   same traces (:mod:`placement.agents.ppo`);
+5. write the versioned model directory (:func:`placement.agents.artifact.save_model`) with the trace
    hashes, seed, thresholds, code version and every metric.
 """
 
@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from agents.artifact import ModelMetadata, save_model
-from agents.baselines import CpuOnlyPolicy, GpuOnlyPolicy, RandomPolicy, RuleBasedPolicy
-from agents.dnn import DnnConfig, DnnPolicy, classification_metrics, train_dnn
-from agents.evaluation import (
+from placement.agents.artifact import ModelMetadata, save_model
+from placement.agents.baselines import CpuOnlyPolicy, GpuOnlyPolicy, RandomPolicy, RuleBasedPolicy
+from placement.agents.dnn import DnnConfig, DnnPolicy, classification_metrics, train_dnn
+from placement.agents.evaluation import (
     LabelledSet,
     Split,
     covered_rows,
@@ -42,13 +42,13 @@ from agents.evaluation import (
     random_split,
     reports_frame,
 )
-from agents.policy import Policy
-from placement.threshold import Thresholds
-from placement.trace import pair_outcomes, read_traces
-from placement.version import code_version
+from placement.agents.policy import Policy
+from placement.core.threshold import Thresholds
+from placement.core.trace import pair_outcomes, read_traces
+from placement.core.version import code_version
 
 if TYPE_CHECKING:
-    from agents.ppo import PpoConfig, PpoPolicy
+    from placement.agents.ppo import PpoConfig, PpoPolicy
 
 CV_COLUMNS = ("arch", "model", "family", "target_id", "random")
 
@@ -73,7 +73,7 @@ class TrainSettings:
     progress: bool = False
     threads: int = 2
     augment_copies: int = 4
-    """Estimate-augmented copies per labelled row for the DNN (:mod:`agents.augmentation`; 0: none)."""
+    """Estimate-augmented copies per labelled row for the DNN (:mod:`placement.agents.augmentation`; 0: none)."""
 
     def __post_init__(self) -> None:
         if self.cv_column not in CV_COLUMNS:
@@ -131,7 +131,7 @@ def cross_validate(
         policies = baseline_policies(train, seed)
         x, y = train.x, train.y
         if augment_copies:
-            from agents.augmentation import estimate_augmentation, with_augmentation
+            from placement.agents.augmentation import estimate_augmentation, with_augmentation
 
             th = thresholds or Thresholds()
             xa, ya, _ = estimate_augmentation(train, augment_copies, seed, th.speedup_min, th.energy_ratio_max)
@@ -168,13 +168,13 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def knob_training_labels(frame: pd.DataFrame, data: LabelledSet, thresholds: Thresholds,
                          seed: int = 0) -> tuple[dict[str, Any], dict[str, int]]:
     """Core-count and memory-cap labels for the DNN's knob heads, from the edge targets' rows of
-    ``frame`` (:func:`agents.ppo.knob_labels`); ``({}, {})`` when ``frame`` has no edge target.
+    ``frame`` (:func:`placement.agents.ppo.knob_labels`); ``({}, {})`` when ``frame`` has no edge target.
 
-    Returns the keyword arguments for :func:`agents.dnn.train_dnn` (``core_labels``,
+    Returns the keyword arguments for :func:`placement.agents.dnn.train_dnn` (``core_labels``,
     ``cap_labels``, ``knob_levels``) and counts of labelled rows. Every DNN that warm-starts a
     PPO policy with knob actions should get them: without, the copied knob heads are untrained."""
-    from agents.knobs import KnobLevels
-    from agents.ppo import knob_labels, make_env
+    from placement.agents.knobs import KnobLevels
+    from placement.agents.ppo import knob_labels, make_env
 
     env = make_env(frame, thresholds)
     if not env.knobs:
@@ -223,14 +223,14 @@ def train_from_traces(
     env = None
     knob_kwargs: dict[str, Any] = {}
     if s.ppo_timesteps or _has_edge(pairs):
-        from agents.ppo import make_env
+        from placement.agents.ppo import make_env
 
         env = make_env(frame, s.thresholds)
         knob_kwargs, knob_counts = knob_training_labels(frame, data, s.thresholds, s.seed)
         if knob_counts:
             metrics["knob_labels"] = knob_counts
 
-    from agents.augmentation import estimate_augmentation, with_augmentation
+    from placement.agents.augmentation import estimate_augmentation, with_augmentation
 
     x_aug, y_aug, aug_summary = estimate_augmentation(data, s.augment_copies, s.seed, s.thresholds.speedup_min,
                                                       s.thresholds.energy_ratio_max)
@@ -245,7 +245,7 @@ def train_from_traces(
     ppo = None
     ppo_config: dict[str, Any] = {}
     if s.ppo_timesteps and env is not None:
-        from agents.ppo import PpoConfig, train_warm_ppo
+        from placement.agents.ppo import PpoConfig, train_warm_ppo
 
         cfg = s.ppo or PpoConfig.warm()
         run = train_warm_ppo(dnn, env, timesteps=s.ppo_timesteps, config=cfg, seed=s.seed, progress=s.progress)
@@ -264,7 +264,7 @@ def train_from_traces(
     )
     path = save_model(Path(out_dir), dnn=dnn, ppo=ppo, normaliser=dnn.normaliser, thresholds=s.thresholds,
                       metadata=meta)
-    from agents.artifact import read_metadata
+    from placement.agents.artifact import read_metadata
 
     return TrainResult(path, read_metadata(path), cv_table, dnn, ppo)
 
@@ -282,7 +282,7 @@ def holdout_report(
 
 
 def model_report(loaded: Any, data: LabelledSet, seed: int = 0) -> pd.DataFrame:
-    """Table 5 for a loaded model (:class:`agents.artifact.LoadedModel`) on ``data``: the Oracle,
+    """Table 5 for a loaded model (:class:`placement.agents.artifact.LoadedModel`) on ``data``: the Oracle,
     the baselines (the rule fitted on ``data`` itself, so it is an in-sample upper bound), the
     model's DNN and, when present, its PPO policy."""
     policies = baseline_policies(data, seed)

@@ -36,19 +36,19 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents.artifact import DEFAULT_MODEL_DIR, load_model  # noqa: E402
-from agents.baselines import (  # noqa: E402
+from placement.agents.artifact import DEFAULT_MODEL_DIR, load_model  # noqa: E402
+from placement.agents.baselines import (  # noqa: E402
     CpuOnlyPolicy,
     GpuOnlyPolicy,
     OraclePolicy,
     RandomPolicy,
     RuleBasedPolicy,
 )
-from agents.evaluation import load_labelled  # noqa: E402
-from agents.policy import Policy  # noqa: E402
-from placement.job import Job  # noqa: E402
-from placement.trace import row_target  # noqa: E402
-from placement.version import code_version  # noqa: E402
+from placement.agents.evaluation import load_labelled  # noqa: E402
+from placement.agents.policy import Policy  # noqa: E402
+from placement.core.job import Job  # noqa: E402
+from placement.core.trace import row_target  # noqa: E402
+from placement.core.version import code_version  # noqa: E402
 
 TRACE_DIR = ROOT / "data" / "traces"
 TRACES = [TRACE_DIR / "paper_table2.csv", TRACE_DIR / "simulated.parquet", *sorted(TRACE_DIR.glob("*_measured.parquet"))]

@@ -15,8 +15,8 @@ Modes:
   (``MultiDiscrete([2, 6, 5])``).
 * ``trace-contention``: the edge trace, Poisson arrivals and one GPU queue (wait-aware
   labels recomputed whenever the GPU is busy).
-* ``model-edge``: jobs from ``placement.simulate.generate_jobs``, outcomes from
-  ``placement.perfmodel`` per block of 1024 jobs (the generator is the cost here).
+* ``model-edge``: jobs from ``placement.model.simulate.generate_jobs``, outcomes from
+  ``placement.model.perfmodel`` per block of 1024 jobs (the generator is the cost here).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 
-import envs  # noqa: E402,F401  (registers the env)
-from envs.device_placement import ENV_ID, DevicePlacementEnv  # noqa: E402
-from placement.catalogue import default_catalogue  # noqa: E402
-from placement.simulate import simulate_trace  # noqa: E402
-from placement.version import code_version  # noqa: E402
+import placement.envs  # noqa: E402,F401  (registers the env)
+from placement.core.catalogue import default_catalogue  # noqa: E402
+from placement.core.version import code_version  # noqa: E402
+from placement.envs.device_placement import ENV_ID, DevicePlacementEnv  # noqa: E402
+from placement.model.simulate import simulate_trace  # noqa: E402
 
 
 def _time_steps(env: gym.Env, steps: int, seed: int) -> float:

@@ -41,9 +41,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from placement.catalogue import get_target  # noqa: E402
-from placement.version import code_version  # noqa: E402
-from serve.settings import Settings  # noqa: E402
+from placement.core.catalogue import get_target  # noqa: E402
+from placement.core.version import code_version  # noqa: E402
+from placement.serve.settings import Settings  # noqa: E402
 from tests.conftest import ServeWorld, _free_port_block  # noqa: E402
 from tests.hostile_clients import big_body, fuzz_stateful, fuzz_stateless, probe, slow_flood  # noqa: E402
 from tests.ray_service import RayService, check_database, ingest_until_killed  # noqa: E402

@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/bench_http.py [--model models/default] [--requests 2000] [--batch 10000]``
 
-Both servers serve the *same* app (:func:`serve.app.build_fastapi` around a
-:class:`serve.app.PlacementService`: same policy, same performance model, same SQLite
+Both servers serve the *same* app (:func:`placement.serve.app.build_fastapi` around a
+:class:`placement.serve.app.PlacementService`: same policy, same performance model, same SQLite
 store writes, same settings), each in its own process, measured in the same run:
 
 * **echo**: the floor -- a bare FastAPI app whose route parses the same single-job body into a
@@ -25,7 +25,7 @@ Figures (printed; ``--out`` also writes them as JSON with provenance):
    format), time from sending the pre-encoded body to the parsed JSON answer; decisions/s
    (target >= 300k JSON columns).
 
-0. start to first answer: from calling :func:`serve.app.start` (Ray start, deploy, model load)
+0. start to first answer: from calling :func:`placement.serve.app.start` (Ray start, deploy, model load)
    to the first 200 answer of a placement at the service's address (target <= 12 s).
 
 3. concurrency: ``--concurrency`` levels (default 1, 8, 32); at each level that many client
@@ -39,7 +39,7 @@ Serve options (one Ray configuration per run; run several to compare, ``make ben
 mode, no direct ingress, every request through Ray's HTTP proxy actor). ``--variant`` names
 the run in the output.
 
-Jobs cycle through ``--pool`` distinct synthetic jobs (placement.simulate.generate_jobs,
+Jobs cycle through ``--pool`` distinct synthetic jobs (placement.model.simulate.generate_jobs,
 ``--seed``) on catalogue target ``--target``.
 """
 
@@ -66,8 +66,8 @@ def _plain_server(settings_json: str) -> None:
     """Child process: the placement app on uvicorn, no Ray."""
     import uvicorn
 
-    from serve.app import PlacementService, build_fastapi
-    from serve.settings import Settings
+    from placement.serve.app import PlacementService, build_fastapi
+    from placement.serve.settings import Settings
 
     settings = Settings.model_validate_json(settings_json)
     app = build_fastapi(PlacementService(settings, replica="plain"))
@@ -273,12 +273,12 @@ def main() -> None:
 
     import numpy as np
 
-    from agents.artifact import DEFAULT_MODEL_DIR, load_model
-    from placement.probe import probe_local
-    from placement.simulate import generate_jobs
-    from placement.version import code_version
-    from serve import app as serve_app
-    from serve.settings import Settings
+    from placement.agents.artifact import DEFAULT_MODEL_DIR, load_model
+    from placement.core.version import code_version
+    from placement.lab.probe import probe_local
+    from placement.model.simulate import generate_jobs
+    from placement.serve import app as serve_app
+    from placement.serve.settings import Settings
 
     model = args.model or DEFAULT_MODEL_DIR
     version = load_model(model).metadata.version

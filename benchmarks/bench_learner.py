@@ -4,7 +4,7 @@ Run: ``.venv/bin/python benchmarks/bench_learner.py [--model models/default] [--
 
 Fills a fresh store with ``--rows`` placements and chosen-device feedback on catalogue target
 B (outcomes from the performance model with noise, ``modelled``), then times
-:meth:`serve.learner.Learner.update` ``--repeats`` times with the service's default settings
+:meth:`placement.serve.learning.learner.Learner.update` ``--repeats`` times with the service's default settings
 (``history_window`` 5000, ``ppo_timesteps`` 4096; torch on ``--threads`` threads; each update
 rolled back so the next starts from the same serving version). The first update includes
 one-time imports (torch dynamo, SB3); the figure that counts is the best of the later ones.
@@ -26,16 +26,16 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from agents.artifact import DEFAULT_MODEL_DIR  # noqa: E402
-from placement.catalogue import get_target  # noqa: E402
-from placement.job import Job  # noqa: E402
-from placement.perfmodel import PerformanceModel, model_columns  # noqa: E402
-from placement.simulate import generate_jobs  # noqa: E402
-from serve.learner import Learner  # noqa: E402
-from serve.placer import Placer, bootstrap_store  # noqa: E402
-from serve.schemas import FeedbackRequest, PlacementRequest  # noqa: E402
-from serve.settings import Settings  # noqa: E402
-from serve.store import Store  # noqa: E402
+from placement.agents.artifact import DEFAULT_MODEL_DIR  # noqa: E402
+from placement.core.catalogue import get_target  # noqa: E402
+from placement.core.job import Job  # noqa: E402
+from placement.model.perfmodel import PerformanceModel, model_columns  # noqa: E402
+from placement.model.simulate import generate_jobs  # noqa: E402
+from placement.serve.learning.learner import Learner  # noqa: E402
+from placement.serve.placer import Placer, bootstrap_store  # noqa: E402
+from placement.serve.schemas import FeedbackRequest, PlacementRequest  # noqa: E402
+from placement.serve.settings import Settings  # noqa: E402
+from placement.serve.storage.store import Store  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Change detection of the target offsets (serve.offsets): false changes under a lying fifth and
+"""Change detection of the target offsets (placement.serve.learning.offsets): false changes under a lying fifth and
 outcomes until a 3x slowdown shows (a measurement, not a test; ``tests/test_offsets.py`` runs
 one seed of each case).
 
@@ -6,7 +6,7 @@ Run: ``.venv/bin/python benchmarks/bench_offsets.py [--seeds 12]``
 
 Synthetic log residuals: honest ones normal with spread 0.25 or 0.6 (the performance model's
 error across architectures); 20 % lying by 3x, 10x, 1/3 or 1/10 in one direction, each sliding
-window of :data:`serve.offsets.TARGET_HISTORY` outcomes checked every 2 outcomes; a 3x slowdown
+window of :data:`placement.serve.learning.offsets.TARGET_HISTORY` outcomes checked every 2 outcomes; a 3x slowdown
 after 150 honest outcomes, the first outcome at which the level exceeds 0.8 ln 3.
 """
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from serve.offsets import TARGET_HISTORY, TARGET_MIN_OUTCOMES, offset_level  # noqa: E402
+from placement.serve.learning.offsets import TARGET_HISTORY, TARGET_MIN_OUTCOMES, offset_level  # noqa: E402
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 
-from placement.catalogue import get_target
-from placement.operators import zoo_operators
-from placement.opmodel import bundled_operator_model
-from placement.perfmodel import PerformanceModel
-from placement.workloads import describe_workload
+from placement.core.catalogue import get_target
+from placement.lab.workloads import describe_workload
+from placement.model.operators import zoo_operators
+from placement.model.opmodel import bundled_operator_model
+from placement.model.perfmodel import PerformanceModel
 
 NAMES = ("mlp_cifar10", "resnet18_cifar10", "gpt_tinytext", "dlrm_criteo", "convnext_cifar10", "gnn_graph")
 

@@ -23,11 +23,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from placement.catalogue import default_catalogue, get_target  # noqa: E402
-from placement.job import Job  # noqa: E402
-from placement.perfmodel import PerformanceModel  # noqa: E402
-from placement.simulate import generate_jobs, simulate_trace  # noqa: E402
-from placement.version import code_version  # noqa: E402
+from placement.core.catalogue import default_catalogue, get_target  # noqa: E402
+from placement.core.job import Job  # noqa: E402
+from placement.core.version import code_version  # noqa: E402
+from placement.model.perfmodel import PerformanceModel  # noqa: E402
+from placement.model.simulate import generate_jobs, simulate_trace  # noqa: E402
 
 TARGET_ROWS_PER_S = 1e5
 

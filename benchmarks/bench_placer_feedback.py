@@ -4,11 +4,11 @@ Run: ``.venv/bin/python benchmarks/bench_placer_feedback.py [--model models/defa
 
 The library placer (no HTTP) on catalogue target A with a fresh SQLite store: every event places
 one job and feeds back its chosen device's outcome (performance model with noise, ``modelled``).
-The target's offsets (:mod:`serve.offsets`: read and screen the last 800 feedback rows) are
-recomputed once every ``serve.placer.OFFSET_REFRESH_ROWS`` rows, in one run two ways on the same
+The target's offsets (:mod:`placement.serve.learning.offsets`: read and screen the last 800 feedback rows) are
+recomputed once every ``placement.serve.placer.OFFSET_REFRESH_ROWS`` rows, in one run two ways on the same
 events: ``inline`` (the library default: the first placement that finds them stale pays for it)
 and ``background`` (as the service runs: ``offsets_inline=False`` and a thread calling
-``Placer.refresh_offsets`` every ``serve.app.OFFSETS_POLL_S``, like ``PlacementService``).
+``Placer.refresh_offsets`` every ``placement.serve.app.OFFSETS_POLL_S``, like ``PlacementService``).
 Prints the placement latency per block of events for each, their p90 ratio, and the time of one
 offsets recomputation at the end, all measured in this run.
 """
@@ -27,16 +27,16 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from placement.catalogue import get_target  # noqa: E402
-from placement.job import Job  # noqa: E402
-from placement.perfmodel import PerformanceModel, model_columns  # noqa: E402
-from placement.simulate import generate_jobs  # noqa: E402
-from serve.app import OFFSETS_POLL_S  # noqa: E402
-from serve.offsets import target_timeline  # noqa: E402
-from serve.placer import OFFSET_REFRESH_ROWS, Placer, bootstrap_store  # noqa: E402
-from serve.schemas import FeedbackRequest, PlacementRequest  # noqa: E402
-from serve.settings import Settings  # noqa: E402
-from serve.store import Store  # noqa: E402
+from placement.core.catalogue import get_target  # noqa: E402
+from placement.core.job import Job  # noqa: E402
+from placement.model.perfmodel import PerformanceModel, model_columns  # noqa: E402
+from placement.model.simulate import generate_jobs  # noqa: E402
+from placement.serve.app import OFFSETS_POLL_S  # noqa: E402
+from placement.serve.learning.offsets import target_timeline  # noqa: E402
+from placement.serve.placer import OFFSET_REFRESH_ROWS, Placer, bootstrap_store  # noqa: E402
+from placement.serve.schemas import FeedbackRequest, PlacementRequest  # noqa: E402
+from placement.serve.settings import Settings  # noqa: E402
+from placement.serve.storage.store import Store  # noqa: E402
 
 
 def main() -> None:

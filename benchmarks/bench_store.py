@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 def _batch(n: int = 1):
     import numpy as np
 
-    from placement.catalogue import get_target
-    from placement.threshold import Thresholds
-    from serve.store import DecisionBatch
+    from placement.core.catalogue import get_target
+    from placement.core.threshold import Thresholds
+    from placement.serve.storage.store import DecisionBatch
 
     cols = {
         "batch_size": np.full(n, 64), "flops_per_batch": np.full(n, 7e11), "param_count": np.full(n, 11_230_000),
@@ -41,8 +41,8 @@ def _batch(n: int = 1):
 
 
 def _measure(location: str | Path, n: int) -> dict[str, tuple[float, float]]:
-    from serve.schemas import ReportedOutcome
-    from serve.store import Store
+    from placement.serve.schemas import ReportedOutcome
+    from placement.serve.storage.store import Store
 
     store = Store(location)
     run = ReportedOutcome(device="gpu", n_samples=64, time_total_s=1.0, energy_j=90.0, energy_method="measured")

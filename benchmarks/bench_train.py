@@ -7,11 +7,11 @@ Prints, measured in this run on this machine (torch and BLAS held to ``--threads
 1. **PPO training steps/s** -- environment steps per second of ``model.learn`` (rollout
    collection, GAE and the optimisation epochs together) on ``DevicePlacement-v0``:
 
-   * ``cold``: a fresh agent (:meth:`agents.ppo.PpoConfig.cold`) on a simulated trace;
-   * ``fine-tune``: the bundled model's PPO continued by :func:`agents.ppo.fine_tune` (the
+   * ``cold``: a fresh agent (:meth:`placement.agents.ppo.PpoConfig.cold`) on a simulated trace;
+   * ``fine-tune``: the bundled model's PPO continued by :func:`placement.agents.ppo.fine_tune` (the
      learner's recipe) on the same trace.
 
-2. **Learner update time** -- one :meth:`serve.learner.Learner.update` (the whole online
+2. **Learner update time** -- one :meth:`placement.serve.learning.learner.Learner.update` (the whole online
    update: read the feedback window, form rewards, split, fine-tune PPO for
    ``ppo_timesteps``, score serving and candidate on the holdout, save and register the
    candidate) on ``--feedback`` feedback rows made by the in-process placer on catalogue
@@ -41,14 +41,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def _feedback_store(model: Path, state: Path, n: int, seed: int, ppo_timesteps: int):
-    from placement.catalogue import get_target
-    from placement.job import Job
-    from placement.perfmodel import PerformanceModel, model_columns
-    from placement.simulate import generate_jobs
-    from serve.placer import Placer, bootstrap_store
-    from serve.schemas import FeedbackRequest, PlacementRequest
-    from serve.settings import Settings
-    from serve.store import Store
+    from placement.core.catalogue import get_target
+    from placement.core.job import Job
+    from placement.model.perfmodel import PerformanceModel, model_columns
+    from placement.model.simulate import generate_jobs
+    from placement.serve.placer import Placer, bootstrap_store
+    from placement.serve.schemas import FeedbackRequest, PlacementRequest
+    from placement.serve.settings import Settings
+    from placement.serve.storage.store import Store
 
     target = get_target("B")
     settings = Settings(state_dir=state, model_path=model, exploration_rate=0.1, min_holdout=8, seed=seed,
@@ -88,12 +88,12 @@ def main() -> None:
 
     import torch
 
-    from agents.artifact import DEFAULT_MODEL_DIR, load_model
-    from agents.ppo import PpoConfig, fine_tune, make_env, make_ppo
-    from placement.catalogue import default_catalogue
-    from placement.simulate import simulate_trace
-    from placement.version import code_version
-    from serve.learner import Learner
+    from placement.agents.artifact import DEFAULT_MODEL_DIR, load_model
+    from placement.agents.ppo import PpoConfig, fine_tune, make_env, make_ppo
+    from placement.core.catalogue import default_catalogue
+    from placement.core.version import code_version
+    from placement.model.simulate import simulate_trace
+    from placement.serve.learning.learner import Learner
 
     torch.set_num_threads(args.threads)
     model_dir = args.model or DEFAULT_MODEL_DIR
@@ -126,7 +126,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
             settings, store = _feedback_store(model_dir, Path(tmp), args.feedback, args.seed + r, args.ppo_timesteps)
             learner = Learner(settings, store)
-            from serve.rewards import form_rewards
+            from placement.serve.learning.rewards import form_rewards
 
             t0 = time.perf_counter()
             form_rewards(store.recent_feedback(settings.history_window), load_model(model_dir).thresholds,

@@ -19,14 +19,28 @@ import numpy.typing as npt
 import pandas as pd
 from gymnasium import spaces
 
-from envs.job_source import CPU, GPU, JobBlock, JobSource, KnobTable, ModelJobSource, TraceJobSource
-from placement.catalogue import default_catalogue
-from placement.decision import GROW, GpuMemCap, PlacementDecision
-from placement.features import FEATURE_NAMES, N_FEATURES, feature_matrix
-from placement.hardware import HardwareTarget
-from placement.outcome import Device
-from placement.threshold import MARGIN_CAP, Labels, Thresholds, joint_threshold, placement_reward
-from placement.version import code_version
+from placement.core.catalogue import default_catalogue
+from placement.core.decision import GROW, GpuMemCap, PlacementDecision
+from placement.core.hardware import HardwareTarget
+from placement.core.outcome import Device
+from placement.core.threshold import (
+    MARGIN_CAP,
+    Labels,
+    Thresholds,
+    joint_threshold,
+    placement_reward,
+)
+from placement.core.version import code_version
+from placement.envs.job_source import (
+    CPU,
+    GPU,
+    JobBlock,
+    JobSource,
+    KnobTable,
+    ModelJobSource,
+    TraceJobSource,
+)
+from placement.model.features import FEATURE_NAMES, N_FEATURES, feature_matrix
 
 ENV_ID = "placement/DevicePlacement-v0"
 
@@ -113,7 +127,7 @@ def _parse_action(action: Any) -> tuple[int, int, int]:
 
 
 def decode_action(action: Any, target: HardwareTarget) -> PlacementDecision:
-    """The :class:`~placement.decision.PlacementDecision` an action stands for on ``target``.
+    """The :class:`~placement.core.decision.PlacementDecision` an action stands for on ``target``.
 
     ``action``: ``0``/``1`` (``Discrete(2)``: CPU/GPU at default knobs) or
     ``[device, core_level, cap_level]`` (``MultiDiscrete``). On server and desktop targets
@@ -196,7 +210,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
     memory cap (paper B). The reward is paper A's joint threshold: the GPU is a *valid
     acceleration* only when it is >= ``T_t`` (2.0) times faster than the CPU and costs
     <= ``T_e`` (1.5) times the CPU's per-sample energy, host CPU power counted during GPU
-    runs (:mod:`placement.threshold`). Jobs come from a logged trace or from the
+    runs (:mod:`placement.core.threshold`). Jobs come from a logged trace or from the
     performance model with a job generator; targets are drawn from a configured set so
     one policy learns across hardware. In *contention mode* jobs arrive over time and
     queue for one GPU, so earlier placements change later ones.
@@ -216,11 +230,11 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
 
       The knob parts are ignored on server/desktop targets (default knobs) and the cap on
       CPU placements. :func:`decode_action` turns an action into a
-      :class:`~placement.decision.PlacementDecision`; :func:`encode_decision` inverts it.
+      :class:`~placement.core.decision.PlacementDecision`; :func:`encode_decision` inverts it.
 
     ## Observation Space
 
-    ``Box(float32)``: the *raw* feature vector of :func:`placement.features.feature_matrix`
+    ``Box(float32)``: the *raw* feature vector of :func:`placement.model.features.feature_matrix`
     for the job on its target at default knobs (``FEATURE_NAMES`` order; policies read
     ``obs[:N_FEATURES]``), then, in contention mode only, 4 extras. Entries are clipped
     to the bounds (reached only by absurd inputs).
@@ -247,7 +261,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
     | 17    | cpu_cores_frac                | fraction of the target's cores (1)     | -64  | 64   |
     | 18    | log10_cpu_cores               | log10 cores                            | -64  | 64   |
     | 19-22 | has_gpu, is_edge, unified_memory, mode_train | 0/1                     | -64  | 64   |
-    | 23-29 | family_mlp ... family_other   | one-hot 0/1 (``placement.job.FAMILIES``)| -64  | 64   |
+    | 23-29 | family_mlp ... family_other   | one-hot 0/1 (``placement.core.job.FAMILIES``)| -64  | 64   |
     | 30    | log10_gpu_wait_s *            | log10(1 + s) the GPU is busy on arrival| 0    | 16   |
     | 31    | gpu_queue_len *               | jobs running or waiting on the GPU     | 0    | ``jobs_per_episode`` |
     | 32    | log10_job_samples *           | log10 samples in the job               | 0    | 16   |
@@ -258,9 +272,9 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
 
     ## Rewards
 
-    Dimensionless. Labels come from :func:`placement.threshold.joint_threshold` on the
+    Dimensionless. Labels come from :func:`placement.core.threshold.joint_threshold` on the
     job's CPU and GPU outcome at default knobs, with the ``thresholds`` argument; the
-    device part is :func:`placement.threshold.placement_reward`:
+    device part is :func:`placement.core.threshold.placement_reward`:
     ``+(correct_bonus + min(|margin|, margin_cap))`` when the device matches the label and
     the negative when not, ``margin`` being the binding ratio's log slack (how much time
     or energy was won or lost). On edge targets (knob actions) a knob term is added:
@@ -869,7 +883,7 @@ def _thresholds(value: Thresholds | Mapping[str, Any] | None) -> Thresholds:
             raise ValueError(
                 f"thresholds: {exc}; known keys: speedup_min (T_t), energy_ratio_max (T_e), missing_power"
             ) from None
-    raise TypeError(f"thresholds must be a placement.threshold.Thresholds or a dict, got {type(value).__name__}")
+    raise TypeError(f"thresholds must be a placement.core.threshold.Thresholds or a dict, got {type(value).__name__}")
 
 
 def _resolve_source(source: Any, targets: Sequence[str | HardwareTarget] | None) -> JobSource:
@@ -881,7 +895,7 @@ def _resolve_source(source: Any, targets: Sequence[str | HardwareTarget] | None)
         chosen = None if targets is None else [_catalogue_target(t) for t in targets]
         return ModelJobSource(chosen)
     if source == "paper":
-        from placement.paper import paper_table2_frame
+        from placement.core.paper import paper_table2_frame
 
         return TraceJobSource(paper_table2_frame(), name="paper_table2")
     if isinstance(source, (str, Path)):

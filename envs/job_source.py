@@ -2,7 +2,7 @@
 
 A job source turns a request "``n`` jobs, on these targets, evaluated at these knob
 settings" into a :class:`JobBlock`: the jobs' feature-input columns (as
-:func:`placement.features.feature_matrix` takes them), the size of each job in samples,
+:func:`placement.model.features.feature_matrix` takes them), the size of each job in samples,
 and, for every knob setting, the outcome (time and energy per sample, feasibility, how the
 energy was obtained). The environment asks once per block of jobs and then only indexes,
 which is what makes ``step()`` cheap.
@@ -10,18 +10,18 @@ which is what makes ``step()`` cheap.
 Two sources:
 
 * :class:`TraceJobSource` replays offline logged traces (real or simulated): trace rows
-  (one per run, :mod:`placement.trace`) or already-paired rows of
-  :func:`placement.trace.pair_outcomes`, from a file or a DataFrame in memory. Jobs are
+  (one per run, :mod:`placement.core.trace`) or already-paired rows of
+  :func:`placement.core.trace.pair_outcomes`, from a file or a DataFrame in memory. Jobs are
   drawn uniformly with replacement among the trace's (job, target) pairs. The default-knob
-  outcome of each device is :func:`~placement.trace.pair_outcomes`'s reference run; the
+  outcome of each device is :func:`~placement.core.trace.pair_outcomes`'s reference run; the
   outcome at other knobs is the trace's run at exactly those knobs where one was logged,
   else the *nearest* logged run of that job on that device (distance
   ``|ln cores - ln cores'| + |ln cap - ln cap'|``, ``grow`` counted as twice the GPU's
   memory); ``JobBlock.knobs_exact`` says which. Paired rows carry no knob runs, so every
   knob setting of a device gets that device's default-knob outcome.
-* :class:`ModelJobSource` draws jobs from :func:`placement.simulate.generate_jobs` and
+* :class:`ModelJobSource` draws jobs from :func:`placement.model.simulate.generate_jobs` and
   targets uniformly from a configured set, and predicts every outcome with
-  :class:`placement.perfmodel.PerformanceModel` (energy method ``modelled``).
+  :class:`placement.model.perfmodel.PerformanceModel` (energy method ``modelled``).
 
 Job size: ``n_samples`` is the job's ``dataset_size`` where known, else
 ``batch_size * DEFAULT_BATCHES_PER_JOB``. It only matters in contention mode (how long a
@@ -41,10 +41,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from placement.catalogue import default_catalogue
-from placement.features import ESTIMATE_COLUMNS, FEATURE_INPUT_COLUMNS
-from placement.hardware import HardwareTarget
-from placement.trace import (
+from placement.core.catalogue import default_catalogue
+from placement.core.hardware import HardwareTarget
+from placement.core.trace import (
     COLUMNS,
     PAIR_KEYS,
     _time_per_sample,
@@ -54,6 +53,7 @@ from placement.trace import (
     target_columns,
     validate,
 )
+from placement.model.features import ESTIMATE_COLUMNS, FEATURE_INPUT_COLUMNS
 
 DEFAULT_BATCHES_PER_JOB = 100
 """Batches per job when a job's ``dataset_size`` is unknown (sets ``n_samples``)."""
@@ -186,10 +186,10 @@ class TraceJobSource(JobSource):
 
     Args:
         data: a trace file path (``.parquet``/``.csv``, read with
-            :func:`placement.trace.read_trace`), a DataFrame of trace rows (has a
-            ``device`` column; validated with :func:`placement.trace.validate`), or a
+            :func:`placement.core.trace.read_trace`), a DataFrame of trace rows (has a
+            ``device`` column; validated with :func:`placement.core.trace.validate`), or a
             DataFrame of paired rows (has ``cpu_time_per_sample_s`` etc., as
-            :func:`placement.trace.pair_outcomes` returns them).
+            :func:`placement.core.trace.pair_outcomes` returns them).
         targets: optional targets by id to use instead of those rebuilt from the rows'
             ``hw_*`` columns.
         name: a label for provenance when ``data`` is a frame.
@@ -247,7 +247,7 @@ class TraceJobSource(JobSource):
             raise ValueError(
                 "paired trace frame is missing column(s) "
                 + ", ".join(missing)
-                + ": pass trace rows (with a 'device' column) or the output of placement.trace.pair_outcomes"
+                + ": pass trace rows (with a 'device' column) or the output of placement.core.trace.pair_outcomes"
             )
         pairs = frame.copy()
         for name in COLUMNS:
@@ -462,12 +462,12 @@ class TraceJobSource(JobSource):
 
 
 def _feature_columns(frame: pd.DataFrame, cores: FloatArray) -> dict[str, npt.NDArray[Any]]:
-    """The :data:`placement.features.FEATURE_INPUT_COLUMNS` of ``frame`` as numpy arrays,
+    """The :data:`placement.model.features.FEATURE_INPUT_COLUMNS` of ``frame`` as numpy arrays,
     with ``cpu_cores`` set to ``cores`` (default knobs: all the target's cores).
 
-    A frame that carries :data:`placement.features.ESTIMATE_COLUMNS` (the learner's feedback
+    A frame that carries :data:`placement.model.features.ESTIMATE_COLUMNS` (the learner's feedback
     trace: margins as the service formed them, shifted by the target's offsets) passes them on,
-    so the features are the ones the service decides on; :func:`placement.features.feature_matrix`
+    so the features are the ones the service decides on; :func:`placement.model.features.feature_matrix`
     forms them from the performance model for rows where they are missing (NaN)."""
     out: dict[str, npt.NDArray[Any]] = {}
     for name in FEATURE_INPUT_COLUMNS:
@@ -499,11 +499,11 @@ class ModelJobSource(JobSource):
 
     def __init__(self, targets: Sequence[HardwareTarget] | None = None, *, noise: bool = True) -> None:
         try:
-            from placement.perfmodel import PerformanceModel
-            from placement.simulate import generate_jobs
+            from placement.model.perfmodel import PerformanceModel
+            from placement.model.simulate import generate_jobs
         except ImportError as exc:  # pragma: no cover - only before the model exists
             raise ImportError(
-                "the model job source needs placement.perfmodel and placement.simulate "
+                "the model job source needs placement.model.perfmodel and placement.model.simulate "
                 f"({exc}); pass a trace instead (source=<trace path | DataFrame | 'paper'>)"
             ) from exc
         self._model = PerformanceModel()
@@ -519,14 +519,13 @@ class ModelJobSource(JobSource):
         return self._targets
 
     def provenance(self) -> dict[str, Any]:
-        from placement import perfmodel
-
+        from placement.model import perfmodel
         version = getattr(perfmodel, "MODEL_VERSION", None) or getattr(self._model, "version", "")
         return {
             "kind": self.kind,
-            "model": "placement.perfmodel.PerformanceModel",
+            "model": "placement.model.perfmodel.PerformanceModel",
             "model_version": str(version),
-            "generator": "placement.simulate.generate_jobs",
+            "generator": "placement.model.simulate.generate_jobs",
             "noise": self.noise,
             "targets": [t.id for t in self._targets],
         }

@@ -40,12 +40,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from placement import plotstyle
-from placement.probe import probe_local
-from placement.script_args import parse_script_args
-from placement.threshold import Thresholds
-from placement.trace import read_trace
-from placement.version import code_version
+from experiments import plotstyle
+from experiments.harness import parse_script_args
+from placement.core.threshold import Thresholds
+from placement.core.trace import read_trace
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
 
 
 @dataclass
@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -95,13 +95,13 @@ def run_load(frame: pd.DataFrame, load: float, a: Args) -> list[dict[str, Any]]:
     """Train PPO in contention mode at ``load`` and run every policy on the same episodes."""
     import torch
 
-    from agents.baselines import CpuOnlyPolicy, GpuOnlyPolicy
-    from agents.dnn import DnnConfig, train_dnn
-    from agents.evaluation import labelled_set
-    from agents.ppo import PpoConfig, PpoPolicy, warm_start
-    from envs.device_placement import DevicePlacementEnv
-    from placement.features import N_FEATURES
-    from placement.trace import pair_outcomes
+    from placement.agents.baselines import CpuOnlyPolicy, GpuOnlyPolicy
+    from placement.agents.dnn import DnnConfig, train_dnn
+    from placement.agents.evaluation import labelled_set
+    from placement.agents.ppo import PpoConfig, PpoPolicy, warm_start
+    from placement.core.trace import pair_outcomes
+    from placement.envs.device_placement import DevicePlacementEnv
+    from placement.model.features import N_FEATURES
 
     torch.set_num_threads(a.threads)
     thr = Thresholds(a.speedup_min, a.energy_ratio_max)

@@ -5,7 +5,7 @@ Out-of-fold probabilities (simulated trace; labels by the joint threshold) under
 of ``protocols`` -- whole model architectures held out (``arch``), random (job, target) rows held
 out (``random``, closer to paper A's split) -- for two training recipes: ours (``DnnConfig()``: AdamW) and paper A's
 (``DnnConfig.paper()``: SGD, learning rate 0.05, up to 800 epochs). Metrics by
-:func:`agents.dnn.classification_metrics` (accuracy, precision, recall, average precision,
+:func:`placement.agents.dnn.classification_metrics` (accuracy, precision, recall, average precision,
 ROC-AUC, Brier score, log loss, expected calibration error). The in-sample figures (trained and
 scored on every row, as paper A reports its 100 % train/validation accuracy) are given beside
 them. Inference time per decision is measured on this host (numpy serving path).
@@ -30,17 +30,17 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 from tqdm.auto import tqdm
 
-from agents.dnn import classification_metrics
-from agents.evaluation import labelled_set
-from agents.training import cv_splits
-from placement import plotstyle
-from placement.catalogue import default_catalogue
-from placement.probe import probe_local
-from placement.script_args import parse_script_args
-from placement.simulate import simulate_trace
-from placement.threshold import Thresholds
-from placement.trace import pair_outcomes, read_trace
-from placement.version import code_version
+from experiments import plotstyle
+from experiments.harness import parse_script_args
+from placement.agents.dnn import classification_metrics
+from placement.agents.evaluation import labelled_set
+from placement.agents.training import cv_splits
+from placement.core.catalogue import default_catalogue
+from placement.core.threshold import Thresholds
+from placement.core.trace import pair_outcomes, read_trace
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
+from placement.model.simulate import simulate_trace
 
 
 @dataclass
@@ -55,9 +55,9 @@ class Args:
     targets: tuple[str, ...] = ()
     folds: int = 5
     protocols: tuple[str, ...] = ("arch", "random")
-    """Fold protocols (agents.training.cv_splits columns); the first is the main one (setting 'out_of_fold')."""
+    """Fold protocols (placement.agents.training.cv_splits columns); the first is the main one (setting 'out_of_fold')."""
     recipes: tuple[str, ...] = ("default", "paper")
-    """DNN recipes (agents.dnn.PRESETS)."""
+    """DNN recipes (placement.agents.dnn.PRESETS)."""
     max_epochs: int = 0
     """> 0: cap every recipe's epochs (smoke runs)."""
     timing_repeats: int = 2000
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,7 @@ def fit_predict(data: Any, train_idx: np.ndarray | None, test_idx: np.ndarray | 
     row, in-sample), plus its training history and the recipe."""
     import torch
 
-    from agents.dnn import PRESETS, train_dnn
+    from placement.agents.dnn import PRESETS, train_dnn
 
     torch.set_num_threads(a.threads)
     config = PRESETS[recipe](seed=a.seed + max(fold, 0), **({"max_epochs": a.max_epochs} if a.max_epochs else {}))

@@ -5,13 +5,13 @@ Simulated (time and energy ``modelled``, the performance model without noise): p
 models -- DNN (our ``mlp``), LSTM, GRU, AlexNet, MobileNet, ResNet-18 on CIFAR-10 / IMDB
 inputs, inference -- on the Jetson Nano, Orin Nano and AGX Orin targets: CPU runs over every
 core count, GPU runs over memory caps (fractions of the GPU memory) and ``grow``. Recommended
-knobs are :func:`placement.perfmodel.recommend_knobs` (fewest cores within ``tolerance`` of
+knobs are :func:`placement.model.perfmodel.recommend_knobs` (fewest cores within ``tolerance`` of
 the best time; the smallest explicit cap with headroom over the working set).
 
 Measured: every measured trace present (its CPU runs over pinned core counts, its GPU runs
 under caps and ``grow``; GPU energy measured by NVML, CPU power modelled unless RAPL was
 readable -- each row says which). The recommendation is checked against what was measured:
-the fewest measured cores within ``tolerance`` of the fastest (:func:`placement.recommend.recommend_cores`) and
+the fewest measured cores within ``tolerance`` of the fastest (:func:`placement.model.recommend.recommend_cores`) and
 the perf model's recommendation mapped to the nearest measured core count, both against all
 cores. No Jetson was measured: the edge rows are simulated only.
 
@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from placement import plotstyle
-from placement.catalogue import default_catalogue
-from placement.perfmodel import PerformanceModel
-from placement.probe import probe_local
-from placement.script_args import parse_script_args
-from placement.version import code_version
+from experiments import plotstyle
+from experiments.harness import parse_script_args
+from placement.core.catalogue import default_catalogue
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
+from placement.model.perfmodel import PerformanceModel
 
 
 @dataclass
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +84,8 @@ model = PerformanceModel()
 
 def sweep_target(target_id: str, a: Args) -> dict[str, list[dict[str, Any]]]:
     """Core and cap sweeps and the recommended-vs-default comparison on one simulated target."""
-    from placement.perfmodel import recommend_knobs
-    from placement.workloads import describe_workload
+    from placement.lab.workloads import describe_workload
+    from placement.model.perfmodel import recommend_knobs
 
     target = default_catalogue()[target_id]
     pm = PerformanceModel()
@@ -151,10 +151,10 @@ missing_measured = [p for p in args.measured if not Path(p).exists()]
 for path in args.measured:
     if not Path(path).exists():
         continue
-    from placement.job import Job
-    from placement.perfmodel import recommend_knobs
-    from placement.recommend import recommend_cores, recommend_gpu_cap
-    from placement.trace import read_trace, row_target
+    from placement.core.job import Job
+    from placement.core.trace import read_trace, row_target
+    from placement.model.perfmodel import recommend_knobs
+    from placement.model.recommend import recommend_cores, recommend_gpu_cap
 
     tr = read_trace(Path(path))
     trace_hashes[path] = tr.sha256
@@ -216,7 +216,7 @@ for path in args.measured:
                 "energy_saved_pct": 100 * (1 - float(pick["energy_per_batch"]) / float(full["energy_per_batch"])),
                 "slowdown_pct": 100 * (float(pick["time_per_batch"]) / float(full["time_per_batch"]) - 1),
                 "energy_method": str(pick["energy_method"])})
-    # recommended GPU cap (placement.recommend) vs grow, on measured GPU runs
+    # recommended GPU cap (placement.model.recommend) vs grow, on measured GPU runs
     gpu_runs = pd.DataFrame([r for r in measured_caps if r["source"] == src])
     for _, g in (gpu_runs.groupby(["model", "mode", "batch_size"], sort=False) if len(gpu_runs) else []):
         if "grow" not in set(g.gpu_mem_cap_mib) or len(g) < 2:
@@ -375,7 +375,7 @@ if len(measured_rec_df):
                      f"{g.energy_saved_pct.mean():.1f} | {g.slowdown_pct.mean():.1f} | {', '.join(sorted(set(g.energy_method)))} |")
     gcap = measured_rec_df[measured_rec_df.device == "gpu"]
     if len(gcap):
-        lines += ["", f"Measured GPU caps: the recommended cap (`placement.recommend.recommend_gpu_cap`) vs 'grow' "
+        lines += ["", f"Measured GPU caps: the recommended cap (`placement.model.recommend.recommend_gpu_cap`) vs 'grow' "
                   f"on {len(gcap)} jobs with capped runs: mean energy saved {gcap.energy_saved_pct.mean():.1f} %, mean "
                   f"slowdown {gcap.slowdown_pct.mean():.1f} % (energy mixed: GPU measured, CPU modelled); caps chosen: "
                   + ", ".join(f"{c if c == 'grow' else c + ' MiB'} × {n}"

@@ -4,10 +4,10 @@ recommended from the measurements.
 Reads the measured trace (``data/traces/h200_measured.parquet``, written by ``placement profile``
 on the lent H200 host) and its journal (peak GPU memory under "grow"). Every time here is measured
 (the trace's trimmed mean per batch, paper B's protocol); CPU energy per batch is *modelled* (no RAPL
-on that host: the linear TDP x utilisation model of :mod:`placement.meter`), GPU energy is measured
+on that host: the linear TDP x utilisation model of :mod:`placement.lab.meter`), GPU energy is measured
 (NVML counter). Outputs: ``edge_cores.png`` (speed-up over one core per model, and modelled CPU
 energy per batch), ``edge_gpu_cap.png`` (time under each cap relative to "grow", OOM marked),
-CSV tables, the checks of paper B's three findings, and :mod:`placement.recommend`'s knobs for the
+CSV tables, the checks of paper B's three findings, and :mod:`placement.model.recommend`'s knobs for the
 host and -- restricted to their core counts and GPU memory -- the catalogue's Jetson targets.
 ``--docs`` also copies the figures to ``docs/figures/`` (the committed ``docs/edge_study.md``).
 
@@ -29,19 +29,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from placement import plotstyle
-from placement.catalogue import get_target
-from placement.recommend import (
+from experiments import plotstyle
+from placement.core.catalogue import get_target
+from placement.core.threshold import Thresholds
+from placement.core.trace import read_trace
+from placement.core.version import code_version
+from placement.lab.workloads import get_workload
+from placement.model.recommend import (
     DEFAULT_TOLERANCE,
     peak_memory_from_journal,
     recommend_for_target,
     recommend_from_trace,
     recommendations_frame,
 )
-from placement.threshold import Thresholds
-from placement.trace import read_trace
-from placement.version import code_version
-from placement.workloads import get_workload
 
 
 @dataclass
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 trace = read_trace(Path(args.trace))

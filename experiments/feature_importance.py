@@ -5,7 +5,7 @@ Out-of-fold (folds of whole model architectures by default, simulated trace, lab
 trained on the other folds; on the held-out fold one column at a time is shuffled across rows
 (``repeats`` times) and the drop in accuracy and rise in log loss are recorded. Two levels:
 
-* **feature** -- each of the 30 entries of :data:`placement.features.FEATURE_NAMES` (derived
+* **feature** -- each of the 30 entries of :data:`placement.model.features.FEATURE_NAMES` (derived
   features share information, so shuffling one understates what the group carries);
 * **paper input** -- each of paper A's Table 3 inputs (CPU/GPU throughput, GPU memory, RAM,
   CPU/GPU TDP, model FLOPs, batch size, parameter count, input size), shuffled in the trace
@@ -30,16 +30,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agents.evaluation import grouped_kfold, labelled_set
-from placement import plotstyle
-from placement.catalogue import default_catalogue
-from placement.features import FEATURE_NAMES
-from placement.probe import probe_local
-from placement.script_args import parse_script_args
-from placement.simulate import simulate_trace
-from placement.threshold import Thresholds
-from placement.trace import pair_outcomes, read_trace
-from placement.version import code_version
+from experiments import plotstyle
+from experiments.harness import parse_script_args
+from placement.agents.evaluation import grouped_kfold, labelled_set
+from placement.core.catalogue import default_catalogue
+from placement.core.threshold import Thresholds
+from placement.core.trace import pair_outcomes, read_trace
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
+from placement.model.features import FEATURE_NAMES
+from placement.model.simulate import simulate_trace
 
 
 @dataclass
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -113,8 +113,8 @@ def fold_importance(data: Any, train_idx: np.ndarray, test_idx: np.ndarray, a: A
     import torch
     from sklearn.metrics import log_loss
 
-    from agents.baselines import pairs_features
-    from agents.dnn import DnnConfig, train_dnn
+    from placement.agents.baselines import pairs_features
+    from placement.agents.dnn import DnnConfig, train_dnn
 
     torch.set_num_threads(a.threads)
     train, test = data.subset(train_idx), data.subset(test_idx)

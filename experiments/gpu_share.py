@@ -1,6 +1,6 @@
 """Study 2 -- GPU share by hardware configuration (paper A Fig. 1: the stronger the GPU, the larger the share).
 
-The same synthetic jobs (:func:`placement.simulate.simulate_trace`, one seed) run on every
+The same synthetic jobs (:func:`placement.model.simulate.simulate_trace`, one seed) run on every
 catalogue target through the performance model (time and energy ``modelled``). For each target
 we report the Oracle's GPU share (the joint threshold on the simulated outcomes), the share of
 jobs that are too slow / too costly on the GPU, and the share the DNN picks when trained on the
@@ -29,17 +29,17 @@ import pandas as pd
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from agents.evaluation import labelled_set
-from placement import plotstyle
-from placement.catalogue import default_catalogue
-from placement.hardware import HardwareTarget
-from placement.perfmodel import PerformanceModel
-from placement.probe import probe_local
-from placement.script_args import parse_script_args
-from placement.simulate import simulate_trace
-from placement.threshold import Thresholds
-from placement.trace import pair_outcomes
-from placement.version import code_version
+from experiments import plotstyle
+from experiments.harness import parse_script_args
+from placement.agents.evaluation import labelled_set
+from placement.core.catalogue import default_catalogue
+from placement.core.hardware import HardwareTarget
+from placement.core.threshold import Thresholds
+from placement.core.trace import pair_outcomes
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
+from placement.model.perfmodel import PerformanceModel
+from placement.model.simulate import simulate_trace
 
 
 @dataclass
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def loto_dnn(frames: list[pd.DataFrame], held: int, a: Args) -> np.ndarray:
     """The DNN's GPU choices on target ``held`` after training on every other target."""
     import torch
 
-    from agents.dnn import DnnConfig, train_dnn
+    from placement.agents.dnn import DnnConfig, train_dnn
 
     torch.set_num_threads(a.threads)
     thr = Thresholds(a.speedup_min, a.energy_ratio_max)

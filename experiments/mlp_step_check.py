@@ -1,7 +1,7 @@
 """Per-step CPU timings of ``mlp_cifar10`` training: the long protocol vs the probe, with and without
 flushing subnormal numbers (a diagnostic of the probe's one persistent miss, session 7).
 
-On the H200 leases the long protocol (:mod:`placement.timing` with the profiler's CPU settings)
+On the H200 leases the long protocol (:mod:`placement.lab.timing` with the profiler's CPU settings)
 measured this job's batch-4 CPU step as 2.3-4.3 ms and its batch-16 step as 1.8 ms, while the
 probe read 1.4-1.8 ms and 2.4 ms. For batch sizes ``Args.batches`` and each
 ``torch.set_flush_denormal`` setting this script times the step both ways in one process, keeps
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from placement.job_probe import probe_workload
-from placement.knobs import cpu_cores
-from placement.profiler import ProfileSettings
-from placement.timing import TimingSettings, TimingStats, time_step
-from placement.workloads import get_workload, make_batch, make_step
+from placement.lab.job_probe import probe_workload
+from placement.lab.knobs import cpu_cores
+from placement.lab.profiler import ProfileSettings
+from placement.lab.timing import TimingSettings, TimingStats, time_step
+from placement.lab.workloads import get_workload, make_batch, make_step
 
 SMALLEST_NORMAL_F32 = 1.1754944e-38
 

@@ -1,6 +1,6 @@
 """Study 7 -- online drift: the service's online learner vs the static DNN when the world changes.
 
-Two streams of jobs (:func:`placement.simulate.generate_jobs`; outcomes from the performance
+Two streams of jobs (:func:`placement.model.simulate.generate_jobs`; outcomes from the performance
 model with noise, time and energy ``modelled``):
 
 * **gpu_slowdown** -- jobs on one target; from event ``drift_at`` on, its GPU runs 3x slower
@@ -10,8 +10,8 @@ model with noise, time and energy ``modelled``):
   ``new_target_share`` of the jobs run on a target absent from the training data.
 
 The starting model (DNN + warm PPO, trained on the simulated trace of the known targets) is
-served by the service's library-level placer (:class:`serve.placer.Placer`, bounded
-exploration on) and updated by its learner (:class:`serve.learner.Learner`: bandit feedback of
+served by the service's library-level placer (:class:`placement.serve.placer.Placer`, bounded
+exploration on) and updated by its learner (:class:`placement.serve.learning.learner.Learner`: bandit feedback of
 the chosen device only, counterfactual estimated from residuals, PPO fine-tuning on the recent
 window, safety gate). Every event: the placer decides, the chosen device's run is reported as
 feedback, and the learner updates once ``update_every`` new feedback rows have arrived. The
@@ -39,12 +39,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from placement import plotstyle
-from placement.probe import probe_local
-from placement.script_args import parse_script_args
-from placement.threshold import Thresholds
-from placement.trace import read_trace
-from placement.version import code_version
+from experiments import plotstyle
+from experiments.harness import parse_script_args
+from placement.core.threshold import Thresholds
+from placement.core.trace import read_trace
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Args:
     exploration: float = 0.1
     ppo_steps: int = 4096
     ppo_warmup_steps: int = 2048
-    """Value warm-up steps of the warm start (agents.ppo.PpoConfig.value_warmup_steps)."""
+    """Value warm-up steps of the warm start (placement.agents.ppo.PpoConfig.value_warmup_steps)."""
     """Warm PPO fine-tuning of the starting model."""
     seeds: int = 1
     eval_jobs: int = 300
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -118,22 +118,22 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
 
     import torch
 
-    from agents.artifact import ModelMetadata, save_model
-    from agents.dnn import DnnConfig, train_dnn
-    from agents.evaluation import labelled_set
-    from agents.ppo import PpoConfig, make_env, train_warm_ppo
-    from placement.catalogue import default_catalogue
-    from placement.features import build_features
-    from placement.job import Job
-    from placement.perfmodel import PerformanceModel
-    from placement.simulate import generate_jobs
-    from placement.threshold import joint_threshold
-    from placement.trace import pair_outcomes
-    from serve.learner import Learner
-    from serve.placer import Placer, bootstrap_store
-    from serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
-    from serve.settings import Settings
-    from serve.store import Store
+    from placement.agents.artifact import ModelMetadata, save_model
+    from placement.agents.dnn import DnnConfig, train_dnn
+    from placement.agents.evaluation import labelled_set
+    from placement.agents.ppo import PpoConfig, make_env, train_warm_ppo
+    from placement.core.catalogue import default_catalogue
+    from placement.core.job import Job
+    from placement.core.threshold import joint_threshold
+    from placement.core.trace import pair_outcomes
+    from placement.model.features import build_features
+    from placement.model.perfmodel import PerformanceModel
+    from placement.model.simulate import generate_jobs
+    from placement.serve.learning.learner import Learner
+    from placement.serve.placer import Placer, bootstrap_store
+    from placement.serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
+    from placement.serve.settings import Settings
+    from placement.serve.storage.store import Store
 
     torch.set_num_threads(a.threads)
     thr = Thresholds(a.speedup_min, a.energy_ratio_max)
@@ -198,7 +198,7 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
 
         def online_eval(drifted: bool) -> float:
             # the answers move with the serving version and with every feedback (the target's offsets,
-            # serve.offsets): keyed by both; evaluated without storing decisions
+            # placement.serve.learning.offsets): keyed by both; evaluated without storing decisions
             key = (placer.version, store.last_feedback_seq(), drifted)
             if key not in eval_cache:
                 res = placer.place(PlacementRequest(jobs=eval_list, target=eval_target, explore=False), record=False)

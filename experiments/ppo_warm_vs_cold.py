@@ -6,14 +6,14 @@ held-out groups (every ResNet-18 variant on every target held out together, ...)
 catalogue target; edge targets add the core and memory-cap actions), with the same network,
 normalisation and budget:
 
-* **warm** -- :func:`agents.ppo.warm_start` (the DNN copied into the actor, value warm-up;
+* **warm** -- :func:`placement.agents.ppo.warm_start` (the DNN copied into the actor, value warm-up;
   the warm-up's environment steps are counted) then conservative fine-tuning
-  (:meth:`agents.ppo.PpoConfig.warm`);
-* **cold** -- :func:`agents.ppo.make_ppo` with SB3's default recipe (:meth:`PpoConfig.cold`).
+  (:meth:`placement.agents.ppo.PpoConfig.warm`);
+* **cold** -- :func:`placement.agents.ppo.make_ppo` with SB3's default recipe (:meth:`PpoConfig.cold`).
 
 Every ``eval_every`` steps the deterministic policy is scored on two fixed job sets: jobs of
 the training groups and jobs of the held-out groups (reward / Oracle reward, 1.0 = Oracle,
-:class:`agents.ppo.LearningCurve`). The DNN's own ratio is the warm start's reference. Seeds
+:class:`placement.agents.ppo.LearningCurve`). The DNN's own ratio is the warm start's reference. Seeds
 run as Ray tasks. The DNN's supervised training on the logged trace uses no environment steps.
 
 Run: ``placement experiment ppo_warm_vs_cold`` (``--full``; ``--no-ray``; ``--address``).
@@ -35,15 +35,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agents.evaluation import group_split, labelled_set
-from placement import plotstyle
-from placement.catalogue import default_catalogue
-from placement.probe import probe_local
-from placement.script_args import parse_script_args
-from placement.simulate import simulate_trace
-from placement.threshold import Thresholds
-from placement.trace import pair_outcomes, read_trace
-from placement.version import code_version
+from experiments import plotstyle
+from experiments.harness import parse_script_args
+from placement.agents.evaluation import group_split, labelled_set
+from placement.core.catalogue import default_catalogue
+from placement.core.threshold import Thresholds
+from placement.core.trace import pair_outcomes, read_trace
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
+from placement.model.simulate import simulate_trace
 
 
 @dataclass
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -116,8 +116,8 @@ def run(kind: str, seed: int, train_frame: pd.DataFrame, test_frame: pd.DataFram
     import torch
     from stable_baselines3.common.callbacks import CallbackList
 
-    from agents.dnn import DnnConfig, train_dnn
-    from agents.ppo import (
+    from placement.agents.dnn import DnnConfig, train_dnn
+    from placement.agents.ppo import (
         CurvePoint,
         LearningCurve,
         PpoConfig,
@@ -127,7 +127,7 @@ def run(kind: str, seed: int, train_frame: pd.DataFrame, test_frame: pd.DataFram
         make_ppo,
         warm_start,
     )
-    from agents.training import knob_training_labels
+    from placement.agents.training import knob_training_labels
 
     torch.set_num_threads(a.threads)
     thr = Thresholds(a.speedup_min, a.energy_ratio_max)

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from placement.threshold import Thresholds
-from placement.trace import file_sha256, pair_outcomes, read_trace
+from placement.core.threshold import Thresholds
+from placement.core.trace import file_sha256, pair_outcomes, read_trace
 
 TRACES = Path("data/traces")
 

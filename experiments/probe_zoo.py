@@ -2,11 +2,11 @@
 
 For each job (workload, mode, batch size) measured at default knobs in the long H200 sweeps
 (``data/traces/h200_measured.parquet``, ``h200_pairs_measured.parquet``) -- plus batch sizes
-8 and 64 of any zoo architecture absent from them -- :func:`placement.job_probe.probe_workload`
+8 and 64 of any zoo architecture absent from them -- :func:`placement.lab.job_probe.probe_workload`
 runs the job probe on this host (GPU side first, then the CPU; early exit; 5 s budget) and
 the runs are written as a placement trace with ``source='probe'`` beside the long
-measurements they are scored against (``agents.grounding``), with a JSON-lines journal of
-every :class:`~placement.job_probe.ProbeResult` (cost ``wall_s``, early exits, windows).
+measurements they are scored against (``placement.agents.grounding``), with a JSON-lines journal of
+every :class:`~placement.lab.job_probe.ProbeResult` (cost ``wall_s``, early exits, windows).
 
 Run (on the lent H200): ``python -m experiments.probe_zoo --out data/traces/h200_probe.parquet``.
 Here (CPU only, a smoke test): ``python -m experiments.probe_zoo --devices cpu --limit 3 --out /tmp/p.parquet``.
@@ -24,8 +24,8 @@ from typing import Any
 import pandas as pd
 
 METHOD = (
-    "placement.job_probe.probe_workload per job at default knobs (all cores, no GPU memory cap), timed by "
-    "placement.job_probe.ProbeTiming's defaults: GPU side first (warm-up of >= 3 steps over >= 50 ms, then "
+    "placement.lab.job_probe.probe_workload per job at default knobs (all cores, no GPU memory cap), timed by "
+    "placement.lab.job_probe.ProbeTiming's defaults: GPU side first (warm-up of >= 3 steps over >= 50 ms, then "
     "synchronised repeats of >= 20 ms inside an NVML total-energy counter window of >= 0.3 s aligned to counter "
     "updates (measured): the time per step is the repeats' median; host CPU power over the same window by RAPL if "
     "readable else modelled (idle + (TDP - idle) x utilisation); torch.cuda.max_memory_allocated as the memory "
@@ -54,8 +54,8 @@ class Args:
 
 def job_list(args: Args) -> list[tuple[str, str, int]]:
     """(workload, mode, batch) of every default-knob job of the traces, then the zoo's other architectures."""
-    from placement.trace import read_trace
-    from placement.workloads import ZOO
+    from placement.core.trace import read_trace
+    from placement.lab.workloads import ZOO
 
     keys: dict[tuple[str, str, int], None] = {}
     for path in args.traces:
@@ -75,7 +75,7 @@ def job_list(args: Args) -> list[tuple[str, str, int]]:
 
 
 def trace_rows(result: Any, target: Any) -> list[dict[str, Any]]:
-    from placement.trace import target_columns
+    from placement.core.trace import target_columns
 
     job = result.job
     rows = []
@@ -106,10 +106,10 @@ def trace_rows(result: Any, target: Any) -> list[dict[str, Any]]:
 def main(args: Args) -> Path:
     import torch
 
-    from placement.job_probe import probe_workload
-    from placement.profiler import resolve_target
-    from placement.trace import TraceMeta, file_sha256, write_trace
-    from placement.version import code_version
+    from placement.core.trace import TraceMeta, file_sha256, write_trace
+    from placement.core.version import code_version
+    from placement.lab.job_probe import probe_workload
+    from placement.lab.profiler import resolve_target
 
     target = resolve_target("auto")
     torch.set_num_threads(target.cpu_cores)

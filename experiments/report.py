@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from placement.version import code_version
+from placement.core.version import code_version
 
 
 @dataclass

@@ -6,7 +6,7 @@ training fold's trace replayed in ``DevicePlacement-v0``, the online learner (th
 library-level placer + learner, fed the test jobs one at a time and updated from their
 feedback), and the Oracle (the joint threshold on the true outcomes).
 
-Protocols. Out-of-fold over ``folds`` folds (:func:`agents.training.cv_splits`), each protocol of
+Protocols. Out-of-fold over ``folds`` folds (:func:`placement.agents.training.cv_splits`), each protocol of
 ``protocols`` in turn: ``arch`` holds out whole model architectures (every variant of an
 architecture, on every target, together -- generalisation to a model nobody has run); ``random``
 holds out random (job, target) rows (closer to paper A's train/validation split);
@@ -14,7 +14,7 @@ every learnt policy is fitted on the other folds only. The online learner starts
 fold's DNN + warm PPO and sees the held-out jobs as a stream in random order: it decides each
 job before its feedback arrives (prequential), feedback reports the chosen device's run only
 (bandit feedback, as a client would), and the learner updates every ``online_update_every``
-feedback rows behind its safety gate. Metrics (:mod:`agents.evaluation`): throughput vs
+feedback rows behind its safety gate. Metrics (:mod:`placement.agents.evaluation`): throughput vs
 CPU-only, energy efficiency vs GPU-only (geometric means), selection accuracy vs the Oracle,
 GPU usage reduction vs GPU-only, time and energy regret vs the Oracle, reward ratio.
 
@@ -45,16 +45,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agents.evaluation import evaluate_choices, labelled_set, reports_frame
-from agents.training import cv_splits
-from placement import plotstyle
-from placement.catalogue import default_catalogue
-from placement.paper import TABLE5
-from placement.probe import probe_local
-from placement.simulate import simulate_trace
-from placement.threshold import Thresholds
-from placement.trace import pair_outcomes, read_trace
-from placement.version import code_version
+from experiments import plotstyle
+from placement.agents.evaluation import evaluate_choices, labelled_set, reports_frame
+from placement.agents.training import cv_splits
+from placement.core.catalogue import default_catalogue
+from placement.core.paper import TABLE5
+from placement.core.threshold import Thresholds
+from placement.core.trace import pair_outcomes, read_trace
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
+from placement.model.simulate import simulate_trace
 
 
 @dataclass
@@ -76,11 +76,11 @@ class Args:
     """Restrict the simulated dataset to these target ids (empty: all)."""
     folds: int = 5
     protocols: tuple[str, ...] = ("arch", "random")
-    """Fold protocols (agents.training.cv_splits columns): arch, model, family, target_id or random. The first is
+    """Fold protocols (placement.agents.training.cv_splits columns): arch, model, family, target_id or random. The first is
     the main one (its rows carry the plain dataset name); the others are suffixed '(<protocol> folds)'."""
     ppo_steps: int = 4096
     ppo_warmup_steps: int = 2048
-    """Value warm-up steps of the warm start (agents.ppo.PpoConfig.value_warmup_steps)."""
+    """Value warm-up steps of the warm start (placement.agents.ppo.PpoConfig.value_warmup_steps)."""
     """PPO fine-tuning steps after the warm start, per fold."""
     online: bool = True
     """Run the online learner (serve's placer + learner) on each fold's stream."""
@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -169,9 +169,9 @@ def run_fold(dataset: str, frame: pd.DataFrame, train_idx: np.ndarray, test_idx:
     (transfer)."""
     import torch
 
-    from agents.dnn import DnnConfig, train_dnn
-    from agents.ppo import PpoConfig, make_env, train_warm_ppo
-    from agents.training import baseline_policies
+    from placement.agents.dnn import DnnConfig, train_dnn
+    from placement.agents.ppo import PpoConfig, make_env, train_warm_ppo
+    from placement.agents.training import baseline_policies
 
     torch.set_num_threads(a.threads)
     thr = Thresholds(a.speedup_min, a.energy_ratio_max)
@@ -206,14 +206,14 @@ def online_stream(dnn: Any, ppo: Any, test: Any, frame: pd.DataFrame, thr: Thres
                   hashes: dict[str, str]) -> tuple[np.ndarray, dict[str, Any]]:
     """The service's online learner on the test rows as a stream: place, report the chosen
     device's run (the trace row nearest the decided knobs, with its real knobs), update."""
-    from agents.artifact import ModelMetadata, save_model
-    from placement.job import Job
-    from placement.trace import row_target
-    from serve.learner import Learner
-    from serve.placer import Placer, bootstrap_store
-    from serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
-    from serve.settings import Settings
-    from serve.store import Store
+    from placement.agents.artifact import ModelMetadata, save_model
+    from placement.core.job import Job
+    from placement.core.trace import row_target
+    from placement.serve.learning.learner import Learner
+    from placement.serve.placer import Placer, bootstrap_store
+    from placement.serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
+    from placement.serve.settings import Settings
+    from placement.serve.storage.store import Store
 
     rng = np.random.default_rng(seed)
     runs = {key: rows for key, rows in frame.groupby(["job_id", "target_id"], sort=False)}

@@ -4,7 +4,7 @@ lowers energy efficiency; T_e matters less than T_t).
 
 For every (T_t, T_e) on the grid the jobs of the simulated trace (energy ``modelled``) are
 relabelled by the joint threshold; the *threshold policy* (the Oracle at that threshold) is
-scored by :func:`agents.evaluation.evaluate_choices`: GPU share, throughput vs CPU-only and
+scored by :func:`placement.agents.evaluation.evaluate_choices`: GPU share, throughput vs CPU-only and
 energy efficiency vs GPU-only. On the cross of the grid through the paper's point (every T_t at
 T_e = 1.5, every T_e at T_t = 2.0; the whole grid with ``--full``) the DNN is also trained at
 that threshold and scored out-of-fold (folds of whole model architectures by default), as Ray tasks.
@@ -28,15 +28,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agents.evaluation import evaluate_choices, grouped_kfold, labelled_set
-from placement import plotstyle
-from placement.catalogue import default_catalogue
-from placement.probe import probe_local
-from placement.script_args import parse_script_args
-from placement.simulate import simulate_trace
-from placement.threshold import Thresholds
-from placement.trace import pair_outcomes, read_trace
-from placement.version import code_version
+from experiments import plotstyle
+from experiments.harness import parse_script_args
+from placement.agents.evaluation import evaluate_choices, grouped_kfold, labelled_set
+from placement.core.catalogue import default_catalogue
+from placement.core.threshold import Thresholds
+from placement.core.trace import pair_outcomes, read_trace
+from placement.core.version import code_version
+from placement.lab.probe import probe_local
+from placement.model.simulate import simulate_trace
 
 
 @dataclass
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 args = parse_args()
 plt.switch_backend("Agg")
-plotstyle.apply()  # one style for every study (placement/plotstyle.py)
+plotstyle.apply()  # one style for every study (experiments/plotstyle.py)
 start = time.time()
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def dnn_point(frame: pd.DataFrame, t: float, e: float, a: Args) -> dict[str, Any
     throughput and energy efficiency."""
     import torch
 
-    from agents.dnn import DnnConfig, train_dnn
+    from placement.agents.dnn import DnnConfig, train_dnn
 
     torch.set_num_threads(a.threads)
     data = labelled_set(pair_outcomes(frame, Thresholds(t, e)))

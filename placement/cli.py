@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from placement.threshold import MissingPower, Thresholds
+from placement.core.threshold import MissingPower, Thresholds
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +58,7 @@ def label(
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
 ) -> None:
     """Print each job's speedup, energy ratio and CPU/GPU label under the joint threshold."""
-    from placement.trace import TraceValidationError, pair_outcomes, read_trace
+    from placement.core.trace import TraceValidationError, pair_outcomes, read_trace
 
     th = thresholds_from(speedup_min, energy_ratio_max, missing_power)
     try:
@@ -95,7 +95,7 @@ def catalogue(
     path: Path | None = typer.Option(None, "--path", help="A catalogue JSON file (default: bundled)."),
 ) -> None:
     """List the hardware catalogue's targets."""
-    from placement.catalogue import CatalogueError, load_catalogue
+    from placement.core.catalogue import CatalogueError, load_catalogue
 
     try:
         targets = load_catalogue(path)
@@ -126,15 +126,15 @@ def probe(
     gpu_mem_cap_mib: int = typer.Option(0, "--gpu-mem-cap-mib", min=0, help="GPU memory cap, MiB (0: grow)."),
     speedup_min: float = typer.Option(2.0, "--speedup-min", "-t", min=1e-6, help="T_t for the early exit."),
 ) -> None:
-    """Probe a job on this machine's CPU and GPU (placement.job_probe; JSON to send as a request's
+    """Probe a job on this machine's CPU and GPU (placement.lab.job_probe; JSON to send as a request's
     'probes'), or with --host / no MODEL print this machine as a hardware target (JSON)."""
     if host or not model:
-        from placement.probe import probe_local
+        from placement.lab.probe import probe_local
 
         sys.stdout.write(probe_local().model_dump_json(indent=2) + "\n")
         return
-    from placement.job_probe import probe_factory, probe_workload
-    from placement.workloads import ZOO
+    from placement.lab.job_probe import probe_factory, probe_workload
+    from placement.lab.workloads import ZOO
 
     here = str(Path.cwd())
     if ":" in model and here not in sys.path and "" not in sys.path:
@@ -190,9 +190,9 @@ def train(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out directory."),
 ) -> None:
     """Train the DNN, then PPO warm-started from it, from logged traces; write a versioned model directory."""
-    from agents.dnn import PRESETS
-    from agents.training import TrainSettings, train_from_traces
-    from placement.trace import TraceValidationError
+    from placement.agents.dnn import PRESETS
+    from placement.agents.training import TrainSettings, train_from_traces
+    from placement.core.trace import TraceValidationError
 
     paths = _variadic(traces, ctx, "--traces")
     th = thresholds_from(speedup_min, energy_ratio_max, missing_power)
@@ -249,11 +249,11 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON records instead of a table."),
 ) -> None:
     """Print paper A's Table 5 (plus regret against the Oracle) for a model and the baselines on traces."""
-    from agents.artifact import DEFAULT_MODEL_DIR, ArtifactError, load_model
-    from agents.dnn import DnnConfig
-    from agents.evaluation import load_labelled
-    from agents.training import CV_COLUMNS, cross_validate, model_report
-    from placement.trace import TraceValidationError
+    from placement.agents.artifact import DEFAULT_MODEL_DIR, ArtifactError, load_model
+    from placement.agents.dnn import DnnConfig
+    from placement.agents.evaluation import load_labelled
+    from placement.agents.training import CV_COLUMNS, cross_validate, model_report
+    from placement.core.trace import TraceValidationError
 
     paths = _variadic(traces, ctx, "--traces")
     try:
@@ -302,10 +302,10 @@ def simulate(
     params: Path | None = typer.Option(None, "--params", help="Performance-model parameters JSON (default: bundled)."),
 ) -> None:
     """Write a simulated trace (source 'simulated', powers 'modelled') from the performance model."""
-    from placement.catalogue import default_catalogue
-    from placement.perfmodel import PerformanceModel, load_params
-    from placement.simulate import write_simulated
-    from placement.trace import file_sha256
+    from placement.core.catalogue import default_catalogue
+    from placement.core.trace import file_sha256
+    from placement.model.perfmodel import PerformanceModel, load_params
+    from placement.model.simulate import write_simulated
 
     catalogue = default_catalogue()
     ids = list(catalogue) if targets == "all" else [t.strip() for t in targets.split(",") if t.strip()]
@@ -331,8 +331,8 @@ def calibrate(
     max_nfev: int = typer.Option(400, "--max-nfev", min=1, help="Optimiser budget per fit (function evaluations)."),
 ) -> None:
     """Fit the performance model to measured traces; report held-out error; write params and report."""
-    from placement.calibration import calibrate_traces
-    from placement.trace import TraceValidationError
+    from placement.core.trace import TraceValidationError
+    from placement.model.calibration import calibrate_traces
 
     try:
         result = calibrate_traces(traces, params_out=params_out, report_path=report, seed=seed, folds=folds, max_nfev=max_nfev)
@@ -357,16 +357,16 @@ def profile(
     description: str = typer.Option("", "--description", help="Text stored in the trace metadata."),
 ) -> None:
     """Measure a sweep (workloads x mode x batch x cores x GPU memory cap) and write a trace."""
-    from placement.catalogue import get_target
-    from placement.profiler import (
+    from placement.core.catalogue import get_target
+    from placement.core.trace import file_sha256
+    from placement.lab.profiler import (
         PLAN_SETTINGS,
         ProfileError,
         ProfileSettings,
         plan_by_name,
         resolve_target,
     )
-    from placement.profiler import profile as run_profile
-    from placement.trace import file_sha256
+    from placement.lab.profiler import profile as run_profile
 
     try:
         tgt = resolve_target(target) if target == "auto" else get_target(target)
@@ -396,7 +396,7 @@ def describe(
     operator_rows: Path | None = typer.Option(None, "--operator-rows", help="Also write every operator (one row per kernel) to this JSON file."),
 ) -> None:
     """Describe a model as a job (FLOPs per batch counted on 'meta', parameters, input size, operators) as JSON."""
-    from placement.workloads import ZOO, describe_spec, load_job_spec
+    from placement.lab.workloads import ZOO, describe_spec, load_job_spec
 
     here = str(Path.cwd())
     if ":" in model and here not in sys.path and "" not in sys.path:
@@ -417,18 +417,18 @@ def describe(
             job = describe_spec({"model": model, "family": family, "input_shape": shape, "input_dtype": input_dtype,
                                  "batch_size": batch_size, "mode": mode})
         if operators or operator_rows is not None:
-            from placement.operators import describe_job_operators
+            from placement.model.operators import describe_job_operators
 
             summary, rows = describe_job_operators(model, job, family, input_shape, input_dtype)
             job = job.model_copy(update={"operators": summary if operators else None})
             if operator_rows is not None:
                 operator_rows.write_text(json.dumps(rows) + "\n")
-        from placement.signature import signature_of_factory, workload_signature
+        from placement.lab.signature import signature_of_factory, workload_signature
 
         if model in ZOO:
             job = job.model_copy(update={"signature": workload_signature(model)})
         elif ":" in model and input_shape:
-            from placement.workloads import load_model_factory
+            from placement.lab.workloads import load_model_factory
 
             job = job.model_copy(update={"signature": signature_of_factory(load_model_factory(model), shape, input_dtype)})
     except (FileNotFoundError, KeyError, ValueError) as exc:
@@ -443,7 +443,7 @@ def describe(
 
 def settings_help() -> str:
     """Every service setting as ``PLACEMENT_<NAME>`` with its default and meaning (``placement serve --help``)."""
-    from serve.settings import ENV_FILE, ENV_PREFIX, Settings
+    from placement.serve.settings import ENV_FILE, ENV_PREFIX, Settings
 
     lines = [f"Settings (environment variables, or lines of ./{ENV_FILE}; options above win over both):"]
     for name, field in Settings.model_fields.items():
@@ -478,7 +478,7 @@ def serve_command(
     import signal
     import threading
 
-    from serve.settings import Settings, SettingsError
+    from placement.serve.settings import Settings, SettingsError
 
     try:
         settings = Settings.from_env(host=host, port=port, db_path=db_path, state_dir=state_dir, model_path=model,
@@ -486,8 +486,8 @@ def serve_command(
     except SettingsError as exc:
         _fail(str(exc))
         return
-    from serve import app as serve_app
-    from serve.store import StoreError
+    from placement.serve import app as serve_app
+    from placement.serve.storage.store import StoreError
 
     try:
         serve_app.check_model(settings)
@@ -497,8 +497,7 @@ def serve_command(
     import logging
     import os
 
-    from serve import instance
-
+    from placement.serve import instance
     running = instance.Instance.read(settings.state_dir)
     if running is not None and instance.alive(running.pid) and running.pid != os.getpid():
         _fail(f"an instance (process {running.pid}) already serves {running.url} from {settings.state_dir}: stop it "
@@ -556,8 +555,8 @@ def stop_command(
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds to wait for a graceful stop before killing."),
 ) -> None:
     """Stop the `placement serve` instance of this state directory, and only its Ray (never `ray stop`)."""
-    from serve import instance
-    from serve.settings import Settings, SettingsError
+    from placement.serve import instance
+    from placement.serve.settings import Settings, SettingsError
 
     try:
         settings = Settings.from_env(state_dir=state_dir)
@@ -577,8 +576,8 @@ def export_feedback(
     limit: int | None = typer.Option(None, "--limit", help="Only the most recent N feedback rows."),
 ) -> None:
     """Write the service's feedback as a trace (source=feedback) for offline training (`placement train`)."""
-    from serve.settings import Settings, SettingsError
-    from serve.store import Store, StoreError
+    from placement.serve.settings import Settings, SettingsError
+    from placement.serve.storage.store import Store, StoreError
 
     try:
         settings = Settings.from_env(db_path=db_path)
@@ -625,9 +624,9 @@ def query(
     """Ask a running placement service where to run a job (or a list of jobs)."""
     from pydantic import ValidationError
 
-    from placement.hardware import HardwareTarget
-    from placement.job import Job
-    from serve.client import PlacementApiError, PlacementClient
+    from placement.core.hardware import HardwareTarget
+    from placement.core.job import Job
+    from placement.serve.client import PlacementApiError, PlacementClient
 
     raw = _json_arg(job, "job")
     try:
@@ -682,14 +681,17 @@ def decisions_table(answer: Any, *, with_ids: bool = True) -> Table:
     return table
 
 
-_EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-_STUDIES = sorted(p.stem for p in _EXPERIMENTS.glob("*.py") if p.stem not in ("report", "__init__"))
+_ROOT = Path(__file__).resolve().parents[1]  # the checkout holding experiments/ (run from a clone)
+_STUDIES = ("contention", "dnn_curves", "edge_knobs", "edge_study", "feature_importance", "gpu_share",
+            "online_drift", "ppo_warm_vs_cold", "table5", "threshold_sensitivity")
+"""The studies ``placement experiment all`` runs (``experiments/NAME.py``, each writing OUT/NAME/). The other
+modules of experiments/ are reports, the shared harness, or H200 measurement scripts (run on the lent device)."""
 
 
 @app.command(context_settings=_VARIADIC)
 def experiment(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help=f"A study: {', '.join(_STUDIES) or '(none: run from a clone)'}; "
+    name: str = typer.Argument(..., help=f"A study: {', '.join(_STUDIES)}; "
                                "or 'report', or 'all'."),
     address: str = typer.Option("", "--address", help="Ray cluster address for the study's sweep (default: a local Ray)."),
     full: bool = typer.Option(False, "--full", help="Paper-scale budget instead of the small default."),
@@ -697,15 +699,15 @@ def experiment(
                                     "default: a new runs/<UTC time>/; --out results refreshes the tracked results."),
 ) -> None:
     """Run a study (experiments/NAME.py, writing OUT/NAME/); 'all' runs every study, then OUT/REPORT.md.
-    Other options go to the script (e.g. --no-ray, --seed 1; see python experiments/NAME.py --help)."""
+    Other options go to the script (e.g. --no-ray, --seed 1; see python -m experiments.NAME --help)."""
     import subprocess
     from datetime import datetime, timezone
 
-    root = Path(__file__).resolve().parent.parent
+    root = _ROOT
     folder = root / "experiments"
     if not folder.is_dir():
         _fail(f"{folder} not found: experiments run from a clone of the repository")
-    studies = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("report", "__init__"))
+    studies = [s for s in _STUDIES if (folder / f"{s}.py").is_file()]
     if out is not None and out.suffix:
         _fail(f"--out is a folder (studies go to OUT/NAME/, the report to OUT/REPORT.md), got {out}")
     base = out if out is not None else Path("runs") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -723,7 +725,7 @@ def experiment(
         shown = base.relative_to(root) if base.is_relative_to(root) else base  # provenance: results/NAME, not a host path
         where = ["--results", str(shown), "--out", str(shown / "REPORT.md")] if study == "report" else \
             ["--out", str(shown / study)]
-        cmd = [sys.executable, str(folder / f"{study}.py"), *([] if study == "report" else flags), *where,
+        cmd = [sys.executable, "-m", f"experiments.{study}", *([] if study == "report" else flags), *where,
                *(ctx.args if len(names) == 1 else [])]
         console.print(f"[bold]experiment {study}[/]: {' '.join(cmd[1:])}")
         code = subprocess.run(cmd, cwd=root).returncode

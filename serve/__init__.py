@@ -1,1 +1,1 @@
-"""serve."""
+"""The Ray Serve application, its HTTP ingress, and the Python client."""

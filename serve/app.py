@@ -1,6 +1,6 @@
 """HTTP API (FastAPI) and its Ray Serve deployments: a thin ingress that parses, calls the library, formats.
 
-Routes (OpenAPI at ``/openapi.json``, docs at ``/docs`` and ``/redoc``, served offline by :mod:`serve.docs`):
+Routes (OpenAPI at ``/openapi.json``, docs at ``/docs`` and ``/redoc``, served offline by :mod:`placement.serve.docs`):
 
 =============================  =====  =========================================================
 route                          auth*  what
@@ -20,9 +20,9 @@ route                          auth*  what
 \\* a bearer token (``Authorization: Bearer ...``) is required when ``PLACEMENT_TOKEN`` is
 set, and it must be set to bind a non-loopback address.
 
-Every bad input is a 4xx whose body names the field (:class:`serve.schemas.ErrorResponse`):
+Every bad input is a 4xx whose body names the field (:class:`placement.serve.schemas.ErrorResponse`):
 422 for invalid values, 413 for an oversized body or batch, 404 for an unknown decision, 409
-for conflicting feedback, 401 for a missing token. Before any parsing, :mod:`serve.guard`
+for conflicting feedback, 401 for a missing token. Before any parsing, :mod:`placement.serve.guard`
 refuses what a hostile or broken client sends: 415 for a body that is not JSON, 403 for a
 cross-site ``Origin`` on a mutating route, 413 from ``Content-Length``, 408 for a body sent too
 slowly, 429 for too many bodies at once (or placements too fast) from one client; it also
@@ -32,7 +32,7 @@ answers ``/healthz`` and ``/metrics`` past Ray's ``max_ongoing_requests``.
 deployment :class:`PlacementIngress` builds one per replica (``__serve_build_asgi_app__``),
 and the plain-FastAPI benchmark builds the same app without Ray. :class:`PlacementLearner`
 is the learner deployment (one replica); :func:`build_app` binds both, :func:`app_builder`
-is the Serve-config entry point (``import_path: serve.app:app_builder``) and :func:`run`
+is the Serve-config entry point (``import_path: placement.serve.app:app_builder``) and :func:`run`
 starts local Ray and the app (``placement serve``).
 
 Latency: Ray Serve's HTTP proxy adds a hop (proxy actor -> replica) that costs several
@@ -66,12 +66,12 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
-from serve import guard
-from serve.docs import mount_docs
-from serve.examples import REQUEST_EXAMPLES
-from serve.learner import learner_fields, pin_version, release_pin
-from serve.placer import InputError, Placer, bootstrap_store
-from serve.schemas import (
+from placement.serve import guard
+from placement.serve.docs import mount_docs
+from placement.serve.examples import REQUEST_EXAMPLES
+from placement.serve.learning.learner import learner_fields, pin_version, release_pin
+from placement.serve.placer import InputError, Placer, bootstrap_store
+from placement.serve.schemas import (
     ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
@@ -84,8 +84,14 @@ from serve.schemas import (
     ThresholdsOut,
     VersionInfo,
 )
-from serve.settings import Settings
-from serve.store import FeedbackConflict, StorageUnavailable, Store, UnknownDecision, iso
+from placement.serve.settings import Settings
+from placement.serve.storage.store import (
+    FeedbackConflict,
+    StorageUnavailable,
+    Store,
+    UnknownDecision,
+    iso,
+)
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +298,8 @@ class PlacementService:
                 log.exception("policy refresh failed; still serving %s", self.placer.version)
 
     def _refresh_offsets(self) -> None:
-        """Keep the target offsets (:mod:`serve.offsets`) of the targets this replica answered for
-        at most :data:`serve.placer.OFFSET_REFRESH_ROWS` feedback rows old, checked every
+        """Keep the target offsets (:mod:`placement.serve.learning.offsets`) of the targets this replica answered for
+        at most :data:`placement.serve.placer.OFFSET_REFRESH_ROWS` feedback rows old, checked every
         :data:`OFFSETS_POLL_S`."""
         while not self._stop.wait(OFFSETS_POLL_S):
             try:
@@ -433,7 +439,7 @@ class PlacementService:
                           [{"field": "version", "message": str(exc.args[0] if exc.args else exc)}])
         except ValueError as exc:
             return _error(409, "conflict", [{"field": "version", "message": str(exc)}])
-        from agents.artifact import ArtifactError
+        from placement.agents.artifact import ArtifactError
 
         try:
             await asyncio.to_thread(self.placer.refresh)
@@ -673,8 +679,8 @@ def ray_env(settings: Settings) -> dict[str, str]:
         # no HAProxy in front, so a restarted replica may take its port back at once
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
         "RAY_SERVE_ENABLE_HA_PROXY": "0",
-        # serve.guard around every HTTP server Ray starts, outside its request accounting
-        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.guard:ray_middlewares",
+        # placement.serve.guard around every HTTP server Ray starts, outside its request accounting
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "placement.serve.guard:ray_middlewares",
         "OMP_NUM_THREADS": str(settings.torch_threads),
         "OPENBLAS_NUM_THREADS": str(settings.torch_threads),
         "MKL_NUM_THREADS": str(settings.torch_threads),
@@ -730,7 +736,7 @@ def _deployments() -> tuple[Any, Any]:
         """The learner (one replica): periodic gated PPO updates, and ``update()`` on demand."""
 
         def __init__(self, settings: dict[str, Any]) -> None:
-            from serve.learner import Learner
+            from placement.serve.learning.learner import Learner
 
             self.settings = Settings.model_validate(settings)
             limit_threads(self.settings.torch_threads)
@@ -808,8 +814,8 @@ def build_app(settings: Settings, *, user_config: dict[str, Any] | None = None) 
 
 
 def app_builder(args: dict[str, Any]) -> Any:
-    """Serve config entry point (``import_path: serve.app:app_builder``): ``args`` are settings
-    names (as in :mod:`serve.settings`) on top of the ``PLACEMENT_*`` environment."""
+    """Serve config entry point (``import_path: placement.serve.app:app_builder``): ``args`` are settings
+    names (as in :mod:`placement.serve.settings`) on top of the ``PLACEMENT_*`` environment."""
     return build_app(Settings.from_env(**(args or {})))
 
 
@@ -819,7 +825,7 @@ def check_model(settings: Settings) -> None:
     store = Store.from_settings(settings)
     try:
         active = store.active_version()
-        from agents.artifact import DEFAULT_MODEL_DIR, load_model
+        from placement.agents.artifact import DEFAULT_MODEL_DIR, load_model
 
         path = store.get_version(active).path if active else (settings.model_path or DEFAULT_MODEL_DIR)
         load_model(path)

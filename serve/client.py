@@ -2,7 +2,7 @@
 
 ::
 
-    from serve.client import PlacementClient, apply
+    from placement.serve.client import PlacementClient, apply
 
     with PlacementClient("http://127.0.0.1:8000", token=None) as client:
         decision = client.place(job, target="agx-orin")
@@ -10,7 +10,7 @@
             outcome = run_the_job(decision.device)
         client.feedback(decision.decision_id, outcome)   # ReportedOutcome or a dict of its fields
 
-Every method returns the response records of :mod:`serve.schemas`; a 4xx/5xx answer raises
+Every method returns the response records of :mod:`placement.serve.schemas`; a 4xx/5xx answer raises
 :class:`PlacementApiError` carrying the status and the fields the service named.
 """
 
@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from placement.decision import PlacementDecision
-from placement.hardware import HardwareTarget
-from placement.job import Job
-from placement.job_probe import ProbeResult
-from serve.schemas import (
+from placement.core.decision import PlacementDecision
+from placement.core.hardware import HardwareTarget
+from placement.core.job import Job
+from placement.lab.job_probe import ProbeResult
+from placement.serve.schemas import (
     DecisionOut,
     FeedbackResponse,
     LearnerReport,
@@ -116,7 +116,7 @@ class PlacementClient:
     def place_columns(self, columns: Mapping[str, Sequence[Any]], target: str | HardwareTarget = "local", *,
                       thresholds: Mapping[str, float] | None = None, max_slowdown: float | None = None,
                       explore: bool = True) -> PlacementResponse:
-        """Place jobs given as columns (each :class:`~placement.job.Job` field a list): the fast
+        """Place jobs given as columns (each :class:`~placement.core.job.Job` field a list): the fast
         format for large batches; the answer's ``columns`` hold the decisions."""
         body = {"columns": {k: list(v) for k, v in columns.items()}, **self._request(target, thresholds, max_slowdown, explore)}
         return self._call("POST", "/v1/placements", PlacementResponse, body)
@@ -153,9 +153,9 @@ def apply(decision: DecisionOut | PlacementDecision, memory: Any = None) -> Iter
     """Apply a decision's knobs in this process for the body of the ``with``: pin to
     ``cpu_cores`` cores (affinity and torch intra-op threads) and, on the GPU, cap the CUDA
     allocator at ``gpu_mem_cap`` MiB (``"grow"``: no cap). Restores the previous state on exit.
-    Uses :func:`placement.knobs.applied`; ``memory`` is its GPU-memory backend (tests pass
-    :class:`placement.knobs.FakeGpuMemory`)."""
-    from placement.knobs import applied
+    Uses :func:`placement.lab.knobs.applied`; ``memory`` is its GPU-memory backend (tests pass
+    :class:`placement.lab.knobs.FakeGpuMemory`)."""
+    from placement.lab.knobs import applied
 
     core = decision if isinstance(decision, PlacementDecision) else PlacementDecision(
         device=decision.device, cpu_cores=decision.cpu_cores,
@@ -165,11 +165,11 @@ def apply(decision: DecisionOut | PlacementDecision, memory: Any = None) -> Iter
 
 
 def job_signature(model: Any, sample_shape: Sequence[int], input_dtype: str = "float32") -> str:
-    """The structural signature (:mod:`placement.signature`) of an ``nn.Module`` or of a
+    """The structural signature (:mod:`placement.lab.signature`) of an ``nn.Module`` or of a
     zero-argument factory of one, for per-sample inputs of ``sample_shape`` and ``input_dtype``.
     Send it as the job's ``signature``: the service then learns from every outcome of this
     architecture at once."""
-    from placement.signature import signature_of, signature_of_factory
+    from placement.lab.signature import signature_of, signature_of_factory
 
     if callable(model) and not hasattr(model, "named_modules"):
         return signature_of_factory(model, sample_shape, input_dtype)
@@ -180,15 +180,15 @@ def probe(model: Any, *, batch_size: int = 32, mode: str = "infer", example: tup
           family: str | None = None, input_shape: Sequence[int] | None = None, input_dtype: str = "float32",
           budget_s: float = 5.0, cpu_cores: int | None = None, gpu_mem_cap_mib: int | None = None,
           speedup_min: float = 2.0) -> ProbeResult:
-    """Probe a job on this machine's devices (:mod:`placement.job_probe`) and return the result to
+    """Probe a job on this machine's devices (:mod:`placement.lab.job_probe`) and return the result to
     pass to :meth:`PlacementClient.place` as ``probe``.
 
     ``model``: a zoo workload name, ``'package.module:Factory'`` (with ``family`` and
     ``input_shape``), or an ``nn.Module`` / zero-argument factory with ``example`` = one batch
     ``(inputs, labels)`` on the host (its job description is then left to the caller; the
     result carries no job)."""
-    from placement.job_probe import probe_factory, probe_job, probe_workload
-    from placement.workloads import ZOO
+    from placement.lab.job_probe import probe_factory, probe_job, probe_workload
+    from placement.lab.workloads import ZOO
 
     kwargs: dict[str, Any] = {"budget_s": budget_s, "cpu_cores": cpu_cores, "gpu_mem_cap_mib": gpu_mem_cap_mib,
                               "speedup_min": speedup_min}

@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from serve.app import haproxy_state_dir, ray_env
-from serve.settings import Settings
+from placement.serve.app import haproxy_state_dir, ray_env
+from placement.serve.settings import Settings
 
 CONFIG_YAML = Path(__file__).resolve().parent / "config.yaml"
 WORKER_PORT_OFFSET = 40

@@ -3,7 +3,7 @@
 :class:`Guard` is a pure ASGI middleware. Under Ray Serve it wraps the uvicorn server of every
 ingress replica (direct ingress) and of Ray's HTTP proxy *outside* Ray's own request
 accounting: Ray's ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names :func:`ray_middlewares`
-(:func:`serve.app.ray_env` sets it). Without Ray, :func:`serve.app.build_fastapi` adds it to
+(:func:`placement.serve.app.ray_env` sets it). Without Ray, :func:`placement.serve.app.build_fastapi` adds it to
 the FastAPI app. A request passes the guard once (the scope is marked).
 
 For every request:
@@ -59,7 +59,7 @@ PLACEMENTS = "/v1/placements"
 
 @dataclass(frozen=True)
 class GuardLimits:
-    """The guard's limits (the service's settings of the same names; see :mod:`serve.settings`)."""
+    """The guard's limits (the service's settings of the same names; see :mod:`placement.serve.settings`)."""
 
     max_body_bytes: int = 64 * 2**20
     header_timeout_s: float = 10.0
@@ -105,7 +105,7 @@ def configure(limits: GuardLimits, app: ASGIApp | None = None) -> None:
 
 
 def ray_middlewares() -> list[Any]:
-    """Ray Serve's HTTP callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.guard.ray_middlewares``):
+    """Ray Serve's HTTP callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=placement.serve.guard.ray_middlewares``):
     the guard around every HTTP server Ray starts (replicas' direct ingress and the proxy)."""
     from starlette.middleware import Middleware
 

@@ -1,26 +1,26 @@
 """The placement service as a library (no Ray, no HTTP): one decision path over estimated outcomes.
 
-:class:`Placer` answers a :class:`~serve.schemas.PlacementRequest` for one job or a batch,
+:class:`Placer` answers a :class:`~placement.serve.schemas.PlacementRequest` for one job or a batch,
 vectorised over the batch:
 
 1. **Target**: a catalogue id, ``"local"`` (this host, probed once) or a full description.
-2. **Estimate** (:mod:`placement.estimate`): per job, CPU and GPU time per sample, powers,
+2. **Estimate** (:mod:`placement.model.estimate`): per job, CPU and GPU time per sample, powers,
    GPU memory need against the target's, each with a source and a log-scale sigma -- the
    performance model's (``model``), corrected by the stored outcomes of the job's signature
    on this target (``history``: feedback and earlier probes, shrunk toward the model by
    the amount of evidence) and by a probe the request carries for it (``probe``). Every
    estimate on a target is first shifted by the median residual of the last outcomes
-   reported on it, or of those since the device changed (:mod:`serve.offsets`): a drifted
+   reported on it, or of those since the device changed (:mod:`placement.serve.learning.offsets`): a drifted
    device is seen within about 20 outcomes. The offsets are recomputed every
    :data:`OFFSET_REFRESH_ROWS` feedback rows: by the first placement that finds them stale in
    the library (deterministic), by the service's own thread (``offsets_inline=False``,
    :meth:`Placer.refresh_offsets`) so that no request pays for it.
 3. **Policy**: the serving version's ``gpu_probability`` on features that include the
    estimate's threshold margins ``log(speedup / T_t)``, ``log(T_e / energy_ratio)``, their
-   sigma and the GPU fit (:func:`placement.features.feature_matrix`); GPU when ``p >= 0.5``.
+   sigma and the GPU fit (:func:`placement.model.features.feature_matrix`); GPU when ``p >= 0.5``.
    Where both devices' figures are measured (probe or history) and the margin's ``+-2``
    sigma interval is clear of the threshold, the estimate settles the answer by itself
-   (:func:`placement.estimate.settle`, ``decided_by='estimate'``, P(GPU) the estimate's
+   (:func:`placement.model.estimate.settle`, ``decided_by='estimate'``, P(GPU) the estimate's
    probability of passing): the policy keeps the uncertain jobs and the unmeasured ones.
    Per-request thresholds change only those margins: the same policy decides at any
    ``T_t``/``T_e``. A target without a GPU is always CPU (``decided_by='no_gpu'``) and the
@@ -31,15 +31,15 @@ vectorised over the batch:
    times slower than the other by the estimate; a choice that breaks it is switched
    (``decided_by='max_slowdown'``).
 5. **Exploration by uncertainty** (bounded, recorded): with probability ``exploration_rate``
-   (at most :data:`serve.settings.MAX_EXPLORATION_RATE`) the other device is tried -- only
+   (at most :data:`placement.serve.settings.MAX_EXPLORATION_RATE`) the other device is tried -- only
    for policy decisions on GPU targets whose estimate's ``+-explore_z`` sigma interval
    straddles the joint threshold, never into an estimated OOM, never against
    ``max_slowdown``, never when the request says ``explore=false``. Each decision stores
    ``explored`` and the propensity of the action taken (for off-policy evaluation).
    (``explore_band`` is kept for configuration compatibility and no longer gates.)
-6. **Knobs**: on edge targets the policy's :meth:`~agents.policy.Policy.knobs` (cores, GPU
+6. **Knobs**: on edge targets the policy's :meth:`~placement.agents.policy.Policy.knobs` (cores, GPU
    memory cap); elsewhere all cores and ``"grow"``.
-7. **Storage**: the batch is committed to the :class:`~serve.store.Store` before the
+7. **Storage**: the batch is committed to the :class:`~placement.serve.storage.store.Store` before the
    answer is returned; signed jobs are remembered so that their feedback becomes evidence,
    and carried probes are kept as evidence.
 
@@ -70,10 +70,14 @@ import numpy as np
 import numpy.typing as npt
 import pydantic_core
 
-from agents.policy import Policy
-from placement.catalogue import default_catalogue
-from placement.decision import GROW
-from placement.estimate import (
+from placement.agents.policy import Policy
+from placement.core.catalogue import default_catalogue
+from placement.core.decision import GROW
+from placement.core.hardware import HardwareTarget
+from placement.core.job import Job
+from placement.core.outcome import Device
+from placement.core.threshold import Thresholds
+from placement.model.estimate import (
     Estimate,
     Observation,
     correct,
@@ -82,14 +86,10 @@ from placement.estimate import (
     model_estimate,
     settle,
 )
-from placement.features import feature_matrix
-from placement.hardware import HardwareTarget
-from placement.job import Job
-from placement.outcome import Device
-from placement.perfmodel import PerformanceModel
-from placement.threshold import Thresholds
-from serve.offsets import shift, target_offsets
-from serve.schemas import (
+from placement.model.features import feature_matrix
+from placement.model.perfmodel import PerformanceModel
+from placement.serve.learning.offsets import shift, target_offsets
+from placement.serve.schemas import (
     LOCAL_TARGET,
     FeedbackRequest,
     FeedbackResponse,
@@ -98,8 +98,8 @@ from serve.schemas import (
     column_length,
     measured_ratios,
 )
-from serve.settings import Settings
-from serve.store import DecisionBatch, Store, UnknownDecision, iso
+from placement.serve.settings import Settings
+from placement.serve.storage.store import DecisionBatch, Store, UnknownDecision, iso
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,12 @@ class PolicyBundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     loaded: Any = None
-    """The :class:`agents.artifact.LoadedModel` it came from (the learner fine-tunes it)."""
+    """The :class:`placement.agents.artifact.LoadedModel` it came from (the learner fine-tunes it)."""
 
 
 def load_bundle(path: Path, version: str | None = None) -> PolicyBundle:
-    """Load a model directory (:func:`agents.artifact.load_model`) as a servable bundle."""
-    from agents.artifact import load_model
+    """Load a model directory (:func:`placement.agents.artifact.load_model`) as a servable bundle."""
+    from placement.agents.artifact import load_model
 
     loaded = load_model(Path(path))
     return PolicyBundle(
@@ -178,7 +178,7 @@ class JobBatch:
     numeric: dict[str, npt.NDArray[np.float64]]
     jobs: Sequence[Job] | None = None
     signatures: list[str | None] | None = None
-    """Each job's structural signature (:mod:`placement.signature`), None where not sent."""
+    """Each job's structural signature (:mod:`placement.lab.signature`), None where not sent."""
 
     @classmethod
     def from_jobs(cls, jobs: Sequence[Job]) -> JobBatch:
@@ -255,7 +255,7 @@ def _float_or_none(values: npt.NDArray[np.float64]) -> list[float | None]:
 @dataclass(frozen=True)
 class PlacementResult:
     """The answers to one request, as columns. :meth:`to_response` gives the typed
-    :class:`~serve.schemas.PlacementResponse`; :meth:`to_json` the same document, fast."""
+    :class:`~placement.serve.schemas.PlacementResponse`; :meth:`to_json` the same document, fast."""
 
     batch_id: str
     created_at: float
@@ -429,7 +429,7 @@ class Placer:
             return ref
         if ref == LOCAL_TARGET:
             if self._local is None:
-                from placement.probe import probe_local
+                from placement.lab.probe import probe_local
 
                 self._local = probe_local(LOCAL_TARGET)
             return self._local
@@ -548,7 +548,7 @@ class Placer:
     def estimate(self, batch: JobBatch, target: HardwareTarget, cols: Mapping[str, Any],
                  request: PlacementRequest | None = None) -> Estimate:
         """The model's estimate of every job, corrected by the request's probes and by the stored
-        outcomes of each job's signature on this target (:func:`placement.estimate.correct`)."""
+        outcomes of each job's signature on this target (:func:`placement.model.estimate.correct`)."""
         offsets = self._target_offsets(target)
         est = shift(model_estimate(self.perf_model, cols), offsets)
         rows: dict[int, list[Observation]] = {}
@@ -568,12 +568,12 @@ class Placer:
         return correct(est, rows)
 
     def _target_offsets(self, target: HardwareTarget) -> dict[str, float]:
-        """The target's log offsets (:func:`serve.offsets.target_offsets`), recomputed once
+        """The target's log offsets (:func:`placement.serve.learning.offsets.target_offsets`), recomputed once
         :data:`OFFSET_REFRESH_ROWS` new feedback rows arrived since the last computation (reading
         and screening the recent feedback takes a few hundred milliseconds; a placement after
         every feedback must not pay it each time). Counted in rows, not seconds, so the answers
         do not depend on timing."""
-        from serve.store import target_key
+        from placement.serve.storage.store import target_key
 
         if self.store is None:
             return {}
@@ -599,7 +599,7 @@ class Placer:
         """Recompute the offsets of every target placed on since the start (at most
         :data:`MAX_OFFSET_TARGETS`, the most recent) whose offsets are :data:`OFFSET_REFRESH_ROWS`
         feedback rows old; returns how many were recomputed. With ``offsets_inline=False`` the
-        service calls this from its own thread (:class:`serve.app.PlacementService`), so the ~0.5 s of
+        service calls this from its own thread (:class:`placement.serve.app.PlacementService`), so the ~0.5 s of
         reading and screening the recent feedback is paid by no placement; a placement then uses
         offsets at most one refresh late (the first one on a new target: none yet)."""
         if self.store is None:
@@ -626,7 +626,7 @@ class Placer:
     def _history(self, batch: JobBatch, target: HardwareTarget, est: Estimate, rows: dict[int, list[Observation]],
                  offsets: Mapping[str, float] | None = None) -> None:
         """Append each signed job's stored outcomes on ``target`` (same mode) as observations."""
-        from serve.store import target_key
+        from placement.serve.storage.store import target_key
 
         assert batch.signatures is not None and self.store is not None
         sigs = [s for s in batch.signatures if s]
@@ -661,7 +661,7 @@ class Placer:
 
     def _keep_signatures(self, result: PlacementResult, request: PlacementRequest) -> None:
         """Remember signed jobs (feedback becomes evidence) and keep carried probes as evidence."""
-        from serve.store import EvidenceRow, target_key
+        from placement.serve.storage.store import EvidenceRow, target_key
 
         batch = result.jobs
         if batch.signatures is None or self.store is None:
@@ -691,7 +691,7 @@ class Placer:
         """Check and store feedback once. Returns ``(response JSON, replayed)``.
 
         Raises :class:`NotFound` (unknown decision), :class:`InputError` (outcome does not fit
-        the decision) or :class:`serve.store.FeedbackConflict` (a different payload was
+        the decision) or :class:`placement.serve.storage.store.FeedbackConflict` (a different payload was
         already recorded for this decision).
         """
         if self.store is None:
@@ -731,7 +731,7 @@ class Placer:
 
     def _feedback_evidence(self, request: FeedbackRequest, target: HardwareTarget) -> None:
         """A signed decision's measured runs become evidence of its signature on its target, at once."""
-        from serve.store import EvidenceRow, target_key
+        from placement.serve.storage.store import EvidenceRow, target_key
 
         assert self.store is not None
         signed = self.store.decision_signature(request.decision_id)
@@ -798,7 +798,7 @@ def bootstrap_store(store: Store, settings: Settings) -> PolicyBundle:
 
     Safe when several replicas start at once (the first registration wins).
     """
-    from agents.artifact import DEFAULT_MODEL_DIR
+    from placement.agents.artifact import DEFAULT_MODEL_DIR
 
     explicit = settings.model_path
     if explicit is not None:

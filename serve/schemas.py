@@ -5,8 +5,8 @@
 * ``GET /v1/policy``: :class:`PolicyInfo`; ``POST /v1/policy/rollback``: :class:`RollbackRequest`
   -> :class:`RollbackResponse`; ``POST /v1/policy/update``: :class:`LearnerReport`
 
-Jobs and hardware are the core records (:class:`placement.job.Job`,
-:class:`placement.hardware.HardwareTarget`); thresholds are paper A's ``T_t``
+Jobs and hardware are the core records (:class:`placement.core.job.Job`,
+:class:`placement.core.hardware.HardwareTarget`); thresholds are paper A's ``T_t``
 (``speedup_min``) and ``T_e`` (``energy_ratio_max``). Units are in field names.
 """
 
@@ -28,18 +28,18 @@ from pydantic import (
     model_validator,
 )
 
-from placement.decision import GpuMemCap
-from placement.hardware import HardwareTarget
-from placement.job import Job
-from placement.job_probe import ProbeResult
-from placement.outcome import Device, DeviceOutcome, EnergyMethod
-from placement.record import (
+from placement.core.decision import GpuMemCap
+from placement.core.hardware import HardwareTarget
+from placement.core.job import Job
+from placement.core.outcome import Device, DeviceOutcome, EnergyMethod
+from placement.core.record import (
     Record,
     admits_string,
     is_number_annotation,
     json_number,
     number_not_bool,
 )
+from placement.lab.job_probe import ProbeResult
 
 DECISION_ID_PATTERN = r"^[0-9a-f]{32}-[0-9]{1,7}$"
 LOCAL_TARGET = "local"
@@ -90,7 +90,7 @@ class RequestThresholds(Record):
 
 
 def _job_columns_model() -> type[BaseModel]:
-    """:class:`JobColumns`: every :class:`~placement.job.Job` field as a list, with the same
+    """:class:`JobColumns`: every :class:`~placement.core.job.Job` field as a list, with the same
     per-element constraints (derived from ``Job.model_fields``, so the two never disagree)."""
     fields: dict[str, Any] = {}
     for name, info in Job.model_fields.items():
@@ -323,7 +323,7 @@ class ReportedOutcome(Record):
         return self
 
     def device_outcome(self) -> DeviceOutcome:
-        """The run as a :class:`~placement.outcome.DeviceOutcome` (trace row form).
+        """The run as a :class:`~placement.core.outcome.DeviceOutcome` (trace row form).
 
         ``energy_j`` becomes an average power over the run: on a CPU run the CPU power; on
         a GPU run the eq. (2) total is carried as ``avg_cpu_power_w`` with
@@ -404,7 +404,7 @@ def measured_ratios(outcome: ReportedOutcome, other: ReportedOutcome) -> tuple[f
     ratio = e_gpu / e_cpu
     check_derived("the measured energy ratio (GPU J per sample / CPU J per sample)", ratio,
                   "the two runs' per-sample energies differ by too much to be real: check units", allow_zero=True)
-    from placement.outcome import combine_methods
+    from placement.core.outcome import combine_methods
 
     return cpu.time_per_sample_s / gpu.time_per_sample_s, ratio, combine_methods(cpu.energy_method, gpu.energy_method)
 
@@ -469,7 +469,7 @@ class LearnerReport(BaseModel):
     candidate_holdout_accuracy: float | None = Field(default=None, description="Share of held-out rows the candidate labels right.")
     reward_sources: dict[str, int] = Field(default_factory=dict, description="How the other device's outcome was obtained per row (measured by the client, residual-corrected model, bare model).")
     duration_s: float = Field(default=0.0, description="Wall time of the update, seconds.")
-    quarantined: dict[str, int] = Field(default_factory=dict, description="Feedback in the window kept out of learning, by reason (serve.quarantine).")
+    quarantined: dict[str, int] = Field(default_factory=dict, description="Feedback in the window kept out of learning, by reason (placement.serve.learning.quarantine).")
     screened_out: dict[str, int] = Field(default_factory=dict, description="Feedback the poison screens excluded, by reason.")
     gate: dict[str, Any] | None = Field(default=None, description="The off-policy gate's estimates, bounds and decision.")
 

@@ -5,7 +5,7 @@ Every field below is the environment variable ``PLACEMENT_<FIELD>`` in upper cas
 ``PLACEMENT_PORT=8000``, ``PLACEMENT_EXPLORATION_RATE=0.05``,
 ``PLACEMENT_DB_PATH=/var/lib/placement/placement.db``; the same lines may sit in ``./.env``
 (the environment wins over ``.env``; command-line options win over both). A Serve config YAML
-(``serve/config.yaml``) passes the same names as ``args`` of :func:`serve.app.app_builder`.
+(``serve/config.yaml``) passes the same names as ``args`` of :func:`placement.serve.app.app_builder`.
 
 Units are in the names (``_s`` seconds, ``_bytes``, ``_mib``); thresholds are paper A's
 ``T_t`` (``speedup_min``) and ``T_e`` (``energy_ratio_max``). A bad value raises
@@ -32,7 +32,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from placement.threshold import MissingPower, Thresholds
+from placement.core.threshold import MissingPower, Thresholds
 
 ENV_PREFIX = "PLACEMENT_"
 ENV_FILE = ".env"
@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     learner_num_cpus: float = Field(0.5, gt=0, le=64)
     max_ongoing_requests: int = Field(64, ge=1, le=100_000)
 
-    # --- hostile clients (serve.guard): limits applied before any parsing ------------------
+    # --- hostile clients (placement.serve.guard): limits applied before any parsing ------------------
     header_timeout_s: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False,
                                     description="A connection's request headers must arrive within this time.")
     body_timeout_s: float = Field(15.0, gt=0, le=3600, allow_inf_nan=False,

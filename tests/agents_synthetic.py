@@ -15,11 +15,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from envs.device_placement import cap_levels, core_levels
-from placement.catalogue import get_target
-from placement.decision import GROW
-from placement.job import FAMILIES
-from placement.trace import pair_outcomes, target_columns, validate
+from placement.core.catalogue import get_target
+from placement.core.decision import GROW
+from placement.core.job import FAMILIES
+from placement.core.trace import pair_outcomes, target_columns, validate
+from placement.envs.device_placement import cap_levels, core_levels
 
 TARGETS = ("A", "B", "C", "D", "h100-host")
 

@@ -16,7 +16,7 @@ settings.load_profile("placement")
 
 @pytest.fixture
 def example_job():
-    from placement.job import Job
+    from placement.core.job import Job
 
     return Job(
         name="resnet18",
@@ -39,10 +39,10 @@ def serve_model_dir(tmp_path_factory):
     trace of 300 jobs on catalogue targets A, B (desktop) and agx-orin (edge), seed 0."""
     import torch
 
-    from agents.dnn import DnnConfig
-    from agents.training import TrainSettings, train_from_traces
-    from placement.catalogue import get_target
-    from placement.simulate import write_simulated
+    from placement.agents.dnn import DnnConfig
+    from placement.agents.training import TrainSettings, train_from_traces
+    from placement.core.catalogue import get_target
+    from placement.model.simulate import write_simulated
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("serve_model")
@@ -59,7 +59,7 @@ class ServeWorld:
     def __init__(self, seed: int = 0) -> None:
         import numpy as np
 
-        from placement.perfmodel import PerformanceModel
+        from placement.model.perfmodel import PerformanceModel
 
         self.model = PerformanceModel()
         self.rng = np.random.default_rng(seed)
@@ -68,7 +68,7 @@ class ServeWorld:
     def outcome(self, job, target, device: str, noise: bool = True) -> dict:
         import numpy as np
 
-        from placement.perfmodel import model_columns
+        from placement.model.perfmodel import model_columns
 
         pred = self.model.predict_columns(model_columns(job, target), device, np.nan, np.nan, self.rng if noise else None)
         if not pred.feasible[0]:
@@ -90,8 +90,8 @@ class ServeWorld:
     def jobs(self, n: int, seed: int = 5) -> list:
         import numpy as np
 
-        from placement.job import Job
-        from placement.simulate import generate_jobs
+        from placement.core.job import Job
+        from placement.model.simulate import generate_jobs
 
         frame = generate_jobs(n, np.random.default_rng(seed))
         return [
@@ -163,8 +163,8 @@ def serve_app(tmp_path_factory, serve_model_dir):
 
     Yields a namespace: ``url`` (direct ingress), ``proxy_url`` (Ray's HTTP proxy), ``settings``,
     ``token`` and ``headers`` (bearer auth). Learner updates run on demand (POST /v1/policy/update)."""
-    from serve import app as serve_app_module
-    from serve.settings import Settings
+    from placement.serve import app as serve_app_module
+    from placement.serve.settings import Settings
 
     base = _free_port_block(24)
     token = "e2e-test-token-0123456789"

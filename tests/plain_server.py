@@ -1,8 +1,8 @@
 """The placement HTTP app without Ray, in its own process, on loopback (a test helper, not a test).
 
-The app is exactly the one every Ray ingress replica serves (:func:`serve.app.build_fastapi`
-around a :class:`serve.app.PlacementService`, same store, same placer), with an in-process
-:class:`serve.learner.Learner` behind ``POST /v1/policy/update``. Tests use it where they
+The app is exactly the one every Ray ingress replica serves (:func:`placement.serve.app.build_fastapi`
+around a :class:`placement.serve.app.PlacementService`, same store, same placer), with an in-process
+:class:`placement.serve.learning.learner.Learner` behind ``POST /v1/policy/update``. Tests use it where they
 need to kill or confine *the whole service process* (SIGKILL, a full or read-only disk in a
 private mount namespace) or to fuzz it with thousands of requests, without starting a
 second Ray cluster (the session has one, ``serve_app`` in conftest).
@@ -41,10 +41,10 @@ def free_port() -> int:
 def _serve(settings_json: str) -> None:
     import uvicorn
 
-    from serve.app import PlacementService, build_fastapi
-    from serve.learner import Learner
-    from serve.settings import Settings
-    from serve.store import Store
+    from placement.serve.app import PlacementService, build_fastapi
+    from placement.serve.learning.learner import Learner
+    from placement.serve.settings import Settings
+    from placement.serve.storage.store import Store
 
     settings = Settings.model_validate_json(settings_json)
     learner = Learner(settings, Store.from_settings(settings))

@@ -2,7 +2,7 @@
 
 ``python -m tests.ray_service SETTINGS_JSON`` starts a private local Ray cluster
 (``RAY_ADDRESS=local``: never the session's, never anyone else's) and deploys the app as
-``placement serve`` does (:func:`serve.app.start`), with ``PLACEMENT_TOKEN`` taken from its
+``placement serve`` does (:func:`placement.serve.app.start`), with ``PLACEMENT_TOKEN`` taken from its
 environment the way an operator sets it. :class:`RayService` starts one and waits until it
 answers; :meth:`RayService.kill` SIGKILLs every process of it at once (driver, GCS, raylet,
 Serve controller, proxy, replicas, learner): the whole service dies with no shutdown code,
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _serve(settings_json: str) -> None:
-    from serve import app
-    from serve.settings import Settings
+    from placement.serve import app
+    from placement.serve.settings import Settings
 
     settings = Settings.model_validate({**json.loads(settings_json), "token": os.environ.get("PLACEMENT_TOKEN")})
     app.start(settings, num_cpus=2, wait_s=300)  # RAY_ADDRESS=local: a new private cluster

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.artifact import (
+from placement.agents.artifact import (
     DNN_FILE,
     METADATA_FILE,
     NORMALISER_FILE,
@@ -18,9 +18,9 @@ from agents.artifact import (
     load_model,
     save_model,
 )
-from agents.dnn import DnnConfig, train_dnn
-from agents.evaluation import labelled_set
-from placement.threshold import Thresholds
+from placement.agents.dnn import DnnConfig, train_dnn
+from placement.agents.evaluation import labelled_set
+from placement.core.threshold import Thresholds
 from tests.agents_synthetic import synthetic_pairs
 
 torch.set_num_threads(1)
@@ -121,7 +121,7 @@ def test_thresholds_must_agree(tmp_path, trained):
 # --- the offline training pipeline and its CLI -------------------------------------------
 
 def _write_traces(tmp_path):
-    from placement.trace import TraceMeta, write_trace
+    from placement.core.trace import TraceMeta, write_trace
     from tests.agents_synthetic import synthetic_trace
 
     a = write_trace(synthetic_trace(16, seed=7, targets=("A", "D", "jetson-nano")), tmp_path / "a.parquet",
@@ -132,9 +132,9 @@ def _write_traces(tmp_path):
 
 
 def test_train_pipeline_dnn_then_ppo(tmp_path):
-    from agents.ppo import PpoConfig, PpoPolicy
-    from agents.training import TrainSettings, train_from_traces
-    from placement.trace import file_sha256
+    from placement.agents.ppo import PpoConfig, PpoPolicy
+    from placement.agents.training import TrainSettings, train_from_traces
+    from placement.core.trace import file_sha256
 
     a, b = _write_traces(tmp_path)
     settings = TrainSettings(seed=3, dnn=DnnConfig(max_epochs=8), ppo_timesteps=64, cv_column="family", cv_folds=2,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from serve.settings import Settings
+from placement.serve.settings import Settings
 from tests.plain_server import PlainServer, free_port
 
 TOKEN = "auth-test-token-0123456789abcdef"

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.baselines import (
+from placement.agents.baselines import (
     CpuOnlyPolicy,
     GpuOnlyPolicy,
     OraclePolicy,
     RandomPolicy,
     RuleBasedPolicy,
 )
-from agents.evaluation import labelled_set
-from placement.catalogue import get_target
-from placement.features import FEATURE_INDEX, build_features
+from placement.agents.evaluation import labelled_set
+from placement.core.catalogue import get_target
+from placement.model.features import FEATURE_INDEX, build_features
 from tests.agents_synthetic import synthetic_pairs
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from placement.calibration import (
+from placement.core.catalogue import get_target
+from placement.model.calibration import (
     cross_validate,
     fit_params,
     fit_rows,
@@ -19,9 +20,8 @@ from placement.calibration import (
     row_errors,
     summarise,
 )
-from placement.catalogue import get_target
-from placement.perfmodel import PerformanceModel, PerfParams, load_params
-from placement.simulate import simulate_trace, write_simulated
+from placement.model.perfmodel import PerformanceModel, PerfParams, load_params
+from placement.model.simulate import simulate_trace, write_simulated
 
 TRUE = {
     "families.cnn.gpu_eff": 0.25,
@@ -147,7 +147,7 @@ MEASURED = Path(__file__).resolve().parent.parent / "data" / "traces" / "h200_me
 
 @pytest.mark.skipif(not MEASURED.exists(), reason="the measured trace is not in this checkout")
 def test_bundled_params_come_from_the_measured_trace_and_fit_it():
-    from placement.trace import file_sha256, read_trace
+    from placement.core.trace import file_sha256, read_trace
 
     params, provenance = load_params()
     assert provenance["traces"][str(MEASURED.relative_to(MEASURED.parent.parent.parent))] == file_sha256(MEASURED)

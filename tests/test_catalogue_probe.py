@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from placement import probe
-from placement.catalogue import CatalogueError, default_catalogue, get_target, load_catalogue
+from placement.core.catalogue import CatalogueError, default_catalogue, get_target, load_catalogue
+from placement.lab import probe
 
 
 def test_catalogue_has_paper_configs_jetsons_and_servers():

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.ceiling import (
+from placement.agents.ceiling import (
     NORMAL_MAD,
     accuracy_curve,
     expected_accuracy,
@@ -18,9 +18,9 @@ from agents.ceiling import (
     reproducibility,
     sigma_for_accuracy,
 )
-from agents.evaluation import grouped_kfold, labelled_set, random_split
-from placement.threshold import Thresholds, joint_threshold
-from placement.trace import pair_outcomes, validate
+from placement.agents.evaluation import grouped_kfold, labelled_set, random_split
+from placement.core.threshold import Thresholds, joint_threshold
+from placement.core.trace import pair_outcomes, validate
 from tests.agents_synthetic import synthetic_pairs, synthetic_trace
 
 
@@ -131,7 +131,7 @@ def test_ceiling_module_reads_the_paired_frame_columns():
 def test_report_section_states_the_needed_and_the_achieved_error():
     from pathlib import Path
 
-    from agents.report import accuracy_ceiling
+    from experiments.evaluation_report import accuracy_ceiling
 
     pairs = synthetic_pairs(30, seed=6)
     data = labelled_set(pairs)
@@ -149,7 +149,7 @@ def test_shipped_rerun_repeats_the_pairs_sweep():
     """data/traces/h200_pairs_rerun.parquet: the same jobs measured again (README figures)."""
     from pathlib import Path
 
-    from placement.trace import read_trace
+    from placement.core.trace import read_trace
 
     traces = Path(__file__).resolve().parent.parent / "data" / "traces"
     first, rerun = read_trace(traces / "h200_pairs_measured.parquet"), read_trace(traces / "h200_pairs_rerun.parquet")
@@ -162,8 +162,8 @@ def test_shipped_rerun_repeats_the_pairs_sweep():
 def test_report_scores_a_held_out_measured_host():
     from pathlib import Path
 
-    from agents.dnn import DnnConfig
-    from agents.report import held_out_host
+    from experiments.evaluation_report import held_out_host
+    from placement.agents.dnn import DnnConfig
 
     pooled_runs = validate(synthetic_trace(24, seed=7, targets=("A",)))
     host_runs = validate(synthetic_trace(24, seed=7, targets=("B",)))
@@ -184,8 +184,8 @@ def test_shipped_h100_host_is_measured_and_kept_out_of_every_pool():
     import re
     from pathlib import Path
 
-    from agents.report import NOT_POOLED
-    from placement.trace import read_trace
+    from experiments.evaluation_report import NOT_POOLED
+    from placement.core.trace import read_trace
 
     root = Path(__file__).resolve().parent.parent
     host = read_trace(root / "data" / "traces" / "h100_pairs_measured.parquet")

@@ -53,7 +53,7 @@ def test_query_table_never_cuts_the_decision_id():
     from rich.console import Console
 
     from placement.cli import decisions_table
-    from serve.schemas import PlacementResponse
+    from placement.serve.schemas import PlacementResponse
 
     ids = [f"{'0123456789abcdef' * 2}-{i}" for i in (0, 1234567)]
     answer = PlacementResponse.model_validate({
@@ -111,7 +111,7 @@ def test_train_refuses_to_overwrite_without_force(tmp_path):
 
 
 def test_train_draws_no_progress_bars_into_a_log(tmp_path, monkeypatch):
-    import agents.training
+    import placement.agents.training
 
     seen = {}
 
@@ -119,7 +119,7 @@ def test_train_draws_no_progress_bars_into_a_log(tmp_path, monkeypatch):
         seen["progress"] = settings.progress
         raise ValueError("stop here")
 
-    monkeypatch.setattr(agents.training, "train_from_traces", capture)
+    monkeypatch.setattr(placement.agents.training, "train_from_traces", capture)
     trace = str(ROOT / "data/traces/paper_table2.csv")
     result = runner.invoke(app, ["train", "--traces", trace, "--out", str(tmp_path / "m")])  # stderr: not a TTY
     assert result.exit_code == 2 and "stop here" in result.output

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from placement.catalogue import get_target
-from serve.cluster import LocalCluster
-from serve.settings import Settings
+from placement.core.catalogue import get_target
+from placement.serve.cluster import LocalCluster
+from placement.serve.settings import Settings
 from tests.conftest import ServeWorld, _free_port_block
 
 TARGET = get_target("B")
@@ -39,7 +39,7 @@ def _wait_healthy(url: str, timeout_s: float = 240.0) -> dict:
 
 def _replicas(settings: Settings) -> dict[int, dict]:
     """Every placer replica answering on its own (internal) port: port -> /healthz."""
-    from serve.app import ingress_ports
+    from placement.serve.app import ingress_ports
 
     found = {}
     for port in ingress_ports(settings):

@@ -16,9 +16,9 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from placement.trace import read_trace
-from serve.schemas import FeedbackRequest, ReportedOutcome
-from serve.store import Store
+from placement.core.trace import read_trace
+from placement.serve.schemas import FeedbackRequest, ReportedOutcome
+from placement.serve.storage.store import Store
 from tests.test_store import _batch, _gpu_run
 
 DID = "a" * 32 + "-0"
@@ -41,7 +41,7 @@ IMPLIED = [
 
 @pytest.mark.parametrize(("body", "field", "word"), IMPLIED)
 def test_implied_quantities_are_refused_naming_the_field(body, field, word):
-    from serve.app import validation_errors
+    from placement.serve.app import validation_errors
 
     with pytest.raises(ValidationError) as info:
         FeedbackRequest.model_validate({"decision_id": DID, **body})

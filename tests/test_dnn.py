@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.dnn import DnnConfig, DnnPolicy, classification_metrics, train_dnn
-from agents.evaluation import labelled_set, random_split
-from agents.knobs import KnobLevels
-from placement.features import N_FEATURES
+from placement.agents.dnn import DnnConfig, DnnPolicy, classification_metrics, train_dnn
+from placement.agents.evaluation import labelled_set, random_split
+from placement.agents.knobs import KnobLevels
+from placement.model.features import N_FEATURES
 from tests.agents_synthetic import synthetic_pairs
 
 torch.set_num_threads(1)

@@ -5,10 +5,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from serve import schemas
-from serve.app import PlacementService, build_fastapi
-from serve.examples import REQUEST_EXAMPLES
-from serve.settings import Settings
+from placement.serve import schemas
+from placement.serve.app import PlacementService, build_fastapi
+from placement.serve.examples import REQUEST_EXAMPLES
+from placement.serve.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,12 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import envs
-from envs.device_placement import (
+import placement.envs as envs
+from placement.core.catalogue import get_target
+from placement.core.decision import GROW, PlacementDecision
+from placement.core.threshold import Thresholds
+from placement.core.trace import TraceMeta, pair_outcomes, target_columns, validate, write_trace
+from placement.envs.device_placement import (
     CAP_GRID,
     CORE_GRID,
     DEFAULT_CAP_LEVEL,
@@ -27,12 +31,8 @@ from envs.device_placement import (
     decode_action,
     encode_decision,
 )
-from envs.job_source import TraceJobSource
-from placement.catalogue import get_target
-from placement.decision import GROW, PlacementDecision
-from placement.features import N_FEATURES, feature_matrix
-from placement.threshold import Thresholds
-from placement.trace import TraceMeta, pair_outcomes, target_columns, validate, write_trace
+from placement.envs.job_source import TraceJobSource
+from placement.model.features import N_FEATURES, feature_matrix
 
 # ------------------------------------------------------------------------------------------
 # A small synthetic trace: simulated test data (source "simulated"), built from catalogue

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.baselines import CpuOnlyPolicy, GpuOnlyPolicy, RuleBasedPolicy
-from agents.evaluation import (
+from placement.agents.baselines import CpuOnlyPolicy, GpuOnlyPolicy, RuleBasedPolicy
+from placement.agents.evaluation import (
     compare,
     covered_rows,
     evaluate_choices,
@@ -22,7 +22,7 @@ from agents.evaluation import (
     out_of_fold,
     random_split,
 )
-from placement.trace import pair_outcomes, read_trace
+from placement.core.trace import pair_outcomes, read_trace
 from tests.agents_synthetic import synthetic_pairs
 
 PAPER = Path(__file__).resolve().parent.parent / "data" / "traces" / "paper_table2.csv"

@@ -16,11 +16,11 @@ import math
 import httpx
 import pytest
 
-from placement.catalogue import get_target
-from placement.job import Job
-from placement.signature import signature_of_factory
-from placement.workloads import describe_model
-from serve.store import Store, target_key
+from placement.core.catalogue import get_target
+from placement.core.job import Job
+from placement.lab.signature import signature_of_factory
+from placement.lab.workloads import describe_model
+from placement.serve.storage.store import Store, target_key
 from tests.archs import GatedMlp
 
 TARGET = get_target("B").model_copy(update={"id": "evidence-box"})

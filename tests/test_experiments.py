@@ -78,7 +78,7 @@ def test_threshold_sensitivity(tmp_path: Path) -> None:
 
 
 def test_feature_importance(tmp_path: Path) -> None:
-    from placement.features import FEATURE_NAMES
+    from placement.model.features import FEATURE_NAMES
 
     table = pd.read_csv(run_study("feature_importance", tmp_path) / "feature_importance.csv")
     assert set(table[table.level == "feature"].name) == set(FEATURE_NAMES)
@@ -198,7 +198,7 @@ def test_experiment_writes_a_run_folder_not_tracked_results(tmp_path: Path) -> N
 
 def test_probe_recheck_separates_probe_error_from_lease_variation() -> None:
     from experiments.probe_recheck import Args, compare, first_lease_jobs, main, pairs
-    from placement.threshold import Thresholds
+    from placement.core.threshold import Thresholds
 
     args = Args()
     same = first_lease_jobs(args.recheck.with_name(args.recheck.name + ".journal.jsonl"), args.lease_gap_s)

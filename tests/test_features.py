@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from placement.catalogue import default_catalogue, get_target
-from placement.features import (
+from placement.core.catalogue import default_catalogue, get_target
+from placement.core.paper import paper_table2_frame
+from placement.core.trace import validate
+from placement.model.features import (
     FEATURE_INDEX,
     FEATURE_NAMES,
     N_FEATURES,
@@ -10,8 +12,6 @@ from placement.features import (
     build_features,
     feature_matrix,
 )
-from placement.paper import paper_table2_frame
-from placement.trace import validate
 
 
 def test_names_unique_and_vector_shape(example_job):

@@ -1,4 +1,4 @@
-"""The HTTP guard (serve.guard) and the token, retention and derived-input checks on the plain app, over real HTTP.
+"""The HTTP guard (placement.serve.guard) and the token, retention and derived-input checks on the plain app, over real HTTP.
 
 Fast and loopback-only: one plain service process (:mod:`tests.plain_server`, the app every
 Ray replica serves) with short timeouts. The same checks run through Ray Serve in
@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
-from serve.settings import Settings, SettingsError
-from serve.store import Store
+from placement.serve.settings import Settings, SettingsError
+from placement.serve.storage.store import Store
 from tests.plain_server import PlainServer, free_port
 from tests.test_store import _batch
 
@@ -88,7 +88,7 @@ def test_a_body_slightly_too_large_leaves_the_connection_usable(server):
     """Up to drain_limit_bytes the refused body is read and dropped, so the answer keeps the
     connection open (a proxy in front does not pass ``Connection: close`` on); a far larger one
     is refused unread and the connection closed."""
-    from serve.guard import drain_limit_bytes
+    from placement.serve.guard import drain_limit_bytes
 
     limit = server.settings.max_body_bytes
     with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -188,7 +188,7 @@ def test_token_file_must_be_private(tmp_path):
 
 
 def test_retention_deletes_old_and_surplus_decisions_without_feedback(tmp_path, example_job):
-    from serve.schemas import ReportedOutcome
+    from placement.serve.schemas import ReportedOutcome
 
     store = Store(tmp_path / "p.db")
     batches = [dataclasses.replace(_batch(example_job, n=1000), created_at=1000.0 + i) for i in range(4)]

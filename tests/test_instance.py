@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from placement.cli import app
-from serve import instance
+from placement.serve import instance
 
 SERVING = "import signal, sys, time\nsignal.signal(signal.SIGINT, lambda *_: sys.exit(0))\ntime.sleep(120)\n"
 

@@ -1,4 +1,4 @@
-"""The job probe (placement.job_probe): its CPU side here, its GPU side where CUDA is (the lent H200)."""
+"""The job probe (placement.lab.job_probe): its CPU side here, its GPU side where CUDA is (the lent H200)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from placement import job_probe
 from placement.cli import app
-from placement.job_probe import (
+from placement.lab import job_probe
+from placement.lab.job_probe import (
     ProbeResult,
     ProbeRun,
     ProbeTiming,
@@ -19,7 +19,7 @@ from placement.job_probe import (
     probe_factory,
     probe_workload,
 )
-from placement.signature import workload_signature
+from placement.lab.signature import workload_signature
 
 
 def test_cpu_side_times_repeats_after_warmup_with_labelled_power():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from placement.catalogue import get_target
-from placement.knob_advice import advise_knobs, operator_peak_mib
-from placement.operators import zoo_operators
-from placement.perfmodel import PerformanceModel, recommend_knobs
-from placement.workloads import describe_workload
+from placement.core.catalogue import get_target
+from placement.lab.workloads import describe_workload
+from placement.model.knob_advice import advise_knobs, operator_peak_mib
+from placement.model.operators import zoo_operators
+from placement.model.perfmodel import PerformanceModel, recommend_knobs
 
 
 def _job(name: str, mode: str, batch: int, ops: bool = True):

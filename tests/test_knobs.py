@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from placement.decision import PlacementDecision
-from placement.knobs import (
+from placement.core.decision import PlacementDecision
+from placement.lab.knobs import (
     FakeGpuMemory,
     TorchCudaMemory,
     applied,

@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from placement.catalogue import get_target
-from placement.perfmodel import model_columns
-from placement.threshold import Thresholds, joint_threshold
-from placement.trace import read_trace
-from serve.learner import Learner
-from serve.placer import Placer, bootstrap_store
-from serve.rewards import form_rewards
-from serve.schemas import FeedbackRequest, PlacementRequest
-from serve.settings import Settings
-from serve.store import Store
+from placement.core.catalogue import get_target
+from placement.core.threshold import Thresholds, joint_threshold
+from placement.core.trace import read_trace
+from placement.model.perfmodel import model_columns
+from placement.serve.learning.learner import Learner
+from placement.serve.learning.rewards import form_rewards
+from placement.serve.placer import Placer, bootstrap_store
+from placement.serve.schemas import FeedbackRequest, PlacementRequest
+from placement.serve.settings import Settings
+from placement.serve.storage.store import Store
 
 TARGET = get_target("B")
 
@@ -96,7 +96,7 @@ def test_a_failed_gpu_run_labels_cpu(tmp_path, serve_model_dir, serve_world, exa
 
 
 def test_gate_rejects_a_worse_candidate(tmp_path, serve_model_dir, serve_world):
-    from agents.ppo import PpoConfig, fine_tune, make_env
+    from placement.agents.ppo import PpoConfig, fine_tune, make_env
 
     def cpu_minded(loaded, env, timesteps, seed):
         """A real PPO candidate trained towards the wrong goal: T_t = 1000 makes every label CPU."""
@@ -149,11 +149,11 @@ def test_drift_update_is_promoted_and_flips_marginal_jobs(tmp_path, serve_model_
     assert placer.refresh() and placer.version == report.candidate_version
     assert gpu_share(probe) < 0.3  # after the drift they are no longer 2x faster on the GPU
     # jobs far above the threshold stay on the GPU: the candidate trained and was gated on the margins
-    # the placer forms (shifted by the target's offsets, serve.offsets), so it does not count the drift twice
+    # the placer forms (shifted by the target's offsets, placement.serve.learning.offsets), so it does not count the drift twice
     assert gpu_share(probe_gpu) > 0.9
     assert store.rollback() == ("serve-test-dnn", report.candidate_version)
     # the rollback serves the old policy again; the drift itself stays visible to it through the
-    # target-level offsets of the estimate (serve.offsets), so clear GPU jobs stay on the GPU
+    # target-level offsets of the estimate (placement.serve.learning.offsets), so clear GPU jobs stay on the GPU
     assert placer.refresh() and placer.version == "serve-test-dnn"
     assert gpu_share(probe_gpu) > 0.9
 
@@ -172,8 +172,8 @@ def test_first_update_after_eight_events_and_no_tie_versions(tmp_path, serve_mod
 
 
 def test_label_weights_follow_confidence_and_cap_signatures(tmp_path, serve_model_dir, serve_world, example_job):
-    from serve.learner import label_weights
-    from serve.rewards import job_signature
+    from placement.serve.learning.learner import label_weights
+    from placement.serve.learning.rewards import job_signature
 
     _, store, placer = _service(tmp_path, serve_model_dir)
     same = [example_job.model_copy(update={"batch_size": b, "flops_per_batch": example_job.flops_per_batch / 64 * b})
@@ -195,8 +195,8 @@ def test_label_weights_follow_confidence_and_cap_signatures(tmp_path, serve_mode
 
 
 def test_rollback_pin_holds_until_released(tmp_path, serve_model_dir, serve_world):
-    from agents.ppo import PpoConfig, fine_tune, make_env
-    from serve.learner import pin_version, pinned_version, release_pin
+    from placement.agents.ppo import PpoConfig, fine_tune, make_env
+    from placement.serve.learning.learner import pin_version, pinned_version, release_pin
 
     def cpu_minded(loaded, env, timesteps, seed):
         wrong = make_env(env.source, thresholds=Thresholds(speedup_min=1000.0))

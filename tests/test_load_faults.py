@@ -44,10 +44,10 @@ import numpy as np
 import psutil
 import pytest
 
-from placement.catalogue import get_target
-from serve import app as serve_app_module
-from serve.settings import Settings
-from serve.store import Store
+from placement.core.catalogue import get_target
+from placement.serve import app as serve_app_module
+from placement.serve.settings import Settings
+from placement.serve.storage.store import Store
 from tests.conftest import ServeWorld
 from tests.plain_server import PlainServer, free_port, user_namespaces_work
 
@@ -477,7 +477,7 @@ def test_read_only_database_path_fails_fast_with_a_clear_error(tmp_path, serve_m
     state.mkdir()
     exe = Path(sys.executable).with_name("placement")
     script = (f"mount -t tmpfs -o size=4m tmpfs {state}\n"
-              f"{sys.executable} -c 'from serve.store import Store; Store(\"{state}/placement.db\").close()'\n"
+              f"{sys.executable} -c 'from placement.serve.storage.store import Store; Store(\"{state}/placement.db\").close()'\n"
               f"mount -o remount,ro {state}\n"
               f"exec {exe} serve --state-dir {state} --model {serve_model_dir} --port {free_port()}")
     t0 = time.monotonic()
@@ -513,7 +513,7 @@ def _truncate_ppo_or_normaliser(path: Path) -> None:
                          ids=["tampered-weights", "corrupt-metadata", "truncated-file"])
 def test_damaged_artifact_is_refused_and_serving_unchanged(two_replicas, serve_model_dir, tmp_path, damage,
                                                            example_job):
-    from placement.threshold import Thresholds
+    from placement.core.threshold import Thresholds
 
     two_replicas.rediscover()
     with httpx.Client(base_url=two_replicas.url, timeout=60, headers=two_replicas.headers) as c:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from placement.meter import (
+from placement.lab.meter import (
     EnergyReading,
     Ina3221Meter,
     MeterError,
@@ -231,7 +231,7 @@ def test_nvml_meter_falls_back_to_instant_power():
 
 
 def test_gpu_meter_without_a_driver_is_null(monkeypatch):
-    import placement.meter as meter
+    import placement.lab.meter as meter
 
     def no_driver():
         raise MeterError("NVML is not available here")

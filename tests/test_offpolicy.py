@@ -1,4 +1,4 @@
-"""Off-policy estimators (:mod:`agents.offpolicy`): interval coverage on synthetic logged data with a
+"""Off-policy estimators (:mod:`placement.agents.offpolicy`): interval coverage on synthetic logged data with a
 known true value (after Vowpal Wabbit's estimator tests), and the paired difference the gate uses."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.offpolicy import doubly_robust, dr_terms, one_hot, paired_difference, snips
+from placement.agents.offpolicy import doubly_robust, dr_terms, one_hot, paired_difference, snips
 
 
 def _world(rng, n):
@@ -64,7 +64,7 @@ def test_bad_input_raises():
 
 
 def test_row_weights():
-    from agents.offpolicy import mean_interval
+    from placement.agents.offpolicy import mean_interval
 
     x = np.random.default_rng(1).normal(0.3, 1.0, 50)
     plain = mean_interval(x)

@@ -1,4 +1,4 @@
-"""Target offsets (serve.offsets): a change of the device shows within a few outcomes; a
+"""Target offsets (placement.serve.learning.offsets): a change of the device shows within a few outcomes; a
 lying minority does not move them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from serve.offsets import (
+from placement.serve.learning.offsets import (
     MIN_SHIFT,
     RECENT_OUTCOMES,
     TARGET_HISTORY,

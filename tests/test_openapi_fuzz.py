@@ -1,6 +1,6 @@
 """schemathesis against the published OpenAPI schema of the placement app, over real HTTP on loopback.
 
-The app is the one every Ray ingress replica serves (:func:`serve.app.build_fastapi`), run
+The app is the one every Ray ingress replica serves (:func:`placement.serve.app.build_fastapi`), run
 without Ray in its own process (:mod:`tests.plain_server`) with a bearer token configured
 and an in-process learner. For every operation of ``/openapi.json`` schemathesis generates
 requests that fit the schema (positive) and requests that break it (negative); each answer
@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from serve.settings import Settings
+from placement.serve.settings import Settings
 from tests.plain_server import PlainServer, free_port
 
 MIN_CASES = 1000

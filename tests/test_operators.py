@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from placement.catalogue import get_target
-from placement.job import Job
-from placement.operator_summary import OperatorSummary
-from placement.operators import record_operators, summarise, zoo_operators
-from placement.workloads import NEW_KIND_MODELS, ZOO, count_flops, describe_workload
+from placement.core.catalogue import get_target
+from placement.core.job import Job
+from placement.core.operator_summary import OperatorSummary
+from placement.lab.workloads import NEW_KIND_MODELS, ZOO, count_flops, describe_workload
+from placement.model.operators import record_operators, summarise, zoo_operators
 
 SLOW = {"lstm_imdb", "gru_imdb"}
 
@@ -78,7 +78,7 @@ def test_new_architectures_are_in_the_zoo():
 
 
 def test_job_carries_operators_and_keeps_the_aggregate_path():
-    from placement.perfmodel import PerformanceModel
+    from placement.model.perfmodel import PerformanceModel
 
     job = describe_workload("dlrm_criteo", 8, "infer")
     with_ops = job.model_copy(update={"operators": zoo_operators("dlrm_criteo", "infer", 8)})
@@ -96,7 +96,7 @@ def test_job_carries_operators_and_keeps_the_aggregate_path():
 
 
 def test_http_job_description_accepts_operators():
-    from serve.schemas import PlacementRequest
+    from placement.serve.schemas import PlacementRequest
 
     job = describe_workload("gnn_graph", 4, "infer").model_copy(update={"operators": zoo_operators("gnn_graph", "infer", 4)})
     body = json.loads(job.model_dump_json())
@@ -110,8 +110,8 @@ def test_http_job_description_accepts_operators():
 
 def test_fit_reads_only_the_micro_benchmarks(monkeypatch, tmp_path):
     """The operator model's only data input is the micro-benchmark file: reading a trace fails here."""
-    import placement.opmodel as opmodel
-    import placement.trace as trace
+    import placement.core.trace as trace
+    import placement.model.opmodel as opmodel
 
     def refuse(*a, **k):
         raise AssertionError("the operator model's fit must not read a trace")
@@ -141,7 +141,7 @@ def test_fit_reads_only_the_micro_benchmarks(monkeypatch, tmp_path):
 
 
 def test_bundled_fit_says_where_it_came_from():
-    from placement.opmodel import bundled_operator_model
+    from placement.model.opmodel import bundled_operator_model
 
     model = bundled_operator_model()
     assert model is not None
@@ -150,7 +150,7 @@ def test_bundled_fit_says_where_it_came_from():
 
 
 def test_leave_one_architecture_out_never_sees_the_held_out_architecture():
-    from placement.opcalibration import leave_one_architecture_out
+    from placement.model.opcalibration import leave_one_architecture_out
 
     rng = np.random.default_rng(0)
     rows = []
@@ -169,9 +169,9 @@ def test_leave_one_architecture_out_never_sees_the_held_out_architecture():
 
 
 def test_archs_plan_and_micro_benchmark_plan_are_the_committed_sweeps():
-    from placement.microbench import plan
-    from placement.profiler import archs_plan
-    from placement.trace import read_trace
+    from placement.core.trace import read_trace
+    from placement.lab.microbench import plan
+    from placement.lab.profiler import archs_plan
 
     rows = archs_plan(16)
     assert len(rows) == 200 and len({r.key for r in rows}) == 200
@@ -180,7 +180,7 @@ def test_archs_plan_and_micro_benchmark_plan_are_the_committed_sweeps():
 
 
 def test_micro_benchmark_runs_and_resumes(tmp_path):
-    from placement.microbench import RunSpec, run_plan
+    from placement.lab.microbench import RunSpec, run_plan
 
     runs = [RunSpec("elementwise-s", "infer", "cpu", 1), RunSpec("matmul-s", "train", "cpu", 1)]
     out = tmp_path / "mb.json"

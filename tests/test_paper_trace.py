@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from placement.threshold import MissingPower, Thresholds
-from placement.trace import pair_outcomes, read_trace
+from placement.core.threshold import MissingPower, Thresholds
+from placement.core.trace import pair_outcomes, read_trace
 
 PAPER = Path(__file__).resolve().parent.parent / "data" / "traces" / "paper_table2.csv"
 

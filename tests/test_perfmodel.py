@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from placement.catalogue import default_catalogue, get_target
-from placement.job import Job
-from placement.perfmodel import (
+from placement.core.catalogue import default_catalogue, get_target
+from placement.core.job import Job
+from placement.core.threshold import joint_threshold
+from placement.model.perfmodel import (
     FamilyParams,
     PerformanceModel,
     PerfParams,
@@ -18,7 +19,6 @@ from placement.perfmodel import (
     model_columns,
     recommend_knobs,
 )
-from placement.threshold import joint_threshold
 
 GPU_TARGETS = [t for t in default_catalogue().values() if t.has_gpu]
 EDGE_TARGETS = [t for t in default_catalogue().values() if t.is_edge]
@@ -168,7 +168,7 @@ def test_powers_are_modelled_and_within_idle_and_tdp(model, target):
 
 
 def test_stronger_gpu_on_the_same_host_is_never_slower_and_wins_more_jobs():
-    from placement.simulate import generate_jobs
+    from placement.model.simulate import generate_jobs
 
     model = PerformanceModel(PerfParams())
     jobs = generate_jobs(300, np.random.default_rng(3))

@@ -11,17 +11,24 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agents.baselines import CpuOnlyPolicy
-from agents.policy import Policy
-from placement.catalogue import get_target
-from placement.features import build_features
-from placement.hardware import HardwareTarget
-from placement.job import Job
-from placement.threshold import Thresholds
-from serve.placer import InputError, NotFound, Placer, PolicyBundle, bootstrap_store, load_bundle
-from serve.schemas import FeedbackRequest, PlacementRequest, PlacementResponse
-from serve.settings import Settings, SettingsError
-from serve.store import FeedbackConflict, Store
+from placement.agents.baselines import CpuOnlyPolicy
+from placement.agents.policy import Policy
+from placement.core.catalogue import get_target
+from placement.core.hardware import HardwareTarget
+from placement.core.job import Job
+from placement.core.threshold import Thresholds
+from placement.model.features import build_features
+from placement.serve.placer import (
+    InputError,
+    NotFound,
+    Placer,
+    PolicyBundle,
+    bootstrap_store,
+    load_bundle,
+)
+from placement.serve.schemas import FeedbackRequest, PlacementRequest, PlacementResponse
+from placement.serve.settings import Settings, SettingsError
+from placement.serve.storage.store import FeedbackConflict, Store
 
 
 class Tempered(Policy):
@@ -109,7 +116,7 @@ def test_target_without_gpu_is_cpu(placer, example_job):
 
 
 def test_local_target_without_a_gpu(bundle, settings, serve_world):
-    from placement.probe import probe_local
+    from placement.lab.probe import probe_local
 
     local = probe_local()
     if local.has_gpu:
@@ -152,7 +159,7 @@ def test_thresholds_are_inputs_of_the_one_path(placer, serve_world):
 
 
 def test_no_gpu_for_an_estimated_oom_unless_seen_running(settings, example_job):
-    from agents.baselines import GpuOnlyPolicy
+    from placement.agents.baselines import GpuOnlyPolicy
 
     placer = Placer(PolicyBundle("gpu-only", GpuOnlyPolicy(), Thresholds()), settings=settings, store=None)
     huge = example_job.model_copy(update={"name": "llm-70b", "param_count": 70_000_000_000,
@@ -195,7 +202,7 @@ def _probe(speedup: float, devices: tuple[str, ...] = ("cpu", "gpu")) -> dict:
 
 
 def test_a_clear_measured_estimate_settles_and_the_policy_keeps_the_rest(settings, serve_world):
-    from agents.baselines import GpuOnlyPolicy
+    from placement.agents.baselines import GpuOnlyPolicy
 
     job = serve_world.jobs(50)[3].model_dump()
     for policy, speedup, device in ((CpuOnlyPolicy(), 10.0, "gpu"), (GpuOnlyPolicy(), 0.5, "cpu")):
@@ -374,7 +381,7 @@ def test_outcomes_on_a_target_shift_every_estimate_there(placer, serve_world):
 def test_background_offsets_are_paid_by_the_refresh_not_by_placements(settings, bundle, serve_world, monkeypatch):
     """As the service runs (``offsets_inline=False``): placements use the last computed offsets and
     never recompute them; ``refresh_offsets`` (the service's own thread) does, once they are stale."""
-    import serve.placer as placer_module
+    import placement.serve.placer as placer_module
 
     placer = Placer(bundle, settings=settings, store=Store(settings.database), offsets_inline=False)
     calls = []

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from agents.artifact import ArtifactError, ModelMetadata, load_model, save_model
-from agents.dnn import DnnConfig, train_dnn
-from agents.evaluation import labelled_set
-from agents.knobs import KnobLevels
-from agents.ppo import (
+from placement.agents.artifact import ArtifactError, ModelMetadata, load_model, save_model
+from placement.agents.dnn import DnnConfig, train_dnn
+from placement.agents.evaluation import labelled_set
+from placement.agents.knobs import KnobLevels
+from placement.agents.ppo import (
     CurvePoint,
     PpoConfig,
     PpoPolicy,
@@ -26,10 +26,10 @@ from agents.ppo import (
     train_warm_ppo,
     warm_start,
 )
-from envs.device_placement import CORE_GRID, cap_levels
-from placement.catalogue import get_target
-from placement.threshold import Thresholds
-from placement.trace import pair_outcomes, validate
+from placement.core.catalogue import get_target
+from placement.core.threshold import Thresholds
+from placement.core.trace import pair_outcomes, validate
+from placement.envs.device_placement import CORE_GRID, cap_levels
 from tests.agents_synthetic import synthetic_trace
 
 torch.set_num_threads(1)
@@ -88,7 +88,7 @@ def test_edge_warm_start_copies_knob_heads(edge):
     # decide() on an edge target answers grid knobs
     nano = get_target("jetson-nano")
     row = data.pairs.index[data.pairs["target_id"] == "jetson-nano"][0]
-    from placement.job import Job
+    from placement.core.job import Job
 
     p = data.pairs.loc[row]
     job = Job(family=p["family"], mode=p["mode"], batch_size=int(p["batch_size"]), flops_per_batch=float(p["flops_per_batch"]),

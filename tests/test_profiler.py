@@ -13,9 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from placement.cli import app
-from placement.hardware import HardwareTarget
-from placement.meter import EnergyReading
-from placement.profiler import (
+from placement.core.hardware import HardwareTarget
+from placement.core.trace import CV_LIMIT, pair_outcomes, read_trace
+from placement.lab.meter import EnergyReading
+from placement.lab.profiler import (
     ProfileError,
     ProfileSettings,
     RowSpec,
@@ -26,7 +27,6 @@ from placement.profiler import (
     smoke_plan,
     trace_row,
 )
-from placement.trace import CV_LIMIT, pair_outcomes, read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED = ROOT / "data/traces/h200_measured.parquet"
@@ -85,7 +85,7 @@ def test_pairs_plan_pairs_every_cpu_row_with_a_gpu_row():
 def test_default_plan_covers_the_issue():
     plan = default_plan(16)
     assert len(plan) >= 300 and len({r.key for r in plan}) == len(plan)
-    from placement.workloads import get_workload
+    from placement.lab.workloads import get_workload
 
     assert len({get_workload(r.workload).model for r in plan}) == 7
     assert {r.mode for r in plan} == {"infer", "train"}
@@ -197,7 +197,7 @@ def test_cli_profile_cpu_only(tmp_path):
 def test_committed_measured_trace_meets_the_issue():
     trace = read_trace(MEASURED)
     f = trace.frame
-    from placement.workloads import get_workload
+    from placement.lab.workloads import get_workload
 
     assert len(f) >= 300 and set(f["source"]) == {"measured"}
     assert len({get_workload(m).model for m in f["model"]}) == 7

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from placement.catalogue import default_catalogue
-from placement.features import N_FEATURES, build_features
-from placement.job import FAMILIES, Job
-from placement.paper import paper_table2_frame
-from placement.threshold import Thresholds, joint_threshold, placement_reward
-from placement.trace import COLUMN_NAMES, TraceValidationError, validate
+from placement.core.catalogue import default_catalogue
+from placement.core.job import FAMILIES, Job
+from placement.core.paper import paper_table2_frame
+from placement.core.threshold import Thresholds, joint_threshold, placement_reward
+from placement.core.trace import COLUMN_NAMES, TraceValidationError, validate
+from placement.model.features import N_FEATURES, build_features
 
 positive = st.floats(min_value=1e-9, max_value=1e9, allow_nan=False, allow_infinity=False)
 TARGETS = list(default_catalogue().values())

@@ -1,4 +1,4 @@
-"""Quarantine (:mod:`serve.quarantine`), library level: a stored row whose derived quantities are
+"""Quarantine (:mod:`placement.serve.learning.quarantine`), library level: a stored row whose derived quantities are
 unusable is kept, counted by reason and never trained on; learner updates and exports still succeed."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from placement.catalogue import get_target
-from placement.trace import read_trace
-from serve.learner import Learner, learner_fields
-from serve.placer import Placer, bootstrap_store
-from serve.quarantine import run_reason, screen_stored
-from serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
-from serve.settings import Settings
-from serve.store import Store
+from placement.core.catalogue import get_target
+from placement.core.trace import read_trace
+from placement.serve.learning.learner import Learner, learner_fields
+from placement.serve.learning.quarantine import run_reason, screen_stored
+from placement.serve.placer import Placer, bootstrap_store
+from placement.serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
+from placement.serve.settings import Settings
+from placement.serve.storage.store import Store
 
 TARGET = get_target("B")
 
@@ -75,7 +75,7 @@ def test_pathological_row_is_quarantined_and_updates_and_export_succeed(tmp_path
     skipped: list = []
     screened = screen_stored(store.recent_feedback(skipped=skipped), skipped)
     # the pathological row is refused when read back (the stored outcome fails the implied-quantity
-    # checks of serve.schemas) or, where it still parses, when its power is derived: either way quarantined
+    # checks of placement.serve.schemas) or, where it still parses, when its power is derived: either way quarantined
     assert sum(screened.counts.values()) == 2 and set(screened.counts) <= {"underivable", "unreadable"}
     assert bad_id in {q.decision_id for q in screened.quarantined} and len(screened.usable) == 38
     with pytest.raises(ValueError):

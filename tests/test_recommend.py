@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from placement.catalogue import get_target
-from placement.recommend import (
+from placement.core.catalogue import get_target
+from placement.model.recommend import (
     peak_memory_from_journal,
     recommend_cores,
     recommend_for_target,
@@ -87,7 +87,7 @@ def test_recommend_from_a_table_and_for_a_smaller_target():
 
 @pytest.mark.skipif(not MEASURED.exists(), reason="measured trace not present")
 def test_recommendations_on_the_measured_trace():
-    from placement.trace import read_trace
+    from placement.core.trace import read_trace
 
     frame = read_trace(MEASURED).frame
     peaks = peak_memory_from_journal(Path(str(MEASURED) + ".journal.jsonl"))

@@ -3,9 +3,9 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from placement.decision import GROW, PlacementDecision
-from placement.job import Job
-from placement.outcome import DeviceOutcome
+from placement.core.decision import GROW, PlacementDecision
+from placement.core.job import Job
+from placement.core.outcome import DeviceOutcome
 
 
 def test_job_rejects_bad_fields_by_name():
@@ -54,9 +54,9 @@ def test_true_and_false_are_not_numbers():
     boolean fields still take them."""
     import json
 
-    from placement.catalogue import get_target
-    from placement.hardware import HardwareTarget
-    from serve.schemas import PlacementRequest
+    from placement.core.catalogue import get_target
+    from placement.core.hardware import HardwareTarget
+    from placement.serve.schemas import PlacementRequest
 
     job = dict(family="cnn", mode="infer", batch_size=1, flops_per_batch=1e9, param_count=10,
                input_elems_per_sample=3, input_bytes_per_sample=12)
@@ -93,9 +93,9 @@ def test_numbers_and_words_are_not_true_or_false():
 
     import numpy as np
 
-    from placement.catalogue import get_target
-    from placement.hardware import HardwareTarget
-    from serve.schemas import PlacementRequest, ReportedOutcome
+    from placement.core.catalogue import get_target
+    from placement.core.hardware import HardwareTarget
+    from placement.serve.schemas import PlacementRequest, ReportedOutcome
 
     target = get_target("B").model_dump()
     for value in (0, 1, 0.0, "yes", "false", [], {}):

@@ -4,7 +4,7 @@ The session's Ray Serve app (``conftest.serve_app``) is redeployed for this modu
 service's DEFAULT limits (body size, batch size, timeouts, per-client caps: only the state
 directory, ports, model, token and learner cadence are set), then restored. Through it:
 
-* the guard (serve.guard) on the direct-ingress port and on Ray's proxy port: JSON only (415),
+* the guard (placement.serve.guard) on the direct-ingress port and on Ray's proxy port: JSON only (415),
   same-origin mutating routes (403), a 100 MiB ``Content-Length`` refused before reading
   (413), a chunked body refused while streaming, and a body slightly too large (413) leaving
   the connection usable for the next request;
@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 import pytest
 
-from placement.catalogue import get_target
-from serve.settings import Settings
+from placement.core.catalogue import get_target
+from placement.serve.settings import Settings
 from tests.conftest import ServeWorld, _free_port_block
 from tests.hostile_clients import JOB, big_body, fuzz_stateful, probe, slow_flood
 

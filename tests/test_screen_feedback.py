@@ -1,4 +1,4 @@
-"""The learner's poisoned-feedback screen (:func:`serve.rewards.screen_feedback`), library level, no Ray:
+"""The learner's poisoned-feedback screen (:func:`placement.serve.learning.rewards.screen_feedback`), library level, no Ray:
 plausible feedback (noise, a 3x GPU drift) is kept; outliers and contradictory reports are excluded."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from placement.catalogue import get_target
-from serve.placer import Placer, bootstrap_store
-from serve.rewards import RewardSettings, screen_feedback
-from serve.schemas import FeedbackRequest, PlacementRequest
-from serve.settings import Settings
-from serve.store import Store
+from placement.core.catalogue import get_target
+from placement.serve.learning.rewards import RewardSettings, screen_feedback
+from placement.serve.placer import Placer, bootstrap_store
+from placement.serve.schemas import FeedbackRequest, PlacementRequest
+from placement.serve.settings import Settings
+from placement.serve.storage.store import Store
 
 TARGET = get_target("B")
 

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from placement.script_args import parse_script_args
+from experiments.harness import parse_script_args
 
 
 @dataclass

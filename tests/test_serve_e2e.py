@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from placement.catalogue import get_target
-from serve.store import Store
+from placement.core.catalogue import get_target
+from placement.serve.storage.store import Store
 
 TARGET = get_target("B")
 LEDGER: dict[str, dict] = {"decisions": {}, "feedback": {}}
@@ -234,12 +234,12 @@ def test_serve_config_yaml_builds_the_app():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.app import app_builder
+    from placement.serve.app import app_builder
 
     data = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve" / "config.yaml").read_text())
     config = ServeDeploySchema.model_validate(data)
     (application,) = config.applications
-    assert application.import_path == "serve.app:app_builder"
+    assert application.import_path == "placement.serve.app:app_builder"
     app = app_builder(application.args)
     assert type(app).__name__ == "Application"
     assert {d.name for d in application.deployments} == {"PlacementIngress", "PlacementLearner"}
@@ -247,8 +247,8 @@ def test_serve_config_yaml_builds_the_app():
 
 @pytest.mark.slow
 def test_typed_client_and_apply(serve_app, serve_world, example_job):
-    from placement.knobs import FakeGpuMemory, allowed_cores
-    from serve.client import PlacementApiError, PlacementClient, apply
+    from placement.lab.knobs import FakeGpuMemory, allowed_cores
+    from placement.serve.client import PlacementApiError, PlacementClient, apply
 
     with PlacementClient(serve_app.url, token=serve_app.token) as client:
         assert client.health()["status"] == "ok"

@@ -10,10 +10,10 @@ import sys
 import httpx
 import pytest
 
-from placement.catalogue import get_target
-from placement.trace import read_trace
-from serve.schemas import ReportedOutcome
-from serve.store import Store
+from placement.core.catalogue import get_target
+from placement.core.trace import read_trace
+from placement.serve.schemas import ReportedOutcome
+from placement.serve.storage.store import Store
 
 TARGET = get_target("B")
 
@@ -68,7 +68,7 @@ def test_rollback_stays_pinned_until_released(serve_app, serve_world):
         versions = [v["version"] for v in c.get("/v1/policy").json()["versions"] if v["status"] != "rejected"]
         if len(versions) < 2:  # make sure there is an earlier version to roll back to
             with Store(serve_app.settings.database) as store:
-                from placement.threshold import Thresholds
+                from placement.core.threshold import Thresholds
 
                 active = store.get_version(store.active_version())
                 store.register_version("e2e-copy", active.path, parent=active.version, status="serving",

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from placement.cli import app
-from serve.settings import Settings, SettingsError
+from placement.serve.settings import Settings, SettingsError
 
 
 def test_environment_then_dotenv_then_options(tmp_path, monkeypatch):

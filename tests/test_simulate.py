@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from placement.catalogue import default_catalogue, get_target
-from placement.job import FAMILIES, Job
-from placement.perfmodel import PerformanceModel, PerfParams
-from placement.simulate import JOB_FRAME_COLUMNS, generate_jobs, simulate_trace
-from placement.trace import pair_outcomes, read_trace, validate
+from placement.core.catalogue import default_catalogue, get_target
+from placement.core.job import FAMILIES, Job
+from placement.core.trace import pair_outcomes, read_trace, validate
+from placement.model.perfmodel import PerformanceModel, PerfParams
+from placement.model.simulate import JOB_FRAME_COLUMNS, generate_jobs, simulate_trace
 
 COMMITTED = Path(__file__).resolve().parent.parent / "data" / "traces" / "simulated.parquet"
 

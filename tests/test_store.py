@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import sqlalchemy
 
-from placement.catalogue import get_target
-from placement.threshold import Thresholds
-from placement.trace import read_trace
-from serve.schemas import ReportedOutcome
-from serve.store import (
+from placement.core.catalogue import get_target
+from placement.core.threshold import Thresholds
+from placement.core.trace import read_trace
+from placement.serve.schemas import ReportedOutcome
+from placement.serve.storage.store import (
     BATCH_COLUMNS,
     METADATA,
     MIGRATIONS_DIR,
@@ -269,8 +269,8 @@ def test_concurrent_promotions_leave_one_serving_version(store_location, tmp_pat
 # --------------------------------------------------------------------------------------
 _WRITER = """
 import sys
-from serve.schemas import ReportedOutcome
-from serve.store import Store
+from placement.serve.schemas import ReportedOutcome
+from placement.serve.storage.store import Store
 store = Store(sys.argv[1])
 run = ReportedOutcome(device="cpu", n_samples=64, time_total_s=1.0, energy_j=50.0, energy_method="measured")
 for did in sys.argv[2].split(","):
@@ -309,7 +309,7 @@ def test_sigkill_loses_no_acknowledged_feedback(store_location, example_job):
 
 
 # --------------------------------------------------------------------------------------
-# schema migrations (Alembic, shipped in serve/migrations)
+# schema migrations (Alembic, shipped in serve/storage/migrations)
 # --------------------------------------------------------------------------------------
 def test_schema_head_matches_the_migration_scripts():
     from alembic.config import Config
@@ -378,7 +378,7 @@ def test_database_newer_than_the_code_is_refused(store_location):
 
 
 def test_settings_pick_the_engine(tmp_path, monkeypatch):
-    from serve.settings import Settings
+    from placement.serve.settings import Settings
 
     s = Settings(state_dir=tmp_path)
     store = Store.from_settings(s)

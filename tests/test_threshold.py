@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from placement.threshold import (
+from placement.core.threshold import (
     MARGIN_CAP,
     MissingPower,
     Reason,

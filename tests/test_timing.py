@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from placement.timing import TimingSettings, time_step, trimmed_stats
+from placement.lab.timing import TimingSettings, time_step, trimmed_stats
 
 
 def test_trimmed_stats_drops_fastest_and_slowest_and_keeps_spread():

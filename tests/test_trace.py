@@ -4,9 +4,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from placement.catalogue import get_target
-from placement.paper import paper_table2_frame, paper_table2_meta
-from placement.trace import (
+from placement.core.catalogue import get_target
+from placement.core.paper import paper_table2_frame, paper_table2_meta
+from placement.core.trace import (
     COLUMN_NAMES,
     TraceMeta,
     TraceValidationError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from placement.version import code_version
+from placement.core.version import code_version
 
 
 def test_version_names_the_commit_in_a_checkout(monkeypatch):

@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from placement.cli import app
-from placement.job import FAMILIES
-from placement.workloads import (
+from placement.core.job import FAMILIES
+from placement.lab.workloads import (
     DATASETS,
     MODELS,
     OPTIMIZER_FLOPS_PER_PARAM,
@@ -120,7 +120,7 @@ def test_make_step_rejects_bad_mode():
 def test_describe_any_module_and_spec_files(tmp_path):
     factory = load_model_factory("torch.nn:Identity")
     assert describe_model(factory, (3, 4), "float32", 2, "infer").flops_per_batch == 0
-    spec = {"model": "placement.workloads:MobileNetV1", "family": "cnn", "input_shape": [3, 32, 32],
+    spec = {"model": "placement.lab.workloads:MobileNetV1", "family": "cnn", "input_shape": [3, 32, 32],
             "batch_size": 4, "mode": "infer", "name": "mine"}
     with pytest.raises(ValueError, match="without arguments"):  # MobileNetV1 needs num_classes
         describe_spec(spec)

@@ -1,0 +1,101 @@
+"""One knob recommender: CPU cores and GPU memory cap for a job on a target.
+
+:func:`advise_knobs` replaces ``perfmodel.recommend_knobs`` (model-based) and is the
+model-based counterpart of :func:`placement.model.recommend.recommend_cores` (measured tables):
+
+* **Cores**: the fewest cores whose predicted step time is within ``tolerance`` (default 2 %)
+  of the fastest predicted over the candidate core counts (all of 1..cores, or the given
+  ``candidates``). Jobs that carry operators are timed by the operator-level model
+  (:mod:`placement.model.opmodel`, thread scaling per operator kind); others by the aggregate
+  :class:`placement.model.perfmodel.PerformanceModel`.
+* **GPU memory cap**: never below the estimated peak plus ``margin`` (default 25 %), rounded
+  up to 64 MiB; ``"grow"`` on the CPU, without a GPU, or when that does not fit. The peak
+  estimate is the larger of the aggregate model's working set and an operator bound:
+  weights (x4 when training: weights, gradients, momentum, a spare) + every byte the step's
+  non-optimizer operators write (training keeps activations for backward; an upper bound) or
+  twice the largest operator's bytes (inference) + one input batch + 64 MiB of library
+  workspace.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from placement.core.decision import GROW
+from placement.core.hardware import HardwareTarget
+from placement.core.job import Job
+
+MIB = float(2**20)
+DEFAULT_CORE_TOLERANCE = 0.02
+DEFAULT_CAP_MARGIN = 0.25
+WORKSPACE_MIB = 64.0
+CAP_STEP_MIB = 64
+
+
+@dataclass(frozen=True)
+class KnobAdvice:
+    """Advised knobs and what they rest on (``basis``; ``peak_mib``: the estimated peak)."""
+
+    cpu_cores: int
+    gpu_mem_cap_mib: int | Literal["grow"]
+    peak_mib: float
+    basis: str
+
+
+def operator_peak_mib(job: Job) -> float | None:
+    """The operator bound on a step's GPU memory (see module docstring), or None without operators."""
+    ops = job.operators
+    if ops is None:
+        return None
+    weights = float(job.param_count) * 4.0 * (4.0 if job.mode == "train" else 1.0)
+    if job.mode == "train":
+        acts = sum(b.bytes_written for b in ops.bins if b.kind != "optimizer")
+    else:
+        acts = 2.0 * max((b.bytes_read + b.bytes_written) / b.count for b in ops.bins)
+    batch = float(job.batch_size) * float(job.input_bytes_per_sample)
+    return (weights + acts + batch) / MIB + WORKSPACE_MIB
+
+
+def advise_knobs(job: Job, target: HardwareTarget, device: str, model: object | None = None,
+                 candidates: Sequence[int] | None = None, tolerance: float = DEFAULT_CORE_TOLERANCE,
+                 margin: float = DEFAULT_CAP_MARGIN) -> KnobAdvice:
+    """Cores and GPU memory cap for ``job`` on ``target``'s ``device`` (see module docstring)."""
+    from placement.model.perfmodel import PerformanceModel, model_columns
+
+    if not (0.0 <= tolerance < 1.0):
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    pm = model if isinstance(model, PerformanceModel) else PerformanceModel()
+    dev = "gpu" if device == "gpu" and target.has_gpu else "cpu"
+    grid = sorted({int(c) for c in (candidates or range(1, target.cpu_cores + 1)) if 1 <= int(c) <= target.cpu_cores})
+    if not grid:
+        raise ValueError(f"no candidate core count in 1..{target.cpu_cores}")
+    ops = pm.operator_model if job.operators is not None else None
+    if ops is not None:
+        times = np.array([ops.time_s(job, target, dev, c)[0] for c in grid])
+        basis = str(ops.basis(target))
+    else:
+        base = model_columns(job, target)
+        cols = {k: v * len(grid) for k, v in base.items()}
+        times = pm.predict_columns(cols, dev, np.array(grid, dtype=np.float64), np.nan).time_per_batch_s
+        basis = "aggregate: FLOPs, parameters, input size, family"
+    cores = target.cpu_cores
+    if np.isfinite(times).any():
+        best = float(np.nanmin(times))
+        cores = next(c for c, t in zip(grid, times, strict=True) if math.isfinite(t) and t <= best * (1.0 + tolerance))
+    peak = float(pm.predict_columns(model_columns(job, target), dev, np.nan, np.nan).working_set_mib[0])
+    op_peak = operator_peak_mib(job)
+    if op_peak is not None:
+        peak = max(peak, op_peak)
+    cap: int | Literal["grow"] = GROW
+    if dev == "gpu":
+        want = max(CAP_STEP_MIB, math.ceil(peak * (1.0 + margin) / CAP_STEP_MIB) * CAP_STEP_MIB)
+        if want <= target.gpu_mem_mib:
+            cap = int(want)
+    return KnobAdvice(int(cores), cap, peak, basis)

@@ -1,0 +1,1 @@
+"""Durable storage: the SQLAlchemy store (SQLite or PostgreSQL) and its Alembic migrations."""
