@@ -77,12 +77,15 @@ class ModelMetadata:
     files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The metadata as JSON-ready values (``feature_names`` a list), as written to the metadata file."""
         d = asdict(self)
         d["feature_names"] = list(self.feature_names)
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelMetadata:
+        """Metadata read back from :meth:`to_dict` output; :class:`ArtifactError` when a required
+        field is missing (unknown keys are ignored)."""
         missing = [k for k in ("version", "seed", "thresholds", "trace_hashes", "code_version", "feature_schema_version",
                                "feature_names", "files", "format") if k not in data]
         if missing:

@@ -36,6 +36,7 @@ class CpuOnlyPolicy(Policy):
     name = "cpu_only"
 
     def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """0 for every row: this baseline always picks the CPU."""
         batch, _ = as_batch(obs)
         return np.zeros(batch.shape[0])
 
@@ -46,6 +47,7 @@ class GpuOnlyPolicy(Policy):
     name = "gpu_only"
 
     def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """1 for every row whose target has a GPU, 0 where it has none."""
         batch, _ = as_batch(obs)
         return (batch[:, _HAS_GPU] > 0.5).astype(np.float64)
 
@@ -66,6 +68,8 @@ class RandomPolicy(Policy):
         self.rng = np.random.default_rng(seed)
 
     def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """1 with probability ``p_gpu`` per row (from the policy's generator) where the target has a
+        GPU, else 0."""
         batch, _ = as_batch(obs)
         draw = self.rng.random(batch.shape[0]) < self.p_gpu
         return (draw & (batch[:, _HAS_GPU] > 0.5)).astype(np.float64)
@@ -81,6 +85,8 @@ class Rule:
     train_accuracy: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
+        """The fitted rule as JSON-ready values: log10 cut points, how they combine and the training
+        accuracy."""
         return {"flops_log10": self.flops_log10, "input_log10": self.input_log10, "combine": self.combine,
                 "train_accuracy": self.train_accuracy}
 
@@ -118,6 +124,8 @@ class RuleBasedPolicy(Policy):
         return cls(max(candidates, key=lambda r: r.train_accuracy))
 
     def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """1 where the rule passes (log10 FLOPs and log10 input bytes against their cut points,
+        combined by ``and``/``or``) and the target has a GPU, else 0."""
         batch, _ = as_batch(obs)
         f = batch[:, _FLOPS] >= self.rule.flops_log10
         i = batch[:, _INPUT] >= self.rule.input_log10
@@ -152,11 +160,15 @@ class OraclePolicy(Policy):
 
     @classmethod
     def from_pairs(cls, pairs: pd.DataFrame, x_raw: npt.ArrayLike | None = None) -> OraclePolicy:
+        """The Oracle of the labelled ``pairs`` (``label_gpu``), keyed by each row's raw features
+        (``x_raw``, or built from the pairs)."""
         x = pairs_features(pairs) if x_raw is None else np.asarray(x_raw, dtype=np.float32)
         y = pairs["label_gpu"].to_numpy(dtype=bool)
         return cls({row.tobytes(): bool(lab) for row, lab in zip(x, y, strict=True)})
 
     def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """The measured label (1 = GPU) of each row; ``KeyError`` for a (job, target) the Oracle has
+        no outcome for."""
         batch, _ = as_batch(obs)
         out = np.empty(batch.shape[0])
         for k, row in enumerate(np.ascontiguousarray(batch)):

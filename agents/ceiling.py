@@ -85,6 +85,7 @@ class CeilingPoint:
     expected_accuracy: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The point's fields as a plain dict (JSON-ready)."""
         return asdict(self)
 
 
@@ -127,6 +128,7 @@ class MarginPrediction:
     accuracy: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The prediction's fields as a plain dict (JSON-ready)."""
         return asdict(self)
 
 
@@ -171,6 +173,7 @@ class Reproducibility:
     flipped: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as a plain dict (JSON-ready; ``flipped`` a list)."""
         d = asdict(self)
         d["flipped"] = list(self.flipped)
         return d

@@ -37,10 +37,11 @@ from torch import nn
 
 from placement.agents.knobs import KnobLevels
 from placement.agents.network import NumpyMlp, PlacementNet, sigmoid
-from placement.agents.policy import GPU, Policy, as_batch
+from placement.agents.policy import Policy, as_batch
 from placement.core.decision import GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
+from placement.core.outcome import GPU
 from placement.model.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION, N_FEATURES, Normaliser
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -101,12 +102,14 @@ class DnnConfig:
         return cls(**base)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-ready values (``hidden`` a list), as stored in checkpoints and metadata."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DnnConfig:
+        """The recipe from :meth:`to_dict` output (unknown keys ignored, absent ones at their defaults)."""
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
@@ -127,6 +130,8 @@ class TrainingHistory:
     refit_epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """Summary of the run: best and last epoch, refit epochs, final training loss and best
+        validation loss and error."""
         return {
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
@@ -161,15 +166,20 @@ class DnnPolicy(Policy):
 
     # --- inference -----------------------------------------------------------------
     def gpu_logit(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """The GPU logit (log-odds of P(GPU)) per row of raw features, shape ``(n,)``."""
         batch, _ = as_batch(obs)
         return self.mlp.logits(batch)[:, 0]
 
     def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """P(GPU) per row of raw features: the sigmoid of :meth:`gpu_logit`."""
         return sigmoid(self.gpu_logit(obs))
 
     def predict(
         self, obs: npt.ArrayLike, state: object = None, episode_start: object = None, deterministic: bool = True
     ) -> tuple[npt.NDArray[np.int64], None]:
+        """SB3-style ``(actions, None)``: 1 (GPU) where the GPU logit is > 0, else 0 (an exact tie
+        goes to the CPU); a scalar for one observation. ``state``, ``episode_start`` and
+        ``deterministic`` are ignored."""
         batch, single = as_batch(obs)
         # GPU iff z > 0 (P > 0.5); an exact tie goes to the CPU, as the PPO actor's argmax does
         actions = (self.mlp.logits(batch)[:, 0] > 0.0).astype(np.int64)
@@ -183,6 +193,8 @@ class DnnPolicy(Policy):
         return logits[:, 1 : 1 + nc], logits[:, 1 + nc :]
 
     def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, GpuMemCap]:
+        """Cores and GPU memory cap from the knob heads' most likely levels on edge targets; the
+        machine's defaults elsewhere or without knob heads."""
         if self.knob_levels is None or not target.is_edge or self.net.core_head is None:
             return super().knobs(job, target, device)
         from placement.model.features import build_features
@@ -195,6 +207,8 @@ class DnnPolicy(Policy):
 
     # --- persistence (torch.load(weights_only=True) safe: tensors and plain values) ---
     def to_checkpoint(self) -> dict[str, Any]:
+        """The net's weights, shape and recipe with the feature schema, as plain values and tensors
+        (safe for ``torch.load(weights_only=True)``)."""
         return {
             "format": "placement.dnn/1",
             "feature_schema_version": FEATURE_SCHEMA_VERSION,
@@ -210,6 +224,9 @@ class DnnPolicy(Policy):
     def from_checkpoint(
         cls, ckpt: Mapping[str, Any], normaliser: Normaliser, knob_levels: KnobLevels | None = None
     ) -> DnnPolicy:
+        """The policy from :meth:`to_checkpoint` output and the normaliser saved with it;
+        ``ValueError`` when it is not a DNN checkpoint or its feature schema differs from this
+        code's."""
         if ckpt.get("format") != "placement.dnn/1":
             raise ValueError(f"not a placement DNN checkpoint (format {ckpt.get('format')!r})")
         if ckpt.get("feature_schema_version") != FEATURE_SCHEMA_VERSION or tuple(ckpt.get("feature_names", ())) != FEATURE_NAMES:
@@ -233,6 +250,135 @@ def _split(n: int, y: npt.NDArray[np.bool_], config: DnnConfig) -> tuple[np.ndar
     stratify = y if min(int(y.sum()), int((~y).sum())) >= 2 else None
     train, val = train_test_split(idx, test_size=n_val, random_state=config.seed, stratify=stratify)
     return np.sort(train), np.sort(val)
+
+
+@dataclass
+class _TrainTensors:
+    """The training rows as tensors: normalised features ``x``, GPU labels ``y`` (0/1), knob
+    target distributions (NaN rows zeroed) and the rows whose knob targets are known (``None``
+    when that head is not trained)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    cores: torch.Tensor
+    caps: torch.Tensor
+    cores_known: torch.Tensor | None
+    caps_known: torch.Tensor | None
+    bce: nn.BCEWithLogitsLoss = field(default_factory=nn.BCEWithLogitsLoss)
+
+    def loss(self, net: PlacementNet, idx: torch.Tensor) -> torch.Tensor:
+        """Mean BCE of the GPU head on rows ``idx``, plus the knob heads' cross-entropy on those
+        of the rows whose knob targets are known."""
+        gpu, core_logits, cap_logits = net(self.x[idx])
+        loss = self.bce(gpu, self.y[idx])
+        for logits, target, known in ((core_logits, self.cores, self.cores_known), (cap_logits, self.caps, self.caps_known)):
+            if logits is not None and known is not None:
+                rows = known[idx]
+                if bool(rows.any()):
+                    logp = torch.log_softmax(logits[rows], dim=-1)
+                    loss = loss - (target[idx][rows] * logp).sum(dim=-1).mean()
+        return loss
+
+    def validate(self, net: PlacementNet, idx: torch.Tensor) -> tuple[float, float]:
+        """Validation loss and GPU-decision error rate (fraction) of ``net`` on rows ``idx``."""
+        net.eval()
+        with torch.no_grad():
+            val = float(self.loss(net, idx))
+            error = float(((net(self.x[idx])[0] > 0) != (self.y[idx] > 0.5)).float().mean())
+        return val, error
+
+
+def _optimizer(net: PlacementNet, cfg: DnnConfig) -> torch.optim.Optimizer:
+    """SGD (with ``cfg.momentum``) or AdamW over ``net``'s parameters, as ``cfg.optimizer`` says."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _train_epoch(
+    net: PlacementNet, opt: torch.optim.Optimizer, data: _TrainTensors, tidx: torch.Tensor,
+    gen: torch.Generator, batch_size: int,
+) -> float:
+    """One pass over rows ``tidx`` in a shuffled order (from ``gen``), in minibatches of
+    ``batch_size``; returns the mean training loss per row."""
+    net.train()
+    perm = tidx[torch.randperm(len(tidx), generator=gen)]
+    total, count = 0.0, 0
+    for start in range(0, len(perm), batch_size):
+        idx = perm[start : start + batch_size]
+        opt.zero_grad()
+        loss = data.loss(net, idx)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+def _improvement(
+    cfg: DnnConfig, history: TrainingHistory, error: float, val: float, best: tuple[float, float]
+) -> tuple[bool, bool, float]:
+    """Early stopping's verdict on the latest epoch, against ``best`` (lowest error, its loss):
+    ``(strict, keep, error)`` -- whether the monitored figure strictly improved (resets the
+    patience), whether to keep this epoch's weights, and the error as monitored (smoothed over
+    the last ``cfg.smooth_epochs`` epochs when ``cfg.monitor == "error"``)."""
+    if cfg.monitor == "error":
+        # smoothed over the last few epochs: one validation row is ~1 % of the split
+        error = float(np.mean(history.val_error[-cfg.smooth_epochs :]))
+        # the last epoch at the lowest error wins (the best fitted model that generalises as
+        # well); patience counts epochs since the error last fell
+        strict = error < best[0] - 1e-12
+        return strict, strict or error <= best[0] + 1e-12, error
+    better = val < best[1] - cfg.min_delta
+    return better, better, error
+
+
+def _fit(
+    data: _TrainTensors, cfg: DnnConfig, heads: tuple[int, int], tidx: torch.Tensor, vidx: torch.Tensor,
+    max_epochs: int, history: TrainingHistory, desc: str, progress: bool,
+) -> PlacementNet:
+    """Train a fresh net (``heads``: core and cap levels, 0 = no head) from ``cfg.seed`` on rows
+    ``tidx`` for up to ``max_epochs``, recording ``history``. With validation rows ``vidx``,
+    stop early on ``cfg.monitor`` and return the kept epoch's weights; without, run every epoch.
+    """
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    net = PlacementNet(N_FEATURES, cfg.hidden, cfg.dropout, *heads)
+    opt = _optimizer(net, cfg)
+    best_state = copy.deepcopy(net.state_dict())
+    best: tuple[float, float] = (math.inf, math.inf)
+    since_best = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(range(max_epochs), desc=desc, unit="epoch")
+    for epoch in bar if bar is not None else range(max_epochs):
+        train_loss = _train_epoch(net, opt, data, tidx, gen, cfg.batch_size)
+        history.train_loss.append(train_loss)
+        if not len(vidx):  # refit: a fixed number of epochs, no monitoring
+            if bar is not None:
+                bar.set_postfix(train=f"{train_loss:.4f}")
+            continue
+        val, error = data.validate(net, vidx)
+        history.val_loss.append(val)
+        history.val_error.append(error)
+        history.epochs_run = epoch + 1
+        strict, keep, error = _improvement(cfg, history, error, val, best)
+        if keep:
+            best = (min(best[0], error), val)
+            history.best_epoch = epoch + 1
+            best_state = copy.deepcopy(net.state_dict())
+        since_best = 0 if strict else since_best + 1
+        if bar is not None:
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val:.4f}", val_err=f"{error:.3f}")
+        if since_best >= cfg.patience:
+            break
+    if bar is not None:
+        bar.close()
+    if len(vidx):
+        net.load_state_dict(best_state)
+    return net.eval()
 
 
 def train_dnn(
@@ -268,106 +414,24 @@ def train_dnn(
     n_cap = knob_levels.n_cap_levels if (knob_levels and cap_labels is not None) else 0
     cores = knob_targets(core_labels, len(y), n_core, "core_labels")
     caps = knob_targets(cap_labels, len(y), n_cap, "cap_labels")
-
-    xt = torch.from_numpy(norm.transform(x))
-    yt = torch.from_numpy(y.astype(np.float32))
-    ct = torch.from_numpy(cores)
-    kt = torch.from_numpy(caps)
-    c_known = torch.from_numpy(np.isfinite(cores).all(axis=1)) if n_core else None
-    k_known = torch.from_numpy(np.isfinite(caps).all(axis=1)) if n_cap else None
-    ct = torch.nan_to_num(ct)
-    kt = torch.nan_to_num(kt)
+    data = _TrainTensors(
+        x=torch.from_numpy(norm.transform(x)),
+        y=torch.from_numpy(y.astype(np.float32)),
+        cores=torch.nan_to_num(torch.from_numpy(cores)),
+        caps=torch.nan_to_num(torch.from_numpy(caps)),
+        cores_known=torch.from_numpy(np.isfinite(cores).all(axis=1)) if n_core else None,
+        caps_known=torch.from_numpy(np.isfinite(caps).all(axis=1)) if n_cap else None,
+    )
     train_idx, val_idx = _split(len(y), y, cfg)
-    bce = nn.BCEWithLogitsLoss()
-
-    def loss_of(net: PlacementNet, idx: torch.Tensor) -> torch.Tensor:
-        gpu, core_logits, cap_logits = net(xt[idx])
-        loss = bce(gpu, yt[idx])
-        for logits, target, known in ((core_logits, ct, c_known), (cap_logits, kt, k_known)):
-            if logits is not None and known is not None:
-                rows = known[idx]
-                if bool(rows.any()):
-                    logp = torch.log_softmax(logits[rows], dim=-1)
-                    loss = loss - (target[idx][rows] * logp).sum(dim=-1).mean()
-        return loss
-
-    def fit(tidx: torch.Tensor, vidx: torch.Tensor, max_epochs: int, history: TrainingHistory,
-            desc: str) -> PlacementNet:
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        net = PlacementNet(N_FEATURES, cfg.hidden, cfg.dropout, n_core, n_cap)
-        if cfg.optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
-        else:
-            opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        best_state = copy.deepcopy(net.state_dict())
-        best: tuple[float, float] = (math.inf, math.inf)
-        since_best = 0
-        epochs: Any = range(max_epochs)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(epochs, desc=desc, unit="epoch")
-            epochs = bar
-        for epoch in epochs:
-            net.train()
-            perm = tidx[torch.randperm(len(tidx), generator=gen)]
-            total, count = 0.0, 0
-            for start in range(0, len(perm), cfg.batch_size):
-                idx = perm[start : start + cfg.batch_size]
-                opt.zero_grad()
-                loss = loss_of(net, idx)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-            train_loss = total / max(count, 1)
-            history.train_loss.append(train_loss)
-            if not len(vidx):  # refit: a fixed number of epochs, no monitoring
-                if bar is not None:
-                    bar.set_postfix(train=f"{train_loss:.4f}")
-                continue
-            net.eval()
-            with torch.no_grad():
-                val = float(loss_of(net, vidx))
-                error = float(((net(xt[vidx])[0] > 0) != (yt[vidx] > 0.5)).float().mean())
-            history.val_loss.append(val)
-            history.val_error.append(error)
-            history.epochs_run = epoch + 1
-            if cfg.monitor == "error":
-                # smoothed over the last few epochs: one validation row is ~1 % of the split
-                error = float(np.mean(history.val_error[-cfg.smooth_epochs :]))
-                # the last epoch at the lowest error wins (the best fitted model that generalises as
-                # well); patience counts epochs since the error last fell
-                strict = error < best[0] - 1e-12
-                keep = strict or error <= best[0] + 1e-12
-            else:
-                strict = keep = val < best[1] - cfg.min_delta
-            if keep:
-                best = (min(best[0], error), val)
-                history.best_epoch = epoch + 1
-                best_state = copy.deepcopy(net.state_dict())
-            since_best = 0 if strict else since_best + 1
-            if bar is not None:
-                bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val:.4f}", val_err=f"{error:.3f}")
-            if since_best >= cfg.patience:
-                break
-        if bar is not None:
-            bar.close()
-        if len(vidx):
-            net.load_state_dict(best_state)
-        return net.eval()
 
     history = TrainingHistory()
     tidx, vidx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
-    net = fit(tidx, vidx, cfg.max_epochs, history, "DNN")
+    net = _fit(data, cfg, (n_core, n_cap), tidx, vidx, cfg.max_epochs, history, "DNN", progress)
     if cfg.refit and len(vidx):
         # early stopping chose the epoch count; train on every row for that many epochs
         history.refit_epochs = history.best_epoch
-        net = fit(torch.arange(len(y)), vidx[:0], history.best_epoch, TrainingHistory(), "DNN refit")
+        net = _fit(data, cfg, (n_core, n_cap), torch.arange(len(y)), vidx[:0], history.best_epoch,
+                   TrainingHistory(), "DNN refit", progress)
     return DnnPolicy(net, norm, cfg, knob_levels if (n_core or n_cap) else None), history
 
 

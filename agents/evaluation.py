@@ -57,11 +57,14 @@ class LabelledSet:
         return len(self.y)
 
     def subset(self, idx: npt.ArrayLike) -> LabelledSet:
+        """The rows ``idx`` (positions) as a new set."""
         i = np.asarray(idx)
         return LabelledSet(self.pairs.iloc[i].reset_index(drop=True), self.x[i], self.y[i])
 
     @property
     def labels(self) -> Labels:
+        """The rows' joint-threshold labels: GPU choice, speedup, energy ratio, margin,
+        energy-unknown flag and reason."""
         p = self.pairs
         return Labels(
             gpu=self.y,
@@ -73,6 +76,7 @@ class LabelledSet:
         )
 
     def column(self, name: str) -> npt.NDArray[Any]:
+        """Column ``name`` of the paired frame as a numpy array."""
         return self.pairs[name].to_numpy()
 
 
@@ -134,6 +138,7 @@ class PolicyReport:
     energy_method: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's fields as a plain dict (one Table 5 row)."""
         return asdict(self)
 
 
@@ -225,6 +230,7 @@ TABLE5_COLUMNS = (
 
 
 def reports_frame(reports: Sequence[PolicyReport]) -> pd.DataFrame:
+    """Policy reports as a Table 5 frame: one row per report, the columns of :data:`TABLE5_COLUMNS`."""
     frame = pd.DataFrame([r.to_dict() for r in reports])
     return frame[list(TABLE5_COLUMNS)]
 
@@ -304,6 +310,7 @@ def out_of_fold(
 
 
 def covered_rows(n: int, splits: Sequence[Split]) -> npt.NDArray[np.bool_]:
+    """Which of ``n`` rows fall in the test side of at least one of ``splits``, shape ``(n,)``."""
     covered = np.zeros(n, dtype=bool)
     for split in splits:
         covered[split.test] = True

@@ -65,6 +65,10 @@ BAND = math.log(1.25)
 
 @dataclass(frozen=True)
 class GroundingSettings:
+    """How :func:`grounding_evaluation` runs: the seed of every draw, ``outcomes`` (the ``k`` of
+    "after k outcomes"), the estimate-augmented copies per row and the DNN recipe, the joint
+    thresholds that label the jobs, and torch threads."""
+
     seed: int = 0
     outcomes: int = 3
     augment_copies: int = 4

@@ -44,10 +44,12 @@ class KnobLevels:
 
     @property
     def n_core_levels(self) -> int:
+        """Number of core-count levels (:attr:`core_grid`)."""
         return len(self.core_grid)
 
     @property
     def n_cap_levels(self) -> int:
+        """Number of GPU-memory-cap levels (:attr:`cap_grid`)."""
         return len(self.cap_grid)
 
     def knobs(self, target: HardwareTarget, core_level: int, cap_level: int | None, *, gpu: bool) -> tuple[int, GpuMemCap]:
@@ -58,8 +60,10 @@ class KnobLevels:
         return decision.cpu_cores, decision.gpu_mem_cap
 
     def to_dict(self) -> dict[str, Any]:
+        """The grids as JSON-ready lists."""
         return {"core_grid": list(self.core_grid), "cap_grid": list(self.cap_grid)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> KnobLevels:
+        """The levels from :meth:`to_dict` output."""
         return cls(tuple(data["core_grid"]), tuple(data["cap_grid"]))

@@ -60,6 +60,8 @@ class PlacementNet(nn.Module):
         self.n_inputs = n_inputs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Logits for normalised features ``x`` ``(n, in)``: GPU ``(n,)``, then core levels and cap
+        levels ``(n, levels)`` (``None`` without those heads)."""
         z = self.trunk(x)
         gpu = self.gpu_head(z).squeeze(-1)
         cores = self.core_head(z) if self.core_head is not None else None
@@ -84,6 +86,8 @@ class NumpyMlp:
     n_inputs: int
 
     def trunk(self, x: F32) -> F32:
+        """The hidden activations ``relu(... relu(x @ W_0 + b_0) ...)`` of raw features ``x``
+        ``(n, in)``, shape ``(n, hidden[-1])``."""
         h = x
         for w, b in zip(self.weights, self.biases, strict=True):
             h = h @ w

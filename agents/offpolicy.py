@@ -47,6 +47,7 @@ class Estimate:
     effective_n: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The estimate as a dict, finite floats rounded to 6 decimals."""
         return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 

@@ -15,7 +15,6 @@ normalised inputs holds its own fitted :class:`placement.model.features.Normalis
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -23,10 +22,8 @@ import numpy.typing as npt
 from placement.core.decision import GROW, GpuMemCap, PlacementDecision
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
-from placement.core.outcome import Device
-from placement.model.features import build_features, feature_matrix, job_target_columns
-
-CPU, GPU = 0, 1
+from placement.core.outcome import CPU, as_device
+from placement.model.features import build_features
 
 
 def as_batch(obs: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], bool]:
@@ -48,6 +45,9 @@ class Policy(ABC):
     def predict(
         self, obs: npt.ArrayLike, state: object = None, episode_start: object = None, deterministic: bool = True
     ) -> tuple[npt.NDArray[np.int64], None]:
+        """SB3-style ``(actions, None)``: 1 (GPU) where P(GPU) >= 0.5, else 0; a scalar for one
+        observation. ``state``, ``episode_start`` and ``deterministic`` are accepted for SB3
+        compatibility and ignored."""
         batch, single = as_batch(obs)
         p = self.gpu_probability(batch)
         actions = (p >= 0.5).astype(np.int64)
@@ -59,23 +59,8 @@ class Policy(ABC):
         return target.cpu_cores, GROW
 
     def decide(self, job: Job, target: HardwareTarget) -> PlacementDecision:
+        """The typed decision for one job on one target: the device (CPU when the target has no GPU)
+        and its cores and GPU memory cap (:meth:`knobs`)."""
         device = int(self.predict(build_features(job, target))[0]) if target.has_gpu else CPU
         cores, cap = self.knobs(job, target, device)
-        return PlacementDecision(device=Device.GPU if device == GPU else Device.CPU, cpu_cores=cores, gpu_mem_cap=cap)
-
-    def decide_batch(self, jobs: Sequence[Job], targets: Sequence[HardwareTarget]) -> list[PlacementDecision]:
-        if len(jobs) != len(targets):
-            raise ValueError("decide_batch needs one target per job")
-        if not jobs:
-            return []
-        columns: dict[str, list] = {}
-        for job, target in zip(jobs, targets, strict=True):
-            for key, value in job_target_columns(job, target).items():
-                columns.setdefault(key, []).extend(value)
-        actions, _ = self.predict(feature_matrix(columns))
-        out = []
-        for job, target, action in zip(jobs, targets, np.atleast_1d(actions), strict=True):
-            device = int(action) if target.has_gpu else CPU
-            cores, cap = self.knobs(job, target, device)
-            out.append(PlacementDecision(device=Device.GPU if device == GPU else Device.CPU, cpu_cores=cores, gpu_mem_cap=cap))
-        return out
+        return PlacementDecision(device=as_device(device), cpu_cores=cores, gpu_mem_cap=cap)

@@ -50,10 +50,11 @@ from torch import nn
 from placement.agents.dnn import DnnPolicy
 from placement.agents.knobs import KnobLevels
 from placement.agents.network import NumpyMlp, sigmoid
-from placement.agents.policy import GPU, Policy, as_batch
+from placement.agents.policy import Policy, as_batch
 from placement.core.decision import GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
+from placement.core.outcome import GPU
 from placement.core.threshold import Thresholds
 from placement.envs.device_placement import (
     DEFAULT_CAP_LEVEL,
@@ -129,12 +130,14 @@ class PpoConfig:
         return cls(**base)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as JSON-ready values (``hidden`` a list)."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PpoConfig:
+        """The recipe from :meth:`to_dict` output (unknown keys ignored)."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -159,6 +162,7 @@ class NormalisedFeatures(BaseFeaturesExtractor):
         self.register_buffer("scale", s)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        """Normalised observations ``(obs - mean) / scale``, same shape."""
         return (observations - self.mean) / self.scale
 
 
@@ -371,16 +375,22 @@ class PpoPolicy(Policy):
                                         int(extractor.mean.shape[0]))
 
     def gpu_logit(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """The actor's GPU-minus-CPU logit per row of raw features, shape ``(n,)``: log-odds of
+        picking the GPU."""
         batch, _ = as_batch(obs)
         logits = self.mlp.logits(self._pad(batch))
         return logits[:, 1] - logits[:, 0]
 
     def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """P(GPU) per row of raw features: the sigmoid of :meth:`gpu_logit`."""
         return sigmoid(self.gpu_logit(obs))
 
     def predict(
         self, obs: npt.ArrayLike, state: object = None, episode_start: object = None, deterministic: bool = True
     ) -> tuple[npt.NDArray[np.int64], None]:
+        """SB3-style ``(actions, None)``: the actor's argmax device per row (ties to the CPU, as SB3
+        does); a scalar for one observation. ``state``, ``episode_start`` and ``deterministic`` are
+        ignored."""
         batch, single = as_batch(obs)
         logits = self.mlp.logits(self._pad(batch))
         actions = (logits[:, 1] > logits[:, 0]).astype(np.int64)  # argmax, ties to CPU as SB3 does
@@ -408,12 +418,15 @@ class PpoPolicy(Policy):
         return batch
 
     def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, GpuMemCap]:
+        """Cores and GPU memory cap from the actor's knob actions on edge targets (knobbed agents
+        only); the machine's defaults elsewhere."""
         if not self.knobbed or not target.is_edge or self.knob_levels is None:
             return super().knobs(job, target, device)
         action = self.env_action(build_features(job, target))
         return self.knob_levels.knobs(target, int(action[1]), int(action[2]), gpu=device == GPU)
 
     def save(self, path: Path) -> None:
+        """Save the SB3 agent to ``path`` (zip), without its wall-clock episode statistics."""
         # episode statistics carry wall-clock times; serving does not need them
         self.model.save(str(path), exclude=["ep_info_buffer", "ep_success_buffer"])
 
@@ -460,6 +473,8 @@ class EvalJobs:
     knobbed: bool
 
     def flat_index(self, actions: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """The environment's flat action index of each action: device only (``(n,)``, default knob
+        levels on knobbed jobs) or ``(n, 3)`` device, core level, cap level."""
         a = np.asarray(actions, dtype=np.int64)
         if not self.knobbed:
             return a.reshape(-1)
@@ -500,6 +515,9 @@ def model_actions(model: PPO, obs: npt.NDArray[np.float32]) -> npt.NDArray[np.in
 
 @dataclass
 class CurvePoint:
+    """One learning-curve point: environment steps so far and the deterministic policy's reward /
+    Oracle reward."""
+
     steps: int
     reward_ratio: float
 
@@ -517,6 +535,7 @@ class LearningCurve(BaseCallback):
         self._next = 0
 
     def record(self, steps: int) -> None:
+        """Append the deterministic policy's reward ratio to the Oracle at ``steps`` environment steps."""
         actions, _ = self.model.predict(self.jobs.obs, deterministic=True)
         self.points.append(CurvePoint(steps, self.jobs.reward_ratio(actions)))
 
@@ -572,6 +591,9 @@ def train_curve(
 # --------------------------------------------------------------------------------------
 @dataclass
 class PpoRun:
+    """A trained PPO policy and how training went: ``metrics`` has the time steps, value warm-up,
+    reward ratios to the Oracle (DNN, start, end), the learning curve and the environment's provenance."""
+
     policy: PpoPolicy
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -756,6 +778,7 @@ class AnchorConfig:
             raise ValueError("supervised_lr and anchor_lr must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe's fields as a plain dict."""
         return asdict(self)
 
 

@@ -39,7 +39,6 @@ from placement.agents.evaluation import (
     grouped_kfold,
     labelled_set,
     out_of_fold,
-    random_split,
     reports_frame,
 )
 from placement.agents.policy import Policy
@@ -88,6 +87,9 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
+    """What :func:`train_from_traces` produced: the model folder and its metadata, the
+    cross-validation table (``None`` when skipped), and the trained DNN and PPO policies."""
+
     path: Path
     metadata: ModelMetadata
     cv_table: pd.DataFrame | None
@@ -106,6 +108,8 @@ def baseline_policies(train: LabelledSet, seed: int) -> dict[str, Policy]:
 
 
 def cv_splits(data: LabelledSet, column: str, folds: int, seed: int) -> list[Split]:
+    """``folds`` cross-validation splits of ``data``: random folds when ``column == "random"``,
+    else grouped by ``column`` (every value's rows in one test fold, :func:`grouped_kfold`)."""
     if column == "random":
         perm = np.random.default_rng(seed).permutation(len(data))
         return [
@@ -267,18 +271,6 @@ def train_from_traces(
     from placement.agents.artifact import read_metadata
 
     return TrainResult(path, read_metadata(path), cv_table, dnn, ppo)
-
-
-def holdout_report(
-    data: LabelledSet, dnn_config: DnnConfig, *, test_fraction: float = 0.2, seed: int = 0
-) -> pd.DataFrame:
-    """Table 5 on a random held-out share of rows (memorisation check)."""
-    split = random_split(data, test_fraction, seed)
-    train, test = data.subset(split.train), data.subset(split.test)
-    policies = baseline_policies(train, seed)
-    policies["dnn"], _ = train_dnn(train.x, train.y, config=dnn_config)
-    reports = [evaluate_choices(test.y, test, "oracle")] + [evaluate_policy(p, test, n) for n, p in policies.items()]
-    return reports_frame(reports)
 
 
 def model_report(loaded: Any, data: LabelledSet, seed: int = 0) -> pd.DataFrame:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, SupportsFloat
+from typing import Any, NamedTuple, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -22,7 +23,7 @@ from gymnasium import spaces
 from placement.core.catalogue import default_catalogue
 from placement.core.decision import GROW, GpuMemCap, PlacementDecision
 from placement.core.hardware import HardwareTarget
-from placement.core.outcome import Device
+from placement.core.outcome import CPU, GPU, as_device, device_index
 from placement.core.threshold import (
     MARGIN_CAP,
     Labels,
@@ -30,10 +31,9 @@ from placement.core.threshold import (
     joint_threshold,
     placement_reward,
 )
+from placement.core.trace import cap_from_column, cap_to_column
 from placement.core.version import code_version
 from placement.envs.job_source import (
-    CPU,
-    GPU,
     JobBlock,
     JobSource,
     KnobTable,
@@ -141,7 +141,7 @@ def decode_action(action: Any, target: HardwareTarget) -> PlacementDecision:
         core_level, cap_level = DEFAULT_CORE_LEVEL, DEFAULT_CAP_LEVEL
     cores = target.cpu_cores if core_level == DEFAULT_CORE_LEVEL and not target.is_edge else core_levels(target)[core_level]
     cap = cap_levels(target)[cap_level] if device == GPU else GROW
-    return PlacementDecision(device=Device.GPU if device == GPU else Device.CPU, cpu_cores=cores, gpu_mem_cap=cap)
+    return PlacementDecision(device=as_device(device), cpu_cores=cores, gpu_mem_cap=cap)
 
 
 def encode_decision(decision: PlacementDecision, target: HardwareTarget, *, knobs: bool) -> int | npt.NDArray[np.int64]:
@@ -149,7 +149,7 @@ def encode_decision(decision: PlacementDecision, target: HardwareTarget, *, knob
     (``Discrete(2)``), else ``[device, core_level, cap_level]`` with the nearest levels
     (cores: closest count, ties to more; cap: closest MiB in log scale, ``"grow"`` exact).
     Inverse of :func:`decode_action` on the grid."""
-    device = GPU if decision.device == "gpu" else CPU
+    device = device_index(decision.device)
     if not knobs:
         return device
     if not target.is_edge:
@@ -180,9 +180,9 @@ def knob_table(targets: Sequence[HardwareTarget], knobs: bool) -> KnobTable:
         )
         for action in [*actions, CPU, GPU]:
             decision = decode_action(action, target)
-            dev.append(GPU if decision.device == "gpu" else CPU)
+            dev.append(device_index(decision.device))
             cores.append(decision.cpu_cores)
-            cap.append(np.nan if decision.gpu_mem_cap_mib is None else float(decision.gpu_mem_cap_mib))
+            cap.append(cap_to_column(decision.gpu_mem_cap))  # None: NaN in the float table
         rows_dev.append(dev)
         rows_cores.append(cores)
         rows_cap.append(cap)
@@ -198,11 +198,83 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class _Label(NamedTuple):
+    """One job's joint-threshold label (:func:`placement.core.threshold.joint_threshold`)."""
+
+    gpu: bool
+    margin: float
+    reason: str
+    energy_unknown: bool
+
+
+_BLOCK_ALIASES = {"time": "time_per_sample_s", "energy": "energy_per_sample_j", "tindex": "target_index",
+                  "method": "energy_method", "reason": "infeasible_reason", "exact": "knobs_exact"}
+"""Short names a block's fields are also read by (``block["time"]``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """A drawn block of ``n`` jobs with everything a step reads, computed at once
+    (:meth:`DevicePlacementEnv._prepare`).
+
+    The outcome arrays (time in s per sample, energy in J per sample, feasibility, energy
+    method, infeasible reason, exact knobs) have shape ``(n, K + 2)``: the ``K`` actions (flat
+    index, see :func:`knob_table`), then the default-knob CPU and GPU settings that label the
+    job, at :attr:`cpu_ref` and :attr:`gpu_ref`. Rewards, knob terms and overrides have shape
+    ``(n, K)``. The labels are also kept as lists (cheap to index one job at a time). Fields
+    read by name too: ``block["oracle"]``, ``block["time"]`` (:data:`_BLOCK_ALIASES`).
+    """
+
+    n: int
+    n_actions: int
+    features: npt.NDArray[np.float32]
+    target_index: npt.NDArray[np.int64]
+    target_id: list[str]
+    job_id: list[str]
+    n_samples: npt.NDArray[np.float64]
+    time_per_sample_s: npt.NDArray[np.float64]
+    energy_per_sample_j: npt.NDArray[np.float64]
+    feasible: npt.NDArray[np.bool_]
+    energy_method: npt.NDArray[np.object_]
+    infeasible_reason: npt.NDArray[np.object_]
+    knobs_exact: npt.NDArray[np.bool_]
+    labels: Labels
+    label_gpu: list[bool]
+    margin: list[float]
+    label_reason: list[str]
+    energy_unknown: list[bool]
+    rewards: npt.NDArray[np.float64]
+    knob_term: npt.NDArray[np.float64]
+    override: npt.NDArray[np.bool_]
+    penalty: npt.NDArray[np.float64]
+    edge: npt.NDArray[np.bool_]
+    oracle: list[int]
+    oracle_reward: list[float]
+
+    @property
+    def cpu_ref(self) -> int:
+        """Column of the default-knob CPU setting in the outcome arrays."""
+        return self.n_actions
+
+    @property
+    def gpu_ref(self) -> int:
+        """Column of the default-knob GPU setting in the outcome arrays."""
+        return self.n_actions + 1
+
+    def label(self, i: int) -> _Label:
+        """Job ``i``'s label on an idle GPU."""
+        return _Label(self.label_gpu[i], self.margin[i], self.label_reason[i], self.energy_unknown[i])
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, _BLOCK_ALIASES.get(name, name))
+
+
 # --------------------------------------------------------------------------------------
 # Environment
 # --------------------------------------------------------------------------------------
 class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
-    r"""
+    r"""Place one ML job per step on CPU or GPU (and, on edge targets, cores and GPU memory cap).
+
     ## Description
 
     Each step is one ML job to place on its hardware target: CPU or GPU, and on edge
@@ -411,8 +483,8 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         self._action_is_gpu = self._action_device == GPU
         # per target, per action: decoded knobs for info (python lists: cheap to index)
         self._action_cores = self._knob_table.cpu_cores[:, :k].tolist()
-        self._action_cap = [[None if math.isnan(c) else int(c) for c in row] for row in self._knob_table.gpu_mem_cap_mib[:, :k]]
-        self._action_device_name = ["gpu" if d == GPU else "cpu" for d in self._action_device.tolist()]
+        self._action_cap = [[cap_to_column(cap_from_column(c)) for c in row] for row in self._knob_table.gpu_mem_cap_mib[:, :k]]
+        self._action_device_name = [as_device(d).value for d in self._action_device.tolist()]
 
         self.observation_names: tuple[str, ...] = FEATURE_NAMES + (CONTENTION_EXTRAS if self.contention else ())
         low = np.full(N_FEATURES, -FEATURE_BOUND, dtype=np.float32)
@@ -429,7 +501,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         placement_reward(np.zeros(1, dtype=bool), _one_label(), correct_bonus=self.correct_bonus, margin_cap=self.margin_cap)
 
         self._seed: int | None = None
-        self._block: dict[str, Any] | None = None
+        self._block: _Block | None = None
         self._ptr = 0
         self._t = 0
         self._episode_open = False
@@ -440,7 +512,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         self._gpu_ends: deque[float] = deque()
         self._wait_s = 0.0
         self._cur_rewards: npt.NDArray[np.float64] = np.zeros(k)
-        self._cur_label: tuple[bool, float, str, bool] = (False, 0.0, "", False)
+        self._cur_label = _Label(False, 0.0, "", False)
         self._episode_rate = 0.0
 
     # ----------------------------------------------------------------------------------
@@ -456,13 +528,14 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         self._block = self._prepare(block, tindex)
         self._ptr = 0
 
-    def _prepare(self, block: JobBlock, tindex: npt.NDArray[np.int64]) -> dict[str, Any]:
+    def _prepare(self, block: JobBlock, tindex: npt.NDArray[np.int64]) -> _Block:
         """Features, labels and the reward of every action for every job, vectorised."""
         n, k = len(block), self.n_actions
+        cpu, gpu = k, k + 1  # the default-knob settings after the K actions (_Block.cpu_ref, gpu_ref)
         features = np.clip(feature_matrix(block.columns), -FEATURE_BOUND, FEATURE_BOUND).astype(np.float32)
         time, energy, feasible = block.time_per_sample_s, block.energy_per_sample_j, block.feasible
         labels = joint_threshold(
-            time[:, k], time[:, k + 1], energy[:, k], energy[:, k + 1], feasible[:, k], feasible[:, k + 1], self.thresholds
+            time[:, cpu], time[:, gpu], energy[:, cpu], energy[:, gpu], feasible[:, cpu], feasible[:, gpu], self.thresholds
         )
         edge = np.asarray([t.is_edge for t in self.targets], dtype=bool)[tindex] & self.knobs
         knob_term = self._knob_term(time[:, :k], energy[:, :k], feasible[:, :k], edge)
@@ -472,32 +545,33 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         rewards = self._device_rewards(labels) + knob_term
         rewards = np.where(override, penalty[:, None], rewards)
         oracle = self._oracle_index(rewards, edge)
-        return {
-            "n": n,
-            "features": features,
-            "tindex": tindex,
-            "target_id": [self.targets[i].id for i in tindex.tolist()],
-            "job_id": [str(j) for j in block.job_id.tolist()],
-            "n_samples": block.n_samples,
-            "time": time,
-            "energy": energy,
-            "feasible": feasible,
-            "method": block.energy_method,
-            "reason": block.infeasible_reason,
-            "exact": block.knobs_exact,
-            "labels": labels,
-            "label_gpu": labels.gpu.tolist(),
-            "margin": labels.margin.tolist(),
-            "label_reason": labels.reason.tolist(),
-            "energy_unknown": labels.energy_unknown.tolist(),
-            "rewards": rewards,
-            "knob_term": knob_term,
-            "override": override,
-            "penalty": penalty,
-            "edge": edge,
-            "oracle": oracle.tolist(),
-            "oracle_reward": rewards[np.arange(n), oracle].tolist(),
-        }
+        return _Block(
+            n=n,
+            n_actions=k,
+            features=features,
+            target_index=tindex,
+            target_id=[self.targets[i].id for i in tindex.tolist()],
+            job_id=[str(j) for j in block.job_id.tolist()],
+            n_samples=block.n_samples,
+            time_per_sample_s=time,
+            energy_per_sample_j=energy,
+            feasible=feasible,
+            energy_method=block.energy_method,
+            infeasible_reason=block.infeasible_reason,
+            knobs_exact=block.knobs_exact,
+            labels=labels,
+            label_gpu=labels.gpu.tolist(),
+            margin=labels.margin.tolist(),
+            label_reason=labels.reason.tolist(),
+            energy_unknown=labels.energy_unknown.tolist(),
+            rewards=rewards,
+            knob_term=knob_term,
+            override=override,
+            penalty=penalty,
+            edge=edge,
+            oracle=oracle.tolist(),
+            oracle_reward=rewards[np.arange(n), oracle].tolist(),
+        )
 
     def _oracle_index(self, rewards: npt.NDArray[np.float64], edge: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
         """Flat index of the best action per row. Ties (knob levels that change nothing)
@@ -550,6 +624,9 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
+        """Start an episode: ``(observation, info)`` of its first job (``info``: job and target ids;
+        in contention mode also the episode's arrival rate, jobs/s). A ``seed`` reseeds the job draws.
+        ``options``: ``target_id`` (contention mode only) fixes the episode's target."""
         super().reset(seed=seed)
         if seed is not None:
             self._seed = int(seed)
@@ -568,16 +645,20 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         else:
             if options.get("target_id") is not None:
                 raise ValueError("reset option target_id is for contention mode; pass targets=[...] instead")
-            if self._block is None or self._ptr >= self._block["n"]:
+            if self._block is None or self._ptr >= self._block.n:
                 self._draw_block(self.block_size, None)
         obs = self._observe()
         block = self._blk()
-        info: dict[str, Any] = {"job_id": block["job_id"][self._ptr], "target_id": block["target_id"][self._ptr]}
+        info: dict[str, Any] = {"job_id": block.job_id[self._ptr], "target_id": block.target_id[self._ptr]}
         if self.contention:
             info["arrival_rate_per_s"] = self._episode_rate
         return obs, info
 
     def step(self, action: Any) -> tuple[npt.NDArray[np.float32], SupportsFloat, bool, bool, dict[str, Any]]:
+        """Place the current job by ``action`` (device, or device, core level and cap level on
+        knobbed environments): ``(next observation, reward, False, truncated, info)``, truncated after
+        ``jobs_per_episode`` jobs; ``info`` has the label, measured time (s) and energy (J), the Oracle's
+        action and reward, and the regret."""
         if not self._episode_open:
             raise RuntimeError("call reset() before step() (and after an episode is truncated)")
         k = self._action_index(action)
@@ -590,19 +671,17 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
             oracle_k = self._contention_oracle(i)
             oracle_reward = float(self._cur_rewards[oracle_k])
         else:
-            reward = float(block["rewards"][i, k])
+            reward = float(block.rewards[i, k])
             wait = 0.0
-            label_gpu, margin, reason, unknown = (
-                block["label_gpu"][i], block["margin"][i], block["label_reason"][i], block["energy_unknown"][i]
-            )
-            oracle_k = block["oracle"][i]
-            oracle_reward = block["oracle_reward"][i]
-        t = block["tindex"][i]
-        feasible = bool(block["feasible"][i, k])
+            label_gpu, margin, reason, unknown = block.label(i)
+            oracle_k = block.oracle[i]
+            oracle_reward = block.oracle_reward[i]
+        t = block.target_index[i]
+        feasible = bool(block.feasible[i, k])
         is_gpu = bool(self._action_device[k] == GPU)
-        samples = float(block["n_samples"][i])
-        per_sample = float(block["time"][i, k]) if feasible else math.nan
-        e_per_sample = float(block["energy"][i, k]) if feasible else math.nan
+        samples = float(block.n_samples[i])
+        per_sample = float(block.time_per_sample_s[i, k]) if feasible else math.nan
+        e_per_sample = float(block.energy_per_sample_j[i, k]) if feasible else math.nan
         run_s = per_sample * samples
         if is_gpu and feasible:
             wait_s = wait
@@ -611,20 +690,20 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         else:
             wait_s = 0.0
         info = {
-            "job_id": block["job_id"][i],
-            "target_id": block["target_id"][i],
+            "job_id": block.job_id[i],
+            "target_id": block.target_id[i],
             "device": self._action_device_name[k],
             "cpu_cores": self._action_cores[t][k],
             "gpu_mem_cap_mib": self._action_cap[t][k] if is_gpu else None,
             "feasible": feasible,
-            "infeasible_reason": None if feasible else (block["reason"][i, k] or "infeasible"),
+            "infeasible_reason": None if feasible else (block.infeasible_reason[i, k] or "infeasible"),
             "wait_s": wait_s,
             "time_s": _finite_or_none(run_s + wait_s),
             "time_per_sample_s": _finite_or_none(per_sample),
             "energy_j": _finite_or_none(e_per_sample * samples),
             "energy_per_sample_j": _finite_or_none(e_per_sample),
-            "energy_method": str(block["method"][i, k]) if feasible and math.isfinite(e_per_sample) else "unknown",
-            "knobs_exact": bool(block["exact"][i, k]),
+            "energy_method": str(block.energy_method[i, k]) if feasible and math.isfinite(e_per_sample) else "unknown",
+            "knobs_exact": bool(block.knobs_exact[i, k]),
             "label_gpu": label_gpu,
             "margin": margin,
             "reason": reason,
@@ -641,13 +720,15 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         if truncated:
             self._episode_open = False
         if self.contention:
-            self._ptr = min(self._ptr, block["n"] - 1)
-        elif self._ptr >= block["n"]:
+            self._ptr = min(self._ptr, block.n - 1)
+        elif self._ptr >= block.n:
             self._draw_block(self.block_size, None)
         obs = self._observe()
         return obs, reward, False, truncated, info
 
     def render(self) -> str | None:  # type: ignore[override]
+        """With ``render_mode='ansi'``, one line describing the last placement and its outcome;
+        ``None`` otherwise."""
         if self.render_mode != "ansi":
             return None
         if self._last is None:
@@ -666,60 +747,58 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
         block = self._blk()
         i = self._ptr
         if not self.contention:
-            return block["features"][i].copy()
+            return block.features[i].copy()
         arrival = float(self._arrival_s[i])
         ends = self._gpu_ends
         while ends and ends[0] <= arrival:
             ends.popleft()
         self._wait_s = max(0.0, self._gpu_free_s - arrival)
-        samples = float(block["n_samples"][i])
+        samples = float(block.n_samples[i])
         extras = np.array(
             [math.log10(1.0 + self._wait_s), len(ends), math.log10(samples), math.log10(1.0 / self._episode_rate)],
             dtype=np.float32,
         )
         self._contention_rewards(i)
-        obs = np.concatenate([block["features"][i], extras])
+        obs = np.concatenate([block.features[i], extras])
         return np.clip(obs, self._obs_low, self._obs_high)
 
     def _contention_rewards(self, i: int) -> None:
         """Rewards of every action for job ``i`` given the current GPU wait."""
         block = self._blk()
-        feasible = block["feasible"]
-        k = self.n_actions
-        if self._wait_s <= 0.0 or not feasible[i, k + 1]:
-            self._cur_rewards = block["rewards"][i]
-            self._cur_label = (
-                block["label_gpu"][i], block["margin"][i], block["label_reason"][i], block["energy_unknown"][i]
-            )
+        feasible = block.feasible
+        cpu, gpu = block.cpu_ref, block.gpu_ref
+        if self._wait_s <= 0.0 or not feasible[i, gpu]:
+            self._cur_rewards = block.rewards[i]
+            self._cur_label = block.label(i)
             return
-        time, energy = block["time"], block["energy"]
-        waited_gpu_s = time[i, k + 1] + self._wait_s / float(block["n_samples"][i])
+        time, energy = block.time_per_sample_s, block.energy_per_sample_j
+        waited_gpu_s = time[i, gpu] + self._wait_s / float(block.n_samples[i])
         labels = joint_threshold(
-            time[i, k : k + 1], np.array([waited_gpu_s]), energy[i, k : k + 1], energy[i, k + 1 : k + 2],
-            feasible[i, k : k + 1], feasible[i, k + 1 : k + 2], self.thresholds,
+            time[i, cpu : cpu + 1], np.array([waited_gpu_s]), energy[i, cpu : cpu + 1], energy[i, gpu : gpu + 1],
+            feasible[i, cpu : cpu + 1], feasible[i, gpu : gpu + 1], self.thresholds,
         )
-        rewards = self._device_rewards(labels)[0] + block["knob_term"][i]
-        self._cur_rewards = np.where(block["override"][i], block["penalty"][i], rewards)
-        self._cur_label = (bool(labels.gpu[0]), float(labels.margin[0]), str(labels.reason[0]), bool(labels.energy_unknown[0]))
+        rewards = self._device_rewards(labels)[0] + block.knob_term[i]
+        self._cur_rewards = np.where(block.override[i], block.penalty[i], rewards)
+        self._cur_label = _Label(bool(labels.gpu[0]), float(labels.margin[0]), str(labels.reason[0]),
+                                 bool(labels.energy_unknown[0]))
 
     def _contention_oracle(self, i: int) -> int:
         block = self._blk()
-        return int(self._oracle_index(self._cur_rewards[None, :], block["edge"][i : i + 1])[0])
+        return int(self._oracle_index(self._cur_rewards[None, :], block.edge[i : i + 1])[0])
 
     def _start_queue(self) -> None:
         block = self._blk()
-        k = self.n_actions
         if self.arrival_rate_per_s is not None:
             rate = self.arrival_rate_per_s
         else:
-            gpu_ok = block["feasible"][:, k + 1]
-            run_s = (block["time"][:, k + 1] * block["n_samples"])[gpu_ok]
+            gpu_ok = block.feasible[:, block.gpu_ref]
+            run_s = (block.time_per_sample_s[:, block.gpu_ref] * block.n_samples)[gpu_ok]
             if run_s.size == 0:  # no GPU job: calibrate on CPU time instead
-                run_s = block["time"][:, k] * block["n_samples"]
+                run_s = block.time_per_sample_s[:, block.cpu_ref] * block.n_samples
             mean_s = float(np.nanmean(run_s)) if np.isfinite(run_s).any() else 1.0
             rate = self.gpu_load / max(mean_s, 1e-9)
         self._episode_rate = float(min(max(rate, 1e-12), 1e9))
-        gaps = self.np_random.exponential(1.0 / self._episode_rate, size=block["n"])
+        gaps = self.np_random.exponential(1.0 / self._episode_rate, size=block.n)
         self._arrival_s = np.cumsum(gaps)
         self._gpu_free_s = 0.0
         self._gpu_ends = deque()
@@ -769,31 +848,25 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
     def current_target(self) -> HardwareTarget:
         """The target of the job the last observation describes."""
         block = self._blk()
-        return self.targets[int(block["tindex"][self._ptr])]
+        return self.targets[int(block.target_index[self._ptr])]
 
     def oracle_action(self) -> int | npt.NDArray[np.int64]:
         """The best action for the job at hand (label device, best knobs; wait-aware in
         contention mode)."""
         if self.contention:
             return self._action_of(self._contention_oracle(self._ptr))
-        return self._action_of(self._block_value("oracle"))
+        return self._action_of(self._blk().oracle[self._ptr])
 
     def action_rewards(self) -> npt.NDArray[np.float64]:
         """Reward of every action (flat index, see :func:`knob_table`) for the job at hand."""
         if self.contention:
             return np.array(self._cur_rewards, dtype=np.float64)
         block = self._blk()
-        return np.array(block["rewards"][self._ptr], dtype=np.float64)
+        return np.array(block.rewards[self._ptr], dtype=np.float64)
 
     def current_label(self) -> dict[str, Any]:
         """The joint-threshold label of the job at hand: ``label_gpu``, ``margin``, ``reason``."""
-        if self.contention:
-            gpu, margin, reason, unknown = self._cur_label
-        else:
-            gpu, margin, reason, unknown = (
-                self._block_value("label_gpu"), self._block_value("margin"),
-                self._block_value("label_reason"), self._block_value("energy_unknown"),
-            )
+        gpu, margin, reason, unknown = self._cur_label if self.contention else self._blk().label(self._ptr)
         return {"label_gpu": gpu, "margin": margin, "reason": reason, "energy_unknown": unknown}
 
     def decode(self, action: Any) -> PlacementDecision:
@@ -829,10 +902,7 @@ class DevicePlacementEnv(gym.Env[npt.NDArray[np.float32], Any]):
             "code_version": code_version(),
         }
 
-    def _block_value(self, name: str) -> Any:
-        return self._blk()[name][self._ptr]
-
-    def _blk(self) -> dict[str, Any]:
+    def _blk(self) -> _Block:
         if self._block is None:
             raise RuntimeError("call reset() first: no jobs drawn yet")
         return self._block

@@ -43,6 +43,7 @@ import pandas as pd
 
 from placement.core.catalogue import default_catalogue
 from placement.core.hardware import HardwareTarget
+from placement.core.outcome import CPU, GPU
 from placement.core.trace import (
     COLUMNS,
     PAIR_KEYS,
@@ -57,8 +58,6 @@ from placement.model.features import ESTIMATE_COLUMNS, FEATURE_INPUT_COLUMNS
 
 DEFAULT_BATCHES_PER_JOB = 100
 """Batches per job when a job's ``dataset_size`` is unknown (sets ``n_samples``)."""
-
-CPU, GPU = 0, 1
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -98,6 +97,7 @@ class KnobTable:
 
     @property
     def n_settings(self) -> int:
+        """Knob settings per target (``S``)."""
         return int(self.device.shape[1])
 
     def key(self) -> str:
@@ -286,6 +286,7 @@ class TraceJobSource(JobSource):
     # -- JobSource ------------------------------------------------------------------------
     @property
     def targets(self) -> tuple[HardwareTarget, ...]:
+        """The targets of the trace's pairs, by id (a given target replaces the one rebuilt from the rows)."""
         return self._targets
 
     @property
@@ -294,6 +295,8 @@ class TraceJobSource(JobSource):
         return self._pairs
 
     def provenance(self) -> dict[str, Any]:
+        """Kind, the trace file and SHA-256 (or the frame's name and hash), row kind, pair count and
+        target ids (a copy)."""
         return dict(self._provenance)
 
     def _table(self, targets: Sequence[HardwareTarget], knobs: KnobTable) -> dict[str, Any]:
@@ -445,6 +448,8 @@ class TraceJobSource(JobSource):
     def sample(
         self, n: int, rng: np.random.Generator, targets: Sequence[HardwareTarget], knobs: KnobTable
     ) -> JobBlock:
+        """``n`` (job, target) pairs drawn uniformly with replacement from the trace's pairs on
+        ``targets``, with their outcomes at ``knobs``."""
         table = self._table(targets, knobs)
         pick = rng.integers(0, len(table["tindex"]), size=n)
         return JobBlock(
@@ -516,9 +521,11 @@ class ModelJobSource(JobSource):
 
     @property
     def targets(self) -> tuple[HardwareTarget, ...]:
+        """The configured target set."""
         return self._targets
 
     def provenance(self) -> dict[str, Any]:
+        """The generator, performance-model version, noise setting and target ids."""
         from placement.model import perfmodel
         version = getattr(perfmodel, "MODEL_VERSION", None) or getattr(self._model, "version", "")
         return {
@@ -533,6 +540,8 @@ class ModelJobSource(JobSource):
     def sample(
         self, n: int, rng: np.random.Generator, targets: Sequence[HardwareTarget], knobs: KnobTable
     ) -> JobBlock:
+        """``n`` generated jobs, each on a target drawn uniformly from ``targets``, with outcomes at
+        ``knobs`` predicted by the performance model (noisy from ``rng`` when ``noise``)."""
         jobs = self._generate(n, rng).reset_index(drop=True)
         if len(jobs) != n:
             raise RuntimeError(f"generate_jobs returned {len(jobs)} rows, asked for {n}")
@@ -553,7 +562,8 @@ class ModelJobSource(JobSource):
             jobs_t = np.flatnonzero(tindex == t)
             if jobs_t.size == 0:
                 continue
-            # evaluate each distinct (device, cores, cap) of this target once per job
+            # evaluate each distinct (device, cores, cap) of this target once per job (np.unique cannot
+            # group NaN rows: no cap is -1 in these keys only, NaN again for the model below)
             combos = np.stack(
                 [knobs.device[t], knobs.cpu_cores[t], np.nan_to_num(knobs.gpu_mem_cap_mib[t], nan=-1.0)], axis=1
             ).astype(np.float64)

@@ -1,4 +1,4 @@
-"""HTTP API (FastAPI) and its Ray Serve deployments: a thin ingress that parses, calls the library, formats.
+r"""HTTP API (FastAPI) and its Ray Serve deployments: a thin ingress that parses, calls the library, formats.
 
 Routes (OpenAPI at ``/openapi.json``, docs at ``/docs`` and ``/redoc``, served offline by :mod:`placement.serve.docs`):
 
@@ -17,7 +17,7 @@ route                          auth*  what
                                       updates, request latency
 =============================  =====  =========================================================
 
-\\* a bearer token (``Authorization: Bearer ...``) is required when ``PLACEMENT_TOKEN`` is
+\* a bearer token (``Authorization: Bearer ...``) is required when ``PLACEMENT_TOKEN`` is
 set, and it must be set to bind a non-loopback address.
 
 Every bad input is a 4xx whose body names the field (:class:`placement.serve.schemas.ErrorResponse`):
@@ -109,6 +109,9 @@ _TARGET_TAGS = {"hardware", "id"}
 # errors
 # --------------------------------------------------------------------------------------
 class HttpError(Exception):
+    """A request refused with HTTP ``status``: answered as an :class:`ErrorResponse` naming the
+    ``error`` kind, the offending ``field`` and ``message``."""
+
     def __init__(self, status: int, error: str, field: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.error, self.field, self.message, self.headers = status, error, field, message, headers
@@ -195,10 +198,12 @@ class ServiceMetrics:
         self.registry.register(_StoreCollector(service))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request by route and HTTP status, and record its latency (s)."""
         self.requests.labels(route, str(status), self.labels["replica"]).inc()
         self.latency.labels(route, self.labels["replica"]).observe(seconds)
 
     def text(self) -> bytes:
+        """Every metric in the Prometheus text format (``GET /metrics``)."""
         return generate_latest(self.registry)
 
 
@@ -287,6 +292,7 @@ class PlacementService:
             threading.Thread(target=self._refresh_offsets, name="offsets", daemon=True).start()
 
     def close(self) -> None:
+        """Stop the background threads (policy refresh, target offsets, retention)."""
         self._stop.set()
 
     def _poll(self) -> None:
@@ -323,6 +329,8 @@ class PlacementService:
 
     # -- request plumbing -----------------------------------------------------------------
     def authorize(self, request: Request) -> None:
+        """Check the request's bearer token against the service's; :class:`HttpError` 401 when it
+        does not match (no-op without a token)."""
         digest = self._token_digest
         if digest is None:
             return
@@ -335,6 +343,8 @@ class PlacementService:
                             headers={"WWW-Authenticate": "Bearer"})
 
     async def body(self, request: Request) -> bytes:
+        """The request body, refused with 413 beyond ``max_body_bytes`` (by its declared length, or
+        as it streams in) and 400 for a malformed ``Content-Length``."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -356,6 +366,8 @@ class PlacementService:
 
     # -- routes ----------------------------------------------------------------------------
     async def place(self, request: Request) -> Response:
+        """``POST /v1/placements``: decide every job of the request (large batches in a worker
+        thread) and record the decisions."""
         raw = await self.body(request)
         try:
             req = await _parse(PlacementRequest, raw)
@@ -377,6 +389,8 @@ class PlacementService:
         return Response(result.to_json(), media_type="application/json")
 
     async def feedback(self, request: Request) -> Response:
+        """``POST /v1/feedback``: record a decision's measured outcome (idempotent per decision id:
+        a replay answers as the first time, a different payload is a 409)."""
         self.authorize(request)
         raw = await self.body(request)
         try:
@@ -393,6 +407,8 @@ class PlacementService:
         return Response(answer, media_type="application/json", headers={"Idempotent-Replayed": "true" if replayed else "false"})
 
     async def policy(self, request: Request) -> Response:
+        """``GET /v1/policy``: the serving version, thresholds, decision and feedback counts,
+        learner state and stored versions."""
         self.authorize(request)
         bundle = self.placer.bundle
         stats = self.store.stats()
@@ -402,11 +418,9 @@ class PlacementService:
                         metrics=v.metrics)
             for v in self.store.versions()
         ]
-        th = bundle.thresholds
         info = PolicyInfo(
             version=bundle.version,
-            thresholds=ThresholdsOut(speedup_min=th.speedup_min, energy_ratio_max=th.energy_ratio_max,
-                                     missing_power=th.missing_power.value),
+            thresholds=ThresholdsOut.model_validate(bundle.thresholds.as_dict()),
             training_metrics=_jsonable(bundle.metrics),
             decisions=stats["decisions"],
             feedback=stats["feedback"],
@@ -426,6 +440,7 @@ class PlacementService:
         return Response(info.model_dump_json(), media_type="application/json")
 
     async def rollback(self, request: Request) -> Response:
+        """``POST /v1/policy/rollback``: serve an earlier version and pin it against the learner."""
         self.authorize(request)
         raw = await self.body(request)
         try:
@@ -460,6 +475,8 @@ class PlacementService:
                         media_type="application/json")
 
     async def update(self, request: Request) -> Response:
+        """``POST /v1/policy/update``: run one learner update now and serve its outcome; 503 where
+        this app runs no learner."""
         self.authorize(request)
         if self.learner is None:
             return _error(503, "no_learner", [{"field": "learner", "message": "this app runs no learner"}])
@@ -468,6 +485,7 @@ class PlacementService:
         return Response(report.model_dump_json(), media_type="application/json")
 
     async def health(self) -> dict[str, Any]:
+        """``GET /healthz``: status, serving version, replica and node, and uptime (s)."""
         return {"status": "ok", "policy_version": self.placer.version, "replica": self.replica, "node": self.node,
                 "uptime_s": round(time.time() - self.started_at, 3)}
 
@@ -548,6 +566,18 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
         redoc_url=None,
     )
     mount_docs(app)  # Swagger UI and ReDoc from the installed package, no CDN (serve/docs.py)
+    _add_error_handlers(app, service)
+    _add_routes(app, service)
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
+    app.add_middleware(guard.Guard, limits=guard.GuardLimits.from_settings(service.settings))  # outermost
+    guard.install_header_timeout(service.settings.header_timeout_s)  # uvicorn in this process has none
+    return app
+
+
+def _add_error_handlers(app: FastAPI, service: PlacementService) -> None:
+    """Error responses in the API's one shape (:class:`ErrorResponse`) for refused requests,
+    bad input, unknown ids and unavailable storage, and the middleware timing every request
+    for ``/metrics``."""
 
     @app.exception_handler(HttpError)
     async def _http_error(request: Request, exc: HttpError) -> JSONResponse:
@@ -573,6 +603,11 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
         route = request.scope.get("route")
         service.metrics.observe(getattr(route, "path", "other"), response.status_code, time.perf_counter() - start)
         return response
+
+
+def _add_routes(app: FastAPI, service: PlacementService) -> None:
+    """The API's routes, each handing the request to ``service`` (route function names are the
+    OpenAPI operation ids, which the schema's links name)."""
 
     @app.post("/v1/placements", response_model=PlacementResponse, responses=_ERRORS, openapi_extra=_body_schema(PlacementRequest),
               summary="Place one job, a list of jobs, or jobs as columns")
@@ -618,21 +653,19 @@ def build_fastapi(service: PlacementService, *, title: str = "placement") -> Fas
     async def metrics() -> Response:
         return Response(service.metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        _, defs = models_json_schema([(m, "validation") for m in (PlacementRequest, FeedbackRequest, RollbackRequest)],
-                                     ref_template="#/components/schemas/{model}")
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
-        _add_links(schema)
-        app.openapi_schema = schema
-        return schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(guard.Guard, limits=guard.GuardLimits.from_settings(service.settings))  # outermost
-    guard.install_header_timeout(service.settings.header_timeout_s)  # uvicorn in this process has none
-    return app
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """``app``'s OpenAPI schema (built once, then cached on the app), with the request bodies'
+    validation schemas among the components and the links between operations."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    _, defs = models_json_schema([(m, "validation") for m in (PlacementRequest, FeedbackRequest, RollbackRequest)],
+                                 ref_template="#/components/schemas/{model}")
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+    _add_links(schema)
+    app.openapi_schema = schema
+    return schema
 
 
 # --------------------------------------------------------------------------------------
@@ -655,6 +688,8 @@ def haproxy_available() -> bool:
 
 
 def uses_haproxy(settings: Settings) -> bool:
+    """Whether the service runs behind Ray Serve's HAProxy ingress: asked for (``settings.haproxy``)
+    and available here."""
     return settings.haproxy and haproxy_available()
 
 

@@ -35,6 +35,7 @@ from placement.serve.schemas import (
     PolicyInfo,
     ReportedOutcome,
     RollbackResponse,
+    cap_from_wire,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -59,6 +60,7 @@ class PlacementClient:
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s, transport=transport)
 
     def close(self) -> None:
+        """Close the HTTP connection pool."""
         self._http.close()
 
     def __enter__(self) -> PlacementClient:
@@ -133,9 +135,11 @@ class PlacementClient:
         return self._call("POST", "/v1/feedback", FeedbackResponse, body)
 
     def policy(self) -> PolicyInfo:
+        """``GET /v1/policy``: the serving policy, thresholds, counts and stored versions."""
         return self._call("GET", "/v1/policy", PolicyInfo)
 
     def rollback(self, version: str | None = None) -> RollbackResponse:
+        """``POST /v1/policy/rollback``: serve ``version`` (default: the one promoted before the current)."""
         return self._call("POST", "/v1/policy/rollback", RollbackResponse, {"version": version} if version else {})
 
     def update(self) -> LearnerReport:
@@ -143,6 +147,7 @@ class PlacementClient:
         return self._call("POST", "/v1/policy/update", LearnerReport)
 
     def health(self) -> dict[str, Any]:
+        """``GET /healthz`` as a dict; ``httpx.HTTPStatusError`` on an error status."""
         response = self._http.get("/healthz")
         response.raise_for_status()
         return dict(response.json())
@@ -159,7 +164,7 @@ def apply(decision: DecisionOut | PlacementDecision, memory: Any = None) -> Iter
 
     core = decision if isinstance(decision, PlacementDecision) else PlacementDecision(
         device=decision.device, cpu_cores=decision.cpu_cores,
-        gpu_mem_cap="grow" if decision.gpu_mem_cap is None else decision.gpu_mem_cap)  # None: no GPU, nothing to cap
+        gpu_mem_cap=cap_from_wire(decision.gpu_mem_cap))
     with applied(core, memory) as effective:
         yield effective
 

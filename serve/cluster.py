@@ -62,6 +62,9 @@ def _free_ports(n: int, avoid: range = range(0)) -> list[int]:
 
 @dataclass
 class Node:
+    """One Ray node of a :class:`LocalCluster`: its role (``head``, ``workerN``), process, log file,
+    ingress port and environment."""
+
     role: str
     proc: subprocess.Popen
     log: Path
@@ -150,6 +153,8 @@ class LocalCluster:
         raise TimeoutError(f"ray start ({node.role}) not up in {timeout_s:.0f} s: {node.log.read_text()[-3000:]}")
 
     def start(self, timeout_s: float = 180.0) -> LocalCluster:
+        """Start the head, then each worker, waiting up to ``timeout_s`` (s) for each; on any
+        failure stop what started and re-raise. Returns the cluster."""
         try:
             self._wait_started(self._start_node(0), timeout_s)
             for i in range(1, self.n_workers + 1):

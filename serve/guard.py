@@ -175,6 +175,10 @@ def _patch(cls: Any) -> None:
 # the middleware
 # --------------------------------------------------------------------------------------
 class Refused(Exception):
+    """A request the guard refuses before the app sees it: HTTP ``status``, error kind, field and
+    message, the ``Retry-After`` delay (s) when there is one, and how to leave the connection usable
+    (``drain_bytes``, ``body_read``)."""
+
     def __init__(self, status: int, error: str, field: str, message: str, retry_after_s: float | None = None,
                  drain_bytes: int = 0, body_read: bool = False) -> None:
         super().__init__(message)
@@ -205,9 +209,14 @@ class Guard:
 
     @property
     def limits(self) -> GuardLimits:
+        """The limits in force: the fixed ones, else this process's."""
         return self._fixed or _PROCESS.limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI scope: an HTTP request passes the guard's checks (origin, content type,
+        body size and read timeout, concurrent body reads, placement rate: see the module docstring)
+        before the app, ``GET /healthz`` and ``/metrics`` go to the replica's app directly, and other
+        scopes pass straight through."""
         if scope["type"] != "http" or scope.get(GUARDED):
             await self.app(scope, receive, send)
             return

@@ -34,6 +34,7 @@ class Instance:
     ray_pids: list[int] = field(default_factory=list)
 
     def write(self, state_dir: Path) -> Path:
+        """Write the record into ``state_dir`` atomically (temporary file, then rename); returns its path."""
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / RECORD_NAME
         tmp = path.with_suffix(".tmp")
@@ -43,6 +44,8 @@ class Instance:
 
     @classmethod
     def read(cls, state_dir: Path) -> Instance | None:
+        """The record in ``state_dir``, or ``None`` when there is none; ``ValueError`` when the file
+        is not a valid record."""
         path = state_dir / RECORD_NAME
         try:
             data = json.loads(path.read_text())
@@ -79,6 +82,7 @@ def clear(state_dir: Path, pid: int) -> None:
 
 
 def alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (exists and is not a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

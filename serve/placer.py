@@ -61,7 +61,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +72,12 @@ import pydantic_core
 
 from placement.agents.policy import Policy
 from placement.core.catalogue import default_catalogue
-from placement.core.decision import GROW
+from placement.core.decision import GROW, GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
 from placement.core.outcome import Device
 from placement.core.threshold import Thresholds
+from placement.core.trace import row_job, target_columns
 from placement.model.estimate import (
     Estimate,
     Observation,
@@ -86,7 +87,7 @@ from placement.model.estimate import (
     model_estimate,
     settle,
 )
-from placement.model.features import feature_matrix
+from placement.model.features import MODEL_INPUT_COLUMNS, feature_matrix
 from placement.model.perfmodel import PerformanceModel
 from placement.serve.learning.offsets import shift, target_offsets
 from placement.serve.schemas import (
@@ -95,11 +96,19 @@ from placement.serve.schemas import (
     FeedbackResponse,
     PlacementRequest,
     PlacementResponse,
+    cap_to_wire,
     column_length,
     measured_ratios,
 )
 from placement.serve.settings import Settings
-from placement.serve.storage.store import DecisionBatch, Store, UnknownDecision, iso
+from placement.serve.storage.store import (
+    STORED_NONE,
+    DecisionBatch,
+    Store,
+    UnknownDecision,
+    caps_to_stored,
+    iso,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +141,8 @@ class InputError(ValueError):
 
 
 class NotFound(InputError):
+    """An unknown id (target, decision, version) in a request: HTTP 404."""
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(field, message, status=404)
 
@@ -182,9 +193,10 @@ class JobBatch:
 
     @classmethod
     def from_jobs(cls, jobs: Sequence[Job]) -> JobBatch:
+        """The batch of typed ``jobs`` (kept alongside the columns)."""
         rows = [
             (j.name, j.family, j.mode, j.batch_size, j.flops_per_batch, j.param_count, j.input_elems_per_sample,
-             j.input_bytes_per_sample, -1 if j.dataset_size is None else j.dataset_size)
+             j.input_bytes_per_sample, np.nan if j.dataset_size is None else j.dataset_size)
             for j in jobs
         ]
         columns = dict(zip(_JOB_FIELDS, (list(c) for c in zip(*rows, strict=True)), strict=True))
@@ -193,11 +205,14 @@ class JobBatch:
 
     @classmethod
     def from_columns(cls, columns: Any) -> JobBatch:
+        """The batch of a columns request (``name`` defaults to ``job``; a missing ``dataset_size``
+        is NaN)."""
         n = column_length(columns)
         data = {name: getattr(columns, name) for name in _JOB_FIELDS}
         if data["name"] is None:
             data["name"] = ["job"] * n
-        data["dataset_size"] = [-1] * n if data["dataset_size"] is None else [-1 if v is None else v for v in data["dataset_size"]]
+        data["dataset_size"] = ([np.nan] * n if data["dataset_size"] is None
+                                else [np.nan if v is None else v for v in data["dataset_size"]])
         sigs = getattr(columns, "signature", None)
         return cls._build(n, data, None, list(sigs) if sigs is not None and any(sigs) else None)
 
@@ -210,22 +225,16 @@ class JobBatch:
         return cls(n, text, numeric, jobs, signatures)
 
     def job(self, i: int) -> Job:
+        """Job ``i`` as a record: the one sent, or rebuilt from the columns (unvalidated: the request was)."""
         if self.jobs is not None:
             return self.jobs[i]
-        ds = self.numeric["dataset_size"][i]
-        return Job.model_construct(
-            name=self.text["name"][i], family=self.text["family"][i], mode=self.text["mode"][i],
-            batch_size=int(self.numeric["batch_size"][i]), flops_per_batch=float(self.numeric["flops_per_batch"][i]),
-            param_count=int(self.numeric["param_count"][i]),
-            input_elems_per_sample=int(self.numeric["input_elems_per_sample"][i]),
-            input_bytes_per_sample=int(self.numeric["input_bytes_per_sample"][i]),
-            dataset_size=None if not math.isfinite(ds) else int(ds),
-            signature=None if self.signatures is None else self.signatures[i],
-        )
+        row = {"model": self.text["name"][i], "family": self.text["family"][i], "mode": self.text["mode"][i],
+               **{k: v[i] for k, v in self.numeric.items()}}  # dataset_size NaN: unknown
+        return row_job(row, validate=False, signature=None if self.signatures is None else self.signatures[i])
 
     def model_columns(self, target: HardwareTarget) -> dict[str, Any]:
-        """What :func:`feature_matrix` and :meth:`PerformanceModel.predict_columns` read (all
-        cores; ``hw_*`` broadcast)."""
+        """What :func:`feature_matrix` and :meth:`PerformanceModel.predict_columns` read
+        (:data:`placement.model.features.MODEL_INPUT_COLUMNS`: the target's columns broadcast, all cores)."""
         n = self.n
         cols: dict[str, Any] = {
             "family": np.asarray(self.text["family"], dtype=object),
@@ -233,18 +242,11 @@ class JobBatch:
             "model": np.asarray(self.text["name"], dtype=object),
             **{k: v for k, v in self.numeric.items() if k != "dataset_size"},
         }
-        scalars = {
-            "hw_cpu_cores": target.cpu_cores, "hw_cpu_gflops": target.cpu_gflops, "hw_cpu_tdp_w": target.cpu_tdp_w,
-            "hw_ram_gib": target.ram_gib, "hw_gpu_gflops": target.gpu_gflops, "hw_gpu_mem_gib": target.gpu_mem_gib,
-            "hw_gpu_tdp_w": target.gpu_tdp_w, "hw_host_link_gbs": target.host_link_gbs,
-            "hw_cpu_mem_bw_gbs": target.cpu_mem_bw_gbs, "hw_gpu_mem_bw_gbs": target.gpu_mem_bw_gbs,
-            "hw_cpu_idle_w": target.cpu_idle_w, "hw_gpu_idle_w": target.gpu_idle_w,
-            "cpu_cores": float(target.cpu_cores),
-        }
-        for name, value in scalars.items():
-            cols[name] = np.full(n, float(value), dtype=np.float64)
-        cols["hw_kind"] = np.full(n, target.kind, dtype=object)
-        cols["hw_unified_memory"] = np.full(n, bool(target.unified_memory), dtype=bool)
+        for name, value in target_columns(target).items():
+            if name in MODEL_INPUT_COLUMNS:
+                dtype = object if isinstance(value, str) else bool if isinstance(value, bool) else np.float64
+                cols[name] = np.full(n, value, dtype=dtype)
+        cols["cpu_cores"] = np.full(n, float(target.cpu_cores), dtype=np.float64)
         return cols
 
 
@@ -267,8 +269,8 @@ class PlacementResult:
     jobs: JobBatch
     gpu: npt.NDArray[np.bool_]
     cpu_cores: npt.NDArray[np.int64]
-    gpu_mem_cap_mib: npt.NDArray[np.int64]
-    """-1 = grow"""
+    gpu_mem_cap: Sequence[GpuMemCap]
+    """Per job: the GPU memory cap (MiB, or GROW; GROW on the CPU and off the edge)."""
     gpu_probability: npt.NDArray[np.float64]
     predicted_speedup: npt.NDArray[np.float64]
     predicted_energy_ratio: npt.NDArray[np.float64]
@@ -280,18 +282,26 @@ class PlacementResult:
 
     @property
     def n(self) -> int:
+        """Number of decisions."""
         return self.jobs.n
 
     @property
     def decision_ids(self) -> list[str]:
+        """Each decision's id, ``<batch id>-<index>``."""
         return [f"{self.batch_id}-{i}" for i in range(self.n)]
 
+    @property
+    def gpu_mem_cap_mib(self) -> npt.NDArray[np.int64]:
+        """The caps as the store keeps them (:func:`placement.serve.storage.store.caps_to_stored`: -1 = grow)."""
+        return caps_to_stored(self.gpu_mem_cap)
+
     def record(self) -> DecisionBatch:
+        """The decisions as the store's :class:`DecisionBatch` (one row per job, columns as stored)."""
         num = self.jobs.numeric
         columns: dict[str, Any] = {
             **{k: num[k] for k in ("batch_size", "flops_per_batch", "param_count", "input_elems_per_sample",
                                    "input_bytes_per_sample")},
-            "dataset_size": np.nan_to_num(num["dataset_size"], nan=-1.0),
+            "dataset_size": np.nan_to_num(num["dataset_size"], nan=float(STORED_NONE)),
             "gpu": self.gpu, "cpu_cores": self.cpu_cores, "gpu_mem_cap_mib": self.gpu_mem_cap_mib,
             "gpu_probability": self.gpu_probability, "predicted_speedup": self.predicted_speedup,
             "predicted_energy_ratio": self.predicted_energy_ratio, "explored": self.explored,
@@ -301,7 +311,6 @@ class PlacementResult:
                              self.policy_version, columns)
 
     def _columns(self) -> dict[str, Any]:
-        caps = self.gpu_mem_cap_mib.tolist()
         sp = _float_or_none(self.predicted_speedup)
         er = _float_or_none(self.predicted_energy_ratio)
         has_gpu = self.target.has_gpu
@@ -310,7 +319,7 @@ class PlacementResult:
             "job_name": self.jobs.text["name"],
             "device": np.where(self.gpu, "gpu", "cpu").tolist(),
             "cpu_cores": self.cpu_cores.tolist(),
-            "gpu_mem_cap": [None if not has_gpu else GROW if c < 0 else c for c in caps],
+            "gpu_mem_cap": [cap_to_wire(c, has_gpu) for c in self.gpu_mem_cap],
             "gpu_probability": self.gpu_probability.tolist() if has_gpu else [None] * self.n,
             "predicted_speedup": sp,
             "predicted_energy_ratio": er,
@@ -338,8 +347,7 @@ class PlacementResult:
         return {
             "target_id": self.target.id,
             "policy_version": self.policy_version,
-            "thresholds": {"speedup_min": th.speedup_min, "energy_ratio_max": th.energy_ratio_max,
-                           "missing_power": th.missing_power.value},
+            "thresholds": th.as_dict(),
         }
 
     def _document(self) -> dict[str, Any]:
@@ -362,7 +370,21 @@ class PlacementResult:
         return pydantic_core.to_json(self._document())
 
     def to_response(self) -> PlacementResponse:
+        """The answer as a typed :class:`PlacementResponse`."""
         return PlacementResponse.model_validate(self._document())
+
+
+def _random_batch_id() -> str:
+    """A fresh random batch id (UUID4 hex): the service's default."""
+    return uuid.uuid4().hex
+
+
+def seeded_batch_ids(seed: int) -> Callable[[], str]:
+    """Reproducible batch ids (32 hex digits from a seeded generator) for studies and tests: the
+    learner's held-out split then depends on the seed alone. Never for a service, whose ids
+    must stay unique across restarts."""
+    rng = np.random.default_rng([seed, 0x1D5])
+    return lambda: rng.bytes(16).hex()
 
 
 class Placer:
@@ -379,8 +401,13 @@ class Placer:
         local_target: HardwareTarget | None = None,
         rng_stream: int = 0,
         offsets_inline: bool = True,
+        batch_ids: Callable[[], str] | None = None,
     ) -> None:
+        """``batch_ids``: where a batch's id comes from (default a random UUID, unique across
+        replicas and restarts). Decision ids derive from it, and the learner's held-out split
+        hashes them, so a study or test passes :func:`seeded_batch_ids` to be reproducible."""
         self._bundle = bundle
+        self._batch_ids = batch_ids if batch_ids is not None else _random_batch_id
         self.settings = settings
         self.store = store
         self.perf_model = perf_model if perf_model is not None else PerformanceModel()
@@ -401,10 +428,12 @@ class Placer:
     # -- policy versions -----------------------------------------------------------------
     @property
     def bundle(self) -> PolicyBundle:
+        """The policy version serving now."""
         return self._bundle
 
     @property
     def version(self) -> str:
+        """The serving version's id."""
         return self._bundle.version
 
     def swap(self, bundle: PolicyBundle) -> None:
@@ -425,6 +454,8 @@ class Placer:
 
     # -- targets ---------------------------------------------------------------------------
     def resolve_target(self, ref: str | HardwareTarget) -> HardwareTarget:
+        """The hardware a request names: a full description as given, ``local`` (this host, probed
+        once), or a catalogue id; :class:`InputError` for an unknown id."""
         if isinstance(ref, HardwareTarget):
             return ref
         if ref == LOCAL_TARGET:
@@ -442,6 +473,8 @@ class Placer:
         return target
 
     def thresholds_for(self, request: PlacementRequest) -> Thresholds:
+        """The service's thresholds with the request's ``speedup_min`` / ``energy_ratio_max``
+        overrides (the missing-power rule stays the service's)."""
         base = self.settings.thresholds
         if request.thresholds is None:
             return base
@@ -470,6 +503,11 @@ class Placer:
         return self.place_batch(batch, request, record=record)
 
     def place_batch(self, batch: JobBatch, request: PlacementRequest, *, record: bool = True) -> PlacementResult:
+        """Decide every job of ``batch`` on the request's target: the policy's P(GPU) on the
+        features and the performance estimate's margins, settled by the estimate where it is sure,
+        never the GPU for an estimated OOM, then the request's ``max_slowdown`` and bounded
+        exploration of unsure decisions; cores and GPU memory cap on edge targets. Records the
+        decisions in the store (when the placer has one) unless ``record`` is false."""
         n = batch.n
         target = self.resolve_target(request.target)
         bundle = self._bundle  # one version for the whole request
@@ -527,15 +565,15 @@ class Placer:
         if target.is_edge:
             knobs = [bundle.policy.knobs(batch.job(i), target, int(g)) for i, g in enumerate(gpu.tolist())]
             cores = np.array([int(k[0]) for k in knobs], dtype=np.int64)
-            caps = np.array([-1 if k[1] == GROW else int(k[1]) for k in knobs], dtype=np.int64)
+            caps: list[GpuMemCap] = [k[1] for k in knobs]
         else:
             cores = np.full(n, target.cpu_cores, dtype=np.int64)
-            caps = np.full(n, -1, dtype=np.int64)
+            caps = [GROW] * n
 
         result = PlacementResult(
-            batch_id=uuid.uuid4().hex, created_at=time.time(), target=target, thresholds=th,
+            batch_id=self._batch_ids(), created_at=time.time(), target=target, thresholds=th,
             max_slowdown=request.max_slowdown, policy_version=bundle.version, columns_format=request.columns is not None,
-            jobs=batch, gpu=gpu, cpu_cores=cores, gpu_mem_cap_mib=caps, gpu_probability=p_gpu,
+            jobs=batch, gpu=gpu, cpu_cores=cores, gpu_mem_cap=caps, gpu_probability=p_gpu,
             predicted_speedup=speedup, predicted_energy_ratio=ratio, explored=explored, propensity=propensity,
             decided_by=decided_by.tolist(), estimate=est,
         )

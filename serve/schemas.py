@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from placement.core.decision import GpuMemCap
+from placement.core.decision import GROW, GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
 from placement.core.outcome import Device, DeviceOutcome, EnergyMethod
@@ -49,6 +49,25 @@ MAX_POWER_W = 1e5
 """Upper bound of an average power, given (``avg_*_power_w``) or implied (``energy_j / time_total_s``)."""
 MIN_TIME_PER_SAMPLE_S = 1e-12
 """Lower bound of a per-sample time (a picosecond): below it the inverse and the ratios overflow."""
+
+WIRE_GROW: Literal["grow"] = "grow"
+"""How the JSON API spells "no GPU memory cap" (fixed: clients parse it)."""
+WireGpuMemCap = int | Literal["grow"]
+"""An answer's ``gpu_mem_cap`` on the wire: MiB or ``"grow"`` (null, where allowed: no GPU)."""
+
+
+def cap_to_wire(cap: GpuMemCap, has_gpu: bool) -> WireGpuMemCap | None:
+    """An answer's ``gpu_mem_cap`` for a decision's cap: MiB, :data:`WIRE_GROW` for GROW, null on a
+    target without a GPU. With :func:`cap_from_wire`, the one conversion at the HTTP edge."""
+    if not has_gpu:
+        return None
+    return WIRE_GROW if cap == GROW else int(cap)
+
+
+def cap_from_wire(value: WireGpuMemCap | None) -> GpuMemCap:
+    """The cap an answer's ``gpu_mem_cap`` stands for: MiB, or GROW for ``"grow"`` and for null
+    (no GPU: nothing to cap)."""
+    return GROW if value is None or value == WIRE_GROW else int(value)
 
 
 def check_derived(what: str, value: float, fix: str, *, allow_zero: bool = False, upper: float | None = None,
@@ -170,6 +189,7 @@ class PlacementRequest(Record):
 
     @property
     def n_jobs(self) -> int:
+        """Number of jobs in the request (``job``, ``jobs`` or ``columns``)."""
         if self.columns is not None:
             return column_length(self.columns)
         return 1 if self.job is not None else len(self.jobs or [])
@@ -188,7 +208,7 @@ class DecisionOut(BaseModel):
     job_name: str = Field(description="The job's name as sent (or one the service derived from its features).")
     device: Device = Field(description="Where to run the job: 'cpu' or 'gpu'.")
     cpu_cores: int = Field(description="Cores the job may use (affinity and intra-op threads).")
-    gpu_mem_cap: GpuMemCap | None = Field(description="GPU memory cap in MiB, or 'grow' (no cap); null on a target without a GPU.")
+    gpu_mem_cap: WireGpuMemCap | None = Field(description="GPU memory cap in MiB, or 'grow' (no cap); null on a target without a GPU.")
     gpu_probability: float | None = Field(
         description="The policy's P(GPU is a valid acceleration) at the request's thresholds; null on a target without a GPU.")
     predicted_speedup: float | None = Field(default=None, description="Estimated T_cpu / T_gpu (source in speedup_source); null without a GPU or when infeasible.")
@@ -210,6 +230,8 @@ class DecisionOut(BaseModel):
 
 
 class ThresholdsOut(BaseModel):
+    """The joint threshold of paper A that a decision used: T_t, T_e and the missing-power rule."""
+
     speedup_min: float = Field(description="T_t (paper A): the GPU must be at least this many times faster than the CPU.")
     energy_ratio_max: float = Field(description="T_e (paper A): the GPU's per-sample energy may be at most this multiple of the CPU's.")
     missing_power: str = Field(description="How a run without power readings is labelled: speed_only (speed alone) or cpu (no GPU without energy evidence).")
@@ -224,7 +246,7 @@ class DecisionColumns(BaseModel):
     job_name: list[str] = Field(description="Per job: the job's name.")
     device: list[Device] = Field(description="Per job: 'cpu' or 'gpu'.")
     cpu_cores: list[int] = Field(description="Per job: cores the job may use.")
-    gpu_mem_cap: list[GpuMemCap | None] = Field(description="Per job: GPU memory cap in MiB, or 'grow' (no cap); null without a GPU.")
+    gpu_mem_cap: list[WireGpuMemCap | None] = Field(description="Per job: GPU memory cap in MiB, or 'grow' (no cap); null without a GPU.")
     gpu_probability: list[float | None] = Field(description="Per job: the policy's P(GPU is a valid acceleration); null without a GPU.")
     predicted_speedup: list[float | None] = Field(description="Per job: estimated T_cpu / T_gpu, or null.")
     predicted_energy_ratio: list[float | None] = Field(description="Per job: estimated GPU/CPU per-sample energy, or null.")
@@ -242,6 +264,9 @@ class DecisionColumns(BaseModel):
 
 
 class PlacementResponse(BaseModel):
+    """The answer to a placement request: the target and policy version, the thresholds used, and a
+    decision per job (``decisions``, or ``columns`` for a columns request)."""
+
     target_id: str = Field(description="The hardware target decided for (a catalogue id, or 'local' / the id of the hardware sent).")
     policy_version: str = Field(description="The policy version that answered.")
     thresholds: ThresholdsOut = Field(description="The thresholds the decisions used (the service's, or the request's override).")
@@ -410,6 +435,9 @@ def measured_ratios(outcome: ReportedOutcome, other: ReportedOutcome) -> tuple[f
 
 
 class FeedbackResponse(BaseModel):
+    """The feedback as recorded: its decision, the devices measured and, when both were, the
+    measured speedup and energy ratio."""
+
     model_config = ConfigDict(frozen=True, use_enum_values=True)
 
     decision_id: str = Field(description="The decision the feedback is for.")
@@ -423,6 +451,8 @@ class FeedbackResponse(BaseModel):
 
 
 class VersionInfo(BaseModel):
+    """One stored policy version: its status, creation time, parent and recorded metrics."""
+
     version: str = Field(description="Policy version id.")
     status: str = Field(description="serving (answers now), retired (served before; rollback can restore it) or rejected (failed the safety gate).")
     created_at: str = Field(description="UTC ISO-8601 time the version was stored.")
@@ -431,6 +461,9 @@ class VersionInfo(BaseModel):
 
 
 class PolicyInfo(BaseModel):
+    """The serving policy, the thresholds, counts of decisions and feedback, the learner's state and
+    every stored version."""
+
     version: str = Field(description="The version serving now.")
     thresholds: ThresholdsOut = Field(description="The service's thresholds (T_t, T_e, missing-power rule).")
     training_metrics: dict[str, Any] = Field(description="Metrics recorded when the serving version was trained.")
@@ -443,12 +476,16 @@ class PolicyInfo(BaseModel):
 
 
 class RollbackRequest(Record):
+    """Serve an earlier policy version (the one promoted before the current, unless ``version`` names one)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str | None = Field(default=None, min_length=1, max_length=200, description="Version to serve; default: the one promoted before the current.")
 
 
 class RollbackResponse(BaseModel):
+    """The version serving after a rollback and the one it replaced."""
+
     active_version: str = Field(description="The version serving after the rollback.")
     previous_version: str = Field(description="The version that served before it.")
 
@@ -475,10 +512,14 @@ class LearnerReport(BaseModel):
 
 
 class ErrorItem(BaseModel):
+    """One problem with a request: the field and what is wrong with it."""
+
     field: str = Field(description="The offending field as a path, e.g. jobs[3].batch_size ('body' for the whole request).")
     message: str = Field(description="What is wrong and how to fix it.")
 
 
 class ErrorResponse(BaseModel):
+    """Every error answer of the API: the error kind and one item per problem."""
+
     error: str = Field(description="Error kind, e.g. invalid_request, not_found, conflict, payload_too_large, unauthorized.")
     detail: list[ErrorItem] = Field(description="One item per problem (the first 20).")

@@ -57,6 +57,7 @@ def default_state_dir() -> Path:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback IP address (a bind that needs no token)."""
     if host == "localhost":
         return True
     try:
@@ -223,14 +224,17 @@ class Settings(BaseSettings):
     # --- derived ---------------------------------------------------------------------------
     @property
     def database(self) -> Path:
+        """The SQLite database file: ``db_path``, else ``placement.db`` in ``state_dir``."""
         return self.db_path if self.db_path is not None else self.state_dir / "placement.db"
 
     @property
     def policies_dir(self) -> Path:
+        """Where stored policy versions live: ``policies`` in ``state_dir``."""
         return self.state_dir / "policies"
 
     @property
     def thresholds(self) -> Thresholds:
+        """The service's joint threshold (T_t, T_e and the missing-power rule)."""
         return Thresholds(self.speedup_min, self.energy_ratio_max, MissingPower(self.missing_power))
 
     @property

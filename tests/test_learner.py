@@ -15,7 +15,7 @@ from placement.core.trace import read_trace
 from placement.model.perfmodel import model_columns
 from placement.serve.learning.learner import Learner
 from placement.serve.learning.rewards import form_rewards
-from placement.serve.placer import Placer, bootstrap_store
+from placement.serve.placer import Placer, bootstrap_store, seeded_batch_ids
 from placement.serve.schemas import FeedbackRequest, PlacementRequest
 from placement.serve.settings import Settings
 from placement.serve.storage.store import Store
@@ -32,7 +32,8 @@ def _service(tmp_path, model_dir, **overrides):
     values = {"exploration_rate": 0.0, "min_holdout": 8, **overrides}
     settings = Settings(state_dir=tmp_path, model_path=Path(model_dir), **values)
     store = Store(settings.database)
-    placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
+    # seeded decision ids: the learner's held-out split hashes them, so every run splits alike
+    placer = Placer(bootstrap_store(store, settings), settings=settings, store=store, batch_ids=seeded_batch_ids(settings.seed))
     return settings, store, placer
 
 
@@ -95,6 +96,7 @@ def test_a_failed_gpu_run_labels_cpu(tmp_path, serve_model_dir, serve_world, exa
     assert (pair.label_gpu, pair.reason) == (False, "gpu_infeasible")
 
 
+@pytest.mark.slow
 def test_gate_rejects_a_worse_candidate(tmp_path, serve_model_dir, serve_world):
     from placement.agents.ppo import PpoConfig, fine_tune, make_env
 
@@ -194,6 +196,7 @@ def test_label_weights_follow_confidence_and_cap_signatures(tmp_path, serve_mode
     assert (w[(src == "model") & single] <= w[single].max()).all()
 
 
+@pytest.mark.slow
 def test_rollback_pin_holds_until_released(tmp_path, serve_model_dir, serve_world):
     from placement.agents.ppo import PpoConfig, fine_tune, make_env
     from placement.serve.learning.learner import pin_version, pinned_version, release_pin

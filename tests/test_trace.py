@@ -67,6 +67,12 @@ def test_rejects_missing_column(frame):
     assert errs[0][:2] == (0, "flops_per_batch") and "missing column" in errs[0][2]
 
 
+@pytest.mark.parametrize("column", ["device", "n_samples", "time_total_s", "hw_gpu_gflops", "cpu_cores"])
+def test_a_missing_column_the_cross_rules_read_is_named_not_a_key_error(frame, column):
+    errs = errors_of(frame.drop(columns=[column]))  # TraceValidationError, not a bare KeyError
+    assert (0, column) in [(r, c) for r, c, _ in errs]
+
+
 def test_rejects_nan_in_required_and_inf_anywhere(frame):
     bad = frame.copy()
     bad.loc[1, "flops_per_batch"] = math.nan

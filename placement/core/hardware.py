@@ -18,6 +18,9 @@ from placement.core.record import Record
 
 
 class TargetKind(str, Enum):
+    """The class of a hardware target: server, desktop or edge (edge targets get core and
+    GPU-memory-cap knobs)."""
+
     SERVER = "server"
     DESKTOP = "desktop"
     EDGE = "edge"
@@ -66,12 +69,15 @@ class HardwareTarget(Record):
 
     @property
     def has_gpu(self) -> bool:
+        """Whether the target has a GPU (``gpu_model`` set)."""
         return self.gpu_model is not None
 
     @property
     def is_edge(self) -> bool:
+        """Whether the target is an edge device (core and GPU-memory-cap knobs apply)."""
         return self.kind == TargetKind.EDGE.value
 
     @property
     def gpu_mem_mib(self) -> int:
+        """GPU memory in MiB (0 without a GPU)."""
         return int(self.gpu_mem_gib * 1024)

@@ -30,6 +30,8 @@ class Family(str, Enum):
 
 
 class Mode(str, Enum):
+    """What a job runs: a training step (forward, backward, optimizer) or inference (forward only)."""
+
     TRAIN = "train"
     INFER = "infer"
 
@@ -74,4 +76,5 @@ class Job(Record):
 
     @property
     def flops_per_sample(self) -> float:
+        """FLOPs per sample of one step: ``flops_per_batch / batch_size``."""
         return self.flops_per_batch / self.batch_size

@@ -54,19 +54,10 @@ class OperatorSummary(Record):
 
     @property
     def flops(self) -> float:
+        """FLOPs of the whole step (every bin)."""
         return float(sum(b.flops for b in self.bins))
 
     @property
     def count(self) -> int:
+        """Operators in the whole step (every bin)."""
         return int(sum(b.count for b in self.bins))
-
-    def by_kind(self) -> dict[str, dict[str, float]]:
-        """count, FLOPs, bytes and launches per kind."""
-        out: dict[str, dict[str, float]] = {}
-        for b in self.bins:
-            d = out.setdefault(b.kind, {"count": 0.0, "flops": 0.0, "bytes": 0.0, "launches": 0.0})
-            d["count"] += b.count
-            d["flops"] += b.flops
-            d["bytes"] += b.bytes_read + b.bytes_written
-            d["launches"] += b.launches
-        return out

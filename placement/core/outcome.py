@@ -11,17 +11,46 @@ from __future__ import annotations
 import math
 from enum import Enum
 
+import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from placement.core.record import Record
 
 
 class Device(str, Enum):
+    """The device a job runs on: ``cpu`` or ``gpu``."""
+
+    # the domain's encoding of a device (records hold its value); CPU / GPU below are its index form
     CPU = "cpu"
     GPU = "gpu"
 
 
+CPU, GPU = 0, 1
+"""A device as an index: a policy's action, the environment's device part, knob-table rows
+(0 = CPU, 1 = GPU). Convert with :func:`device_index` and :func:`as_device`."""
+
+
+def as_device(device: Device | str | int) -> Device:
+    """The :class:`Device` of ``device``: a :class:`Device`, ``"cpu"``/``"gpu"``, or an index
+    (:data:`CPU` = 0, :data:`GPU` = 1; not a bool). Raises ``ValueError`` naming the device."""
+    if isinstance(device, Device):
+        return device
+    if isinstance(device, str) and device in (Device.CPU.value, Device.GPU.value):
+        return Device(device)
+    if isinstance(device, (int, np.integer)) and not isinstance(device, bool) and int(device) in (CPU, GPU):
+        return Device.GPU if int(device) == GPU else Device.CPU
+    raise ValueError(f"device must be 'cpu' or 'gpu' (or 0 = CPU, 1 = GPU), got {device!r}")
+
+
+def device_index(device: Device | str | int) -> int:
+    """The index (:data:`CPU` = 0, :data:`GPU` = 1) of ``device`` (as :func:`as_device` takes it)."""
+    return GPU if as_device(device) is Device.GPU else CPU
+
+
 class EnergyMethod(str, Enum):
+    """Where an energy figure came from: ``measured`` (a power meter), ``modelled`` (a power
+    model, e.g. TDP x utilisation) or ``unknown`` (no power reading)."""
+
     MEASURED = "measured"
     MODELLED = "modelled"
     UNKNOWN = "unknown"
@@ -76,6 +105,7 @@ class DeviceOutcome(Record):
 
     @property
     def time_per_sample_s(self) -> float:
+        """Seconds per sample (``time_total_s / n_samples``); NaN for a run that did not complete."""
         if self.time_total_s is None or self.n_samples is None:
             return math.nan
         return self.time_total_s / self.n_samples
@@ -93,16 +123,21 @@ class DeviceOutcome(Record):
 
     @property
     def energy_j(self) -> float:
+        """Energy of the run in J by eq. (2) (:attr:`power_w` x ``time_total_s``); NaN when either
+        is missing."""
         if self.time_total_s is None:
             return math.nan
         return self.power_w * self.time_total_s
 
     @property
     def energy_per_sample_j(self) -> float:
+        """Energy per sample in J by eq. (2); NaN when power or time is missing."""
         return self.power_w * self.time_per_sample_s
 
     @property
     def energy_method(self) -> str:
+        """How the energy was obtained: the CPU's power method on the CPU; on the GPU the least
+        certain of the CPU's and the GPU's (:func:`combine_methods`)."""
         if self.device == Device.CPU.value:
             return str(self.cpu_power_method)
         return combine_methods(str(self.cpu_power_method), str(self.gpu_power_method))

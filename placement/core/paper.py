@@ -88,6 +88,7 @@ def paper_table2_frame() -> pd.DataFrame:
 
 
 def paper_table2_meta(code_version: str = "") -> TraceMeta:
+    """The provenance of the paper A Table 2 trace (``code_version``: the code that wrote it)."""
     return TraceMeta(
         source="paper",
         description="Paper A (Ju, Kwak, Park 2026) Table 2: measured training runs, CPU vs GPU.",

@@ -52,11 +52,17 @@ MARGIN_CAP = 2.0
 
 
 class MissingPower(str, Enum):
+    """What a label does without a power reading: ``speed_only`` decides on the speedup alone
+    (flagged ``energy_unknown``), ``cpu`` refuses the GPU without energy evidence."""
+
     SPEED_ONLY = "speed_only"
     CPU = "cpu"
 
 
 class Reason(str, Enum):
+    """Why a pair got its label: the joint-threshold verdict or the missing-data rule that fired
+    (see the module docstring)."""
+
     VALID_ACCELERATION = "valid_acceleration"
     TOO_SLOW = "too_slow"
     TOO_COSTLY = "too_costly"
@@ -84,6 +90,7 @@ class Thresholds:
         object.__setattr__(self, "missing_power", MissingPower(self.missing_power))
 
     def as_dict(self) -> dict[str, float | str]:
+        """The thresholds as JSON-ready values (``missing_power`` its string)."""
         return {
             "speedup_min": self.speedup_min,
             "energy_ratio_max": self.energy_ratio_max,

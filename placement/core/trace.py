@@ -20,7 +20,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from placement.core.decision import GROW, GpuMemCap
 from placement.core.hardware import TARGET_KINDS, HardwareTarget
-from placement.core.job import FAMILIES, MODES
+from placement.core.job import FAMILIES, MODES, Job
 from placement.core.threshold import Thresholds, joint_threshold
 
 TRACE_SCHEMA_VERSION = 1
@@ -45,6 +46,11 @@ CV_LIMIT = 0.05
 
 @dataclass(frozen=True)
 class Column:
+    """One column of the trace schema: name, kind (``str``, ``int``, ``float`` or ``bool``),
+    whether the column must be present (``required``) and may hold missing values (``nullable``),
+    the lower bound (exclusive with ``exclusive_min``), allowed values (``choices``), and the value
+    an absent optional column gets (``default``)."""
+
     name: str
     kind: str  # "str" | "int" | "float" | "bool"
     required: bool = True
@@ -112,6 +118,16 @@ COLUMNS: tuple[Column, ...] = (
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 _HW_COLUMNS: tuple[tuple[str, str], ...] = tuple((n, n[len(_HW):]) for n in COLUMN_NAMES if n.startswith(_HW))
 """The ``hw_*`` columns and the :class:`~placement.core.hardware.HardwareTarget` field each holds."""
+_JOB_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("model", "name"), ("family", "family"), ("mode", "mode"), ("batch_size", "batch_size"),
+    ("flops_per_batch", "flops_per_batch"), ("param_count", "param_count"),
+    ("input_elems_per_sample", "input_elems_per_sample"), ("input_bytes_per_sample", "input_bytes_per_sample"),
+    ("dataset_size", "dataset_size"),
+)
+"""The job columns of a trace and the :class:`~placement.core.job.Job` field each holds (``model``
+holds the job's ``name``)."""
+JOB_COLUMN_NAMES: tuple[str, ...] = tuple(n for n, _ in _JOB_COLUMNS)
+"""The columns of a trace that describe the job (:func:`job_columns`, :func:`row_job`)."""
 _BY_NAME = {c.name: c for c in COLUMNS}
 _PANDAS_DTYPE = {"str": "string", "int": "Int64", "float": "Float64", "bool": "boolean"}
 MAX_ERRORS = 20
@@ -141,10 +157,13 @@ class TraceMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
+        """The metadata as a JSON object with sorted keys (as stored in Parquet metadata or a CSV's
+        first line)."""
         return json.dumps(self.__dict__, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> TraceMeta:
+        """Metadata from :meth:`to_json` output (unknown keys ignored, absent ones at their defaults)."""
         data = json.loads(text)
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
@@ -152,6 +171,9 @@ class TraceMeta:
 
 @dataclass
 class Trace:
+    """A validated trace: its schema-typed rows, provenance, and the file it was read from with its
+    SHA-256 (when read from one)."""
+
     frame: pd.DataFrame
     meta: TraceMeta
     path: Path | None = None
@@ -173,6 +195,42 @@ def row_target(row: pd.Series | dict) -> HardwareTarget:
     return HardwareTarget(id=str(row["target_id"]), source="trace", **{k: v for k, v in data.items() if v is not None or k == "gpu_model"})
 
 
+def job_columns(job: Job) -> dict[str, Any]:
+    """The job columns (:data:`JOB_COLUMN_NAMES`) of a job; ``model`` is its name."""
+    return {name: getattr(job, attr) for name, attr in _JOB_COLUMNS}
+
+
+_CELL_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def row_job(row: pd.Series | Mapping[str, Any], *, validate: bool = True, **fields: Any) -> Job:
+    """Rebuild the job of a trace row from its job columns (:data:`JOB_COLUMN_NAMES`; a missing
+    or null cell leaves the field at its default). Each cell is converted to its column's Python
+    type, so numpy scalars and float64 columns give the same job. ``fields`` adds or overrides
+    :class:`~placement.core.job.Job` fields (``operators``, ``signature``). ``validate=False``
+    skips the record's checks, for rows that came from valid jobs (the service's own columns)."""
+    data: dict[str, Any] = {}
+    for name, attr in _JOB_COLUMNS:
+        if name in row and not _isnull(value := row[name]):
+            data[attr] = _CELL_TYPES[_BY_NAME[name].kind](value)
+    data.update(fields)
+    return Job.model_validate(data) if validate else Job.model_construct(**data)
+
+
+def cap_to_column(cap: GpuMemCap) -> int | None:
+    """The trace's ``gpu_mem_cap_mib`` cell for a GPU memory cap: MiB, or null (``None``) for
+    :data:`~placement.core.decision.GROW` -- which a float column or array reads as NaN. With
+    :func:`cap_from_column`, the one conversion between the domain's cap and the column form
+    (trace files, knob tables, the performance model's cap arrays, the environment's ``info``)."""
+    return None if cap == GROW else int(cap)
+
+
+def cap_from_column(value: Any) -> GpuMemCap:
+    """The GPU memory cap a ``gpu_mem_cap_mib`` cell holds: MiB, or GROW for null (``None``, NaN,
+    ``pd.NA``)."""
+    return GROW if value is None or _isnull(value) else int(value)
+
+
 def _isnull(value: Any) -> bool:
     try:
         return bool(pd.isna(value))
@@ -187,6 +245,77 @@ def _all_text(raw: pd.Series) -> bool:
     return raw.dtype == object and pd.api.types.infer_dtype(raw, skipna=True) in ("string", "empty")
 
 
+def _to_bool(v: Any) -> Any:
+    """One cell as ``True``/``False``/``pd.NA``; raises ``TypeError`` on anything else."""
+    if v is None or _isnull(v):
+        return pd.NA
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
+        return v.strip().lower() in ("true", "1")
+    raise TypeError(v)
+
+
+def _coerce_text(raw: pd.Series, name: str, errors: list[tuple[int, str, str]]) -> pd.Series:
+    """A mixed column as ``string``; non-text values are stringified and reported (except in
+    the identifier columns, where numbers are legitimate names)."""
+    conv = raw.astype("object").where(~raw.isna(), None)
+    bad_mask = conv.map(lambda v: v is not None and not isinstance(v, str))
+    conv = conv.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    if bad_mask.any() and name not in ("job_id", "target_id", "model"):
+        for i in np.flatnonzero(bad_mask.to_numpy())[:MAX_ERRORS]:
+            errors.append((int(i) + 1, name, f"expected text, got {raw.iloc[i]!r}"))
+    return conv.astype("string")
+
+
+def _coerce_bool(raw: pd.Series, name: str, errors: list[tuple[int, str, str]]) -> Any:
+    """A column as nullable ``boolean``; cells that are not true/false/1/0 become errors and NA."""
+    values = []
+    for i, v in enumerate(raw.tolist()):
+        try:
+            values.append(_to_bool(v))
+        except TypeError:
+            values.append(pd.NA)
+            errors.append((i + 1, name, f"expected true/false, got {v!r}"))
+    return pd.array(values, dtype="boolean")
+
+
+def _coerce_number(raw: pd.Series, col: Column, errors: list[tuple[int, str, str]]) -> pd.Series:
+    """A column as ``Float64`` or (``col.kind == "int"``) ``Int64``; non-numbers, fractions and
+    integers beyond 2**62 become errors and NA."""
+    numeric = pd.to_numeric(raw, errors="coerce")
+    bad = numeric.isna() & ~raw.isna()
+    for i in np.flatnonzero(bad.to_numpy())[:MAX_ERRORS]:
+        errors.append((int(i) + 1, col.name, f"expected a number, got {raw.iloc[i]!r}"))
+    if col.kind != "int":
+        return numeric.astype("Float64")
+    numeric = numeric.astype("float64")
+    frac = numeric.notna() & np.isfinite(numeric.astype("float64")) & (numeric % 1 != 0)
+    for i in np.flatnonzero(frac.to_numpy())[:MAX_ERRORS]:
+        errors.append((int(i) + 1, col.name, f"expected a whole number, got {raw.iloc[i]!r}"))
+    huge = numeric.notna() & ~(numeric.abs() < 2**62)
+    for i in np.flatnonzero(huge.to_numpy())[:MAX_ERRORS]:
+        errors.append((int(i) + 1, col.name, f"expected a finite whole number, got {raw.iloc[i]!r}"))
+    numeric = numeric.where(~frac & ~huge)
+    return numeric.round().astype("Int64")
+
+
+def _coerce_column(raw: pd.Series, col: Column, errors: list[tuple[int, str, str]]) -> Any:
+    """One column converted to its schema dtype (conversion problems appended to ``errors``)."""
+    if col.kind == "str" and _all_text(raw):  # the common case, without the per-value checks
+        return raw.astype("string")
+    if col.kind == "float" and pd.api.types.is_float_dtype(raw.dtype) and not isinstance(
+            raw.dtype, pd.api.types.CategoricalDtype):
+        return raw.astype("Float64")  # already numbers: nothing to convert or report
+    if col.kind == "str":
+        return _coerce_text(raw, col.name, errors)
+    if col.kind == "bool":
+        return _coerce_bool(raw, col.name, errors)
+    return _coerce_number(raw, col, errors)
+
+
 def _coerce(frame: pd.DataFrame, errors: list[tuple[int, str, str]]) -> pd.DataFrame:
     """Columns to schema dtypes; values that cannot convert become errors."""
     out = pd.DataFrame(index=frame.index)
@@ -198,116 +327,84 @@ def _coerce(frame: pd.DataFrame, errors: list[tuple[int, str, str]]) -> pd.DataF
             series = pd.Series([col.default] * len(frame), index=frame.index, dtype="object")
         else:
             series = frame[col.name]
-        raw = series
         try:
-            if col.kind == "str" and _all_text(raw):  # the common case, without the per-value checks
-                out[col.name] = raw.astype("string")
-            elif col.kind == "float" and pd.api.types.is_float_dtype(raw.dtype) and not isinstance(
-                    raw.dtype, pd.api.types.CategoricalDtype):
-                out[col.name] = raw.astype("Float64")  # already numbers: nothing to convert or report
-            elif col.kind == "str":
-                conv = raw.astype("object").where(~raw.isna(), None)
-                bad_mask = conv.map(lambda v: v is not None and not isinstance(v, str))
-                conv = conv.map(lambda v: v if v is None or isinstance(v, str) else str(v))
-                if bad_mask.any() and col.name not in ("job_id", "target_id", "model"):
-                    for i in np.flatnonzero(bad_mask.to_numpy())[:MAX_ERRORS]:
-                        errors.append((int(i) + 1, col.name, f"expected text, got {raw.iloc[i]!r}"))
-                out[col.name] = conv.astype("string")
-            elif col.kind == "bool":
-                def to_bool(v: Any) -> Any:
-                    if v is None or _isnull(v):
-                        return pd.NA
-                    if isinstance(v, (bool, np.bool_)):
-                        return bool(v)
-                    if isinstance(v, (int, np.integer)) and v in (0, 1):
-                        return bool(v)
-                    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
-                        return v.strip().lower() in ("true", "1")
-                    raise TypeError(v)
-
-                values = []
-                for i, v in enumerate(raw.tolist()):
-                    try:
-                        values.append(to_bool(v))
-                    except TypeError:
-                        values.append(pd.NA)
-                        errors.append((i + 1, col.name, f"expected true/false, got {v!r}"))
-                out[col.name] = pd.array(values, dtype="boolean")
-            else:
-                numeric = pd.to_numeric(raw, errors="coerce")
-                bad = numeric.isna() & ~raw.isna()
-                for i in np.flatnonzero(bad.to_numpy())[:MAX_ERRORS]:
-                    errors.append((int(i) + 1, col.name, f"expected a number, got {raw.iloc[i]!r}"))
-                if col.kind == "int":
-                    numeric = numeric.astype("float64")
-                    frac = numeric.notna() & np.isfinite(numeric.astype("float64")) & (numeric % 1 != 0)
-                    for i in np.flatnonzero(frac.to_numpy())[:MAX_ERRORS]:
-                        errors.append((int(i) + 1, col.name, f"expected a whole number, got {raw.iloc[i]!r}"))
-                    huge = numeric.notna() & ~(numeric.abs() < 2**62)
-                    for i in np.flatnonzero(huge.to_numpy())[:MAX_ERRORS]:
-                        errors.append((int(i) + 1, col.name, f"expected a finite whole number, got {raw.iloc[i]!r}"))
-                    numeric = numeric.where(~frac & ~huge)
-                    out[col.name] = numeric.round().astype("Int64")
-                else:
-                    out[col.name] = numeric.astype("Float64")
+            out[col.name] = _coerce_column(series, col, errors)
         except (TypeError, ValueError) as exc:
             errors.append((0, col.name, f"cannot convert column: {exc}"))
     return out
 
 
-def _row_errors(frame: pd.DataFrame, raw: pd.DataFrame) -> list[tuple[int, str, str]]:
+def _column_errors(s: pd.Series, raw: pd.DataFrame, col: Column) -> list[tuple[int, str, str]]:
+    """Row errors of one typed column: non-finite floats (from the ``raw`` cells), missing
+    required values, values below the minimum and values outside the choices."""
+    errors: list[tuple[int, str, str]] = []
+    rows = np.arange(1, len(s) + 1)
+    if col.kind == "float" and col.name in raw.columns:
+        as_float = pd.to_numeric(raw[col.name], errors="coerce").astype("float64")
+        nonfinite = np.isinf(as_float.to_numpy()) | (np.isnan(as_float.to_numpy()) & _raw_is_nan(raw[col.name]))
+        for r in rows[nonfinite][:MAX_ERRORS]:
+            errors.append((int(r), col.name, "NaN or infinite value: give a finite number or leave empty" + ("" if col.nullable else " (required)")))
+    isna = s.isna().to_numpy()
+    if not col.nullable:
+        already = {e[0] for e in errors}
+        for r in rows[isna][:MAX_ERRORS]:
+            if int(r) not in already:
+                errors.append((int(r), col.name, "missing value (required)"))
+    if col.minimum is not None and col.kind in ("int", "float"):
+        v = s.astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            bad = (v <= col.minimum) if col.exclusive_min else (v < col.minimum)
+        op = ">" if col.exclusive_min else ">="
+        for r in rows[bad & np.isfinite(v)][:MAX_ERRORS]:
+            errors.append((int(r), col.name, f"must be {op} {col.minimum:g}, got {v[r - 1]:g}"))
+    if col.choices is not None:
+        bad = ~s.isna().to_numpy() & ~s.isin(col.choices).to_numpy(dtype=bool, na_value=False)
+        for r in rows[bad][:MAX_ERRORS]:
+            errors.append((int(r), col.name, f"'{s.iloc[r - 1]}' is not one of {', '.join(col.choices)}"))
+    return errors
+
+
+def _cross_column_errors(frame: pd.DataFrame, feasible: pd.Series) -> list[tuple[int, str, str]]:
+    """Row errors of the rules that tie columns together (feasible runs need a sample count and
+    a time, infeasible ones a reason; power methods match the power columns; GPU runs need a
+    GPU; no more cores than the target has)."""
+    errors: list[tuple[int, str, str]] = []
+    f = feasible.fillna(False).to_numpy(dtype=bool)
+    for name in ("n_samples", "time_total_s"):
+        miss = f & frame[name].isna().to_numpy()
+        for r in np.flatnonzero(miss)[:MAX_ERRORS]:
+            errors.append((int(r) + 1, name, "a feasible run needs this value"))
+    reason_missing = ~f & frame["infeasible_reason"].isna().to_numpy()
+    for r in np.flatnonzero(reason_missing)[:MAX_ERRORS]:
+        errors.append((int(r) + 1, "infeasible_reason", "an infeasible run needs a reason (e.g. 'oom')"))
+    for power, method in (("avg_cpu_power_w", "cpu_power_method"), ("avg_gpu_power_w", "gpu_power_method")):
+        inconsistent = frame[power].isna().to_numpy() & (frame[method] != "unknown").to_numpy(dtype=bool, na_value=False)
+        for r in np.flatnonzero(inconsistent)[:MAX_ERRORS]:
+            errors.append((int(r) + 1, method, f"must be 'unknown' when {power} is empty"))
+    gpu_rows = (frame["device"] == "gpu").to_numpy(dtype=bool, na_value=False)
+    no_gpu = (frame["hw_gpu_gflops"].fillna(0) <= 0).to_numpy(dtype=bool)
+    for r in np.flatnonzero(gpu_rows & no_gpu & f)[:MAX_ERRORS]:
+        errors.append((int(r) + 1, "device", "a feasible GPU run on a target with hw_gpu_gflops = 0"))
+    over = (frame["cpu_cores"] > frame["hw_cpu_cores"]).to_numpy(dtype=bool, na_value=False)
+    for r in np.flatnonzero(over)[:MAX_ERRORS]:
+        errors.append((int(r) + 1, "cpu_cores", "more cores than the target has (hw_cpu_cores)"))
+    return errors
+
+
+def _row_errors(frame: pd.DataFrame, raw: pd.DataFrame, cross: bool = True) -> list[tuple[int, str, str]]:
+    """Row-level errors of the typed ``frame`` (``raw``: the frame as given), at most
+    ``MAX_ERRORS``; the cross-column rules run only when every column is clean and ``cross``
+    (False once a column is missing or could not be typed: they read every column)."""
     errors: list[tuple[int, str, str]] = []
     for col in COLUMNS:
         if col.name not in frame.columns:
             continue
-        s = frame[col.name]
-        rows = np.arange(1, len(s) + 1)
-        if col.kind == "float" and col.name in raw.columns:
-            as_float = pd.to_numeric(raw[col.name], errors="coerce").astype("float64")
-            nonfinite = np.isinf(as_float.to_numpy()) | (np.isnan(as_float.to_numpy()) & _raw_is_nan(raw[col.name]))
-            for r in rows[nonfinite][:MAX_ERRORS]:
-                errors.append((int(r), col.name, "NaN or infinite value: give a finite number or leave empty" + ("" if col.nullable else " (required)")))
-        isna = s.isna().to_numpy()
-        if not col.nullable:
-            already = {e[0] for e in errors if e[1] == col.name}
-            for r in rows[isna][:MAX_ERRORS]:
-                if int(r) not in already:
-                    errors.append((int(r), col.name, "missing value (required)"))
-        if col.minimum is not None and col.kind in ("int", "float"):
-            v = s.astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
-            with np.errstate(invalid="ignore"):
-                bad = (v <= col.minimum) if col.exclusive_min else (v < col.minimum)
-            op = ">" if col.exclusive_min else ">="
-            for r in rows[bad & np.isfinite(v)][:MAX_ERRORS]:
-                errors.append((int(r), col.name, f"must be {op} {col.minimum:g}, got {v[r - 1]:g}"))
-        if col.choices is not None:
-            bad = ~s.isna().to_numpy() & ~s.isin(col.choices).to_numpy(dtype=bool, na_value=False)
-            for r in rows[bad][:MAX_ERRORS]:
-                errors.append((int(r), col.name, f"'{s.iloc[r - 1]}' is not one of {', '.join(col.choices)}"))
+        errors.extend(_column_errors(frame[col.name], raw, col))
         if len(errors) >= MAX_ERRORS:
             return errors[:MAX_ERRORS]
-    # cross-column rules
     feasible = frame.get("feasible")
-    if feasible is not None and not errors:
-        f = feasible.fillna(False).to_numpy(dtype=bool)
-        for name in ("n_samples", "time_total_s"):
-            miss = f & frame[name].isna().to_numpy()
-            for r in np.flatnonzero(miss)[:MAX_ERRORS]:
-                errors.append((int(r) + 1, name, "a feasible run needs this value"))
-        reason_missing = ~f & frame["infeasible_reason"].isna().to_numpy()
-        for r in np.flatnonzero(reason_missing)[:MAX_ERRORS]:
-            errors.append((int(r) + 1, "infeasible_reason", "an infeasible run needs a reason (e.g. 'oom')"))
-        for power, method in (("avg_cpu_power_w", "cpu_power_method"), ("avg_gpu_power_w", "gpu_power_method")):
-            inconsistent = frame[power].isna().to_numpy() & (frame[method] != "unknown").to_numpy(dtype=bool, na_value=False)
-            for r in np.flatnonzero(inconsistent)[:MAX_ERRORS]:
-                errors.append((int(r) + 1, method, f"must be 'unknown' when {power} is empty"))
-        gpu_rows = (frame["device"] == "gpu").to_numpy(dtype=bool, na_value=False)
-        no_gpu = (frame["hw_gpu_gflops"].fillna(0) <= 0).to_numpy(dtype=bool)
-        for r in np.flatnonzero(gpu_rows & no_gpu & f)[:MAX_ERRORS]:
-            errors.append((int(r) + 1, "device", "a feasible GPU run on a target with hw_gpu_gflops = 0"))
-        over = (frame["cpu_cores"] > frame["hw_cpu_cores"]).to_numpy(dtype=bool, na_value=False)
-        for r in np.flatnonzero(over)[:MAX_ERRORS]:
-            errors.append((int(r) + 1, "cpu_cores", "more cores than the target has (hw_cpu_cores)"))
+    if feasible is not None and cross and not errors:
+        errors.extend(_cross_column_errors(frame, feasible))
     return errors[:MAX_ERRORS]
 
 
@@ -330,8 +427,8 @@ def validate(frame: pd.DataFrame, source: str = "trace") -> pd.DataFrame:
     typed = _coerce(raw, errors)
     if not errors:
         errors.extend(_row_errors(typed, raw))
-    else:
-        errors.extend(_row_errors(typed, raw)[: MAX_ERRORS - len(errors)])
+    else:  # a missing or untyped column: its rows' own errors, never the rules that read every column
+        errors.extend(_row_errors(typed, raw, cross=False)[: MAX_ERRORS - len(errors)])
     if errors:
         raise TraceValidationError(errors[:MAX_ERRORS], source)
     # flag noisy rows
@@ -341,6 +438,7 @@ def validate(frame: pd.DataFrame, source: str = "trace") -> pd.DataFrame:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -474,9 +572,7 @@ def pair_outcomes(frame: pd.DataFrame, thresholds: Thresholds | None = None) -> 
     th = thresholds or Thresholds()
     cpu = _reference_rows(frame, "cpu")
     gpu = _reference_rows(frame, "gpu")
-    job_cols = [c for c in COLUMN_NAMES if c in ("source", "model", "family", "mode", "batch_size", "flops_per_batch",
-                                                    "param_count", "input_elems_per_sample", "input_bytes_per_sample",
-                                                    "dataset_size") or c.startswith(_HW)]
+    job_cols = [c for c in COLUMN_NAMES if c == "source" or c in JOB_COLUMN_NAMES or c.startswith(_HW)]
     base = cpu[list(PAIR_KEYS) + job_cols].copy()
     no_gpu_target = base["hw_gpu_gflops"].astype("float64") <= 0
 

@@ -56,11 +56,10 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from placement.core.decision import GROW
 from placement.core.job import Job
 from placement.core.outcome import EnergyMethod
 from placement.core.record import Record
-
-PROBE_SCHEMA = "placement.probe/1"
 
 
 class ProbeRun(Record):
@@ -105,6 +104,8 @@ class ProbeRun(Record):
 
     @property
     def power_method(self) -> str:
+        """How the run's power was obtained: ``measured`` only when every part counted by eq. (2)
+        was, ``unknown`` when any part is, else ``modelled``."""
         methods = {str(self.cpu_power_method)} | ({str(self.gpu_power_method)} if self.device == "gpu" else set())
         if methods == {EnergyMethod.MEASURED.value}:
             return EnergyMethod.MEASURED.value
@@ -124,6 +125,7 @@ class ProbeResult(Record):
     budget_s: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False, description="The probe's time budget, s.")
 
     def run(self, device: str) -> ProbeRun | None:
+        """The run on ``device`` (``cpu``/``gpu``), or ``None`` when that device was not probed."""
         return next((r for r in self.runs if r.device == device), None)
 
 
@@ -345,7 +347,7 @@ def _probe_gpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, ba
     step: Any = None
     oom = False
     try:
-        with gpu_memory_cap("grow" if cap_mib is None else cap_mib, TorchCudaMemory(0)):
+        with gpu_memory_cap(GROW if cap_mib is None else cap_mib, TorchCudaMemory(0)):  # None: no cap
             model = build().to(dev)
             step = make_step(model, mode)
             x_host, y_host = example
@@ -412,7 +414,6 @@ def probe_factory(path: str, family: str, input_shape: list[int], input_dtype: s
                   seed: int = 0, **kwargs: Any) -> ProbeResult:
     """Probe ``package.module:Factory`` on a random batch of ``input_shape`` per sample (the job
     is described by FLOPs on ``meta`` and carries its signature)."""
-
     from placement.lab.signature import signature_of_factory
     from placement.lab.workloads import describe_spec, load_model_factory
 

@@ -109,17 +109,23 @@ def is_oom(exc: BaseException) -> bool:
 class GpuMemory(Protocol):
     """What a GPU memory cap needs from an allocator."""
 
-    def total_mib(self) -> int: ...
+    def total_mib(self) -> int:
+        """The device's total memory, MiB."""
 
-    def get_fraction(self) -> float: ...
+    def get_fraction(self) -> float:
+        """The share of total memory the process may allocate (1.0 = no cap)."""
 
-    def set_fraction(self, fraction: float) -> None: ...
+    def set_fraction(self, fraction: float) -> None:
+        """Cap the process's allocations at ``fraction`` (0 < fraction <= 1) of total memory."""
 
-    def empty_cache(self) -> None: ...
+    def empty_cache(self) -> None:
+        """Return cached, unused blocks to the device, so a new cap starts from live tensors only."""
 
-    def enter(self) -> None: ...
+    def enter(self) -> None:
+        """Start enforcing the cap (before the capped run)."""
 
-    def exit(self) -> None: ...
+    def exit(self) -> None:
+        """Stop enforcing the cap (after the capped run)."""
 
 
 class TorchCudaMemory:
@@ -133,9 +139,12 @@ class TorchCudaMemory:
         self._fraction = 1.0
 
     def total_mib(self) -> int:
+        """The CUDA device's total memory, MiB."""
         return int(_torch().cuda.get_device_properties(self.index).total_memory // 2**20)
 
     def get_fraction(self) -> float:
+        """The per-process memory fraction in force (torch's, where it can report it; else the last
+        one set)."""
         cuda = _torch().cuda
         getter = getattr(cuda, "get_per_process_memory_fraction", None)
         if getter is not None:
@@ -143,16 +152,20 @@ class TorchCudaMemory:
         return self._fraction
 
     def set_fraction(self, fraction: float) -> None:
+        """``torch.cuda.set_per_process_memory_fraction`` on this device."""
         _torch().cuda.set_per_process_memory_fraction(fraction, self.index)
         self._fraction = fraction
 
     def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache``: free the caching allocator's unused blocks."""
         _torch().cuda.empty_cache()
 
     def enter(self) -> None:
+        """Nothing to do: the CUDA allocator enforces the fraction itself."""
         return None
 
     def exit(self) -> None:
+        """Nothing to do: the CUDA allocator enforces the fraction itself."""
         return None
 
 
@@ -176,21 +189,26 @@ class FakeGpuMemory:
         self._seen: set[int] = set()
 
     def total_mib(self) -> int:
+        """The fake device's memory, MiB."""
         return self._total
 
     def get_fraction(self) -> float:
+        """The fraction set (1.0 until one is)."""
         return self._fraction
 
     def set_fraction(self, fraction: float) -> None:
+        """Set the cap's fraction of :meth:`total_mib`; ``ValueError`` outside (0, 1]."""
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         self._fraction = fraction
 
     def empty_cache(self) -> None:
+        """Nothing to do: the fake allocator caches nothing."""
         return None
 
     @property
     def limit_bytes(self) -> int:
+        """The cap in bytes: ``total_mib x fraction``."""
         return int(self._total * 2**20 * self._fraction)
 
     def _track(self, out: Any) -> None:
@@ -220,6 +238,7 @@ class FakeGpuMemory:
             self.live_bytes -= nbytes
 
     def enter(self) -> None:
+        """Start counting every tensor torch creates (a dispatch mode) against :attr:`limit_bytes`."""
         from torch.utils._python_dispatch import TorchDispatchMode
 
         fake = self
@@ -234,6 +253,7 @@ class FakeGpuMemory:
         self._mode.__enter__()
 
     def exit(self) -> None:
+        """Stop counting (leave the dispatch mode); a no-op when not entered."""
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self._mode = None

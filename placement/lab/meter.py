@@ -80,10 +80,12 @@ class EnergyReading:
             raise ValueError("EnergyReading: a reading without energy must have method 'unknown'")
 
     def to_dict(self) -> dict[str, Any]:
+        """The reading as a plain dict (as journals store it)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EnergyReading:
+        """A reading from :meth:`to_dict` output (unknown keys ignored)."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -102,6 +104,7 @@ class EnergyMeter(ABC):
         self._open_at: float | None = None
 
     def begin_window(self) -> None:
+        """Open a measurement window; :class:`MeterError` when one is already open."""
         if self._open_at is not None:
             raise MeterError(f"{type(self).__name__}: a window is already open (call end_window first)")
         self._begin()
@@ -113,6 +116,7 @@ class EnergyMeter(ABC):
         return elapsed_s >= self.min_window_s
 
     def end_window(self) -> EnergyReading:
+        """Close the open window and return its energy reading; :class:`MeterError` when none is open."""
         if self._open_at is None:
             raise MeterError(f"{type(self).__name__}: no window is open (call begin_window first)")
         try:
@@ -189,6 +193,7 @@ class ReplayMeter(EnergyMeter):
 
     @property
     def remaining(self) -> int:
+        """Readings not replayed yet."""
         return len(self._readings) - self._next
 
     def _begin(self) -> None:
@@ -268,6 +273,9 @@ class ModelledCpuMeter(EnergyMeter):
 
 @dataclass(frozen=True)
 class RaplDomain:
+    """A RAPL package domain: its name, cumulative energy counter file (µJ) and the counter's
+    wrap-around range (µJ)."""
+
     name: str
     energy_file: Path
     max_range_uj: int
@@ -450,6 +458,9 @@ class NvmlMeter(EnergyMeter):
             self._open_at = time.perf_counter()
 
     def window_can_end(self, elapsed_s: float) -> bool:
+        """Whether the window may close: with the energy counter, once ``min_window_s`` has passed
+        and the counter has updated since (the window then ends at that update); without it (power
+        sampling), once ``min_window_s`` has passed."""
         if not self.has_counter:
             return elapsed_s >= self.min_window_s
         if self._pending is not None:
@@ -482,6 +493,7 @@ class NvmlMeter(EnergyMeter):
                              detail=f"counter window aligned to updates, {duration:.3f} s")
 
     def close(self) -> None:
+        """Stop the power sampler if one is running."""
         if self._sampler is not None:
             self._sampler.stop()
             self._sampler = None
@@ -492,12 +504,16 @@ class NvmlMeter(EnergyMeter):
 
 @dataclass(frozen=True)
 class Ina3221Rail:
+    """A power rail of an INA3221 monitor (Jetson boards): a power file in mW (iio layout), or
+    voltage (mV) and current (mA) files (hwmon layout)."""
+
     name: str
     power_file: Path | None = None  # iio: mW
     volt_file: Path | None = None  # hwmon: mV
     curr_file: Path | None = None  # hwmon: mA
 
     def read_w(self) -> float:
+        """The rail's power now, W (from mW, or mV x mA)."""
         if self.power_file is not None:
             return int(self.power_file.read_text()) / 1000.0
         assert self.volt_file is not None and self.curr_file is not None
@@ -561,6 +577,7 @@ class Ina3221Meter(EnergyMeter):
         self._sampler: _Sampler | None = None
 
     def read_w(self) -> float:
+        """The summed power of every rail now, W; :class:`MeterError` when a rail cannot be read."""
         try:
             return sum(r.read_w() for r in self.rails)
         except (OSError, ValueError) as exc:
@@ -616,18 +633,23 @@ class MeterSet:
 
     @property
     def min_window_s(self) -> float:
+        """The longest of the meters' shortest good windows, s."""
         return max((m.min_window_s for m in self.meters), default=0.0)
 
     def begin_window(self) -> None:
+        """Open a window on every meter, in order."""
         for m in self.meters:
             m.begin_window()
 
     def window_can_end(self, elapsed_s: float) -> bool:
+        """Whether every meter's window may close."""
         return all(m.window_can_end(elapsed_s) for m in self.meters)
 
     def end_window(self) -> dict[str, EnergyReading]:
+        """Close every meter's window (last opened first) and return the readings by domain."""
         return {m.domain: m.end_window() for m in reversed(self.meters)}
 
     def close(self) -> None:
+        """Close every meter."""
         for m in self.meters:
             m.close()

@@ -61,9 +61,12 @@ class Bench:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The input's torch dtype (``float32`` or ``int64``)."""
         return {"float32": torch.float32, "int64": torch.int64}[self.input_dtype]
 
     def make_input(self, device: str | torch.device = "cpu", seed: int = 0) -> torch.Tensor:
+        """A seeded random input of ``input_shape`` on ``device``: token ids below ``vocab`` when
+        the bench takes tokens, else standard normal floats."""
         gen = torch.Generator().manual_seed(seed)
         if self.vocab:
             x = torch.randint(0, self.vocab, self.input_shape, generator=gen)
@@ -172,10 +175,10 @@ def _benches() -> tuple[Bench, ...]:
 
 
 BENCHES: tuple[Bench, ...] = _benches()
-BENCH_KINDS: tuple[str, ...] = tuple(dict.fromkeys(b.kind for b in BENCHES))
 
 
 def get_bench(name: str) -> Bench:
+    """The micro-benchmark named ``name``; ``KeyError`` naming the known ones otherwise."""
     for bench in BENCHES:
         if bench.name == name:
             return bench
@@ -193,6 +196,7 @@ class RunSpec:
 
     @property
     def key(self) -> str:
+        """The run's journal key: ``bench|mode|device|t<threads>``."""
         return f"{self.bench}|{self.mode}|{self.device}|t{self.threads}"
 
 
@@ -320,6 +324,8 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (``python -m placement.lab.microbench``): run the micro-benchmark plan on this
+    host (CPU thread counts, and the GPU when there is one) into ``--out``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m placement.lab.microbench", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", default=",".join(map(str, CPU_THREADS)))

@@ -26,6 +26,9 @@ _FLOPS_PER_SM_CLOCK = {7: 128, 8: 256, 9: 256, 10: 256, 12: 256}
 
 @dataclass(frozen=True)
 class GpuInfo:
+    """The local GPU as the catalogue describes a target's: name, memory (GiB), TDP (W), peak
+    GFLOP/s and memory bandwidth (GB/s)."""
+
     name: str
     mem_gib: float
     tdp_w: float

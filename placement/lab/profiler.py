@@ -44,14 +44,21 @@ from typing import Any
 
 import pandas as pd
 
+from placement.core.decision import GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.outcome import EnergyMethod
 from placement.core.threshold import Thresholds
-from placement.core.trace import CV_LIMIT, TraceMeta, file_sha256, target_columns, write_trace
+from placement.core.trace import (
+    CV_LIMIT,
+    TraceMeta,
+    cap_from_column,
+    file_sha256,
+    target_columns,
+    write_trace,
+)
 from placement.core.version import code_version
 
 JOURNAL_SCHEMA = 1
-GROW_KEY = "grow"
 
 
 class ProfileError(RuntimeError):
@@ -63,7 +70,8 @@ class ProfileError(RuntimeError):
 
 @dataclass(frozen=True)
 class RowSpec:
-    """One measurement. ``gpu_mem_cap_mib=None`` on a GPU row means ``"grow"`` (no cap)."""
+    """One measurement. ``gpu_mem_cap_mib`` is the trace column's cell (None on a GPU row: no cap,
+    GROW); :attr:`gpu_mem_cap` the cap itself."""
 
     workload: str
     mode: str
@@ -84,23 +92,33 @@ class RowSpec:
 
     @property
     def job_id(self) -> str:
+        """The job's id: ``<workload>-<mode>-b<batch size>``."""
         return f"{self.workload}-{self.mode}-b{self.batch_size}"
 
     @property
+    def gpu_mem_cap(self) -> GpuMemCap:
+        """The GPU memory cap the row runs under (MiB, or GROW)."""
+        return cap_from_column(self.gpu_mem_cap_mib)
+
+    @property
     def cap_label(self) -> str:
+        """The cap in the row's journal key: ``-`` on the CPU, MiB or ``grow`` on the GPU."""
         if self.device == "cpu":
             return "-"
-        return GROW_KEY if self.gpu_mem_cap_mib is None else str(self.gpu_mem_cap_mib)
+        return str(self.gpu_mem_cap)
 
     @property
     def key(self) -> str:
+        """The row's journal key: ``job_id|device|c<cores>|<cap label>``."""
         return f"{self.job_id}|{self.device}|c{self.cpu_cores}|{self.cap_label}"
 
     @property
     def group(self) -> tuple[str, str]:
+        """The row's run group, (workload, device): the rows of one group run in one worker process."""
         return (self.workload, self.device)
 
     def to_dict(self) -> dict[str, Any]:
+        """The row's fields as a plain dict."""
         return dataclasses.asdict(self)
 
 
@@ -257,6 +275,7 @@ class ProfileSettings:
     """``auto`` (RAPL, else INA3221, else modelled), ``modelled``, ``null`` or ``replay:<path>``."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (journal header)."""
         return dataclasses.asdict(self)
 
 
@@ -427,7 +446,7 @@ class _Worker:
         w = get_workload(spec.workload)
         x_host, y_host = self._seeded_batch(spec)
         meters = MeterSet([self._gpu_meter, self._cpu()])
-        cap: int | str = GROW_KEY if spec.gpu_mem_cap_mib is None else spec.gpu_mem_cap_mib
+        cap = spec.gpu_mem_cap
         out: dict[str, Any] = {"cores_applied": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1}
         model: Any = None
         step: Any = None
@@ -435,7 +454,7 @@ class _Worker:
         if on_cuda:
             torch.cuda.reset_peak_memory_stats()
         try:
-            with gpu_memory_cap(cap, self._memory) as fraction:  # type: ignore[arg-type]
+            with gpu_memory_cap(cap, self._memory) as fraction:
                 out["cap_fraction"] = fraction
                 model = w.build().to(dev)
                 step = make_step(model, spec.mode)
@@ -578,6 +597,7 @@ def machine_fingerprint(target: HardwareTarget) -> dict[str, Any]:
 
 
 def journal_path(trace_path: Path) -> Path:
+    """The journal file of a sweep writing ``trace_path``: the trace's path plus ``.journal.jsonl``."""
     return Path(str(trace_path) + ".journal.jsonl")
 
 
@@ -591,6 +611,9 @@ class Journal:
 
     @classmethod
     def open(cls, path: Path, header: dict[str, Any], resume: bool) -> Journal:
+        """The journal at ``path``: with ``resume`` and an existing file, its finished rows (refused
+        when it was recorded on another machine, by ``header["fingerprint"]``); otherwise a new file
+        holding ``header``."""
         path = Path(path)
         if path.exists() and resume:
             lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -613,6 +636,7 @@ class Journal:
         return cls(path, header)
 
     def append(self, record: dict[str, Any]) -> None:
+        """Append a finished row and flush it to disk (fsync), so an interrupted sweep resumes after it."""
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
@@ -715,6 +739,10 @@ def _environment() -> dict[str, Any]:
 
 @dataclass
 class ProfileSummary:
+    """The outcome of a sweep: where the trace and journal were written, rows planned, done
+    (including earlier runs' journal rows) and new in this run, whether it stopped before finishing
+    (deadline or failures), and the failures' messages."""
+
     trace_path: Path
     journal_path: Path
     rows_planned: int
@@ -901,6 +929,9 @@ def resolve_target(target_id: str = "auto") -> HardwareTarget:
 
 
 def plan_by_name(name: str, host_cores: int, gpu: bool, workloads: Iterable[str] | None = None) -> list[RowSpec]:
+    """The rows of sweep plan ``name`` (:data:`PLANS`) for a host with ``host_cores`` cores (GPU
+    rows only when ``gpu``), restricted to ``workloads`` when given; ``ProfileError`` on an unknown
+    plan or workload."""
     if name not in PLANS:
         raise ProfileError(f"unknown plan '{name}'; known: {', '.join(PLANS)}")
     rows = PLANS[name](host_cores, gpu)

@@ -50,14 +50,17 @@ class TimingStats:
 
     @property
     def repeats(self) -> int:
+        """Number of timed repeats (before trimming)."""
         return len(self.repeat_times_s)
 
     @property
     def steps_kept(self) -> int:
+        """Steps covered by the kept repeats."""
         return self.kept * self.steps_per_repeat
 
     @property
     def time_total_s(self) -> float:
+        """Wall time of the kept repeats, s: trimmed mean per step x steps kept."""
         return self.trimmed_mean_s * self.steps_kept
 
 

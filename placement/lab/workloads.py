@@ -74,15 +74,13 @@ class Dataset:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        """The sample's torch dtype."""
         return _DTYPES[self.dtype]
 
     @property
     def elems_per_sample(self) -> int:
+        """Elements in one sample (product of ``sample_shape``)."""
         return math.prod(self.sample_shape)
-
-    @property
-    def bytes_per_sample(self) -> int:
-        return self.elems_per_sample * torch.empty((), dtype=self.torch_dtype).element_size()
 
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -123,6 +121,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of inputs ``x`` ``(B, ...)``, flattened per sample."""
         return self.net(x)
 
 
@@ -158,6 +157,7 @@ class AlexNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``."""
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
@@ -186,10 +186,15 @@ class MobileNetV1(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``: features, global average
+        pool, linear head."""
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
 class BasicBlock(nn.Module):
+    """ResNet's basic residual block: two 3x3 conv + batch-norm layers, with a 1x1 projection on the
+    shortcut when the shape changes."""
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -201,6 +206,7 @@ class BasicBlock(nn.Module):
             self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``; ``(B, cout, H/stride, W/stride)``."""
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return torch.relu(out + self.down(x))
@@ -224,6 +230,8 @@ class ResNet18(nn.Module):
         self.head = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``: stem, four residual
+        stages, global average pool, linear head."""
         x = self.layers(self.stem(x))
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
@@ -239,6 +247,8 @@ class RecurrentClassifier(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of token ids ``tokens`` ``(B, T)``, from the recurrent
+        layer's last time step."""
         out, _ = self.rnn(self.embed(tokens))
         return self.head(out[:, -1])
 
@@ -256,6 +266,8 @@ class TransformerClassifier(nn.Module):
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of token ids ``tokens`` ``(B, T)``: embeddings plus
+        positions, encoder, mean over tokens, linear head."""
         x = self.encoder(self.embed(tokens) + self.pos[:, : tokens.shape[1]])
         return self.head(x.mean(dim=1))
 
@@ -275,6 +287,7 @@ class LeNet5(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``."""
         return self.classifier(self.features(x))
 
 
@@ -298,6 +311,8 @@ class VGG11(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``: conv stages, global
+        average pool, classifier."""
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
         return self.head(torch.flatten(x, 1))
 
@@ -313,6 +328,8 @@ class TextCNN(nn.Module):
         self.head = nn.Linear(filters * len(widths), num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of token ids ``tokens`` ``(B, T)``: max-over-time of each
+        convolution width, concatenated, linear head."""
         x = self.embed(tokens).transpose(1, 2)
         pooled = [torch.relu(conv(x)).amax(dim=2) for conv in self.convs]
         return self.head(torch.cat(pooled, dim=1))
@@ -327,6 +344,8 @@ class FastText(nn.Module):
         self.head = nn.Linear(embed, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of token ids ``tokens`` ``(B, T)``: mean of the token
+        embeddings, linear head."""
         return self.head(self.embed(tokens).mean(dim=1))
 
 
@@ -344,6 +363,7 @@ class ConvNeXtBlock(nn.Module):
         self.pw2 = nn.Linear(4 * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + pw2(gelu(pw1(norm(dw(x)))))`` on feature maps ``(B, C, H, W)``, same shape."""
         y = self.dw(x).permute(0, 2, 3, 1)
         y = self.pw2(nn.functional.gelu(self.pw1(self.norm(y))))
         return x + y.permute(0, 3, 1, 2)
@@ -366,6 +386,8 @@ class ConvNeXtTiny(nn.Module):
         self.head = nn.Linear(dims[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``: stages, global average
+        pool, LayerNorm, linear head."""
         return self.head(self.norm(self.features(x).mean(dim=(2, 3))))
 
 
@@ -389,6 +411,8 @@ class UNetSmall(nn.Module):
         self.head = nn.Linear(w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``: encoder, bottleneck,
+        decoder with skip connections, pooled into the head."""
         e1 = self.enc1(x)
         e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
         m = self.mid(nn.functional.max_pool2d(e2, 2))
@@ -414,12 +438,17 @@ class ViTTiny(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``: patch embeddings with a
+        class token and positions, encoder, the class token's head."""
         t = self.patch(x).flatten(2).transpose(1, 2)
         t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
         return self.head(self.norm(self.encoder(t)[:, 0]))
 
 
 class MixerBlock(nn.Module):
+    """An MLP-Mixer block: a token-mixing MLP across patches, then a channel-mixing MLP, each
+    pre-norm and residual."""
+
     def __init__(self, tokens: int, dim: int, token_mlp: int, channel_mlp: int) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
@@ -427,6 +456,8 @@ class MixerBlock(nn.Module):
         self.channel = nn.Sequential(nn.Linear(dim, channel_mlp), nn.GELU(), nn.Linear(channel_mlp, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Token mixing then channel mixing (each ``x + mlp(norm(x))``) on patch tokens
+        ``(B, tokens, dim)``, same shape."""
         x = x + self.token(self.norm1(x).transpose(1, 2)).transpose(1, 2)
         return x + self.channel(self.norm2(x))
 
@@ -445,6 +476,8 @@ class MLPMixer(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of images ``x`` ``(B, C, H, W)``: patch tokens, Mixer
+        blocks, LayerNorm, mean over tokens, linear head."""
         t = self.blocks(self.patch(x).flatten(2).transpose(1, 2))
         return self.head(self.norm(t).mean(dim=1))
 
@@ -461,6 +494,8 @@ class DenseAutoencoder(nn.Module):
         self.probe = nn.Linear(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of the linear probe on the reconstruction of ``x``
+        ``(B, ...)`` (flattened)."""
         return self.probe(self.decoder(self.encoder(x)))
 
 
@@ -479,6 +514,8 @@ class GPTTiny(nn.Module):
         self.head = nn.Linear(dim, vocab_size, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of token ids ``tokens`` ``(B, T)`` from the last position:
+        embeddings plus positions, causal blocks, LayerNorm, head."""
         x = self.embed(tokens) + self.pos[:, : tokens.shape[1]]
         for block in self.blocks:
             x = block(x)
@@ -486,6 +523,9 @@ class GPTTiny(nn.Module):
 
 
 class GPTBlock(nn.Module):
+    """A pre-norm GPT decoder block: causal multi-head self-attention, then a 4x-wide GELU MLP, each
+    residual."""
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
@@ -495,6 +535,8 @@ class GPTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + attn(norm1(x))``, then ``+ mlp(norm2(x))``, on ``(B, T, dim)``, same shape;
+        attention is causal."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         att = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -520,6 +562,8 @@ class DLRMSmall(nn.Module):
         self.register_buffer("pair_index", iu[0] * fields + iu[1], persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of categorical ids ``(B, fields)`` (per field, offset into
+        one shared table): the embeddings and their pairwise dot products through the top MLP."""
         offsets: torch.Tensor = self.offsets  # type: ignore[assignment]
         pair_index: torch.Tensor = self.pair_index  # type: ignore[assignment]
         e = self.table(ids + offsets)  # (B, F, D)
@@ -540,6 +584,8 @@ class TCN(nn.Module):
         self.head = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of raw audio ``(B, channels, samples)``: stem, gated
+        dilated causal residual blocks, mean over time."""
         h = self.stem(x)
         for conv, out in zip(self.filters, self.outs, strict=True):
             pad = int(conv.dilation[0]) * 2  # type: ignore[index]
@@ -564,6 +610,8 @@ class AudioCNN(nn.Module):
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of raw audio ``(B, channels, samples)``: conv stages, mean
+        over time."""
         return self.head(self.features(x).mean(dim=2))
 
 
@@ -587,6 +635,8 @@ class GraphConvNet(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, classes)`` of node features ``(B, nodes, in_features)`` on the fixed
+        graph: message-passing layers, mean over nodes."""
         h = x
         src: torch.Tensor = self.src  # type: ignore[assignment]
         dst: torch.Tensor = self.dst  # type: ignore[assignment]

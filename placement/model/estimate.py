@@ -96,10 +96,12 @@ class Estimate:
 
     @property
     def n(self) -> int:
+        """Number of rows."""
         return int(self.cpu_time_per_sample_s.shape[0])
 
     @property
     def has_gpu(self) -> BoolArray:
+        """Rows whose target has a GPU."""
         return np.asarray(self.gpu_mem_mib > 0, dtype=bool)
 
     @property
@@ -109,10 +111,12 @@ class Estimate:
 
     @property
     def cpu_energy_per_sample_j(self) -> FloatArray:
+        """CPU energy per sample on a CPU run, J."""
         return self.cpu_time_per_sample_s * self.cpu_power_w
 
     @property
     def gpu_energy_per_sample_j(self) -> FloatArray:
+        """Energy per sample on a GPU run by eq. (2) (GPU plus host CPU power), J."""
         return self.gpu_time_per_sample_s * (self.gpu_power_w + self.gpu_host_cpu_power_w)
 
     @property
@@ -131,10 +135,12 @@ class Estimate:
 
     @property
     def speedup_sigma(self) -> FloatArray:
+        """Log-scale sd of the speedup: the two devices' time sds in quadrature."""
         return np.hypot(self.cpu_time_sigma, self.gpu_time_sigma)
 
     @property
     def energy_ratio_sigma(self) -> FloatArray:
+        """Log-scale sd of the energy ratio: the two devices' energy sds in quadrature."""
         return np.hypot(self.cpu_energy_sigma, self.gpu_energy_sigma)
 
     @property
@@ -151,10 +157,6 @@ class Estimate:
         return [c if c == g else f"cpu:{c}+gpu:{g}" for c, g in zip(self.cpu_source.tolist(), self.gpu_source.tolist(),
                                                                   strict=True)]
 
-    def take(self, idx: npt.ArrayLike) -> Estimate:
-        i = np.asarray(idx)
-        return Estimate(**{f: getattr(self, f)[i] for f in self.__dataclass_fields__})
-
 
 @dataclass(frozen=True)
 class Margins:
@@ -170,7 +172,7 @@ class Margins:
 
     @property
     def joint(self) -> FloatArray:
-        """min of the two: the GPU passes the joint threshold iff this is positive."""
+        """The smaller of the two margins: the GPU passes the joint threshold iff this is positive."""
         return np.minimum(self.speedup, self.energy)
 
     def straddles(self, z: float) -> BoolArray:

@@ -24,12 +24,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from placement.core.hardware import HardwareTarget
 from placement.core.job import FAMILIES, Job
+from placement.core.trace import job_columns, target_columns
 
 FEATURE_SCHEMA_VERSION = 2
 _EPS = 1e-12
@@ -92,6 +94,12 @@ TARGET_COLUMNS = (
     "hw_unified_memory",
 )
 FEATURE_INPUT_COLUMNS = JOB_COLUMNS + TARGET_COLUMNS + ("cpu_cores",)
+MODEL_INPUT_COLUMNS = FEATURE_INPUT_COLUMNS + (
+    "hw_cpu_mem_bw_gbs", "hw_gpu_mem_bw_gbs", "hw_cpu_idle_w", "hw_gpu_idle_w", "model",
+)
+"""What the performance model reads (:meth:`placement.model.perfmodel.PerformanceModel.predict_columns`):
+the feature inputs, the optional hardware figures (``perfmodel.OPTIONAL_HW_COLUMNS``) and the model
+name. Every (job, target) -> columns conversion goes through :func:`pair_columns`."""
 ESTIMATE_COLUMNS = ("est_margin_speedup", "est_margin_energy", "est_margin_sigma", "est_gpu_feasible")
 THRESHOLD_COLUMNS = ("threshold_speedup_min", "threshold_energy_ratio_max")
 
@@ -198,37 +206,19 @@ def feature_matrix(columns: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float
     return out
 
 
-def job_target_columns(job: Job, target: HardwareTarget, cpu_cores: int | None = None) -> dict[str, list]:
-    """The named columns of one (job, target) pair, as :func:`feature_matrix` takes them."""
-    return {
-        "family": [job.family],
-        "mode": [job.mode],
-        "batch_size": [job.batch_size],
-        "flops_per_batch": [job.flops_per_batch],
-        "param_count": [job.param_count],
-        "input_elems_per_sample": [job.input_elems_per_sample],
-        "input_bytes_per_sample": [job.input_bytes_per_sample],
-        "hw_cpu_cores": [target.cpu_cores],
-        "hw_cpu_gflops": [target.cpu_gflops],
-        "hw_cpu_tdp_w": [target.cpu_tdp_w],
-        "hw_ram_gib": [target.ram_gib],
-        "hw_gpu_gflops": [target.gpu_gflops],
-        "hw_gpu_mem_gib": [target.gpu_mem_gib],
-        "hw_gpu_tdp_w": [target.gpu_tdp_w],
-        "hw_host_link_gbs": [target.host_link_gbs],
-        "hw_kind": [target.kind],
-        "hw_unified_memory": [target.unified_memory],
-        "cpu_cores": [target.cpu_cores if cpu_cores is None else cpu_cores],
-    }
+def pair_columns(job: Job, target: HardwareTarget, names: tuple[str, ...] = MODEL_INPUT_COLUMNS,
+                 cpu_cores: int | None = None) -> dict[str, list[Any]]:
+    """The columns ``names`` of one (job, target) pair, one-element lists: the trace's job and
+    target columns (:func:`placement.core.trace.job_columns`, :func:`~placement.core.trace.target_columns`)
+    and ``cpu_cores`` (the target's cores unless given)."""
+    row = {**job_columns(job), **target_columns(target), "cpu_cores": target.cpu_cores if cpu_cores is None else cpu_cores}
+    return {name: [row[name]] for name in names}
 
 
 def build_features(job: Job, target: HardwareTarget, cpu_cores: int | None = None) -> npt.NDArray[np.float32]:
     """The feature vector of one job on one target, shape ``(N_FEATURES,)`` (estimate: the
-    performance model's at the default thresholds)."""
-    cols = job_target_columns(job, target, cpu_cores)
-    cols.update({"hw_cpu_mem_bw_gbs": [target.cpu_mem_bw_gbs], "hw_gpu_mem_bw_gbs": [target.gpu_mem_bw_gbs],
-                 "hw_cpu_idle_w": [target.cpu_idle_w], "hw_gpu_idle_w": [target.gpu_idle_w], "model": [job.name]})
-    return feature_matrix(cols)[0]
+    performance model's at the default thresholds, on :data:`MODEL_INPUT_COLUMNS`)."""
+    return feature_matrix(pair_columns(job, target, MODEL_INPUT_COLUMNS, cpu_cores))[0]
 
 
 @dataclass(frozen=True)
@@ -241,6 +231,8 @@ class Normaliser:
 
     @classmethod
     def fit(cls, x: npt.ArrayLike) -> Normaliser:
+        """Per-feature mean and standard deviation of raw features ``x`` ``(n, N_FEATURES)`` (a
+        constant feature gets scale 1)."""
         arr = np.asarray(x, dtype=np.float64)
         if arr.ndim != 2 or arr.shape[1] != N_FEATURES or arr.shape[0] == 0:
             raise ValueError(f"Normaliser.fit needs shape (n>0, {N_FEATURES}), got {arr.shape}")
@@ -249,9 +241,11 @@ class Normaliser:
         return cls(arr.mean(axis=0).astype(np.float32), scale.astype(np.float32))
 
     def transform(self, x: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """``(x - mean) / scale``, float32, same shape."""
         return ((np.asarray(x, dtype=np.float32) - self.mean) / self.scale).astype(np.float32)
 
     def to_dict(self) -> dict:
+        """Mean and scale as lists, with the feature schema version and names they belong to."""
         return {
             "feature_schema_version": FEATURE_SCHEMA_VERSION,
             "feature_names": list(self.feature_names),
@@ -261,6 +255,8 @@ class Normaliser:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Normaliser:
+        """The normaliser from :meth:`to_dict` output; ``ValueError`` when it was saved for another
+        feature schema."""
         names = tuple(data.get("feature_names", ()))
         if data.get("feature_schema_version") != FEATURE_SCHEMA_VERSION or names != FEATURE_NAMES:
             raise ValueError(
@@ -275,8 +271,10 @@ class Normaliser:
         return cls(mean, scale, names)
 
     def save(self, path: Path) -> None:
+        """Write :meth:`to_dict` to ``path`` as JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: Path) -> Normaliser:
+        """Read a normaliser saved by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text()))

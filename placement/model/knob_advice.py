@@ -22,11 +22,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-from placement.core.decision import GROW
+from placement.core.decision import GROW, GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
 
@@ -42,7 +41,8 @@ class KnobAdvice:
     """Advised knobs and what they rest on (``basis``; ``peak_mib``: the estimated peak)."""
 
     cpu_cores: int
-    gpu_mem_cap_mib: int | Literal["grow"]
+    gpu_mem_cap_mib: GpuMemCap
+    """The advised cap: MiB, or GROW (on the CPU, without a GPU, or when no explicit cap fits)."""
     peak_mib: float
     basis: str
 
@@ -93,7 +93,7 @@ def advise_knobs(job: Job, target: HardwareTarget, device: str, model: object | 
     op_peak = operator_peak_mib(job)
     if op_peak is not None:
         peak = max(peak, op_peak)
-    cap: int | Literal["grow"] = GROW
+    cap: GpuMemCap = GROW
     if dev == "gpu":
         want = max(CAP_STEP_MIB, math.ceil(peak * (1.0 + margin) / CAP_STEP_MIB) * CAP_STEP_MIB)
         if want <= target.gpu_mem_mib:

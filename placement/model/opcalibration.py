@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 
 from placement.core.catalogue import get_target
+from placement.core.decision import GROW
 from placement.core.job import Job
+from placement.core.trace import row_job
 from placement.model.opmodel import OperatorModel, bundled_operator_model
 
 REFERENCE_TRACES = ("data/traces/h200_measured.parquet", "data/traces/h200_pairs_measured.parquet",
@@ -34,13 +36,7 @@ HELD_OUT_HOST = "data/traces/h100_pairs_measured.parquet"
 def _job(row: pd.Series) -> Job:
     from placement.model.operators import zoo_operators
 
-    return Job.model_validate({
-        "name": str(row["model"]), "family": str(row["family"]), "mode": str(row["mode"]),
-        "batch_size": int(row["batch_size"]), "flops_per_batch": float(row["flops_per_batch"]),
-        "param_count": int(row["param_count"]), "input_elems_per_sample": int(row["input_elems_per_sample"]),
-        "input_bytes_per_sample": int(row["input_bytes_per_sample"]),
-        "operators": zoo_operators(str(row["model"]), str(row["mode"]), int(row["batch_size"])),
-    })
+    return row_job(row, operators=zoo_operators(str(row["model"]), str(row["mode"]), int(row["batch_size"])))
 
 
 def predictions(paths: Sequence[str | Path], model: OperatorModel | None = None) -> pd.DataFrame:
@@ -102,6 +98,9 @@ def _med(x: pd.Series) -> float:
 
 
 def report(df: pd.DataFrame, host: pd.DataFrame | None) -> str:
+    """The markdown section on the operator-level model: per-architecture median time error of the
+    zero-shot, leave-one-architecture-out and aggregate models on ``df``, and on the held-out host's
+    rows ``host`` when given."""
     lines = ["## Operator-level model (issue 14)", "",
              "Reproduce: `python -m placement.model.opcalibration --fit --report results/opmodel.md` (`make calibration`).", "",
              "Fitted from `data/traces/h200_microbench.json` alone (`placement.model.opmodel.fit`); every architecture below "
@@ -148,6 +147,9 @@ def write_section(path: Path, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (``python -m placement.model.opcalibration``): optionally refit the operator
+    model from the micro-benchmarks, score it on the reference traces (CSV to ``--out``), and write
+    the report section to ``--report``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m placement.model.opcalibration", description=__doc__.split("\n")[0])
     parser.add_argument("--fit", action="store_true", help="refit placement/data/op_params.json from the micro-benchmarks first")
     parser.add_argument("--microbench", default="data/traces/h200_microbench.json")
@@ -214,7 +216,7 @@ def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = ()) -> di
             continue
         advice = advise_knobs(_job(row.iloc[0]), target, "gpu")
         checked += 1
-        if advice.gpu_mem_cap_mib != "grow" and float(advice.gpu_mem_cap_mib) < peak:
+        if advice.gpu_mem_cap_mib != GROW and float(advice.gpu_mem_cap_mib) < peak:
             below += 1
     arr = np.array(slow) if slow else np.array([np.nan])
     return {"jobs": float(len(slow)), "median_slowdown": float(np.median(arr)), "p90_slowdown": float(np.quantile(arr, 0.9)),

@@ -39,8 +39,6 @@ from torch.utils._pytree import tree_flatten
 
 from placement.core.operator_summary import OperatorBin, OperatorSummary, size_bin
 
-PHASES: tuple[str, ...] = ("forward", "backward", "optimizer")
-
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_addmm_activation"}
 _CONV = {"convolution", "convolution_backward", "_convolution", "cudnn_convolution", "conv1d", "conv2d", "conv3d"}
 _GATHER = {"embedding", "embedding_dense_backward", "index_select", "index_add", "index_add_", "gather", "scatter",
@@ -87,6 +85,7 @@ class Operator:
 
     @property
     def bytes_total(self) -> float:
+        """Bytes read plus bytes written."""
         return self.bytes_read + self.bytes_written
 
 
@@ -233,22 +232,9 @@ class _Attention(torch.overrides.TorchFunctionMode):
         return out
 
 
-def record_operators(build: Callable[[], nn.Module], sample_shape: Sequence[int], dtype: torch.dtype | str,
-                     batch_size: int, mode: str) -> list[Operator]:
-    """Every kernel-level operator of one step of the model on ``batch_size`` samples (``meta``)."""
-    from placement.lab.workloads import _DTYPES, OPTIMIZER_FLOPS_PER_PARAM, make_step
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if mode not in ("infer", "train"):
-        raise ValueError(f"mode must be infer or train, got {mode!r}")
-    tdtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-    with torch.device("meta"):
-        model = build()
-    x = torch.empty((batch_size, *sample_shape), dtype=tdtype, device="meta")
-    y = torch.empty(batch_size, dtype=torch.int64, device="meta")
-    rec = _Recorder()
-    handles: list[Any] = []
+def _recurrent_hooks(model: nn.Module, rec: _Recorder) -> list[Any]:
+    """Hooks on ``model``'s recurrent modules that mark their forward operators (and the
+    autograd nodes between their inputs and outputs) as kind ``recurrent``; the handles."""
 
     def pre(module: nn.Module, inputs: Any) -> None:
         if isinstance(module, _RECURRENT_MODULES):
@@ -261,23 +247,63 @@ def record_operators(build: Callable[[], nn.Module], sample_shape: Sequence[int]
                 for nr in _autograd_region(output, inputs):
                     rec.backward_regions[nr] = "recurrent"
 
+    handles: list[Any] = []
     for m in model.modules():
         if isinstance(m, _RECURRENT_MODULES):
             handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    return handles
+
+
+def _optimizer_hooks(optimizer: torch.optim.Optimizer, rec: _Recorder) -> list[Any]:
+    """Hooks that put ``rec`` in phase ``optimizer`` for the duration of each optimizer step;
+    the handles."""
+
+    def opt_pre(opt: Any, a: Any, k: Any) -> None:
+        rec.phase = "optimizer"
+
+    def opt_post(opt: Any, a: Any, k: Any) -> None:
+        rec.phase = "forward"
+
+    return [optimizer.register_step_pre_hook(opt_pre), optimizer.register_step_post_hook(opt_post)]
+
+
+def _spread_optimizer_flops(ops: list[Operator], n_params: int) -> None:
+    """Book ``OPTIMIZER_FLOPS_PER_PARAM`` FLOPs per parameter on the optimizer rows of ``ops``
+    (in place), in proportion to the bytes each writes (evenly when none writes any)."""
+    from placement.lab.workloads import OPTIMIZER_FLOPS_PER_PARAM
+
+    opt_rows = [i for i, o in enumerate(ops) if o.phase == "optimizer"]
+    total = float(OPTIMIZER_FLOPS_PER_PARAM * n_params)
+    weight = sum(ops[i].bytes_written for i in opt_rows)
+    for i in opt_rows:
+        o = ops[i]
+        share = total * (o.bytes_written / weight) if weight else total / len(opt_rows)
+        ops[i] = Operator(o.name, o.kind, o.phase, share, o.bytes_read, o.bytes_written, o.shapes)
+
+
+def record_operators(build: Callable[[], nn.Module], sample_shape: Sequence[int], dtype: torch.dtype | str,
+                     batch_size: int, mode: str) -> list[Operator]:
+    """Every kernel-level operator of one step of the model on ``batch_size`` samples (``meta``)."""
+    from placement.lab.workloads import _DTYPES, make_step
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if mode not in ("infer", "train"):
+        raise ValueError(f"mode must be infer or train, got {mode!r}")
+    tdtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    with torch.device("meta"):
+        model = build()
+    x = torch.empty((batch_size, *sample_shape), dtype=tdtype, device="meta")
+    y = torch.empty(batch_size, dtype=torch.int64, device="meta")
+    rec = _Recorder()
+    handles = _recurrent_hooks(model, rec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = None
     if mode == "train":
         from placement.lab.workloads import make_optimizer
 
         optimizer = make_optimizer(model)
-
-        def opt_pre(opt: Any, a: Any, k: Any) -> None:
-            rec.phase = "optimizer"
-
-        def opt_post(opt: Any, a: Any, k: Any) -> None:
-            rec.phase = "forward"
-
-        handles += [optimizer.register_step_pre_hook(opt_pre), optimizer.register_step_post_hook(opt_post)]
+        handles += _optimizer_hooks(optimizer, rec)
     step = make_step(model, mode, optimizer)
     try:
         with _Attention(rec), rec:
@@ -289,13 +315,7 @@ def record_operators(build: Callable[[], nn.Module], sample_shape: Sequence[int]
     if mode == "train":
         # the counter gives the optimizer's element-wise ops no FLOPs; the job's count books
         # OPTIMIZER_FLOPS_PER_PARAM per parameter: spread it over the optimizer rows by size
-        opt_rows = [i for i, o in enumerate(ops) if o.phase == "optimizer"]
-        total = float(OPTIMIZER_FLOPS_PER_PARAM * sum(p.numel() for p in params))
-        weight = sum(ops[i].bytes_written for i in opt_rows)
-        for i in opt_rows:
-            o = ops[i]
-            share = total * (o.bytes_written / weight) if weight else total / len(opt_rows)
-            ops[i] = Operator(o.name, o.kind, o.phase, share, o.bytes_read, o.bytes_written, o.shapes)
+        _spread_optimizer_flops(ops, sum(p.numel() for p in params))
     return ops
 
 
@@ -337,15 +357,6 @@ def summarise(ops: Sequence[Operator], param_tensors: int = 0) -> OperatorSummar
     if not bins:
         bins = (OperatorBin(kind="elementwise", size_bin=100, count=1, flops=0.0, bytes_read=0.0, bytes_written=0.0, launches=1.0),)
     return OperatorSummary(bins=bins, param_tensors=param_tensors)
-
-
-def describe_operators(build: Callable[[], nn.Module], sample_shape: Sequence[int], dtype: torch.dtype | str,
-                       batch_size: int, mode: str) -> OperatorSummary:
-    """The :class:`OperatorSummary` of one step (recorded on ``meta``)."""
-    with torch.device("meta"):
-        model = build()
-    tensors = sum(1 for p in model.parameters() if p.requires_grad) if mode == "train" else 0
-    return summarise(record_operators(build, sample_shape, dtype, batch_size, mode), tensors)
 
 
 def summary_rows(ops: Sequence[Operator]) -> list[dict[str, Any]]:

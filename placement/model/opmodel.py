@@ -49,7 +49,7 @@ import numpy as np
 
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
-from placement.core.operator_summary import OPERATOR_KINDS, OperatorSummary
+from placement.core.operator_summary import OperatorSummary
 
 OPMODEL_VERSION = "opmodel/1"
 OP_PARAMS_SCHEMA = "placement.op_params/1"
@@ -82,12 +82,14 @@ class DeviceParams:
     train_step_s: float = 0.0  # extra per training step: autograd engine, loss, backward start
 
     def to_dict(self) -> dict[str, Any]:
+        """The parameters as JSON-ready values (per-kind tables as dicts)."""
         return {"eff": self.eff, "mem_eff": self.mem_eff, "f_half": self.f_half, "b_half": self.b_half,
                 "overhead_s": self.overhead_s, "step_s": self.step_s, "h2d_latency_s": self.h2d_latency_s,
                 "h2d_gbs": self.h2d_gbs, "train_step_s": self.train_step_s}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeviceParams:
+        """The parameters from :meth:`to_dict` output (absent host-transfer and training-step terms are 0)."""
         return cls(eff={k: float(v) for k, v in d["eff"].items()}, mem_eff={k: float(v) for k, v in d["mem_eff"].items()},
                    f_half=float(d["f_half"]), b_half=float(d["b_half"]),
                    overhead_s={k: float(v) for k, v in d["overhead_s"].items()}, step_s=float(d["step_s"]),
@@ -200,10 +202,12 @@ class OperatorModel:
 
     # -- persistence ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Schema, model version, per-device parameters and provenance, JSON-ready."""
         return {"schema": OP_PARAMS_SCHEMA, "version": OPMODEL_VERSION,
                 "devices": {k: v.to_dict() for k, v in self.devices.items()}, "provenance": self.provenance}
 
     def save(self, path: Path) -> Path:
+        """Write :meth:`to_dict` to ``path`` as JSON (parent folders created); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
@@ -211,6 +215,7 @@ class OperatorModel:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OperatorModel:
+        """The model from :meth:`to_dict` output; ``ValueError`` for another parameter schema."""
         if data.get("schema") != OP_PARAMS_SCHEMA:
             raise ValueError(f"not a '{OP_PARAMS_SCHEMA}' parameter set")
         return cls({k: DeviceParams.from_dict(v) for k, v in data["devices"].items()}, data.get("provenance"))
@@ -428,10 +433,6 @@ def _sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def kinds_known() -> tuple[str, ...]:
-    return OPERATOR_KINDS
 
 
 __all__ = ["OperatorModel", "OperatorPrediction", "DeviceParams", "fit", "bench_summaries", "bundled_operator_model",

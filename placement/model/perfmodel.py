@@ -62,17 +62,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from placement.core.decision import GROW
+from placement.core.decision import GROW, GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import FAMILIES, MODES, Job
-from placement.core.outcome import Device, DeviceOutcome, EnergyMethod
-from placement.model.features import FEATURE_INPUT_COLUMNS, job_target_columns
+from placement.core.outcome import Device, DeviceOutcome, EnergyMethod, as_device
+from placement.model.features import FEATURE_INPUT_COLUMNS, MODEL_INPUT_COLUMNS, pair_columns
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -86,7 +86,7 @@ PERF_PARAMS_RESOURCE = "data/perf_params.json"
 MIB = float(2**20)
 
 # Columns predict_columns uses when present, and the fallback when a column is absent
-# (a feature-only mapping such as placement.model.features.job_target_columns lacks them).
+# (a feature-only mapping, features.FEATURE_INPUT_COLUMNS, lacks them).
 OPTIONAL_HW_COLUMNS: dict[str, str] = {
     "hw_cpu_mem_bw_gbs": "50 GB/s (the trace schema default)",
     "hw_gpu_mem_bw_gbs": "hw_gpu_gflops / 20 (20 FLOP per byte)",
@@ -228,14 +228,25 @@ class PerfParams:
         if unknown:
             raise ValueError(f"PerfParams.families has unknown families {', '.join(unknown)}")
         for table in _OVERRIDE_TABLES:
-            for key, values in getattr(self, table).items():
-                if not key or key != key.lower() or "." in key:
-                    raise ValueError(f"PerfParams.{table}: key '{key}' must be a lower-case part of a model name, no dots")
-                for name, value in values.items():
-                    if name not in FAMILY_PARAM_NAMES:
-                        raise ValueError(f"PerfParams.{table}.{key}: '{name}' is not one of {', '.join(FAMILY_PARAM_NAMES)}")
-                    if not (math.isfinite(float(value)) and float(value) >= 0) or (name == "parallel_frac" and value > 1):
-                        raise ValueError(f"PerfParams.{table}.{key}.{name} must be a finite number >= 0 (a fraction for parallel_frac)")
+            self._check_overrides(table)
+        self._check_scalars()
+
+    def _check_overrides(self, table: str) -> None:
+        """Raise ``ValueError`` unless every key of override ``table`` is a lower-case model-name
+        part and every value a known :class:`FamilyParams` field with a finite value >= 0
+        (at most 1 for ``parallel_frac``)."""
+        for key, values in getattr(self, table).items():
+            if not key or key != key.lower() or "." in key:
+                raise ValueError(f"PerfParams.{table}: key '{key}' must be a lower-case part of a model name, no dots")
+            for name, value in values.items():
+                if name not in FAMILY_PARAM_NAMES:
+                    raise ValueError(f"PerfParams.{table}.{key}: '{name}' is not one of {', '.join(FAMILY_PARAM_NAMES)}")
+                if not (math.isfinite(float(value)) and float(value) >= 0) or (name == "parallel_frac" and value > 1):
+                    raise ValueError(f"PerfParams.{table}.{key}.{name} must be a finite number >= 0 (a fraction for parallel_frac)")
+
+    def _check_scalars(self) -> None:
+        """Raise ``ValueError`` unless every scalar field is a finite number >= 0, the rates and
+        efficiencies that divide are > 0, ``roofline_q >= 1`` and ``gpu_power_base <= 1``."""
         for f in fields(self):
             if f.name in _TABLES:
                 continue
@@ -252,6 +263,8 @@ class PerfParams:
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Every constant as JSON-ready values (families and override tables as nested dicts), as
+        :meth:`from_dict` reads them."""
         data = asdict(self)
         data["families"] = {k: asdict(v) for k, v in self.families.items()}
         for table in _OVERRIDE_TABLES:
@@ -377,6 +390,7 @@ class Prediction:
 
     @property
     def energy_per_batch_j(self) -> FloatArray:
+        """Energy per batch by eq. (2), J: :attr:`power_w` x ``time_per_batch_s``."""
         return self.power_w * self.time_per_batch_s
 
 
@@ -773,13 +787,7 @@ def _apply_overrides(
 
 
 def _device_str(device: Any) -> str:
-    if isinstance(device, Device):
-        return device.value
-    if isinstance(device, (int, np.integer)) and not isinstance(device, bool) and int(device) in (0, 1):
-        return "gpu" if int(device) == 1 else "cpu"
-    if isinstance(device, str) and device in ("cpu", "gpu"):
-        return device
-    raise ValueError(f"device must be 'cpu' or 'gpu' (or 0 = CPU, 1 = GPU), got {device!r}")
+    return as_device(device).value
 
 
 def _outcome(pred: Prediction, i: int, device: str, batch_size: int) -> DeviceOutcome:
@@ -805,19 +813,9 @@ def _outcome(pred: Prediction, i: int, device: str, batch_size: int) -> DeviceOu
 
 def model_columns(job: Job, target: HardwareTarget) -> dict[str, list[Any]]:
     """The columns :meth:`PerformanceModel.predict_columns` reads, for one (job, target):
-    :func:`placement.model.features.job_target_columns` plus the optional hardware columns and
-    the model name."""
-    cols: dict[str, list[Any]] = job_target_columns(job, target)
-    cols.update(
-        {
-            "hw_cpu_mem_bw_gbs": [target.cpu_mem_bw_gbs],
-            "hw_gpu_mem_bw_gbs": [target.gpu_mem_bw_gbs],
-            "hw_cpu_idle_w": [target.cpu_idle_w],
-            "hw_gpu_idle_w": [target.gpu_idle_w],
-            "model": [job.name],
-        }
-    )
-    return cols
+    :data:`placement.model.features.MODEL_INPUT_COLUMNS` (the feature inputs plus the optional
+    hardware columns and the model name) by :func:`placement.model.features.pair_columns`."""
+    return pair_columns(job, target, MODEL_INPUT_COLUMNS)
 
 
 def safe_cap_mib(working_set_mib: float, target: HardwareTarget, headroom_frac: float, step_mib: int = 64) -> int | None:
@@ -834,7 +832,7 @@ def recommend_knobs(
     target: HardwareTarget,
     device: str | int | Device,
     tolerance: float = 0.05,
-) -> tuple[int, int | Literal["grow"]]:
+) -> tuple[int, GpuMemCap]:
     """CPU cores and GPU memory cap for ``job`` placed on ``device`` of ``target``.
 
     Cores: the fewest whose predicted time is within ``tolerance`` (relative) of the best
@@ -859,7 +857,7 @@ def recommend_knobs(
     base = model_columns(job, target)
     cols = {k: v * len(grid) for k, v in base.items()}
     pred = model.predict_columns(cols, dev, grid, np.nan)
-    cap: int | Literal["grow"] = GROW
+    cap: GpuMemCap = GROW
     if dev == "gpu":
         safe = safe_cap_mib(float(pred.working_set_mib[0]), target, model.params.cap_headroom_frac)
         if safe is not None:

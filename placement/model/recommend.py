@@ -35,6 +35,7 @@ import pandas as pd
 
 from placement.core.decision import GROW, GpuMemCap
 from placement.core.hardware import HardwareTarget
+from placement.core.trace import cap_from_column
 
 DEFAULT_TOLERANCE = 0.05
 DEFAULT_HEADROOM = 0.25
@@ -140,6 +141,7 @@ class KnobRecommendation:
     source: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The recommendation's fields as a plain dict."""
         return asdict(self)
 
 
@@ -200,7 +202,7 @@ def recommend_from_trace(
         gpu_times: dict[GpuMemCap, float | None] = {}
         gpu_ok: dict[GpuMemCap, bool] = {}
         for cap, t, f in zip(caps, _time_col(gpu), gpu["feasible"].astype(bool), strict=True):
-            key: GpuMemCap = GROW if pd.isna(cap) else int(cap)
+            key = cap_from_column(cap)
             gpu_times[key] = float(t) if math.isfinite(t) else None
             gpu_ok[key] = bool(f)
         cap_choice: GpuMemCap | None = None

@@ -93,10 +93,13 @@ LABEL_CONFIDENCE: dict[str, float] = {
 
 
 def pin_version(store: Store, version: str) -> None:
+    """Pin ``version`` (an operator's rollback): until :func:`release_pin`, or a candidate that
+    beats it at ``pinned_gate_confidence``, the learner's gate compares candidates with it."""
     store.set_meta(PIN_KEY, version)
 
 
 def pinned_version(store: Store) -> str | None:
+    """The pinned version, or ``None`` when nothing is pinned."""
     value = store.get_meta(PIN_KEY)
     return value or None
 
@@ -184,13 +187,6 @@ def holdout_mask(decision_ids: pd.Series | list[str], fraction: float, seed: int
 
 Trainer = Callable[[Any, Any, int, int], Any]
 """``(loaded model, env, timesteps, seed) -> PpoPolicy``: how a candidate is trained."""
-
-
-def ppo_fine_tune(loaded: Any, env: Any, timesteps: int, seed: int) -> Any:
-    """The default trainer: :func:`placement.agents.ppo.fine_tune` with the conservative warm recipe."""
-    from placement.agents.ppo import PpoConfig, fine_tune
-
-    return fine_tune(loaded, env, timesteps, seed=seed, config=PpoConfig.warm())
 
 
 class Learner:
@@ -492,10 +488,6 @@ class Learner:
         state = {"counts": counts, "last_seq": max(q.seq for q in new), "recent": recent}
         self.store.set_meta(QUARANTINE_KEY, json.dumps(state))
 
-    def quarantine_counts(self) -> dict[str, Any]:
-        raw = self.store.get_meta(QUARANTINE_KEY)
-        return json.loads(raw) if raw else {"counts": {}, "last_seq": 0, "recent": []}
-
     def _next_version(self) -> str:
         existing = {v.version for v in self.store.versions()}
         n = sum(1 for v in existing if v.startswith("online-")) + 1
@@ -520,7 +512,3 @@ class Learner:
         )
         write_trace(trace, path, meta)
         return path, file_sha256(path)
-
-    def last_report(self) -> dict[str, Any] | None:
-        raw = self.store.get_meta(LAST_REPORT_KEY)
-        return None if raw is None else json.loads(raw)

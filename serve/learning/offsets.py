@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from placement.core.decision import GROW
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
 from placement.model.estimate import Estimate, model_estimate
@@ -105,7 +106,7 @@ def target_timeline(store: Any, perf_model: Any, target: HardwareTarget) -> Offs
     seqs: list[int] = []
     for fb in stored:
         d = fb.decision
-        if d.cpu_cores != target.cpu_cores or d.gpu_mem_cap_mib is not None or target_key(d.target) != key:
+        if d.cpu_cores != target.cpu_cores or d.gpu_mem_cap != GROW or target_key(d.target) != key:
             continue
         for run in (fb.outcome, fb.other):
             if run is None or not run.feasible or run.gpu_mem_cap_mib is not None or (

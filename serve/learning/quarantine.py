@@ -71,6 +71,7 @@ class Screened:
 
     @property
     def counts(self) -> dict[str, int]:
+        """Quarantined rows per reason."""
         return dict(Counter(q.reason for q in self.quarantined))
 
 

@@ -50,12 +50,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from placement.core.decision import GROW
 from placement.core.threshold import Thresholds
-from placement.core.trace import pair_outcomes, validate
-from placement.model.perfmodel import PerformanceModel
+from placement.core.trace import cap_to_column, pair_outcomes, validate
+from placement.model.perfmodel import PerformanceModel, Prediction
 from placement.serve.storage.store import StoredFeedback, job_row, run_row, target_key
-
-ESTIMATE_SOURCES = ("both_measured", "history", "calibrated_model", "model", "not_needed")
 
 
 @dataclass(frozen=True)
@@ -300,28 +299,10 @@ def _median(values: npt.NDArray[np.float64]) -> float:
     return float(v[n // 2]) if n % 2 else float(0.5 * (v[n // 2 - 1] + v[n // 2]))
 
 
-def form_rewards(
-    feedback: Sequence[StoredFeedback],
-    thresholds: Thresholds,
-    perf_model: PerformanceModel | None = None,
-    settings: RewardSettings | None = None,
-    only: Collection[str] | None = None,
-) -> FormedRewards:
-    """One labelled pair per feedback (see the module docstring). Raises ``ValueError`` when
-    ``feedback`` is empty.
-
-    ``only``: decision ids to form pairs for (the others still serve as evidence); the pairs are
-    those the whole set would give for these ids, at a fraction of the cost (the learner's gate
-    needs its held-out rows only)."""
-    if not feedback:
-        raise ValueError("no feedback to form rewards from")
-    keep = None if only is None else set(only)
-    wanted = list(feedback) if keep is None else [fb for fb in feedback if fb.decision.decision_id in keep]
-    if not wanted:
-        raise ValueError("only names no decision of the feedback: nothing to form rewards for")
-    rs = settings or RewardSettings()
-    model = perf_model or PerformanceModel()
-
+def _observed_runs(feedback: Sequence[StoredFeedback]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The reported runs as trace rows (each feedback's run, then the other device's run where
+    the client sent one), with their target key (``_target_key``) and arrival order
+    (``_order``); and each decision id's feedback sequence number."""
     observed_rows: list[dict[str, Any]] = []
     seq_of: dict[str, int] = {}
     for fb in feedback:
@@ -332,8 +313,27 @@ def form_rewards(
     observed = pd.DataFrame(observed_rows)
     observed["_target_key"] = [target_key(fb.decision.target) for fb in feedback for _ in range(1 + (fb.other is not None))]
     observed["_order"] = np.arange(len(observed))
+    return observed, seq_of
 
-    # residuals of observed feasible runs
+
+@dataclass
+class _Residuals:
+    """Log residuals ``ln(observed / predicted)`` of the observed feasible runs, by row of
+    those runs: time per sample (``t``) and eq. 2 power (``p``; NaN where not measured); their
+    similarity vectors (``sim``, :data:`_SIMILARITY` in log10); and the runs with a finite time
+    residual, in arrival order, by (target key, device) (``groups``) and by (target key,
+    device, family, mode) (``fine``)."""
+
+    t: npt.NDArray[np.float64]
+    p: npt.NDArray[np.float64]
+    sim: npt.NDArray[np.float64]
+    groups: dict[tuple[str, str], list[int]]
+    fine: dict[tuple[str, str, str, str], list[int]]
+
+
+def _residuals(observed: pd.DataFrame, model: PerformanceModel) -> _Residuals:
+    """The residuals of the feasible runs among ``observed`` (:func:`_observed_runs`) against
+    ``model``."""
     ok = observed["feasible"].to_numpy(dtype=bool)
     obs_ok = observed[ok].reset_index(drop=True)
     if len(obs_ok):
@@ -355,6 +355,105 @@ def form_rewards(
             if np.isfinite(res_t[i]):
                 groups[(tk, str(dev))].append(i)
                 fine[(tk, str(dev), str(fam), str(mode))].append(i)
+    return _Residuals(res_t, res_p, sim, groups, fine)
+
+
+def _borrowed_residuals(res: _Residuals, key: str, device: str, job: Any, qsim: npt.NDArray[np.float64],
+                        rs: RewardSettings) -> tuple[float, float, str]:
+    """The time and power residual corrections (log units) for an estimate of ``job`` on
+    ``device`` of target ``key`` (``qsim``: the job's similarity vector), and their source:
+    the median of the nearest similar runs (``history``), else of the recent runs on that
+    target and device (``calibrated_model``), else none (``model``, corrections 0)."""
+    rt, rp, source = 0.0, 0.0, "model"
+    cand = res.fine.get((key, device, str(job.family), str(job.mode)), [])
+    cand = cand[-rs.group_recent:]
+    picked: list[int] = []
+    if cand:
+        dist = np.linalg.norm(res.sim[cand] - qsim, axis=1)
+        order = np.argsort(dist, kind="stable")[: rs.neighbours]
+        picked = [cand[j] for j in order if dist[j] <= rs.max_distance]
+    if picked:
+        source = "history"
+    else:
+        group = res.groups.get((key, device), [])[-rs.group_recent:]
+        if len(group) >= rs.min_group:
+            picked = group
+            source = "calibrated_model"
+    if picked:
+        rt = _median(res.t[picked])
+        finite_p = res.p[picked][np.isfinite(res.p[picked])]
+        rp = _median(finite_p) if len(finite_p) else 0.0
+    return rt, rp, source
+
+
+def _estimated_row(base_row: dict[str, Any], fb: StoredFeedback, device: str, pred: Prediction, i: int,
+                   pred_tps: float, rt: float, rp: float) -> dict[str, Any]:
+    """The trace row of the unchosen ``device``'s run of ``fb``, from row ``i`` of the model's
+    prediction ``pred`` (``pred_tps``: its time per sample, s) corrected by the residuals
+    ``rt`` (time) and ``rp`` (power), both in log units; a predicted OOM is an infeasible run."""
+    row = dict(base_row)
+    row.update({"device": device, "cpu_cores": fb.decision.target.cpu_cores, "gpu_mem_cap_mib": cap_to_column(GROW)})
+    if not bool(pred.feasible[i]):
+        row.update({"feasible": False, "infeasible_reason": f"{pred.infeasible_reason[i]} (predicted)",
+                    "n_samples": None, "time_total_s": None, "avg_cpu_power_w": None, "avg_gpu_power_w": None,
+                    "cpu_power_method": "unknown", "gpu_power_method": "unknown"})
+    else:
+        scale_p = float(np.exp(rp))
+        gpu_w = float(pred.avg_gpu_power_w[i]) * scale_p if device == "gpu" else None
+        row.update({
+            "feasible": True, "infeasible_reason": None, "n_samples": int(fb.decision.job.batch_size),
+            "time_total_s": float(pred_tps * np.exp(rt)) * fb.decision.job.batch_size,
+            "avg_cpu_power_w": float(pred.avg_cpu_power_w[i]) * scale_p, "avg_gpu_power_w": gpu_w,
+            "cpu_power_method": "modelled", "gpu_power_method": "modelled" if device == "gpu" else "unknown",
+        })
+    return row
+
+
+def _estimate_unchosen(needed: Sequence[StoredFeedback], model: PerformanceModel, res: _Residuals,
+                       rs: RewardSettings) -> tuple[list[dict[str, Any]], list[str]]:
+    """Trace rows estimating the unchosen device's run of each of ``needed`` (in order), and
+    the estimate source of each."""
+    base = pd.DataFrame([job_row(fb.decision) for fb in needed])
+    dev = np.array(["cpu" if fb.decision.device == "gpu" else "gpu" for fb in needed], dtype=object)
+    cores = base["hw_cpu_cores"].astype("float64").to_numpy()
+    pred = model.predict_columns(base, dev, cores, np.full(len(base), np.nan))
+    pred_tps = pred.time_per_batch_s / base["batch_size"].astype("float64").to_numpy()
+    keys = [target_key(fb.decision.target) for fb in needed]
+    qsim = _sim_vector(base)
+    base_rows = cast(list[dict[str, Any]], base.to_dict("records"))  # once: base.iloc[i] cost ~1 ms a row
+    rows: list[dict[str, Any]] = []
+    sources: list[str] = []
+    for i, fb in enumerate(needed):
+        d = str(dev[i])
+        rt, rp, source = _borrowed_residuals(res, keys[i], d, fb.decision.job, qsim[i], rs)
+        sources.append(source)
+        rows.append(_estimated_row(base_rows[i], fb, d, pred, i, pred_tps[i], rt, rp))
+    return rows, sources
+
+
+def form_rewards(
+    feedback: Sequence[StoredFeedback],
+    thresholds: Thresholds,
+    perf_model: PerformanceModel | None = None,
+    settings: RewardSettings | None = None,
+    only: Collection[str] | None = None,
+) -> FormedRewards:
+    """One labelled pair per feedback (see the module docstring). Raises ``ValueError`` when
+    ``feedback`` is empty.
+
+    ``only``: decision ids to form pairs for (the others still serve as evidence); the pairs are
+    those the whole set would give for these ids, at a fraction of the cost (the learner's gate
+    needs its held-out rows only)."""
+    if not feedback:
+        raise ValueError("no feedback to form rewards from")
+    keep = None if only is None else set(only)
+    wanted = list(feedback) if keep is None else [fb for fb in feedback if fb.decision.decision_id in keep]
+    if not wanted:
+        raise ValueError("only names no decision of the feedback: nothing to form rewards for")
+    rs = settings or RewardSettings()
+    model = perf_model or PerformanceModel()
+    observed, seq_of = _observed_runs(feedback)
+    res = _residuals(observed, model)
 
     # counterfactual rows to estimate
     needed: list[StoredFeedback] = [
@@ -370,53 +469,10 @@ def form_rewards(
     source_of: dict[str, str] = {fb.decision.decision_id: "both_measured" for fb in wanted if fb.other is not None}
     estimated_rows: list[dict[str, Any]] = []
     if needed:
-        base = pd.DataFrame([job_row(fb.decision) for fb in needed])
-        dev = np.array(["cpu" if fb.decision.device == "gpu" else "gpu" for fb in needed], dtype=object)
-        cores = base["hw_cpu_cores"].astype("float64").to_numpy()
-        pred = model.predict_columns(base, dev, cores, np.full(len(base), np.nan))
-        pred_tps = pred.time_per_batch_s / base["batch_size"].astype("float64").to_numpy()
-        keys = [target_key(fb.decision.target) for fb in needed]
-        qsim = _sim_vector(base)
-        base_rows = cast(list[dict[str, Any]], base.to_dict("records"))  # once: base.iloc[i] cost ~1 ms a row
-        for i, fb in enumerate(needed):
-            d = str(dev[i])
-            rt, rp, source = 0.0, 0.0, "model"
-            cand = fine.get((keys[i], d, str(fb.decision.job.family), str(fb.decision.job.mode)), [])
-            cand = cand[-rs.group_recent:]
-            picked: list[int] = []
-            if cand:
-                dist = np.linalg.norm(sim[cand] - qsim[i], axis=1)
-                order = np.argsort(dist, kind="stable")[: rs.neighbours]
-                picked = [cand[j] for j in order if dist[j] <= rs.max_distance]
-            if picked:
-                source = "history"
-            else:
-                group = groups.get((keys[i], d), [])[-rs.group_recent:]
-                if len(group) >= rs.min_group:
-                    picked = group
-                    source = "calibrated_model"
-            if picked:
-                rt = _median(res_t[picked])
-                finite_p = res_p[picked][np.isfinite(res_p[picked])]
-                rp = _median(finite_p) if len(finite_p) else 0.0
+        estimated_rows, estimated_sources = _estimate_unchosen(needed, model, res, rs)
+        for fb, source in zip(needed, estimated_sources, strict=True):
             sources[source] += 1
             source_of[fb.decision.decision_id] = source
-            row = dict(base_rows[i])
-            row.update({"device": d, "cpu_cores": fb.decision.target.cpu_cores, "gpu_mem_cap_mib": None})
-            if not bool(pred.feasible[i]):
-                row.update({"feasible": False, "infeasible_reason": f"{pred.infeasible_reason[i]} (predicted)",
-                            "n_samples": None, "time_total_s": None, "avg_cpu_power_w": None, "avg_gpu_power_w": None,
-                            "cpu_power_method": "unknown", "gpu_power_method": "unknown"})
-            else:
-                scale_p = float(np.exp(rp))
-                gpu_w = float(pred.avg_gpu_power_w[i]) * scale_p if d == "gpu" else None
-                row.update({
-                    "feasible": True, "infeasible_reason": None, "n_samples": int(fb.decision.job.batch_size),
-                    "time_total_s": float(pred_tps[i] * np.exp(rt)) * fb.decision.job.batch_size,
-                    "avg_cpu_power_w": float(pred.avg_cpu_power_w[i]) * scale_p, "avg_gpu_power_w": gpu_w,
-                    "cpu_power_method": "modelled", "gpu_power_method": "modelled" if d == "gpu" else "unknown",
-                })
-            estimated_rows.append(row)
 
     kept = observed if keep is None else observed[observed["job_id"].astype(str).isin(keep)]
     kept = kept.drop(columns=["_target_key", "_order"])

@@ -45,7 +45,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -53,20 +53,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
+from placement.core.decision import GROW, GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
 from placement.core.threshold import Thresholds
-from placement.core.trace import TraceMeta, file_sha256, target_columns, write_trace
+from placement.core.trace import (
+    JOB_COLUMN_NAMES,
+    TraceMeta,
+    cap_to_column,
+    file_sha256,
+    job_columns,
+    row_job,
+    target_columns,
+    write_trace,
+)
 from placement.core.version import code_version
 from placement.serve.schemas import ReportedOutcome
 
-SCHEMA_VERSION = 1
-"""The ``meta.schema_version`` row (kept for databases read by older code; Alembic's revision is the truth)."""
 SCHEMA_HEAD = "0002"
 """The newest Alembic revision under ``serve/storage/migrations/versions`` (tests check they agree)."""
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -183,10 +192,23 @@ NUMERIC_COLUMNS: dict[str, str] = {
     "gpu_probability": "<f8", "predicted_speedup": "<f8", "predicted_energy_ratio": "<f8", "explored": "|b1",
     "propensity": "<f8",
 }
-"""Numeric columns of a stored decision batch (``dataset_size`` and ``gpu_mem_cap_mib`` use -1 for
-none/grow; predictions NaN where there are none)."""
+"""Numeric columns of a stored decision batch (``dataset_size`` and ``gpu_mem_cap_mib`` use
+:data:`STORED_NONE` for none/grow; predictions NaN where there are none)."""
 TEXT_COLUMNS = ("name", "family", "mode", "decided_by")
 BATCH_COLUMNS = tuple(NUMERIC_COLUMNS) + TEXT_COLUMNS
+STORED_NONE = -1
+"""How a stored batch's integer columns spell "none": no GPU memory cap (GROW) in ``gpu_mem_cap_mib``,
+an unknown ``dataset_size``. Caps convert only by :func:`caps_to_stored` and :func:`cap_from_stored`."""
+
+
+def caps_to_stored(caps: Iterable[GpuMemCap]) -> npt.NDArray[np.int64]:
+    """The stored ``gpu_mem_cap_mib`` column of GPU memory caps: MiB, :data:`STORED_NONE` for GROW."""
+    return np.fromiter((STORED_NONE if c == GROW else int(c) for c in caps), dtype=np.int64)
+
+
+def cap_from_stored(value: int) -> GpuMemCap:
+    """The GPU memory cap a stored ``gpu_mem_cap_mib`` value holds (negative: GROW)."""
+    return GROW if value < 0 else int(value)
 
 
 def encode_columns(columns: Mapping[str, Any]) -> bytes:
@@ -219,6 +241,8 @@ def decode_columns(blob: bytes) -> dict[str, Any]:
 
 
 def split_decision_id(decision_id: str) -> tuple[str, int]:
+    """``(batch id, index)`` of a decision id ``f"{batch_id}-{index}"``; :class:`UnknownDecision`
+    when malformed."""
     batch_id, _, index = decision_id.partition("-")
     if len(batch_id) != 32 or not index.isdigit():
         raise UnknownDecision(decision_id)
@@ -238,6 +262,7 @@ class FeedbackConflict(ValueError):
 
 
 def iso(ts: float) -> str:
+    """A Unix time (s) as UTC ISO-8601 with milliseconds."""
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -255,18 +280,23 @@ class DecisionBatch:
     columns: Mapping[str, Any]
 
     def decision_id(self, index: int) -> str:
+        """The id of decision ``index`` of this batch: ``<batch id>-<index>``."""
         return f"{self.batch_id}-{index}"
 
 
 @dataclass(frozen=True)
 class StoredDecision:
+    """One stored placement decision: the job and target, the answer (device, cores, GPU memory
+    cap), the policy's P(GPU) and predicted speedup and energy ratio, whether it explored and with
+    what propensity, what decided it, the thresholds and slowdown bound it used, and the policy version."""
+
     decision_id: str
     created_at: float
     job: Job
     target: HardwareTarget
     device: str
     cpu_cores: int
-    gpu_mem_cap_mib: int | None
+    gpu_mem_cap: GpuMemCap
     gpu_probability: float
     predicted_speedup: float | None
     predicted_energy_ratio: float | None
@@ -277,9 +307,17 @@ class StoredDecision:
     max_slowdown: float | None
     policy_version: str
 
+    @property
+    def gpu_mem_cap_mib(self) -> int | None:
+        """The cap in MiB, or ``None`` for GROW (as :attr:`PlacementDecision.gpu_mem_cap_mib`)."""
+        return cap_to_column(self.gpu_mem_cap)
+
 
 @dataclass(frozen=True)
 class StoredFeedback:
+    """One stored feedback: its sequence number and arrival time (Unix s), the decision, the
+    reported run and the other device's run if the client sent one."""
+
     seq: int
     received_at: float
     decision: StoredDecision
@@ -289,6 +327,9 @@ class StoredFeedback:
 
 @dataclass(frozen=True)
 class StoredVersion:
+    """One stored policy version: its id, creation time (Unix s), model folder, parent, status,
+    thresholds and metrics."""
+
     version: str
     created_at: float
     path: Path
@@ -493,6 +534,7 @@ class Store:
                 raise StorageUnavailable(str(exc.orig)) from exc
 
     def close(self) -> None:
+        """Close every pooled connection and dispose of the engine."""
         with self._lock:
             for conn in self._conns.values():
                 conn.close()
@@ -515,8 +557,7 @@ class Store:
         row = {
             "batch_id": batch.batch_id, "created_at": batch.created_at, "n": n,
             "n_gpu": int(np.count_nonzero(cols["gpu"])), "n_explored": int(np.count_nonzero(cols["explored"])),
-            "target_key": key, "speedup_min": th.speedup_min, "energy_ratio_max": th.energy_ratio_max,
-            "missing_power": th.missing_power.value, "max_slowdown": batch.max_slowdown,
+            "target_key": key, **th.as_dict(), "max_slowdown": batch.max_slowdown,
             "policy_version": batch.policy_version, "columns": encode_columns(cols),
         }
         with self._tx() as conn:
@@ -570,20 +611,16 @@ class Store:
         if not 0 <= index < len(cols["gpu"]):
             raise UnknownDecision(decision_id)
         i = index
-        dataset = int(cols["dataset_size"][i])
-        job = Job.model_construct(
-            name=cols["name"][i], family=cols["family"][i], mode=cols["mode"][i], batch_size=int(cols["batch_size"][i]),
-            flops_per_batch=float(cols["flops_per_batch"][i]), param_count=int(cols["param_count"][i]),
-            input_elems_per_sample=int(cols["input_elems_per_sample"][i]),
-            input_bytes_per_sample=int(cols["input_bytes_per_sample"][i]), dataset_size=None if dataset < 0 else dataset,
-        )
-        cap = int(cols["gpu_mem_cap_mib"][i])
+        row = {name: cols["name" if name == "model" else name][i] for name in JOB_COLUMN_NAMES}
+        if row["dataset_size"] < 0:  # STORED_NONE: unknown
+            row["dataset_size"] = None
+        job = row_job(row, validate=False)
         sp = float(cols["predicted_speedup"][i])
         er = float(cols["predicted_energy_ratio"][i])
         return StoredDecision(
             decision_id=decision_id, created_at=meta["created_at"], job=job, target=meta["target"],
             device="gpu" if cols["gpu"][i] else "cpu", cpu_cores=int(cols["cpu_cores"][i]),
-            gpu_mem_cap_mib=None if cap < 0 else cap, gpu_probability=float(cols["gpu_probability"][i]),
+            gpu_mem_cap=cap_from_stored(int(cols["gpu_mem_cap_mib"][i])), gpu_probability=float(cols["gpu_probability"][i]),
             predicted_speedup=sp if np.isfinite(sp) else None, predicted_energy_ratio=er if np.isfinite(er) else None,
             explored=bool(cols["explored"][i]), propensity=float(cols["propensity"][i]), decided_by=cols["decided_by"][i],
             thresholds=Thresholds(meta["speedup_min"], meta["energy_ratio_max"], meta["missing_power"]),
@@ -591,6 +628,7 @@ class Store:
         )
 
     def get_decision(self, decision_id: str) -> StoredDecision:
+        """The stored decision ``decision_id``; :class:`UnknownDecision` when there is none."""
         batch_id, index = split_decision_id(decision_id)
         with self._read() as conn:
             return self._decision(conn, batch_id, index)
@@ -628,10 +666,12 @@ class Store:
         )
 
     def feedback_count(self) -> int:
+        """Number of stored feedback rows."""
         with self._read() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(feedback_t)).scalar_one())
 
     def last_feedback_seq(self) -> int:
+        """The newest feedback's sequence number (0 when there is none)."""
         with self._read() as conn:
             return int(conn.execute(sa.select(sa.func.max(feedback_t.c.seq))).scalar_one() or 0)
 
@@ -757,9 +797,11 @@ class Store:
                                               detail_json=json.dumps(detail, default=_json_default)))
 
     def active_version(self) -> str | None:
+        """The version serving now (``None`` before any is registered)."""
         return self.get_meta("active_version")
 
     def get_version(self, version: str) -> StoredVersion:
+        """The stored version ``version``; ``KeyError`` when unknown."""
         with self._read() as conn:
             row = conn.execute(sa.select(*_VERSION_COLS).where(versions_t.c.version == version)).first()
         if row is None:
@@ -767,6 +809,7 @@ class Store:
         return _version(tuple(row))
 
     def versions(self) -> list[StoredVersion]:
+        """Every stored version, oldest first."""
         with self._read() as conn:
             rows = conn.execute(sa.select(*_VERSION_COLS).order_by(versions_t.c.created_at, versions_t.c.version)).all()
         return [_version(tuple(r)) for r in rows]
@@ -798,12 +841,15 @@ class Store:
         return version, str(current)
 
     def promote(self, version: str, detail: dict[str, Any]) -> None:
+        """Make ``version`` the serving one and log a ``promote`` event with ``detail``;
+        ``KeyError`` when unknown."""
         with self._tx(versions=True) as conn:
             if conn.execute(sa.select(versions_t.c.version).where(versions_t.c.version == version)).first() is None:
                 raise KeyError(f"unknown policy version '{version}'")
             self._activate(conn, version, "promote", detail, time.time())
 
     def events(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` policy events (promotions, rollbacks, ...), newest first."""
         e = events_t.c
         with self._read() as conn:
             rows = conn.execute(sa.select(e.seq, e.at, e.kind, e.version, e.detail_json)
@@ -812,6 +858,7 @@ class Store:
                 for r in rows]
 
     def get_meta(self, key: str) -> str | None:
+        """The meta value under ``key``, or ``None``."""
         with self._read() as conn:
             value = conn.execute(_Q_META, {"key": key}).scalar_one_or_none()
         return None if value is None else str(value)
@@ -827,6 +874,7 @@ class Store:
         return int(value)
 
     def set_meta(self, key: str, value: str) -> None:
+        """Store ``value`` under meta ``key`` (replacing any)."""
         with self._tx() as conn:
             self._set_meta(conn, key, value)
 
@@ -965,14 +1013,8 @@ def migrate(target: Engine | str | Path) -> str:
     return SCHEMA_HEAD
 def job_row(decision: StoredDecision) -> dict[str, Any]:
     """The job and ``hw_*`` trace columns of a decision (``job_id`` = decision id)."""
-    job = decision.job
-    return {
-        "source": "feedback", "job_id": decision.decision_id, "model": job.name, "family": job.family,
-        "mode": job.mode, "batch_size": job.batch_size, "flops_per_batch": job.flops_per_batch,
-        "param_count": job.param_count, "input_elems_per_sample": job.input_elems_per_sample,
-        "input_bytes_per_sample": job.input_bytes_per_sample, "dataset_size": job.dataset_size,
-        **target_columns(decision.target),
-    }
+    return {"source": "feedback", "job_id": decision.decision_id, **job_columns(decision.job),
+            **target_columns(decision.target)}
 
 
 def run_row(decision: StoredDecision, run: ReportedOutcome) -> dict[str, Any]:
@@ -980,7 +1022,7 @@ def run_row(decision: StoredDecision, run: ReportedOutcome) -> dict[str, Any]:
     decision's for the chosen device, else the target's defaults)."""
     o = run.device_outcome()
     chosen = run.device == decision.device
-    cap = run.gpu_mem_cap_mib or (decision.gpu_mem_cap_mib if chosen and run.device == "gpu" else None)
+    cap = run.gpu_mem_cap_mib or (cap_to_column(decision.gpu_mem_cap) if chosen and run.device == "gpu" else None)
     return {
         **job_row(decision),
         "device": run.device,

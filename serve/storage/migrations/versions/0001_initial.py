@@ -21,6 +21,7 @@ _SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite AUTOINCREM
 
 
 def upgrade() -> None:
+    """Create the tables the store had before Alembic (those already there are adopted as they are)."""
     bind = op.get_bind()
     have = set(sa.inspect(bind).get_table_names())
     if "meta" not in have:
@@ -94,5 +95,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop every table of this revision."""
     for table in ("policy_events", "policy_versions", "feedback", "decision_batches", "targets", "meta"):
         op.drop_table(table)

@@ -22,6 +22,8 @@ _SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite AUTOINCREM
 
 
 def upgrade() -> None:
+    """Add the ``decision_signatures`` table (a decision's architecture signature) and the
+    ``evidence`` table of probe and feedback runs by signature."""
     have = set(sa.inspect(op.get_bind()).get_table_names())
     if "decision_signatures" not in have:
         op.create_table(
@@ -52,6 +54,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the ``evidence`` and ``decision_signatures`` tables and the evidence index."""
     op.drop_index("evidence_by_signature", table_name="evidence")
     op.drop_table("evidence")
     op.drop_table("decision_signatures")
