@@ -26,10 +26,6 @@ Run: ``placement experiment contention`` (``--full``; ``--no-ray``; ``--address`
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +34,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
-from experiments.harness import parse_script_args
+from experiments.harness import fan_out, parse_script_args, provenance_note, write_provenance
 from placement.core.threshold import Thresholds
 from placement.core.trace import read_trace
-from placement.core.version import code_version
-from placement.lab.probe import probe_local
 
 
 @dataclass
@@ -156,25 +149,8 @@ def run_load(frame: pd.DataFrame, load: float, a: Args) -> list[dict[str, Any]]:
 
 
 calls = [(frame, load, args) for load in args.loads]
-if args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-    remote = ray.remote(num_cpus=1)(run_load)
-    frame_ref = ray.put(frame)
-    refs = [remote.remote(frame_ref, load, args) for load in args.loads]
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="load levels") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    episodes = pd.DataFrame([row for part in ray.get(refs) for row in part])
-    ray.shutdown()
-else:
-    episodes = pd.DataFrame([row for c in tqdm(calls, desc="load levels") for row in run_load(*c)])
+episodes = pd.DataFrame([row for part in fan_out(run_load, calls, "load levels", use_ray=args.ray, address=args.address)
+                         for row in part])
 
 table = episodes.groupby(["gpu_load", "policy"], sort=False).agg(
     arrival_rate_per_s=("arrival_rate_per_s", "mean"), makespan_s=("makespan_s", "mean"),
@@ -204,15 +180,8 @@ axes[0].legend(title="policy")
 plotstyle.save(fig, out / "contention.png")
 plt.close(fig)
 
-host = probe_local()
-provenance = {
-    "study": "contention", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
-    "trace_hashes": trace_hashes, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0], "targets": list(args.targets)},
-    "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+write_provenance(out, "contention", args, thresholds=th.as_dict(), trace_hashes=trace_hashes,
+                 targets=list(args.targets), start=start)
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -248,8 +217,7 @@ lines.append(f"* Heaviest load ({max(args.loads):g}): PPO makespan {rel(heavy.lo
              f"GPU share: PPO {heavy.loc['ppo_contention', 'gpu_share']:.2f}, DNN {heavy.loc['dnn', 'gpu_share']:.2f}, "
              f"queue-aware Oracle {heavy.loc['oracle_with_queue', 'gpu_share']:.2f}.")
 lines.append("* Paper A has no contention experiment (its Table 5 scores each job alone); this study is ours.")
-lines += ["", f"Provenance: `contention/provenance.json` (code {code_version()}, trace sha256 "
-          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+lines += ["", provenance_note("contention", trace_hashes), ""]
 headline = (f"No paper figure. Ours (modelled): at the heaviest load ({max(args.loads):g}) makespan vs the queue-blind "
             f"Oracle: PPO {rel(heavy.loc['ppo_contention', 'makespan_s'], heavy.loc['oracle_without_queue', 'makespan_s'])}, "
             f"DNN {rel(heavy.loc['dnn', 'makespan_s'], heavy.loc['oracle_without_queue', 'makespan_s'])}, queue-aware Oracle "

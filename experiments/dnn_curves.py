@@ -15,10 +15,6 @@ Run: ``placement experiment dnn_curves`` (``--full``; ``--no-ray``; ``--address`
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +24,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
-from experiments.harness import parse_script_args
+from experiments.harness import fan_out, parse_script_args, provenance_note, write_provenance
 from placement.agents.dnn import classification_metrics
 from placement.agents.evaluation import labelled_set
 from placement.agents.training import cv_splits
 from placement.core.catalogue import default_catalogue
 from placement.core.threshold import Thresholds
 from placement.core.trace import pair_outcomes, read_trace
-from placement.core.version import code_version
 from placement.lab.probe import probe_local
 from placement.model.simulate import simulate_trace
 
@@ -120,25 +114,7 @@ def fit_predict(data: Any, train_idx: np.ndarray | None, test_idx: np.ndarray | 
 calls = [(s.train, s.test, r, args, k, proto) for r in args.recipes for proto in args.protocols
          for k, s in enumerate(splits[proto])]
 calls += [(None, None, r, args, -1) for r in args.recipes]  # in-sample fits
-if args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-    remote = ray.remote(num_cpus=1)(fit_predict)
-    data_ref = ray.put(data)
-    refs = [remote.remote(data_ref, *c) for c in calls]
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="DNN fits") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    results = ray.get(refs)
-    ray.shutdown()
-else:
-    results = [fit_predict(data, *c) for c in tqdm(calls, desc="DNN fits")]
+results = fan_out(fit_predict, [(data, *c) for c in calls], "DNN fits", use_ray=args.ray, address=args.address)
 
 metric_rows = []
 oof: dict[tuple[str, str], np.ndarray] = {}
@@ -210,19 +186,12 @@ t0 = time.perf_counter()
 dnn.predict(batch)
 batched_us = 1e6 * (time.perf_counter() - t0) / len(batch)
 
-host = probe_local()
-provenance = {
-    "study": "dnn_curves", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
-    "trace_hashes": trace_hashes, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0],
-                 "targets": sorted(set(frame["target_id"].astype(str)))},
-    "recipes": {r["recipe"]: r["config"] for r in results if r["fold"] == -1},
-    "inference": {"per_decision_ms": per_decision_ms, "batched_per_job_us": batched_us, "batch": len(batch),
-                  "method": "measured on the experiment host (time.perf_counter), numpy serving path"},
-    "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+host = probe_local()  # the section names its CPU
+write_provenance(out, "dnn_curves", args, thresholds=th.as_dict(), trace_hashes=trace_hashes,
+                 targets=sorted(set(frame["target_id"].astype(str))), start=start,
+                 recipes={r["recipe"]: r["config"] for r in results if r["fold"] == -1},
+                 inference={"per_decision_ms": per_decision_ms, "batched_per_job_us": batched_us, "batch": len(batch),
+                            "method": "measured on the experiment host (time.perf_counter), numpy serving path"})
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -263,8 +232,7 @@ lines.append("* The labels are a deterministic rule of the outcomes, but the out
              f"held-out accuracy below 100 % is expected. Of the {args.recipes[0]} recipe's {int(errors.sum())} "
              f"out-of-fold errors, {100 * near[errors].mean() if errors.any() else 0:.0f} % are jobs within 1.5× of the "
              f"binding threshold (|margin| < ln 1.5), against {100 * near.mean():.0f} % of all jobs.")
-lines += ["", f"Provenance: `dnn_curves/provenance.json` (code {code_version()}, trace sha256 "
-          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+lines += ["", provenance_note("dnn_curves", trace_hashes), ""]
 o0 = metrics[(metrics.recipe == args.recipes[0]) & (metrics.setting == "out_of_fold")].iloc[0]
 i0 = metrics[(metrics.recipe == args.recipes[0]) & (metrics.setting == "in_sample")].iloc[0]
 held_extra = "".join(

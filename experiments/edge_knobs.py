@@ -20,10 +20,6 @@ Run: ``placement experiment edge_knobs`` (``--full``; ``--no-ray``; ``--address`
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +28,16 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
-from experiments.harness import parse_script_args
+from experiments.harness import (
+    fan_out,
+    job_from_row,
+    parse_script_args,
+    provenance_note,
+    write_provenance,
+)
 from placement.core.catalogue import default_catalogue
-from placement.core.version import code_version
-from placement.lab.probe import probe_local
 from placement.model.perfmodel import PerformanceModel
 
 
@@ -120,24 +119,7 @@ def sweep_target(target_id: str, a: Args) -> dict[str, list[dict[str, Any]]]:
     return {"cores": cores_rows, "caps": cap_rows, "recommend": rec_rows}
 
 
-if args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-    remote = ray.remote(num_cpus=1)(sweep_target)
-    refs = [remote.remote(t, args) for t in args.targets]
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="edge targets") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    parts = ray.get(refs)
-    ray.shutdown()
-else:
-    parts = [sweep_target(t, args) for t in tqdm(args.targets, desc="edge targets")]
+parts = fan_out(sweep_target, [(t, args) for t in args.targets], "edge targets", use_ray=args.ray, address=args.address)
 cores = pd.DataFrame([r for p in parts for r in p["cores"]])
 caps = pd.DataFrame([r for p in parts for r in p["caps"]])
 recommend = pd.DataFrame([r for p in parts for r in p["recommend"]])
@@ -151,7 +133,6 @@ missing_measured = [p for p in args.measured if not Path(p).exists()]
 for path in args.measured:
     if not Path(path).exists():
         continue
-    from placement.core.job import Job
     from placement.core.trace import read_trace, row_target
     from placement.model.perfmodel import recommend_knobs
     from placement.model.recommend import recommend_cores, recommend_gpu_cap
@@ -200,10 +181,7 @@ for path in args.measured:
         measured_best = g[g["cpu_cores"] == best_cores].iloc[0]
         row0 = g.iloc[0]
         target = row_target(row0)
-        job = Job(name=str(row0["model"]), family=row0["family"], mode=row0["mode"], batch_size=int(row0["batch_size"]),
-                  flops_per_batch=float(row0["flops_per_batch"]), param_count=int(row0["param_count"]),
-                  input_elems_per_sample=int(row0["input_elems_per_sample"]),
-                  input_bytes_per_sample=int(row0["input_bytes_per_sample"]))
+        job = job_from_row(row0)
         model_cores, _ = recommend_knobs(model, job, target, "cpu", args.tolerance)
         grid = g["cpu_cores"].astype(float).to_numpy()
         mapped = g.iloc[int(np.argmin(np.abs(np.log(grid / model_cores))))]
@@ -318,17 +296,9 @@ for (src, tid, name, batch), g in cores[cores["mode"] == "infer"].groupby(["sour
 findings = pd.DataFrame(finding_rows)
 findings.to_csv(out / "edge_knobs_core_scaling.csv", index=False, float_format="%.4g")
 
-host = probe_local()
-provenance = {
-    "study": "edge_knobs", "args": dataclasses.asdict(args), "seed": args.seed,
-    "thresholds": "not used (knob study: time and energy per knob setting)", "perf_model": model.version,
-    "trace_hashes": trace_hashes, "missing_measured_traces": missing_measured, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0],
-                 "targets": [catalogue[t].model_dump(mode="json") for t in args.targets]},
-    "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+write_provenance(out, "edge_knobs", args, thresholds="not used (knob study: time and energy per knob setting)",
+                 trace_hashes=trace_hashes, targets=[catalogue[t].model_dump(mode="json") for t in args.targets],
+                 start=start, perf_model=model.version, missing_measured_traces=missing_measured)
 
 
 def fmt(x: Any, digits: int = 2) -> str:
@@ -444,9 +414,7 @@ if {"orin-nano", "agx-orin"} <= set(orin.target):
 if missing_measured:
     lines.append(f"* Also looked for {', '.join(missing_measured)}: not present when this ran.")
 lines.append("* No Jetson was available to measure: every Jetson figure here is modelled.")
-lines += ["", f"Provenance: `edge_knobs/provenance.json` (code {code_version()}"
-          + (", trace sha256 " + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) if trace_hashes else "")
-          + ").", ""]
+lines += ["", provenance_note("edge_knobs", trace_hashes), ""]
 hl = ["Paper B: the LSTM gains nothing from more cores, the GRU does; gains flatten from about 4 cores; "
       "over-allocating GPU memory slows inference."]
 if np.isfinite(lstm) and np.isfinite(gru):

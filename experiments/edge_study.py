@@ -17,7 +17,6 @@ Run: ``placement experiment edge_study`` (no sweep: ``--full``, ``--smoke``, ``-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import platform
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import plotstyle
+from experiments.harness import parse_script_args
 from placement.core.catalogue import get_target
 from placement.core.threshold import Thresholds
 from placement.core.trace import read_trace
@@ -59,16 +59,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif isinstance(f.default, tuple):
-            parser.add_argument(flag, nargs="*", type=str, default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
-    return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    return parse_script_args(Args, argv, __doc__)  # no presets: --full and --smoke change nothing here
 
 
 args = parse_args()

@@ -16,10 +16,6 @@ Run: ``placement experiment feature_importance`` (``--full``; ``--no-ray``; ``--
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +24,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
-from experiments.harness import parse_script_args
+from experiments.harness import fan_out, parse_script_args, provenance_note, write_provenance
 from placement.agents.evaluation import grouped_kfold, labelled_set
 from placement.core.catalogue import default_catalogue
 from placement.core.threshold import Thresholds
 from placement.core.trace import pair_outcomes, read_trace
-from placement.core.version import code_version
-from placement.lab.probe import probe_local
 from placement.model.features import FEATURE_NAMES
 from placement.model.simulate import simulate_trace
 
@@ -147,25 +140,8 @@ def fold_importance(data: Any, train_idx: np.ndarray, test_idx: np.ndarray, a: A
 
 
 calls = [(data, s.train, s.test, args, k) for k, s in enumerate(splits)]
-if args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-    remote = ray.remote(num_cpus=1)(fold_importance)
-    data_ref = ray.put(data)
-    refs = [remote.remote(data_ref, *c[1:]) for c in calls]
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="importance folds") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    raw = [row for part in ray.get(refs) for row in part]
-    ray.shutdown()
-else:
-    raw = [row for c in tqdm(calls, desc="importance folds") for row in fold_importance(*c)]
+raw = [row for part in fan_out(fold_importance, calls, "importance folds", use_ray=args.ray, address=args.address)
+       for row in part]
 
 long = pd.DataFrame(raw)
 table = (long.groupby(["level", "name"], sort=False)
@@ -190,16 +166,8 @@ for ax, level, title in ((axes[0], "feature", "every feature (30)"), (axes[1], "
 plotstyle.save(fig, out / "feature_importance.png")
 plt.close(fig)
 
-host = probe_local()
-provenance = {
-    "study": "feature_importance", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
-    "trace_hashes": trace_hashes, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0],
-                 "targets": sorted(set(frame["target_id"].astype(str)))},
-    "held_out_base_accuracy": base_accuracy, "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+write_provenance(out, "feature_importance", args, thresholds=th.as_dict(), trace_hashes=trace_hashes,
+                 targets=sorted(set(frame["target_id"].astype(str))), start=start, held_out_base_accuracy=base_accuracy)
 
 paper_rank = table[table.level == "paper_input"].reset_index(drop=True)
 top3 = list(paper_rank.name[:3])
@@ -233,8 +201,7 @@ if best_hw <= 3:
 else:
     lines.append(f"* The best hardware input ranks {best_hw}: as in the paper, the job's size matters more than "
                  "the hardware's figures.")
-lines += ["", f"Provenance: `feature_importance/provenance.json` (code {code_version()}, trace sha256 "
-          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+lines += ["", provenance_note("feature_importance", trace_hashes), ""]
 headline = ("Paper A: input size, FLOPs and batch size matter most; TDP and memory least. Ours (permutation "
             f"importance on held-out architectures): most {', '.join(top3)}; least {', '.join(bottom)}.")
 lines.insert(2, f"> **Headline.** {headline}\n")

@@ -14,10 +14,6 @@ Run: ``placement experiment gpu_share`` (``--full``: more jobs; ``--no-ray``: in
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +23,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
-from experiments.harness import parse_script_args
+from experiments.harness import (
+    fan_out,
+    parse_script_args,
+    provenance_note,
+    ray_session,
+    write_provenance,
+)
 from placement.agents.evaluation import labelled_set
 from placement.core.catalogue import default_catalogue
 from placement.core.hardware import HardwareTarget
 from placement.core.threshold import Thresholds
 from placement.core.trace import pair_outcomes
-from placement.core.version import code_version
-from placement.lab.probe import probe_local
 from placement.model.perfmodel import PerformanceModel
 from placement.model.simulate import simulate_trace
 
@@ -110,34 +109,12 @@ def loto_dnn(frames: list[pd.DataFrame], held: int, a: Args) -> np.ndarray:
     return np.asarray(dnn.predict(test.x)[0]).reshape(-1) == 1
 
 
-def run_all(fn: Any, calls: list[tuple[Any, ...]], desc: str) -> list[Any]:
-    if not args.ray:
-        return [fn(*c) for c in tqdm(calls, desc=desc)]
-    remote = ray.remote(num_cpus=1)(fn)
-    refs = [remote.remote(*c) for c in calls]
-    pending = list(refs)
-    with tqdm(total=len(refs), desc=desc) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    return ray.get(refs)
-
-
-if args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-
 all_targets = targets + scaled
-frames = run_all(simulate, [(t, args) for t in all_targets], "simulate targets")
-real_frames = frames[: len(targets)]
-dnn_choices = run_all(loto_dnn, [(real_frames, i, args) for i in range(len(targets))], "leave-one-target-out DNN") \
-    if args.dnn and len(targets) > 1 else [None] * len(targets)
-if args.ray:
-    ray.shutdown()
+with ray_session(args.ray, args.address):  # one Ray for both sweeps
+    frames = fan_out(simulate, [(t, args) for t in all_targets], "simulate targets", use_ray=args.ray)
+    real_frames = frames[: len(targets)]
+    dnn_choices = fan_out(loto_dnn, [(real_frames, i, args) for i in range(len(targets))], "leave-one-target-out DNN",
+                          use_ray=args.ray) if args.dnn and len(targets) > 1 else [None] * len(targets)
 
 rows = []
 for k, (target, frame) in enumerate(zip(all_targets, frames, strict=True)):
@@ -195,18 +172,11 @@ rho_desk = spearmanr(desk.gpu_gflops, desk.oracle_gpu_share).statistic if len(de
 rho_all = spearmanr(cat.gpu_gflops, cat.oracle_gpu_share).statistic if len(cat) >= 3 else np.nan
 rho_sweep = spearmanr(sweep.gpu_scale, sweep.oracle_gpu_share).statistic if len(sweep) >= 3 else np.nan
 
-host = probe_local()
-provenance = {
-    "study": "gpu_share", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
-    "trace_hashes": {f"simulate_trace(n_jobs={args.n_jobs}, seed={args.seed}, default knobs)": "generated in-process"},
-    "perf_model": PerformanceModel().version, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0],
-                 "targets": [t.model_dump(mode="json") for t in all_targets]},
-    "spearman": {"desktop_A_to_D": rho_desk, "all_catalogue": rho_all, "gpu_scale_sweep": rho_sweep},
-    "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+write_provenance(out, "gpu_share", args, thresholds=th.as_dict(),
+                 trace_hashes={f"simulate_trace(n_jobs={args.n_jobs}, seed={args.seed}, default knobs)": "generated in-process"},
+                 targets=[t.model_dump(mode="json") for t in all_targets], start=start,
+                 perf_model=PerformanceModel().version,
+                 spearman={"desktop_A_to_D": rho_desk, "all_catalogue": rho_all, "gpu_scale_sweep": rho_sweep})
 
 
 def fmt(x: Any, digits: int = 2) -> str:
@@ -251,7 +221,7 @@ if len(sweep) >= 3:
     lines.append(f"* In the controlled sweep the share rises with GPU strength and levels off near {top:.2f}: the other "
                  f"{1 - top:.2f} of the jobs stay below {th.speedup_min:g}× whatever the GPU (in the performance model, "
                  "launch, synchronisation and transfer overheads bound their GPU time).")
-lines += ["", f"Provenance: `gpu_share/provenance.json` (code {code_version()}).", ""]
+lines += ["", provenance_note("gpu_share", {}), ""]
 headline = (f"Paper A Fig. 1: the stronger the GPU, the larger its share. Ours (modelled): Spearman ρ of GPU FLOP/s vs "
             f"Oracle GPU share {fmt(rho_desk)} over configurations A–D (shares "
             + ", ".join(f"{t} {s:.2f}" for t, s in zip(desk.target, desk.oracle_gpu_share, strict=True))

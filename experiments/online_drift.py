@@ -25,11 +25,8 @@ Run: ``placement experiment online_drift`` (``--full``; ``--no-ray``; ``--addres
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import platform
-import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +34,18 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
-from experiments.harness import parse_script_args
+from experiments.harness import (
+    fan_out,
+    job_from_row,
+    parse_script_args,
+    provenance_note,
+    write_provenance,
+)
+from experiments.online_learner import online_learner_loop
 from placement.core.threshold import Thresholds
 from placement.core.trace import read_trace
-from placement.core.version import code_version
-from placement.lab.probe import probe_local
 
 
 @dataclass
@@ -114,11 +115,8 @@ train_frame = trace.frame[trace.frame["target_id"].isin(train_targets)].reset_in
 
 def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> dict[str, Any]:
     """One stream: train the starting model, then place, report and learn event by event."""
-    import tempfile
-
     import torch
 
-    from placement.agents.artifact import ModelMetadata, save_model
     from placement.agents.dnn import DnnConfig, train_dnn
     from placement.agents.evaluation import labelled_set
     from placement.agents.ppo import PpoConfig, make_env, train_warm_ppo
@@ -129,11 +127,7 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
     from placement.model.features import build_features
     from placement.model.perfmodel import PerformanceModel
     from placement.model.simulate import generate_jobs
-    from placement.serve.learning.learner import Learner
-    from placement.serve.placer import Placer, bootstrap_store
-    from placement.serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
-    from placement.serve.settings import Settings
-    from placement.serve.storage.store import Store
+    from placement.serve.schemas import PlacementRequest
 
     torch.set_num_threads(a.threads)
     thr = Thresholds(a.speedup_min, a.energy_ratio_max)
@@ -171,102 +165,70 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
 
     eval_target = a.slow_target if scenario == "gpu_slowdown" else a.new_target
     eval_frame = generate_jobs(a.eval_jobs, np.random.default_rng([seed, 11]))
-    eval_list = [Job(name=str(r["model"]), family=r["family"], mode=r["mode"], batch_size=int(r["batch_size"]),
-                     flops_per_batch=float(r["flops_per_batch"]), param_count=int(r["param_count"]),
-                     input_elems_per_sample=int(r["input_elems_per_sample"]),
-                     input_bytes_per_sample=int(r["input_bytes_per_sample"])) for _, r in eval_frame.iterrows()]
+    eval_list = [job_from_row(r) for _, r in eval_frame.iterrows()]
     eval_truth = {d: np.array([noiseless_label(j, eval_target, d) for j in eval_list]) for d in (False, True)}
     eval_x = np.stack([build_features(j, catalogue[eval_target]) for j in eval_list])
     static_eval = {d: float(np.mean((np.asarray(dnn.predict(eval_x)[0]).reshape(-1) == 1) == eval_truth[d]))
                    for d in (False, True)}
 
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="online-drift-") as tmp:
-        model_dir = Path(tmp) / "start"
-        save_model(model_dir, dnn=dnn, ppo=run.policy, normaliser=dnn.normaliser, thresholds=thr,
-                   metadata=ModelMetadata(version=f"{scenario}-start-{seed}", seed=seed, thresholds=thr.as_dict(),
-                                          trace_hashes={"training rows of " + a.simulated: "see provenance"}))
-        settings = Settings(state_dir=Path(tmp) / "state", model_path=model_dir, speedup_min=thr.speedup_min,
-                            energy_ratio_max=thr.energy_ratio_max, seed=seed, min_feedback_per_update=a.update_every,
-                            min_holdout=3, history_window=max(10, a.history_window),
-                            ppo_timesteps=max(64, a.learner_ppo_steps), exploration_rate=a.exploration,
-                            torch_threads=a.threads)
-        store = Store(settings.database)
-        placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
-        learner = Learner(settings, store)
-        eval_cache: dict[tuple[str, int, bool], float] = {}
+    eval_cache: dict[tuple[str, int, bool], float] = {}
 
-        def online_eval(drifted: bool) -> float:
-            # the answers move with the serving version and with every feedback (the target's offsets,
-            # placement.serve.learning.offsets): keyed by both; evaluated without storing decisions
-            key = (placer.version, store.last_feedback_seq(), drifted)
-            if key not in eval_cache:
-                res = placer.place(PlacementRequest(jobs=eval_list, target=eval_target, explore=False), record=False)
-                eval_cache[key] = float(np.mean(np.asarray(res.gpu, dtype=bool) == eval_truth[drifted]))
-            return eval_cache[key]
+    def online_eval(placer: Any, drifted: bool) -> float:
+        # the answers move with the serving version and with every feedback (the target's offsets,
+        # placement.serve.learning.offsets): keyed by both; evaluated without storing decisions
+        key = (placer.version, placer.store.last_feedback_seq(), drifted)
+        if key not in eval_cache:
+            res = placer.place(PlacementRequest(jobs=eval_list, target=eval_target, explore=False), record=False)
+            eval_cache[key] = float(np.mean(np.asarray(res.gpu, dtype=bool) == eval_truth[drifted]))
+        return eval_cache[key]
 
-        update_s: list[float] = []
+    def stream() -> Iterator[dict[str, Any]]:
+        # lazily, one event per decision: the outcomes draw from rng in the order cpu, gpu, chosen run
         for i in range(a.events):
-            r = jobs.iloc[i]
-            job = Job(name=str(r["model"]), family=r["family"], mode=r["mode"], batch_size=int(r["batch_size"]),
-                      flops_per_batch=float(r["flops_per_batch"]), param_count=int(r["param_count"]),
-                      input_elems_per_sample=int(r["input_elems_per_sample"]),
-                      input_bytes_per_sample=int(r["input_bytes_per_sample"]))
+            job = job_from_row(jobs.iloc[i])
             tid = targets[i]
             drifted = i >= a.drift_at
             cpu_o, gpu_o = outcome(job, tid, "cpu", drifted), outcome(job, tid, "gpu", drifted)
             label = joint_threshold(cpu_o.time_per_sample_s, gpu_o.time_per_sample_s, cpu_o.energy_per_sample_j,
                                     gpu_o.energy_per_sample_j, cpu_o.feasible, gpu_o.feasible, thr)
-            truth = bool(label.gpu)
-            static = bool(dnn.predict(build_features(job, catalogue[tid]))[0] == 1)
-            result = placer.place(PlacementRequest(job=job, target=tid))
-            gpu = bool(result.gpu[0])
-            cap = int(result.gpu_mem_cap_mib[0])
-            run_o = outcome(job, tid, "gpu" if gpu else "cpu", drifted, int(result.cpu_cores[0]),
-                            cap if (gpu and cap > 0) else None)
-            report: dict[str, Any] = {"device": "gpu" if gpu else "cpu", "feasible": run_o.feasible}
-            if run_o.feasible:
-                report.update(n_samples=run_o.n_samples, time_total_s=run_o.time_total_s,
-                              avg_cpu_power_w=run_o.avg_cpu_power_w, cpu_power_method="modelled")
-                if gpu:
-                    report.update(avg_gpu_power_w=run_o.avg_gpu_power_w, gpu_power_method="modelled")
-            else:
-                report["infeasible_reason"] = run_o.infeasible_reason
-            placer.feedback(FeedbackRequest(decision_id=result.decision_ids[0],
-                                            outcome=ReportedOutcome.model_validate(report)))
-            update = learner.maybe_update()
-            if update is not None:
-                update_s.append(update.duration_s)
-                placer.refresh()
-            rows.append({"scenario": scenario, "seed": seed, "event": i, "target": tid, "drifted": drifted,
-                         "label_gpu": truth, "online_gpu": gpu, "static_dnn_gpu": static,
-                         "explored": bool(result.explored[0]), "policy_version": result.policy_version,
-                         "learner_update": None if update is None else update.status,
-                         "online_eval_accuracy": online_eval(drifted), "static_dnn_eval_accuracy": static_eval[drifted]})
-        store.close()
-    return {"rows": rows, "update_s": update_s}
+            yield {"event": i, "job": job, "target": tid, "drifted": drifted, "truth": bool(label.gpu),
+                   "static": bool(dnn.predict(build_features(job, catalogue[tid]))[0] == 1)}
+
+    def chosen_run(ev: dict[str, Any], result: Any) -> dict[str, Any]:
+        gpu = bool(result.gpu[0])
+        cap = int(result.gpu_mem_cap_mib[0])
+        run_o = outcome(ev["job"], ev["target"], "gpu" if gpu else "cpu", ev["drifted"], int(result.cpu_cores[0]),
+                        cap if (gpu and cap > 0) else None)
+        report: dict[str, Any] = {"device": "gpu" if gpu else "cpu", "feasible": run_o.feasible}
+        if run_o.feasible:
+            report.update(n_samples=run_o.n_samples, time_total_s=run_o.time_total_s,
+                          avg_cpu_power_w=run_o.avg_cpu_power_w, cpu_power_method="modelled")
+            if gpu:
+                report.update(avg_gpu_power_w=run_o.avg_gpu_power_w, gpu_power_method="modelled")
+        else:
+            report["infeasible_reason"] = run_o.infeasible_reason
+        return report
+
+    def record(ev: dict[str, Any], result: Any, update: Any, placer: Any) -> dict[str, Any]:
+        return {"scenario": scenario, "seed": seed, "event": ev["event"], "target": ev["target"],
+                "drifted": ev["drifted"], "label_gpu": ev["truth"], "online_gpu": bool(result.gpu[0]),
+                "static_dnn_gpu": ev["static"], "explored": bool(result.explored[0]),
+                "policy_version": result.policy_version,
+                "learner_update": None if update is None else update.status,
+                "online_eval_accuracy": online_eval(placer, ev["drifted"]),
+                "static_dnn_eval_accuracy": static_eval[ev["drifted"]]}
+
+    rows, updates = online_learner_loop(
+        dnn, run.policy, thr, stream(), lambda ev: PlacementRequest(job=ev["job"], target=ev["target"]), chosen_run,
+        record=record, seed=seed, version=f"{scenario}-start-{seed}",
+        trace_hashes={"training rows of " + a.simulated: "see provenance"}, update_every=a.update_every, min_holdout=3,
+        ppo_steps=a.learner_ppo_steps, exploration=a.exploration, threads=a.threads,
+        history_window=max(10, a.history_window))
+    return {"rows": rows, "update_s": [u.duration_s for u in updates]}
 
 
 calls = [(scenario, args.seed + s, train_frame, args) for scenario in args.scenarios for s in range(args.seeds)]
-if args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-    remote = ray.remote(num_cpus=1)(run_stream)
-    frame_ref = ray.put(train_frame)
-    refs = [remote.remote(sc, sd, frame_ref, a) for sc, sd, _, a in calls]
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="streams") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    results = ray.get(refs)
-    ray.shutdown()
-else:
-    results = [run_stream(*c) for c in tqdm(calls, desc="streams")]
+results = fan_out(run_stream, calls, "streams", use_ray=args.ray, address=args.address)
 
 events = pd.DataFrame([row for r in results for row in r["rows"]])
 for who in ("online", "static_dnn"):
@@ -343,16 +305,8 @@ for ax, scenario in zip(axes[0], args.scenarios, strict=True):
 plotstyle.save(fig, out / "online_drift.png")
 plt.close(fig)
 
-host = probe_local()
-provenance = {
-    "study": "online_drift", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
-    "trace_hashes": trace_hashes, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0],
-                 "targets": sorted(set(events.target))},
-    "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+write_provenance(out, "online_drift", args, thresholds=th.as_dict(), trace_hashes=trace_hashes,
+                 targets=sorted(set(events.target)), start=start)
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -405,8 +359,7 @@ for scenario, g in summary.groupby("scenario", sort=False):
                  f"{fmt(gg.loc['online', 'final_window_accuracy'])}, static DNN "
                  f"{fmt(gg.loc['static_dnn', 'final_window_accuracy'])}.")
 lines.append("* Paper A's DNN is static; it has no online experiment. This study is ours.")
-lines += ["", f"Provenance: `online_drift/provenance.json` (code {code_version()}, trace sha256 "
-          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+lines += ["", provenance_note("online_drift", trace_hashes), ""]
 parts = []
 for scenario, g in summary.groupby("scenario", sort=False):
     gg = g.groupby("policy").mean(numeric_only=True)

@@ -21,10 +21,6 @@ Run: ``placement experiment ppo_warm_vs_cold`` (``--full``; ``--no-ray``; ``--ad
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +29,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
-from experiments.harness import parse_script_args
+from experiments.harness import fan_out, parse_script_args, provenance_note, write_provenance
 from placement.agents.evaluation import group_split, labelled_set
 from placement.core.catalogue import default_catalogue
 from placement.core.threshold import Thresholds
 from placement.core.trace import pair_outcomes, read_trace
-from placement.core.version import code_version
-from placement.lab.probe import probe_local
 from placement.model.simulate import simulate_trace
 
 
@@ -162,25 +155,7 @@ def run(kind: str, seed: int, train_frame: pd.DataFrame, test_frame: pd.DataFram
 
 
 calls = [(kind, args.seed + s, train_frame, test_frame, args) for s in range(args.seeds) for kind in ("warm", "cold")]
-if args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-    remote = ray.remote(num_cpus=1)(run)
-    tr_ref, te_ref = ray.put(train_frame), ray.put(test_frame)
-    refs = [remote.remote(kind, seed, tr_ref, te_ref, a) for kind, seed, _, _, a in calls]
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="PPO runs") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    results = ray.get(refs)
-    ray.shutdown()
-else:
-    results = [run(*c) for c in tqdm(calls, desc="PPO runs")]
+results = fan_out(run, calls, "PPO runs", use_ray=args.ray, address=args.address)
 
 curves = pd.DataFrame([{"kind": r["kind"], "seed": r["seed"], **p} for r in results for p in r["points"]])
 curves.to_csv(out / "learning_curves.csv", index=False, float_format="%.5f")
@@ -222,16 +197,8 @@ axes[0].set_ylabel("reward ratio (x Oracle; dashed: 0.95, 0.99)")
 plotstyle.save(fig, out / "ppo_warm_vs_cold.png")
 plt.close(fig)
 
-host = probe_local()
-provenance = {
-    "study": "ppo_warm_vs_cold", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
-    "trace_hashes": trace_hashes, "held_out_groups": held, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0],
-                 "targets": sorted(set(frame["target_id"].astype(str)))},
-    "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+write_provenance(out, "ppo_warm_vs_cold", args, thresholds=th.as_dict(), trace_hashes=trace_hashes,
+                 targets=sorted(set(frame["target_id"].astype(str))), start=start, held_out_groups=held)
 
 
 def steps_text(values: pd.Series) -> str:
@@ -275,8 +242,7 @@ lines.append(f"* On the training groups the warm agent is at {wtr.start_reward_r
              + (", so the cold agent climbs faster once it is past the warm agent's starting level."
                 if (ctr.steps_to_95pct.fillna(np.inf).median() < wtr.steps_to_95pct.fillna(np.inf).median()) else "."))
 lines.append("* Paper A names an RL scheduler as future work and reports no learning curve; this study is ours.")
-lines += ["", f"Provenance: `ppo_warm_vs_cold/provenance.json` (code {code_version()}, trace sha256 "
-          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+lines += ["", provenance_note("ppo_warm_vs_cold", trace_hashes), ""]
 wt = summary[(summary.kind == "warm") & (summary.set == "training groups")]
 ct = summary[(summary.kind == "cold") & (summary.set == "training groups")]
 headline = ("No paper figure (paper A names RL as future work). Ours (modelled rewards): on training architectures "

@@ -10,13 +10,12 @@ Run: ``placement experiment report`` (``placement experiment all`` runs it last)
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.harness import parse_script_args
 from placement.core.version import code_version
 
 
@@ -27,10 +26,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    return Args(**vars(parser.parse_args(argv)))
+    return parse_script_args(Args, argv, __doc__)
 
 
 args = parse_args()

@@ -29,12 +29,7 @@ the folds in this process; ``--address`` sends them to a Ray cluster).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import platform
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +38,22 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
+from experiments.harness import (
+    fan_out,
+    job_from_row,
+    parse_script_args,
+    provenance_note,
+    write_provenance,
+)
+from experiments.online_learner import online_learner_loop
 from placement.agents.evaluation import evaluate_choices, labelled_set, reports_frame
 from placement.agents.training import cv_splits
 from placement.core.catalogue import default_catalogue
 from placement.core.paper import TABLE5
 from placement.core.threshold import Thresholds
 from placement.core.trace import pair_outcomes, read_trace
-from placement.core.version import code_version
-from placement.lab.probe import probe_local
 from placement.model.simulate import simulate_trace
 
 
@@ -107,21 +107,7 @@ SMOKE = dict(sim_jobs=40, ppo_warmup_steps=128, protocols=("arch", "random"), ta
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        elif isinstance(f.default, tuple):
-            parser.add_argument(flag, nargs="*", default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
-    args = Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
-    for preset, on in ((FULL, args.full), (SMOKE, args.smoke)):
-        for key, value in preset.items() if on else ():
-            if getattr(args, key) == getattr(Args, key):
-                setattr(args, key, value)
-    return args
+    return parse_script_args(Args, argv, __doc__, {"full": FULL, "smoke": SMOKE})
 
 
 args = parse_args()
@@ -204,74 +190,55 @@ def run_fold(dataset: str, frame: pd.DataFrame, train_idx: np.ndarray, test_idx:
 
 def online_stream(dnn: Any, ppo: Any, test: Any, frame: pd.DataFrame, thr: Thresholds, a: Args, seed: int,
                   hashes: dict[str, str]) -> tuple[np.ndarray, dict[str, Any]]:
-    """The service's online learner on the test rows as a stream: place, report the chosen
-    device's run (the trace row nearest the decided knobs, with its real knobs), update."""
-    from placement.agents.artifact import ModelMetadata, save_model
-    from placement.core.job import Job
+    """The service's online learner on the test rows as a stream (in random order): place, report
+    the chosen device's run (the trace row nearest the decided knobs, with its real knobs), update."""
     from placement.core.trace import row_target
-    from placement.serve.learning.learner import Learner
-    from placement.serve.placer import Placer, bootstrap_store
-    from placement.serve.schemas import FeedbackRequest, PlacementRequest, ReportedOutcome
-    from placement.serve.settings import Settings
-    from placement.serve.storage.store import Store
+    from placement.serve.schemas import PlacementRequest
 
     rng = np.random.default_rng(seed)
     runs = {key: rows for key, rows in frame.groupby(["job_id", "target_id"], sort=False)}
     chose = np.zeros(len(test), dtype=bool)
-    statuses: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="table5-online-") as tmp:
-        model_dir = Path(tmp) / "start"
-        save_model(model_dir, dnn=dnn, ppo=ppo, normaliser=dnn.normaliser, thresholds=thr,
-                   metadata=ModelMetadata(version=f"fold-start-{seed}", seed=seed, thresholds=thr.as_dict(),
-                                          trace_hashes=hashes))
-        settings = Settings(state_dir=Path(tmp) / "state", model_path=model_dir, speedup_min=thr.speedup_min,
-                            energy_ratio_max=thr.energy_ratio_max, seed=seed,
-                            min_feedback_per_update=a.online_update_every,
-                            min_holdout=max(4, a.online_update_every // 8), ppo_timesteps=max(64, a.online_ppo_steps),
-                            exploration_rate=a.online_exploration, torch_threads=a.threads)
-        store = Store(settings.database)
-        placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
-        learner = Learner(settings, store)
-        for i in rng.permutation(len(test)):
-            row = test.pairs.iloc[int(i)]
-            job = Job(name=str(row["model"]), family=row["family"], mode=row["mode"], batch_size=int(row["batch_size"]),
-                      flops_per_batch=float(row["flops_per_batch"]), param_count=int(row["param_count"]),
-                      input_elems_per_sample=int(row["input_elems_per_sample"]),
-                      input_bytes_per_sample=int(row["input_bytes_per_sample"]))
-            result = placer.place(PlacementRequest(job=job, target=row_target(row)))
-            gpu = bool(result.gpu[0])
-            chose[i] = gpu
-            rows = runs[(row["job_id"], row["target_id"])]
-            rows = rows[rows["device"] == ("gpu" if gpu else "cpu")]
-            cores = float(result.cpu_cores[0])
-            cap = float(result.gpu_mem_cap_mib[0])  # -1 = grow
-            rcap = rows["gpu_mem_cap_mib"].astype("Float64").to_numpy(dtype="float64", na_value=-1.0)
-            rcores = rows["cpu_cores"].astype("float64").to_numpy()
-            # nearest logged knobs: same cap kind first (grow vs capped), then log distance
-            dist = np.abs(np.log(rcores / cores)) + np.where((rcap < 0) != (cap < 0), 100.0,
-                                                             np.abs(np.log(np.maximum(rcap, 1) / max(cap, 1))))
-            run_row = rows.iloc[int(np.argmin(dist))]
-            ok = bool(run_row["feasible"])
-            outcome: dict[str, Any] = {"device": "gpu" if gpu else "cpu", "feasible": ok,
-                                       "cpu_cores": int(run_row["cpu_cores"])}
-            if not pd.isna(run_row["gpu_mem_cap_mib"]):
-                outcome["gpu_mem_cap_mib"] = int(run_row["gpu_mem_cap_mib"])
-            if ok:
-                outcome.update(n_samples=int(run_row["n_samples"]), time_total_s=float(run_row["time_total_s"]))
-                for power in ("cpu", "gpu"):
-                    value, method = run_row[f"avg_{power}_power_w"], str(run_row[f"{power}_power_method"])
-                    if not pd.isna(value) and method != "unknown" and (power == "cpu" or gpu):
-                        outcome[f"avg_{power}_power_w"] = float(value)
-                        outcome[f"{power}_power_method"] = method
-            else:
-                outcome["infeasible_reason"] = str(run_row["infeasible_reason"] or "infeasible")
-            placer.feedback(FeedbackRequest(decision_id=result.decision_ids[0],
-                                            outcome=ReportedOutcome.model_validate(outcome)))
-            report = learner.maybe_update()
-            if report is not None:
-                statuses.append(report.status)
-                placer.refresh()
-        store.close()
+
+    def request(i: int) -> PlacementRequest:
+        row = test.pairs.iloc[i]
+        return PlacementRequest(job=job_from_row(row), target=row_target(row))
+
+    def chosen_run(i: int, result: Any) -> dict[str, Any]:
+        row = test.pairs.iloc[i]
+        gpu = bool(result.gpu[0])
+        chose[i] = gpu
+        rows = runs[(row["job_id"], row["target_id"])]
+        rows = rows[rows["device"] == ("gpu" if gpu else "cpu")]
+        cores = float(result.cpu_cores[0])
+        cap = float(result.gpu_mem_cap_mib[0])  # -1 = grow
+        rcap = rows["gpu_mem_cap_mib"].astype("Float64").to_numpy(dtype="float64", na_value=-1.0)
+        rcores = rows["cpu_cores"].astype("float64").to_numpy()
+        # nearest logged knobs: same cap kind first (grow vs capped), then log distance
+        dist = np.abs(np.log(rcores / cores)) + np.where((rcap < 0) != (cap < 0), 100.0,
+                                                         np.abs(np.log(np.maximum(rcap, 1) / max(cap, 1))))
+        run_row = rows.iloc[int(np.argmin(dist))]
+        ok = bool(run_row["feasible"])
+        outcome: dict[str, Any] = {"device": "gpu" if gpu else "cpu", "feasible": ok,
+                                   "cpu_cores": int(run_row["cpu_cores"])}
+        if not pd.isna(run_row["gpu_mem_cap_mib"]):
+            outcome["gpu_mem_cap_mib"] = int(run_row["gpu_mem_cap_mib"])
+        if ok:
+            outcome.update(n_samples=int(run_row["n_samples"]), time_total_s=float(run_row["time_total_s"]))
+            for power in ("cpu", "gpu"):
+                value, method = run_row[f"avg_{power}_power_w"], str(run_row[f"{power}_power_method"])
+                if not pd.isna(value) and method != "unknown" and (power == "cpu" or gpu):
+                    outcome[f"avg_{power}_power_w"] = float(value)
+                    outcome[f"{power}_power_method"] = method
+        else:
+            outcome["infeasible_reason"] = str(run_row["infeasible_reason"] or "infeasible")
+        return outcome
+
+    _, updates = online_learner_loop(
+        dnn, ppo, thr, (int(i) for i in rng.permutation(len(test))), request, chosen_run, seed=seed,
+        version=f"fold-start-{seed}", trace_hashes=hashes, update_every=a.online_update_every,
+        min_holdout=max(4, a.online_update_every // 8), ppo_steps=a.online_ppo_steps,
+        exploration=a.online_exploration, threads=a.threads)
+    statuses = [u.status for u in updates]
     return chose, {"updates": len(statuses), "promoted": statuses.count("promoted"),
                    "rejected": statuses.count("rejected"), "skipped": statuses.count("skipped")}
 
@@ -295,24 +262,7 @@ tasks.append(("paper_table2", datasets["simulated"], np.arange(len(sim_data)), N
               dataclasses.replace(args, online=False), 0))
 labelled["paper_table2"] = labelled_set(pair_outcomes(paper.frame, th))
 
-if args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-    remote = ray.remote(num_cpus=1)(run_fold)
-    pending = [remote.remote(*t) for t in tasks]
-    results = []
-    with tqdm(total=len(pending), desc="table5 folds", unit="fold") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results += ray.get(done)
-            bar.update(len(done))
-    ray.shutdown()
-else:
-    results = [run_fold(*t) for t in tqdm(tasks, desc="table5 folds", unit="fold")]
+results = fan_out(run_fold, tasks, "table5 folds", use_ray=args.ray, address=args.address, unit="fold")
 
 # ---------------------------------------------------------------------------------------
 # gather out-of-fold choices; score per dataset and per target
@@ -406,17 +356,9 @@ plt.close(fig)
 # ---------------------------------------------------------------------------------------
 # provenance and the markdown section
 # ---------------------------------------------------------------------------------------
-host = probe_local()
-provenance = {
-    "study": "table5", "args": dataclasses.asdict(args), "seed": args.seed, "thresholds": th.as_dict(),
-    "trace_hashes": trace_hashes, "missing_measured_traces": missing_measured, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0],
-                 "targets": sorted(set(table["target"]) - {"all"})},
-    "folds": [{k: r[k] for k in ("dataset", "fold", "rule", "dnn_epochs", "ppo", "online")} for r in results],
-    "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+write_provenance(out, "table5", args, thresholds=th.as_dict(), trace_hashes=trace_hashes,
+                 targets=sorted(set(table["target"]) - {"all"}), start=start, missing_measured_traces=missing_measured,
+                 folds=[{k: r[k] for k in ("dataset", "fold", "rule", "dnn_epochs", "ppo", "online")} for r in results])
 
 
 def fmt(x: Any, digits: int = 2) -> str:
@@ -523,8 +465,7 @@ if missing_measured and any(d.startswith("measured:") for d in labelled):
 elif missing_measured:
     lines.append(f"* Measured-trace rows: **pending** — {', '.join(missing_measured)} not present when this ran; "
                  "rerun `placement experiment table5` once it lands.")
-lines += ["", f"Provenance: `table5/provenance.json` (code {code_version()}, trace sha256 "
-          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+lines += ["", provenance_note("table5", trace_hashes), ""]
 s_all = table[(table.dataset == "simulated") & (table.target == "all")].set_index("policy")
 
 

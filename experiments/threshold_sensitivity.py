@@ -14,10 +14,6 @@ Run: ``placement experiment threshold_sensitivity`` (``--full``; ``--no-ray``; `
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +22,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from experiments import plotstyle
-from experiments.harness import parse_script_args
+from experiments.harness import fan_out, parse_script_args, provenance_note, write_provenance
 from placement.agents.evaluation import evaluate_choices, grouped_kfold, labelled_set
 from placement.core.catalogue import default_catalogue
 from placement.core.threshold import Thresholds
 from placement.core.trace import pair_outcomes, read_trace
-from placement.core.version import code_version
-from placement.lab.probe import probe_local
 from placement.model.simulate import simulate_trace
 
 
@@ -138,25 +131,8 @@ elif args.dnn_points == "cross":
     dnn_grid = [(t, e) for t, e in grid if np.isclose(t, args.paper_speedup) or np.isclose(e, args.paper_energy)]
 else:
     dnn_grid = []
-if dnn_grid and args.ray:
-    import ray
-
-    runtime_env = {"working_dir": str(Path(__file__).resolve().parent.parent),
-                   "excludes": [".venv", ".git", "results", "models", "data"]} if args.address else None
-    ray.init(address=args.address or None, num_cpus=None if args.address else 2, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env)
-    remote = ray.remote(num_cpus=1)(dnn_point)
-    frame_ref = ray.put(frame)
-    refs = [remote.remote(frame_ref, t, e, args) for t, e in dnn_grid]
-    pending = list(refs)
-    with tqdm(total=len(refs), desc="DNN per threshold") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            bar.update(len(done))
-    dnn_rows = ray.get(refs)
-    ray.shutdown()
-else:
-    dnn_rows = [dnn_point(frame, t, e, args) for t, e in tqdm(dnn_grid, desc="DNN per threshold")]
+dnn_rows = fan_out(dnn_point, [(frame, t, e, args) for t, e in dnn_grid], "DNN per threshold", use_ray=args.ray,
+                   address=args.address)
 if dnn_rows:
     table = table.merge(pd.DataFrame(dnn_rows), on=["speedup_min", "energy_ratio_max"], how="left")
 
@@ -205,18 +181,11 @@ plt.close(fig)
 
 span_t = float(at_paper_e.gpu_share.max() - at_paper_e.gpu_share.min()) if len(at_paper_e) else float("nan")
 span_e = float(at_paper_t.gpu_share.max() - at_paper_t.gpu_share.min()) if len(at_paper_t) else float("nan")
-host = probe_local()
-provenance = {
-    "study": "threshold_sensitivity", "args": dataclasses.asdict(args), "seed": args.seed,
-    "thresholds": {"grid_speedup_min": list(args.speedup_grid), "grid_energy_ratio_max": list(args.energy_grid),
-                   "paper_point": paper_th.as_dict()},
-    "trace_hashes": trace_hashes, "code_version": code_version(),
-    "hardware": {"experiment_host": f"{host.cpu_model}, {host.cpu_cores} usable cores, {host.ram_gib} GiB RAM",
-                 "platform": platform.platform(), "python": sys.version.split()[0],
-                 "targets": sorted(set(frame["target_id"].astype(str)))},
-    "gpu_share_span": {"over_T_t": span_t, "over_T_e": span_e}, "wall_s": round(time.time() - start, 1),
-}
-(out / "provenance.json").write_text(json.dumps(provenance, indent=1, default=str))
+write_provenance(out, "threshold_sensitivity", args,
+                 thresholds={"grid_speedup_min": list(args.speedup_grid), "grid_energy_ratio_max": list(args.energy_grid),
+                             "paper_point": paper_th.as_dict()},
+                 trace_hashes=trace_hashes, targets=sorted(set(frame["target_id"].astype(str))), start=start,
+                 gpu_share_span={"over_T_t": span_t, "over_T_e": span_e})
 
 
 def fmt(x: Any, digits: int = 2) -> str:
@@ -272,8 +241,7 @@ if len(ee_t) >= 2 and ee_t[-1] < ee_t[0]:
                  f"{100 * cheaper[moved].mean() if moved.any() else 0:.0f} % cost less energy per sample on the GPU "
                  f"(modelled); at the paper's point only {100 * costly:.1f} % of jobs fail the energy condition. The "
                  "paper's trade-off assumes the CPU is the frugal device for those jobs; in our model it mostly is not.")
-lines += ["", f"Provenance: `threshold_sensitivity/provenance.json` (code {code_version()}, trace sha256 "
-          + ", ".join(f"`{Path(k).name}` {v[:12]}" for k, v in trace_hashes.items()) + ").", ""]
+lines += ["", provenance_note("threshold_sensitivity", trace_hashes), ""]
 first, last = at_paper_e.iloc[0], at_paper_e.iloc[-1]
 headline = ("Paper A: a lower T_t raises GPU share and throughput and lowers energy efficiency; T_e matters less. "
             f"Ours (modelled), T_t {first.speedup_min:g} → {last.speedup_min:g}: GPU share {first.gpu_share:.2f} → "

@@ -37,6 +37,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def thresholds_from(speedup_min: float, energy_ratio_max: float, missing_power: str) -> Thresholds:
+    """The command's :class:`Thresholds` from its options; exits with a usage error when they are invalid."""
     try:
         return Thresholds(speedup_min, energy_ratio_max, MissingPower(missing_power))
     except ValueError as exc:
@@ -325,7 +326,9 @@ def simulate(
 def calibrate(
     traces: list[Path] = typer.Argument(..., help="Measured trace file(s) (.parquet or .csv)."),
     params_out: Path = typer.Option(Path("placement/data/perf_params.json"), "--params-out", help="Fitted parameters JSON."),
-    report: Path = typer.Option(Path("docs/calibration.md"), "--report", help="Markdown report (figures beside it)."),
+    report: Path = typer.Option(Path("docs/calibration.md"), "--report", help="Markdown report (figures beside it), "
+                                "written by experiments/calibration_report.py: needs a clone of the repository."),
+    no_report: bool = typer.Option(False, "--no-report", help="Write the parameters only (no clone needed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the held-out splits."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds (random rows and whole models)."),
     max_nfev: int = typer.Option(400, "--max-nfev", min=1, help="Optimiser budget per fit (function evaluations)."),
@@ -334,13 +337,47 @@ def calibrate(
     from placement.core.trace import TraceValidationError
     from placement.model.calibration import calibrate_traces
 
+    writer = _ROOT / "experiments" / "calibration_report.py"
+    if not no_report and not writer.is_file():  # say so before minutes of fitting
+        _fail(f"{writer} not found: the report is written from a clone of the repository (--no-report: parameters only)")
     try:
-        result = calibrate_traces(traces, params_out=params_out, report_path=report, seed=seed, folds=folds, max_nfev=max_nfev)
+        result = calibrate_traces(traces, params_out=params_out, seed=seed, folds=folds, max_nfev=max_nfev)
     except (FileNotFoundError, TraceValidationError, ValueError) as exc:
         _fail(str(exc))
         return
     console.print(result.summary_text())
+    if no_report:
+        console.print(f"wrote {params_out}")
+        return
+    _write_calibration_report(result, traces, params_out, report)
     console.print(f"wrote {params_out} and {report}")
+
+
+def _from_root(path: Path) -> str:
+    """``path`` (relative to the working directory) as a process started in the repository root
+    sees it: relative to the root when inside it (as the Makefile writes it), else absolute."""
+    import os
+
+    full = Path(os.path.abspath(path))
+    return str(full.relative_to(_ROOT)) if full.is_relative_to(_ROOT) else str(full)
+
+
+def _write_calibration_report(result: Any, traces: list[Path], params_out: Path, report: Path) -> None:
+    """Run experiments/calibration_report.py (study code: the library never imports it) from the
+    repository root on ``result``, handed over as a pickle in a private temporary folder."""
+    import pickle
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
+        handover = Path(tmp) / "result.pkl"
+        handover.write_bytes(pickle.dumps(result))
+        cmd = [sys.executable, "-m", "experiments.calibration_report", "--result", str(handover),
+               "--report", _from_root(report), "--params-out", _from_root(params_out),
+               "--traces", *(_from_root(t) for t in traces)]
+        code = subprocess.run(cmd, cwd=_ROOT).returncode
+    if code:
+        _fail(f"the calibration report failed (exit {code}); the parameters are in {params_out}", code)
 
 
 @app.command()
@@ -685,7 +722,8 @@ _ROOT = Path(__file__).resolve().parents[1]  # the checkout holding experiments/
 _STUDIES = ("contention", "dnn_curves", "edge_knobs", "edge_study", "feature_importance", "gpu_share",
             "online_drift", "ppo_warm_vs_cold", "table5", "threshold_sensitivity")
 """The studies ``placement experiment all`` runs (``experiments/NAME.py``, each writing OUT/NAME/). The other
-modules of experiments/ are reports, the shared harness, or H200 measurement scripts (run on the lent device)."""
+modules of experiments/ are reports (calibration_report: ``placement calibrate --report``), the shared code
+(harness, online_learner), or H200 measurement scripts (run on the lent device)."""
 
 
 @app.command(context_settings=_VARIADIC)
@@ -736,6 +774,7 @@ def experiment(
 
 
 def main() -> None:  # pragma: no cover - console entry
+    """Console entry point: run the ``placement`` command line."""
     app()
 
 

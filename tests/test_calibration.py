@@ -1,4 +1,5 @@
-"""Calibration: the fit recovers known constants from a synthetic trace; held-out error and report."""
+"""Calibration: the fit recovers known constants from a synthetic trace; held-out error; the report
+(written by experiments/calibration_report.py, which `placement calibrate --report` runs)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def synthetic() -> tuple[PerfParams, pd.DataFrame]:
     return true, frame
 
 
+@pytest.mark.slow
 def test_fit_recovers_known_constants(synthetic):
     true, frame = synthetic
     fit = fit_params(frame, PerfParams())
@@ -140,6 +142,31 @@ def test_cli_calibrate_names_a_missing_file(tmp_path):
     result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nope.parquet")])
     assert result.exit_code == 2
     assert "not found" in result.output
+
+
+def test_the_report_is_written_by_the_experiments_not_the_library():
+    import inspect
+
+    from experiments.calibration_report import core_scaling
+    from placement.model import calibration
+
+    assert not hasattr(calibration, "write_report")
+    assert "report_path" not in inspect.signature(calibration.calibrate_traces).parameters
+    errors = pd.DataFrame({"device": ["cpu", "cpu", "gpu"], "model": ["m"] * 3, "mode": ["infer"] * 3, "batch_size": [8] * 3,
+                           "target_id": ["A"] * 3, "cpu_cores": [1, 4, 4], "measured_s": [4.0, 1.0, 0.5],
+                           "predicted_s": [2.0, 1.0, 0.5]})
+    assert core_scaling(errors).to_dict("records") == [{"target": "A", "model": "m", "mode": "infer", "batch": 8, "cores": "1->4",
+                                                        "measured_speedup": 4.0, "predicted_speedup": 2.0}]
+
+
+def test_cli_calibrate_report_says_it_needs_the_experiments_folder(tmp_path, monkeypatch):
+    import placement.cli as cli
+
+    monkeypatch.setattr(cli, "_ROOT", tmp_path)  # an installed package: no experiments/ beside it
+    result = CliRunner().invoke(cli.app, ["calibrate", str(tmp_path / "t.parquet"), "--report", str(tmp_path / "r.md")])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "not found" in text and "--no-report" in text
 
 
 MEASURED = Path(__file__).resolve().parent.parent / "data" / "traces" / "h200_measured.parquet"

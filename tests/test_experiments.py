@@ -38,6 +38,7 @@ def _cwd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # the scripts read data/traces/ relative to the repository
 
 
+@pytest.mark.slow
 def test_table5(tmp_path: Path) -> None:
     out = run_study("table5", tmp_path)
     table = pd.read_csv(out / "table5.csv")
@@ -66,6 +67,7 @@ def test_gpu_share(tmp_path: Path) -> None:
     assert (shares <= 1 + 1e-9).all()
 
 
+@pytest.mark.slow
 def test_threshold_sensitivity(tmp_path: Path) -> None:
     table = pd.read_csv(run_study("threshold_sensitivity", tmp_path) / "threshold_sensitivity.csv")
     assert len(table) == 6  # 3 T_t x 2 T_e
@@ -97,6 +99,7 @@ def test_dnn_curves(tmp_path: Path) -> None:
     assert json.loads((out / "provenance.json").read_text())["inference"]["per_decision_ms"] > 0
 
 
+@pytest.mark.slow
 def test_ppo_warm_vs_cold(tmp_path: Path) -> None:
     out = run_study("ppo_warm_vs_cold", tmp_path)
     summary = pd.read_csv(out / "steps_to_oracle.csv")
@@ -112,6 +115,7 @@ def test_ppo_warm_vs_cold(tmp_path: Path) -> None:
     assert (hit.steps_to_95pct_after_warmup >= hit.steps_to_95pct).all()
 
 
+@pytest.mark.slow
 def test_online_drift(tmp_path: Path) -> None:
     out = run_study("online_drift", tmp_path)
     events = pd.read_csv(out / "online_drift_events.csv")
@@ -127,6 +131,7 @@ def test_online_drift(tmp_path: Path) -> None:
     assert set(summary.policy) == {"online", "static_dnn"}
 
 
+@pytest.mark.slow
 def test_contention(tmp_path: Path) -> None:
     table = pd.read_csv(run_study("contention", tmp_path) / "contention.csv")
     assert set(table.gpu_load) == {0.3, 3.0}
@@ -137,6 +142,7 @@ def test_contention(tmp_path: Path) -> None:
     assert t.loc[(3.0, "oracle_with_queue"), "accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_edge_knobs(tmp_path: Path) -> None:
     out = run_study("edge_knobs", tmp_path)
     cores = pd.read_csv(out / "edge_knobs_cores.csv")

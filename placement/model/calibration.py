@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from placement.core.job import FAMILIES
 from placement.core.version import code_version
+from placement.model.features import MODEL_INPUT_COLUMNS
 from placement.model.perfmodel import PerformanceModel, PerfParams, save_params
 
 PRIOR_SD = 2.0
@@ -48,12 +49,8 @@ WITHIN = 0.25
 TARGET_MEDIAN_ERR = 0.15
 STRETCH_MEDIAN_ERR = 0.10
 
-_MODEL_COLUMNS = (
-    "family", "mode", "batch_size", "flops_per_batch", "param_count", "input_elems_per_sample",
-    "input_bytes_per_sample", "hw_cpu_cores", "hw_cpu_gflops", "hw_cpu_tdp_w", "hw_ram_gib", "hw_gpu_gflops",
-    "hw_gpu_mem_gib", "hw_gpu_tdp_w", "hw_host_link_gbs", "hw_kind", "hw_unified_memory", "hw_cpu_mem_bw_gbs",
-    "hw_gpu_mem_bw_gbs", "hw_cpu_idle_w", "hw_gpu_idle_w", "model",
-)
+_MODEL_COLUMNS = tuple(c for c in MODEL_INPUT_COLUMNS if c != "cpu_cores")
+"""The trace columns the fit hands the performance model (the cores are each row's own knob)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +66,7 @@ class FreeParam:
     prior_sd: float = 2.0  # prior width in transformed (log / logit) units
 
     def initial(self, params: PerfParams) -> float:
+        """The starting value: the constant's value in ``params``, or ``start`` where the path is not there yet."""
         try:
             return params.get(self.path)
         except KeyError:
@@ -77,14 +75,17 @@ class FreeParam:
             return self.start
 
     def forward(self, value: float) -> float:
+        """The optimiser's unbounded coordinate of ``value`` (log, or logit for a fraction), clipped to the bounds first."""
         v = min(max(value, self.lower), self.upper)
         return math.log(v) if self.transform == "log" else math.log(v / (1.0 - v))
 
     def backward(self, x: float) -> float:
+        """The constant's value at optimiser coordinate ``x`` (inverse of :meth:`forward`), within the bounds."""
         v = math.exp(x) if self.transform == "log" else 1.0 / (1.0 + math.exp(-x))
         return min(max(v, self.lower), self.upper)
 
     def bounds(self) -> tuple[float, float]:
+        """The (lower, upper) bounds in the optimiser's coordinates."""
         return self.forward(self.lower), self.forward(self.upper)
 
 
@@ -215,60 +216,22 @@ def swept_rows(rows: pd.DataFrame) -> npt.NDArray[np.bool_]:
     return np.asarray(counts.to_numpy(dtype="float64", na_value=0.0) > 1, dtype=bool)
 
 
-def free_params(rows: pd.DataFrame, params: PerfParams, fit_power: bool = False) -> list[FreeParam]:
-    """The constants ``rows`` can inform (see module docstring)."""
-    free: list[FreeParam] = []
-    dev = rows["device"].astype(str)
-    fam = rows["family"].astype(str)
-    is_cpu = (dev == "cpu").to_numpy()
-    is_gpu = (dev == "gpu").to_numpy()
-    in_sweep = swept_rows(rows) & is_cpu
-    hyper_fields: set[str] = set()
-    for f in sorted(set(fam)):
-        in_f = (fam == f).to_numpy()
-        wanted = ["kernels_per_pass", "act_bytes_per_flop"]
-        trains = (rows["mode"].astype(str) == "train").to_numpy()
-        if (in_f & is_cpu).any():
-            wanted += ["cpu_eff"] + (["cpu_train_eff_mult"] if (in_f & is_cpu & trains).any() else [])
-        if (in_f & is_gpu).any():
-            wanted += ["gpu_eff", "gpu_kernel_frac"] + (["gpu_train_eff_mult"] if (in_f & is_gpu & trains).any() else [])
-        if (in_f & in_sweep).any():
-            wanted.append("parallel_frac")
-        for name in wanted:
-            kind, lo, hi = _FAMILY_SPECS[name]
-            free.append(FreeParam(f"families.{f}.{name}", kind, lo, hi, prior_sd=PRIOR_SD, parent=HYPER + name))
-            hyper_fields.add(name)
-    # cross-family centres (hierarchical prior; they also stand in for families never run)
-    for name in sorted(hyper_fields):
-        kind, lo, hi = _FAMILY_SPECS[name]
-        centre = FreeParam("x", kind, lo, hi)
-        mean_x = float(np.mean([centre.forward(getattr(params.families[f], name)) for f in FAMILIES]))
-        free.append(FreeParam(HYPER + name, kind, lo, hi, centre.backward(mean_x), prior_sd=PRIOR_SD))
-    if "model" in rows.columns:
-        # per architecture seen: its own constants, with a prior centred on its family's
-        arch = rows["model"].astype(str).map(architecture).to_numpy()
-        fams_of = pd.DataFrame({"arch": arch, "family": fam}).groupby("arch")["family"].agg(set)
-        for arch_name, fams in sorted(fams_of.items(), key=lambda kv: str(kv[0])):
-            if len(fams) != 1:
-                continue  # one name part over several families: leave to the families
-            f = next(iter(fams))
-            in_a = arch == arch_name
-            wanted = ["kernels_per_pass", "act_bytes_per_flop"]
-            trains = (rows["mode"].astype(str) == "train").to_numpy()
-            if (in_a & is_cpu).any():
-                wanted += ["cpu_eff"] + (["cpu_train_eff_mult"] if (in_a & is_cpu & trains).any() else [])
-            if (in_a & is_gpu).any():
-                wanted += ["gpu_eff", "gpu_kernel_frac"] + (["gpu_train_eff_mult"] if (in_a & is_gpu & trains).any() else [])
-            if (in_a & in_sweep).any():
-                wanted.append("parallel_frac")
-            for name in wanted:
-                kind, lo, hi = _FAMILY_SPECS[name]
-                path = f"model_overrides.{arch_name}.{name}"
-                try:
-                    start: float | None = params.get(path)
-                except KeyError:
-                    start = params.get(f"families.{f}.{name}")
-                free.append(FreeParam(path, kind, lo, hi, start, parent=f"families.{f}.{name}", prior_sd=ARCH_PRIOR_SD))
+def _wanted_constants(rows_in: npt.NDArray[np.bool_], is_cpu: npt.NDArray[np.bool_], is_gpu: npt.NDArray[np.bool_],
+                      trains: npt.NDArray[np.bool_], in_sweep: npt.NDArray[np.bool_]) -> list[str]:
+    """The per-family constants the selected rows can inform (for a family or one architecture)."""
+    wanted = ["kernels_per_pass", "act_bytes_per_flop"]
+    if (rows_in & is_cpu).any():
+        wanted += ["cpu_eff"] + (["cpu_train_eff_mult"] if (rows_in & is_cpu & trains).any() else [])
+    if (rows_in & is_gpu).any():
+        wanted += ["gpu_eff", "gpu_kernel_frac"] + (["gpu_train_eff_mult"] if (rows_in & is_gpu & trains).any() else [])
+    if (rows_in & in_sweep).any():
+        wanted.append("parallel_frac")
+    return wanted
+
+
+def _global_names(rows: pd.DataFrame, is_cpu: npt.NDArray[np.bool_], is_gpu: npt.NDArray[np.bool_],
+                  in_sweep: npt.NDArray[np.bool_], fit_power: bool) -> list[str]:
+    """The global constants ``rows`` can inform."""
     names = ["batch_overhead_s", "host_prep_gbs_per_core", "roofline_q"]
     if (rows["mode"].astype(str) == "train").any():
         names += ["train_kernel_mult", "train_step_overhead_s", "train_weight_traffic_mult"]
@@ -286,7 +249,47 @@ def free_params(rows: pd.DataFrame, params: PerfParams, fit_power: bool = False)
             names.append("overalloc_slowdown_per_doubling")
     if fit_power:
         names += list(POWER_PARAMS)
-    for name in names:
+    return names
+
+
+def free_params(rows: pd.DataFrame, params: PerfParams, fit_power: bool = False) -> list[FreeParam]:
+    """The constants ``rows`` can inform (see module docstring)."""
+    free: list[FreeParam] = []
+    dev = rows["device"].astype(str)
+    fam = rows["family"].astype(str)
+    is_cpu = (dev == "cpu").to_numpy()
+    is_gpu = (dev == "gpu").to_numpy()
+    trains = (rows["mode"].astype(str) == "train").to_numpy()
+    in_sweep = swept_rows(rows) & is_cpu
+    hyper_fields: set[str] = set()
+    for f in sorted(set(fam)):
+        for name in _wanted_constants((fam == f).to_numpy(), is_cpu, is_gpu, trains, in_sweep):
+            kind, lo, hi = _FAMILY_SPECS[name]
+            free.append(FreeParam(f"families.{f}.{name}", kind, lo, hi, prior_sd=PRIOR_SD, parent=HYPER + name))
+            hyper_fields.add(name)
+    # cross-family centres (hierarchical prior; they also stand in for families never run)
+    for name in sorted(hyper_fields):
+        kind, lo, hi = _FAMILY_SPECS[name]
+        centre = FreeParam("x", kind, lo, hi)
+        mean_x = float(np.mean([centre.forward(getattr(params.families[f], name)) for f in FAMILIES]))
+        free.append(FreeParam(HYPER + name, kind, lo, hi, centre.backward(mean_x), prior_sd=PRIOR_SD))
+    if "model" in rows.columns:
+        # per architecture seen: its own constants, with a prior centred on its family's
+        arch = rows["model"].astype(str).map(architecture).to_numpy()
+        fams_of = pd.DataFrame({"arch": arch, "family": fam}).groupby("arch")["family"].agg(set)
+        for arch_name, fams in sorted(fams_of.items(), key=lambda kv: str(kv[0])):
+            if len(fams) != 1:
+                continue  # one name part over several families: leave to the families
+            f = next(iter(fams))
+            for name in _wanted_constants(arch == arch_name, is_cpu, is_gpu, trains, in_sweep):
+                kind, lo, hi = _FAMILY_SPECS[name]
+                path = f"model_overrides.{arch_name}.{name}"
+                try:
+                    start: float | None = params.get(path)
+                except KeyError:
+                    start = params.get(f"families.{f}.{name}")
+                free.append(FreeParam(path, kind, lo, hi, start, parent=f"families.{f}.{name}", prior_sd=ARCH_PRIOR_SD))
+    for name in _global_names(rows, is_cpu, is_gpu, in_sweep, fit_power):
         kind, lo, hi = _GLOBAL_SPECS[name]
         free.append(FreeParam(name, kind, lo, hi, prior_sd=PRIOR_SD))
     return free
@@ -595,10 +598,12 @@ class CalibrationResult:
     oom: pd.DataFrame | None = None
 
     def headline(self, split: str = "model") -> dict[str, float]:
+        """Held-out time error under ``split``: rows, median |relative error| and the share within 25 %."""
         s = summarise(self.held_out[split]).iloc[0]
         return {"n": int(s["n"]), "median_abs_rel_err": float(s["median_abs_rel_err"]), "within_25pct": float(s["within_25pct"])}
 
     def summary_text(self) -> str:
+        """A few lines for the console: the fit and the held-out error of every split."""
         lines = [f"calibrated on {self.fit.n_rows} rows, {len(self.fit.free)} free constants (success={self.fit.success})"]
         for split in self.held_out:
             h = self.headline(split)
@@ -673,12 +678,13 @@ def calibrate_frame(
 def calibrate_traces(
     paths: Sequence[Path],
     params_out: Path | None = None,
-    report_path: Path | None = None,
     seed: int = 0,
     folds: int = 5,
     max_nfev: int = 400,
 ) -> CalibrationResult:
-    """Read measured traces, calibrate, and write the parameters and the report."""
+    """Read measured traces, calibrate, write the parameters to ``params_out`` (when given) and
+    return the result. The Markdown report of a result is written by
+    ``experiments/calibration_report.py`` (``placement calibrate --report``)."""
     from placement.core.trace import read_traces
 
     frame, hashes = read_traces([Path(p) for p in paths])
@@ -697,247 +703,5 @@ def calibrate_traces(
     result.provenance["held_out"] = {k: result.headline(k) for k in result.held_out}
     if params_out is not None:
         save_params(result.fit.params, Path(params_out), result.provenance | {"free": list(result.fit.free)})
-    if report_path is not None:
-        write_report(result, Path(report_path), [str(p) for p in paths], params_out)
     return result
 
-
-# --------------------------------------------------------------------------- report
-
-
-def _md_table(frame: pd.DataFrame, floatfmt: Mapping[str, str] | None = None) -> str:
-    fmt = dict(floatfmt or {})
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for rec in frame.itertuples(index=False):
-        cells = []
-        for c, v in zip(cols, rec, strict=True):
-            if isinstance(v, (float, np.floating)):
-                cells.append(format(float(v), fmt.get(c, ".4g")))
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-_SPLIT_TITLES = {"random": "random rows", "model": "whole models", "architecture": "whole architectures"}
-_PCT = {"median_abs_rel_err": ".1%", "within_25pct": ".1%", "n": ".0f"}
-
-
-def _figures(result: CalibrationResult, fig_dir: Path) -> list[tuple[str, str]]:
-    """Write the report's PNG figures; returns (relative path, caption) pairs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    out: list[tuple[str, str]] = []
-    split = "model" if "model" in result.held_out else "random"
-    err = result.held_out[split]
-    families = sorted(result.in_sample["family"].unique())
-    colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
-    panels = [k for k in ("random", "model") if k in result.held_out]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.0), dpi=90, squeeze=False)
-    for ax, panel in zip(axes[0], panels, strict=True):
-        e = result.held_out[panel]
-        for (fam, dev), g in e.groupby(["family", "device"]):
-            ax.scatter(g["measured_s"], g["predicted_s"], s=12, alpha=0.7, color=colours[fam],
-                       marker="o" if dev == "cpu" else "^", label=f"{fam} ({dev})")
-        lo = float(np.nanmin(e[["measured_s", "predicted_s"]].to_numpy())) * 0.7
-        hi = float(np.nanmax(e[["measured_s", "predicted_s"]].to_numpy())) * 1.4
-        xs = np.array([lo, hi])
-        ax.plot(xs, xs, "k-", lw=0.8)
-        ax.plot(xs, xs * (1 + WITHIN), "k--", lw=0.6)
-        ax.plot(xs, xs * (1 - WITHIN), "k--", lw=0.6)
-        med = float(e["rel_err"].abs().median())
-        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured time per batch (s)",
-               ylabel="predicted time per batch (s)", title=f"held out: {_SPLIT_TITLES.get(panel, panel)} (median {med:.0%})")
-        ax.legend(fontsize=6, ncol=2, loc="upper left")
-    fig.tight_layout()
-    name = "calibration_scatter.png"
-    fig.savefig(fig_dir / name)
-    plt.close(fig)
-    out.append((name, "Held-out predicted vs measured time per batch, random rows (left) and whole models (right); "
-                      "dashed: +-25%. Circles CPU, triangles GPU."))
-
-    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=90)
-    groups = summarise(err, ["device", "family"])
-    labels = [f"{d}/{f}" for d, f in zip(groups["device"], groups["family"], strict=True)]
-    x = np.arange(len(labels))
-    width = 0.38
-    ax.bar(x - width / 2, groups["median_abs_rel_err"] * 100, width, label=f"calibrated, held-out ({split})")
-    unc = summarise(result.uncalibrated, ["device", "family"]).set_index(["device", "family"])
-    unc_vals = [float(unc.loc[(d, f), "median_abs_rel_err"]) * 100 if (d, f) in unc.index else np.nan
-                for d, f in zip(groups["device"], groups["family"], strict=True)]
-    ax.bar(x + width / 2, unc_vals, width, label="uncalibrated defaults", alpha=0.6)
-    ax.axhline(TARGET_MEDIAN_ERR * 100, color="k", ls="--", lw=0.8, label="15% target")
-    ax.set_xticks(x, labels, rotation=40, ha="right", fontsize=7)
-    ax.set_ylabel("median |relative error| (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    name = "calibration_error_by_group.png"
-    fig.savefig(fig_dir / name)
-    plt.close(fig)
-    out.append((name, "Median absolute relative error of time per batch by device and family."))
-
-    cpu = result.in_sample[result.in_sample["device"] == "cpu"]
-    sweeps = cpu.groupby(["model", "mode", "batch_size", "target_id"])["cpu_cores"].nunique()
-    sweeps = sweeps[sweeps >= 3]
-    if not sweeps.empty:
-        fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=90)
-        chosen = sweeps.reset_index().groupby("model").head(1).head(8)
-        for i, rec in enumerate(chosen.itertuples(index=False)):
-            g = cpu[(cpu["model"] == rec.model) & (cpu["mode"] == rec.mode) & (cpu["batch_size"] == rec.batch_size)
-                    & (cpu["target_id"] == rec.target_id)].sort_values("cpu_cores")
-            one = g["cpu_cores"].astype(float) == float(g["cpu_cores"].min())
-            c = plt.get_cmap("tab10")(i % 10)
-            ax.plot(g["cpu_cores"], float(g.loc[one, "measured_s"].iloc[0]) / g["measured_s"], "o", color=c,
-                    label=f"{rec.model} {rec.mode} b{rec.batch_size}")
-            ax.plot(g["cpu_cores"], float(g.loc[one, "predicted_s"].iloc[0]) / g["predicted_s"], "-", color=c)
-        ax.set(xlabel="CPU cores", ylabel="speedup over fewest cores", title="CPU core scaling: measured (dots) vs model (lines)")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        name = "calibration_core_scaling.png"
-        fig.savefig(fig_dir / name)
-        plt.close(fig)
-        out.append((name, "CPU core scaling (in-sample fit): measured speedup over the fewest cores (dots) and the model's (lines)."))
-    return out
-
-
-def core_scaling(errors: pd.DataFrame) -> pd.DataFrame:
-    """Per CPU workload swept over cores: measured and predicted speedup, fewest -> most cores."""
-    cpu = errors[errors["device"] == "cpu"]
-    out = []
-    for (model, mode, batch, target), g in cpu.groupby(["model", "mode", "batch_size", "target_id"], sort=True):
-        if g["cpu_cores"].nunique() < 2:
-            continue
-        g = g.sort_values("cpu_cores")
-        lo, hi = g.iloc[0], g.iloc[-1]
-        out.append({"target": target, "model": model, "mode": mode, "batch": int(str(batch)), "cores": f"{int(lo['cpu_cores'])}->{int(hi['cpu_cores'])}",
-                    "measured_speedup": float(lo["measured_s"] / hi["measured_s"]),
-                    "predicted_speedup": float(lo["predicted_s"] / hi["predicted_s"])})
-    return pd.DataFrame(out)
-
-
-def write_report(result: CalibrationResult, path: Path, trace_paths: Sequence[str], params_out: Path | None) -> Path:
-    """The calibration report (Markdown, figures in ``<stem>/`` beside it)."""
-    path = Path(path)
-    fig_dir = path.parent / path.stem
-    figures = _figures(result, fig_dir)
-    prov = result.provenance
-    cmd = "placement calibrate " + " ".join(trace_paths) + (f" --params-out {params_out}" if params_out else "") + \
-        f" --report {path} --seed {prov.get('seed', 0)} --folds {prov.get('folds', 5)} --max-nfev {prov.get('max_nfev', 400)}"
-    lines = [
-        "# Performance-model calibration",
-        "",
-        "Generated by `placement calibrate` (placement/model/calibration.py); do not edit by hand. Regenerate with:",
-        "",
-        "```",
-        cmd,
-        "```",
-        "",
-        "## Provenance",
-        "",
-    ]
-    for p, sha in dict(prov.get("traces", {})).items():
-        lines.append(f"- trace `{p}` sha256 `{sha}`")
-    lines += [
-        f"- trace sources: {', '.join(prov.get('sources', []))}; targets: {', '.join(prov.get('targets', []))}; rows: {prov.get('rows')}",
-        f"- rows used (feasible, with a measured time): {result.fit.n_rows}",
-        f"- seed {prov.get('seed')}, {prov.get('folds')} folds, code version `{prov.get('code_version')}`",
-        f"- optimiser: scipy least_squares (trf, soft-L1 on log time, f_scale {LOSS_SCALE}), prior sd {PRIOR_SD} "
-        f"(log/logit units); success={result.fit.success}, {result.fit.nfev} evaluations",
-        "",
-        "## Headline: error on held-out rows",
-        "",
-        f"Target: median absolute relative error of time per batch <= {TARGET_MEDIAN_ERR:.0%} (stretch {STRETCH_MEDIAN_ERR:.0%}).",
-        "",
-    ]
-    head = []
-    for split, err in result.held_out.items():
-        s = summarise(err).iloc[0]
-        verdict = "stretch met" if s["median_abs_rel_err"] <= STRETCH_MEDIAN_ERR else (
-            "met" if s["median_abs_rel_err"] <= TARGET_MEDIAN_ERR else "missed")
-        head.append({"held out": _SPLIT_TITLES.get(split, split), "n": s["n"],
-                     "median_abs_rel_err": s["median_abs_rel_err"], "within_25pct": s["within_25pct"], "target": verdict})
-    for name, err in (("in-sample (final fit)", result.in_sample), ("uncalibrated defaults", result.uncalibrated)):
-        s = summarise(err).iloc[0]
-        head.append({"held out": name, "n": s["n"], "median_abs_rel_err": s["median_abs_rel_err"],
-                     "within_25pct": s["within_25pct"], "target": "(not held out)"})
-    lines += [_md_table(pd.DataFrame(head), _PCT), ""]
-    for split, err in result.held_out.items():
-        title = _SPLIT_TITLES.get(split, split)
-        lines += [f"### Held out: {title}, per device and family", "", _md_table(summarise(err, ["device", "family"]), _PCT), ""]
-        lines += [f"### Held out: {title}, per device and mode", "", _md_table(summarise(err, ["device", "mode"]), _PCT), ""]
-    if "model" in result.held_out:
-        lines += ["### Held out: whole models, per model", "", _md_table(summarise(result.held_out["model"], ["model", "device"]), _PCT), ""]
-    pe = result.power_errors
-    lines += ["## Power", ""]
-    if pe is not None and not pe.empty:
-        lines += ["Modelled vs *measured* average power (final fit, in-sample; power constants fitted: "
-                  f"{', '.join(p for p in result.fit.free if p in POWER_PARAMS) or 'none'}).", "",
-                  _md_table(summarise(pe, ["power", "device"]), _PCT), ""]
-    else:
-        lines += ["The trace has no measured power; power constants keep their priors and every modelled power is labelled `modelled`.", ""]
-    lines += ["## GPU memory caps: OOM predicted vs measured", ""]
-    if result.oom is not None and not result.oom.empty:
-        agree = float(result.oom.loc[result.oom["measured"] == result.oom["predicted"], "n"].sum() / result.oom["n"].sum())
-        lines += [f"GPU rows run under an explicit cap (or that hit OOM): the model's working set against the cap "
-                  f"agrees with the measurement on {agree:.0%} of them.", "", _md_table(result.oom), ""]
-    else:
-        lines += ["The trace has no capped GPU rows.", ""]
-    noise = {k: result.fit.params.get(k) for k in ("noise_time_sigma", "noise_overhead_sigma", "noise_power_sigma")}
-    lines += [
-        "## Noise model",
-        "",
-        "Log-normal time noise with sigma = noise_time_sigma + noise_overhead_sigma x overhead share, "
-        "fitted to the trace's repeat coefficient of variation (`time_cv`) where recorded: "
-        + ", ".join(f"{k} = {v:.4g}" for k, v in noise.items()) + ".",
-        f"Robust sd of the final fit's log residuals: {result.fit.log_residual_sd:.4f}.",
-        "",
-        "## Fitted constants",
-        "",
-    ]
-    consts = pd.DataFrame({"constant": list(result.fit.free),
-                           "prior (start)": list(result.fit.start),
-                           "fitted": [result.fit.fitted(p) for p in result.fit.free]})
-    lines += [_md_table(consts, {"prior (start)": ".4g", "fitted": ".4g"}), ""]
-    if params_out is not None:
-        lines += [f"Written to `{params_out}` (loaded by default by `PerformanceModel()`).", ""]
-    scaling = core_scaling(result.in_sample)
-    if not scaling.empty:
-        lines += [
-            "## CPU core scaling: measured vs model",
-            "",
-            "Speedup from the fewest to the most cores swept (in-sample fit), per workload with a core sweep.",
-            "",
-            _md_table(scaling, {"measured_speedup": ".2f", "predicted_speedup": ".2f"}),
-            "",
-        ]
-    lines += ["## Figures", ""]
-    for name, caption in figures:
-        lines += [f"![{caption}]({fig_dir.name}/{name})", "", f"*{caption}*", ""]
-    lines += [
-        "## Scope and caveats",
-        "",
-        "- The fit sees only the hosts in the trace. Other catalogue targets are predicted by scaling these "
-        "constants with each target's peak FLOP/s, bandwidths, link and core speed; that transfer is modelled, "
-        "not validated against measurements of those targets.",
-        "- Errors are of time per batch. Energy figures derived from the model are `modelled`.",
-        "- Per-architecture constants (`model_overrides`) are fitted for every architecture in the trace, shrunk "
-        f"towards their family's (prior sd {ARCH_PRIOR_SD} in log/logit units); family constants shrink towards "
-        "cross-family centres, which also stand in for families the trace never ran. A held-out *model* keeps the "
-        "constants of its architecture learnt on its other input, if any; a held-out *architecture* falls back to its "
-        "family, and when it is its family's only member (MLP, transformer here) to the cross-family centres -- "
-        "those two splits measure how far the model transfers to networks it has never seen.",
-        f"- The loss scale ({LOSS_SCALE}) and the architecture prior width were chosen among four settings by the "
-        "random-rows cross-validation reported above, so that figure carries a mild selection bias.",
-        "- Edge targets keep paper B's published findings in `edge_model_overrides` (an LSTM gains nothing from "
-        "cores, a GRU does): no edge device was measured. Where the measured host disagrees (see the core-scaling "
-        "table), the fitted `model_overrides` follow the measurement on server and desktop targets.",
-        "",
-    ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    return path
