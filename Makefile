@@ -1,12 +1,13 @@
 # Two commands on a fresh clone (Python >= 3.10 on PATH as python3):
 #   make run    set up .venv and start the service with the bundled default policy
 #   make test   set up .venv and run lint, type checks and the whole test suite
+# (make test-fast: unit and in-process HTTP tests only, a few minutes; no Ray, server process or PostgreSQL)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint typecheck pytest clean-venv model bench-decide bench soak evaluation-report newcomer reliability
+.PHONY: setup run test test-fast lint typecheck pytest clean-venv model bench-decide bench soak evaluation-report newcomer reliability
 
 # CPU torch, never CUDA: constraints.txt pins the CPU build (torch==X+cpu), which only the PyTorch CPU index (or a
 # local wheel) has, so pip fails rather than fetch CUDA wheels. The index is added when it answers within 5 s (an
@@ -36,6 +37,13 @@ pytest: setup
 	$(PY) -m pytest
 
 test: lint typecheck pytest
+
+# unit tests and in-process HTTP tests (FastAPI TestClient): no Ray, no service process, no PostgreSQL, nothing
+# over ~3 s (markers in pyproject.toml; tests/conftest.py adds ray/postgres from a test's fixtures); <= 3 min on
+# 2 cores. `make test` above stays the whole suite, as CI runs it.
+FAST_TESTS = not slow and not ray and not server and not postgres
+test-fast: setup
+	$(PY) -m pytest -m "$(FAST_TESTS)"
 
 # every measured sweep except the H100 host's (noisy, and its CPU ran the same jobs ~1.8x slower under the same
 # catalogue figures: experiments/evaluation_report.py NOT_POOLED scores it as a held-out host instead; data/traces/README.md)

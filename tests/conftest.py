@@ -13,6 +13,23 @@ os.environ.setdefault("PLACEMENT_TEST", "1")
 settings.register_profile("placement", derandomize=True, database=None)
 settings.load_profile("placement")
 
+RAY_FIXTURES = frozenset({"serve_app"})
+"""Fixtures that start Ray: a test using one (directly or through another fixture) is marked ``ray``."""
+POSTGRES_FIXTURES = frozenset({"postgres_server"})
+"""Fixtures that start PostgreSQL: a test using one, or ``store_location``'s ``postgresql`` case, is marked ``postgres``."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """The markers that follow from a test's fixtures (``make test-fast`` deselects them; pyproject.toml
+    declares them). ``slow`` and ``server`` are set in the test files."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & RAY_FIXTURES:
+            item.add_marker(pytest.mark.ray)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if used & POSTGRES_FIXTURES or params.get("store_location") == "postgresql":
+            item.add_marker(pytest.mark.postgres)
+
 
 @pytest.fixture
 def example_job():

@@ -38,22 +38,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve(settings_json: str) -> None:
-    import uvicorn
-
+def plain_app(settings: Any, *, replica: str | None = None) -> tuple[Any, Any]:
+    """``(app, service)``: the FastAPI app every Ray ingress replica serves, around a
+    :class:`placement.serve.app.PlacementService` with an in-process learner behind
+    ``POST /v1/policy/update``. The plain server process serves it with uvicorn; the in-process
+    HTTP tests (``tests/test_http_app.py``) call it through FastAPI's ``TestClient``. The caller
+    ends the service's background threads with ``service.close()``."""
     from placement.serve.app import PlacementService, build_fastapi
     from placement.serve.learning.learner import Learner
-    from placement.serve.settings import Settings
     from placement.serve.storage.store import Store
 
-    settings = Settings.model_validate_json(settings_json)
     learner = Learner(settings, Store.from_settings(settings))
 
     async def update() -> dict[str, Any]:
         return (await asyncio.to_thread(learner.update)).model_dump(mode="json")
 
-    service = PlacementService(settings, learner=update, replica=f"plain-{os.getpid()}")
-    uvicorn.run(build_fastapi(service), host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    service = PlacementService(settings, learner=update, replica=replica or f"plain-{os.getpid()}")
+    return build_fastapi(service), service
+
+
+def _serve(settings_json: str) -> None:
+    import uvicorn
+
+    from placement.serve.settings import Settings
+
+    settings = Settings.model_validate_json(settings_json)
+    app, _ = plain_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
 class PlainServer:

@@ -131,6 +131,7 @@ def _write_traces(tmp_path):
     return a, b
 
 
+@pytest.mark.slow
 def test_train_pipeline_dnn_then_ppo(tmp_path):
     from placement.agents.ppo import PpoConfig, PpoPolicy
     from placement.agents.training import TrainSettings, train_from_traces
@@ -155,6 +156,7 @@ def test_train_pipeline_dnn_then_ppo(tmp_path):
     np.testing.assert_array_equal(load_model(again.path).dnn.gpu_logit(data.x), loaded.dnn.gpu_logit(data.x))
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate(tmp_path):
     from typer.testing import CliRunner
 

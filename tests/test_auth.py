@@ -12,6 +12,7 @@ import pytest
 from placement.serve.settings import Settings
 from tests.plain_server import PlainServer, free_port
 
+pytestmark = pytest.mark.server
 TOKEN = "auth-test-token-0123456789abcdef"
 PROTECTED = [("POST", "/v1/feedback", {"decision_id": "f" * 32 + "-0", "outcome": {"device": "cpu", "n_samples": 1,
                                                                                   "time_total_s": 1.0}}),

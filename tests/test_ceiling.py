@@ -128,6 +128,7 @@ def test_ceiling_module_reads_the_paired_frame_columns():
     assert reproducibility(frame, frame).label_agreement == 1.0
 
 
+@pytest.mark.slow
 def test_report_section_states_the_needed_and_the_achieved_error():
     from pathlib import Path
 

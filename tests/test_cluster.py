@@ -18,6 +18,7 @@ from placement.serve.cluster import LocalCluster
 from placement.serve.settings import Settings
 from tests.conftest import ServeWorld, _free_port_block
 
+pytestmark = pytest.mark.ray  # a two-node Ray cluster of its own
 TARGET = get_target("B")
 TOKEN = "cluster-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -51,6 +51,7 @@ def _status(sk: socket.socket) -> int:
     return int(line.split()[1]) if line else 0
 
 
+@pytest.mark.server
 def test_content_type_and_origin(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         r = c.post("/v1/feedback", content=b'{"decision_id": "x"}', headers={"content-type": "text/plain"})
@@ -68,6 +69,7 @@ def test_content_type_and_origin(server):
         assert c.get("/v1/policy", headers={"origin": "https://evil.example"}).status_code == 200  # reads stay open
 
 
+@pytest.mark.server
 def test_body_size_refused_before_reading(server):
     port = int(server.url.rsplit(":", 1)[1])
     sk = _raw(port, b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -84,6 +86,7 @@ def test_body_size_refused_before_reading(server):
         assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
 
 
+@pytest.mark.server
 def test_a_body_slightly_too_large_leaves_the_connection_usable(server):
     """Up to drain_limit_bytes the refused body is read and dropped, so the answer keeps the
     connection open (a proxy in front does not pass ``Connection: close`` on); a far larger one
@@ -110,6 +113,7 @@ def test_a_body_slightly_too_large_leaves_the_connection_usable(server):
     sk.close()
 
 
+@pytest.mark.server
 def test_slow_body_times_out_and_slow_senders_are_capped_per_client(server):
     port = int(server.url.rsplit(":", 1)[1])
     head = b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
@@ -130,6 +134,7 @@ def test_slow_body_times_out_and_slow_senders_are_capped_per_client(server):
         sk.close()
 
 
+@pytest.mark.server
 def test_headers_must_arrive_in_time(server):
     port = int(server.url.rsplit(":", 1)[1])
     sk = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
@@ -138,6 +143,7 @@ def test_headers_must_arrive_in_time(server):
     assert 0.5 < time.monotonic() - t0 < 5.0
 
 
+@pytest.mark.server
 def test_placement_rate_limit_per_client(server):
     with _client_from(server, "127.0.0.3") as c:
         codes = [c.post("/v1/placements", json={"job": JOB, "target": "B"}).status_code for _ in range(4)]
@@ -148,6 +154,7 @@ def test_placement_rate_limit_per_client(server):
         assert c.post("/v1/placements", json={"job": JOB, "target": "B"}).status_code == 200  # another client
 
 
+@pytest.mark.server
 def test_implied_quantities_answer_422_over_http(server):
     with _client_from(server, "127.0.0.5") as c:
         (d,) = c.post("/v1/placements", json={"job": JOB, "target": "B"}).json()["decisions"]

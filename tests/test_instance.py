@@ -22,6 +22,7 @@ def _spawn(code: str, *argv: str) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_stop_ends_the_recorded_processes_only(tmp_path):
     serving = _spawn(SERVING)
     ray_like = _spawn("import time; time.sleep(120)", "ray::fake", "session_i17")  # outlives a killed server

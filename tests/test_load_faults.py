@@ -52,7 +52,7 @@ from tests.conftest import ServeWorld
 from tests.plain_server import PlainServer, free_port, user_namespaces_work
 
 TARGET = get_target("B")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.server]
 
 
 # --------------------------------------------------------------------------------------

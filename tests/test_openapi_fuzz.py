@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 from placement.serve.settings import Settings
 from tests.plain_server import PlainServer, free_port
 
+pytestmark = pytest.mark.server
 MIN_CASES = 1000
 TOKEN = "fuzz-test-token-0123456789"
 EXAMPLES = {  # per operation and mode; operations without inputs run once or twice whatever the budget

@@ -108,6 +108,7 @@ def test_http_job_description_accepts_operators():
         PlacementRequest.model_validate({"job": bad})
 
 
+@pytest.mark.slow
 def test_fit_reads_only_the_micro_benchmarks(monkeypatch, tmp_path):
     """The operator model's only data input is the micro-benchmark file: reading a trace fails here."""
     import placement.core.trace as trace

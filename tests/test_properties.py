@@ -81,6 +81,7 @@ BASE = validate(RAW)
 NUMERIC = [c for c in COLUMN_NAMES if c in RAW.columns and str(BASE[c].dtype) in ("Int64", "Float64")]
 
 
+@pytest.mark.slow
 @given(row=st.integers(0, len(BASE) - 1), column=st.sampled_from(NUMERIC),
        value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
                        st.text(max_size=5)))

@@ -58,6 +58,7 @@ def test_run_reasons():
     assert run_reason({**ok, "time_total_s": 1e9, "n_samples": 1}) == "time_per_sample_out_of_range"
 
 
+@pytest.mark.slow
 def test_pathological_row_is_quarantined_and_updates_and_export_succeed(tmp_path, serve_model_dir, serve_world):
     settings, store, placer = _service(tmp_path, serve_model_dir)
     jobs = serve_world.jobs(40)

@@ -31,7 +31,7 @@ from placement.serve.settings import Settings
 from tests.conftest import ServeWorld, _free_port_block
 from tests.hostile_clients import JOB, big_body, fuzz_stateful, probe, slow_flood
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 TARGET = get_target("B")
 
 

@@ -137,6 +137,7 @@ def _gpu_energy_higher(job, run, device, factor):
     return {**run, "avg_gpu_power_w": run["avg_gpu_power_w"] * factor, "avg_cpu_power_w": run["avg_cpu_power_w"] * factor}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("poison", [_gpu_slower, _cpu_slower, _gpu_faster, _gpu_energy_higher],
                          ids=["gpu_slower", "cpu_slower", "gpu_faster", "gpu_energy_higher"])
 def test_consistent_minority_lies_are_screened(tmp_path, serve_model_dir, serve_world, poison):

@@ -1,7 +1,8 @@
 """End to end against one real Ray Serve instance (session fixture ``serve_app``): bad input,
 query -> feedback -> learner update -> new version served after scripted drift, rollback,
-and a restart that keeps every acknowledged decision and feedback. Tests run in file order
-and share the app."""
+and a restart that keeps every acknowledged decision and feedback. The tests share the app and
+a ledger of what it acknowledged; each also passes alone (the restart test places and reports
+its own when no earlier test did). The same HTTP behaviour without Ray: ``tests/test_http_app.py``."""
 
 from __future__ import annotations
 
@@ -22,10 +23,15 @@ LEDGER: dict[str, dict] = {"decisions": {}, "feedback": {}}
 """Every decision id and feedback payload the service acknowledged (for the restart test)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _baseline(serve_app):
+@pytest.fixture(autouse=True)
+def _baseline(request):
     """The session app's counts before this module's first request: other modules share the app
-    (and may have placed jobs and sent feedback), so this module checks its own additions."""
+    (and may have placed jobs and sent feedback), so this module checks its own additions. Taken
+    once, before the first test of this module that uses the app (a test without ``serve_app``
+    starts no Ray)."""
+    if "serve_app" not in request.fixturenames or "baseline" in LEDGER:
+        return
+    serve_app = request.getfixturevalue("serve_app")
     with _client(serve_app, auth=True) as c:
         counts = c.get("/v1/policy").json()
     LEDGER["baseline"] = {"feedback": counts["feedback"]["total"], "decisions": counts["decisions"]["total"],
@@ -54,14 +60,15 @@ def _feedback(c: httpx.Client, body: dict) -> httpx.Response:
 
 @pytest.mark.slow
 def test_health_openapi_and_one_decision(serve_app, example_job):
+    serving = LEDGER.get("serving", "serve-test-dnn")  # the drift test's version, when it ran first
     with _client(serve_app) as c:
         health = c.get("/healthz").json()
-        assert health["status"] == "ok" and health["policy_version"] == "serve-test-dnn"
+        assert health["status"] == "ok" and health["policy_version"] == serving
         spec = c.get("/openapi.json").json()
         assert {"/v1/placements", "/v1/feedback", "/v1/policy", "/v1/policy/rollback", "/healthz", "/metrics"} <= set(spec["paths"])
         assert "PlacementRequest" in spec["components"]["schemas"]
         (d,) = _place(c, {"job": example_job.model_dump(), "target": "B"})["decisions"]
-        assert d["device"] in ("cpu", "gpu") and d["policy_version"] == "serve-test-dnn" and d["decision_id"]
+        assert d["device"] in ("cpu", "gpu") and d["policy_version"] == serving and d["decision_id"]
         edge = _place(c, {"job": example_job.model_dump(), "target": "agx-orin", "explore": False})["decisions"][0]
         assert 1 <= edge["cpu_cores"] <= 12 and (edge["gpu_mem_cap"] == "grow" or edge["gpu_mem_cap"] >= 1)
         # Ray's own HTTP proxy serves the same app (the fallback path)
@@ -105,6 +112,22 @@ def _bad_placements(job: dict) -> list[tuple[object, int, str]]:
     ]
 
 
+def _bad_feedback(d: dict, run: dict, other_run: dict) -> list[tuple[dict, int, str]]:
+    """(body, expected status, field named in the answer) for decision ``d``, whose device's run is
+    ``run`` (``other_run``: the other device's)."""
+    return [
+        ({"decision_id": d["decision_id"]}, 422, "outcome"),
+        ({"decision_id": "nope", "outcome": run}, 422, "decision_id"),
+        ({"decision_id": "f" * 32 + "-0", "outcome": run}, 404, "decision_id"),
+        ({"decision_id": d["decision_id"], "outcome": {**run, "time_total_s": -1.0}}, 422, "outcome.time_total_s"),
+        ({"decision_id": d["decision_id"], "outcome": {**run, "n_samples": None}}, 422, "outcome"),
+        ({"decision_id": d["decision_id"], "outcome": other_run}, 422, "outcome.device"),
+        ({"decision_id": d["decision_id"], "outcome": {"device": d["device"], "feasible": False}}, 422, "outcome"),
+        ({"decision_id": d["decision_id"], "outcome": {**run, "cpu_cores": 64}}, 422, "outcome.cpu_cores"),
+        ({"decision_id": d["decision_id"], "outcome": run, "other_outcome": run}, 422, "body"),
+    ]
+
+
 @pytest.mark.slow
 def test_bad_input_is_4xx_naming_the_field(serve_app, example_job, serve_world):
     job = example_job.model_dump()
@@ -125,17 +148,7 @@ def test_bad_input_is_4xx_naming_the_field(serve_app, example_job, serve_world):
         assert c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": run}).status_code == 401
         assert c.get("/v1/policy").status_code == 401
         assert c.post("/v1/policy/rollback", json={}, headers={"Authorization": "Bearer wrong-token-xxxxxxxx"}).status_code == 401
-    bad_feedback = [
-        ({"decision_id": d["decision_id"]}, 422, "outcome"),
-        ({"decision_id": "nope", "outcome": run}, 422, "decision_id"),
-        ({"decision_id": "f" * 32 + "-0", "outcome": run}, 404, "decision_id"),
-        ({"decision_id": d["decision_id"], "outcome": {**run, "time_total_s": -1.0}}, 422, "outcome.time_total_s"),
-        ({"decision_id": d["decision_id"], "outcome": {**run, "n_samples": None}}, 422, "outcome"),
-        ({"decision_id": d["decision_id"], "outcome": serve_world.outcome(example_job, TARGET, other)}, 422, "outcome.device"),
-        ({"decision_id": d["decision_id"], "outcome": {"device": d["device"], "feasible": False}}, 422, "outcome"),
-        ({"decision_id": d["decision_id"], "outcome": {**run, "cpu_cores": 64}}, 422, "outcome.cpu_cores"),
-        ({"decision_id": d["decision_id"], "outcome": run, "other_outcome": run}, 422, "body"),
-    ]
+    bad_feedback = _bad_feedback(d, run, serve_world.outcome(example_job, TARGET, other))
     with _client(serve_app, auth=True) as c:
         for body, status, field in bad_feedback:
             r = c.post("/v1/feedback", json=body)
@@ -276,8 +289,24 @@ def test_typed_client_and_apply(serve_app, serve_world, example_job):
     assert err.value.status == 401
 
 
+def _acknowledge_some(serve_app, serve_world) -> None:
+    """Make sure the ledger holds a decision with acknowledged feedback and one still waiting for
+    feedback (what the restart test checks): the earlier tests of this module leave both; run
+    alone (or first), the restart test places and reports its own."""
+    jobs = iter(serve_world.jobs(4, seed=11))
+    with _client(serve_app, auth=True) as c:
+        if not LEDGER["feedback"]:
+            job = next(jobs)
+            (d,) = _place(c, {"job": job.model_dump(), "target": "B"})["decisions"]
+            r = _feedback(c, {"decision_id": d["decision_id"], "outcome": serve_world.outcome(job, TARGET, d["device"])})
+            assert r.status_code == 200, r.text
+        if set(LEDGER["decisions"]) <= set(LEDGER["feedback"]):
+            _place(c, {"job": next(jobs).model_dump(), "target": "B"})
+
+
 @pytest.mark.slow
 def test_restart_keeps_every_acknowledged_decision_and_feedback(serve_app, serve_world):
+    _acknowledge_some(serve_app, serve_world)
     assert LEDGER["decisions"] and LEDGER["feedback"]
     with _client(serve_app, auth=True) as c:
         before = c.get("/v1/policy").json()
@@ -316,6 +345,6 @@ def test_restart_keeps_every_acknowledged_decision_and_feedback(serve_app, serve
         assert pending
         d = pending[0]
         job = store.get_decision(d["decision_id"]).job
-        r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": serve_world.outcome(job, TARGET, d["device"])})
+        r = _feedback(c, {"decision_id": d["decision_id"], "outcome": serve_world.outcome(job, TARGET, d["device"])})
         assert r.status_code == 200, r.text
         assert c.get("/v1/policy").json()["feedback"]["total"] == before["feedback"]["total"] + 1
