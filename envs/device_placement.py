@@ -207,11 +207,6 @@ class _Label(NamedTuple):
     energy_unknown: bool
 
 
-_BLOCK_ALIASES = {"time": "time_per_sample_s", "energy": "energy_per_sample_j", "tindex": "target_index",
-                  "method": "energy_method", "reason": "infeasible_reason", "exact": "knobs_exact"}
-"""Short names a block's fields are also read by (``block["time"]``)."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Block:
     """A drawn block of ``n`` jobs with everything a step reads, computed at once
@@ -221,8 +216,7 @@ class _Block:
     method, infeasible reason, exact knobs) have shape ``(n, K + 2)``: the ``K`` actions (flat
     index, see :func:`knob_table`), then the default-knob CPU and GPU settings that label the
     job, at :attr:`cpu_ref` and :attr:`gpu_ref`. Rewards, knob terms and overrides have shape
-    ``(n, K)``. The labels are also kept as lists (cheap to index one job at a time). Fields
-    read by name too: ``block["oracle"]``, ``block["time"]`` (:data:`_BLOCK_ALIASES`).
+    ``(n, K)``. The labels are also kept as lists (cheap to index one job at a time).
     """
 
     n: int
@@ -264,9 +258,6 @@ class _Block:
     def label(self, i: int) -> _Label:
         """Job ``i``'s label on an idle GPU."""
         return _Label(self.label_gpu[i], self.margin[i], self.label_reason[i], self.energy_unknown[i])
-
-    def __getitem__(self, name: str) -> Any:
-        return getattr(self, _BLOCK_ALIASES.get(name, name))
 
 
 # --------------------------------------------------------------------------------------

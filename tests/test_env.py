@@ -190,8 +190,8 @@ def test_model_source_labels_follow_threshold():
         rewards = env.action_rewards()
         label = env.current_label()
         oracle = np.asarray(env.oracle_action())
-        assert rewards.max() == pytest.approx(rewards[env._block["oracle"][env._ptr]])
-        assert bool(oracle.reshape(-1)[0]) == label["label_gpu"] or not env._block["feasible"][env._ptr].any()
+        assert rewards.max() == pytest.approx(rewards[env._block.oracle[env._ptr]])
+        assert bool(oracle.reshape(-1)[0]) == label["label_gpu"] or not env._block.feasible[env._ptr].any()
         labels.append(label["label_gpu"])
         env.step(oracle)
     assert 0 < sum(labels) < len(labels), "the model source should produce both CPU and GPU jobs"
@@ -233,14 +233,14 @@ def test_observation_is_raw_feature_vector(desktop_runs):
     expected = feature_matrix({k: v[:1] for k, v in env.source.sample(1, np.random.default_rng(0), env.targets, env._knob_table).columns.items()})
     assert obs.dtype == np.float32 and obs.shape == (N_FEATURES,)
     assert expected.shape == (1, N_FEATURES)
-    np.testing.assert_array_equal(obs, block["features"][0])
+    np.testing.assert_array_equal(obs, block.features[0])
     job = env.source.pairs[(env.source.pairs["job_id"] == block["job_id"][0]) & (env.source.pairs["target_id"] == block["target_id"][0])]
     cols = {c: job[c].to_numpy() for c in job.columns if c.startswith("hw_") or c in (
         "family", "mode", "batch_size", "flops_per_batch", "param_count", "input_elems_per_sample", "input_bytes_per_sample")}
     cols["cpu_cores"] = job["hw_cpu_cores"].to_numpy()
     np.testing.assert_allclose(obs, feature_matrix(cols)[0])
     obs2, *_ = env.step(0)
-    assert obs2 is not obs and not np.shares_memory(obs2, block["features"])
+    assert obs2 is not obs and not np.shares_memory(obs2, block.features)
 
 
 def test_paper_trace_labels_and_thresholds():
@@ -248,7 +248,7 @@ def test_paper_trace_labels_and_thresholds():
     env.reset(seed=0)
     labels: dict[str, tuple[bool, str]] = {}
     for _ in range(50):
-        job = env._block["job_id"][env._ptr]
+        job = env._block.job_id[env._ptr]
         label = env.current_label()
         labels[job] = (label["label_gpu"], label["reason"])
         env.step(env.oracle_action())
@@ -261,7 +261,7 @@ def test_paper_trace_labels_and_thresholds():
     env = DevicePlacementEnv(source="paper", thresholds={"speedup_min": 1.5}, block_size=200)
     env.reset(seed=0)
     for _ in range(50):
-        if env._block["job_id"][env._ptr] == "mobilenet_imagenet100":
+        if env._block.job_id[env._ptr] == "mobilenet_imagenet100":
             assert env.current_label()["label_gpu"] is True
         env.step(0)
 
@@ -274,8 +274,8 @@ def test_pair_rows_frame_and_file_give_same_rewards(desktop_runs, tmp_path):
     from_file = DevicePlacementEnv(source=str(path), block_size=32)
     for env in (from_runs, from_pairs, from_file):
         env.reset(seed=11)
-    np.testing.assert_allclose(from_runs._block["rewards"], from_pairs._block["rewards"])
-    np.testing.assert_allclose(from_runs._block["rewards"], from_file._block["rewards"])
+    np.testing.assert_allclose(from_runs._block.rewards, from_pairs._block.rewards)
+    np.testing.assert_allclose(from_runs._block.rewards, from_file._block.rewards)
     assert from_file.provenance()["source"]["trace_sha256"]
     assert from_pairs.provenance()["source"]["rows"] == "pairs"
 
@@ -339,7 +339,7 @@ def test_edge_knob_term_oom_and_oracle(runs):
         # fewer cores is slower on the CPU: a knob penalty, bounded by knob_cap
         assert rewards[0, 0, DEFAULT_CAP_LEVEL] < rewards[0, 2, DEFAULT_CAP_LEVEL]
         assert rewards.min() >= -(0.5 + 2.0 + 2.0) - 1e-9
-        job = env._block["job_id"][env._ptr]
+        job = env._block.job_id[env._ptr]
         _, reward, _, _, info = env.step(np.array([1, 2, 0]))  # GPU, 4 cores, cap 1024 MiB
         if job == "huge_tf":  # 3000 MiB working set: OOM under a 1024 MiB cap
             assert info["feasible"] is False and info["infeasible_reason"] == "oom"
@@ -373,7 +373,7 @@ def test_contention_queue_wait_and_reward(runs):
     assert obs[N_FEATURES + 3] == pytest.approx(math.log10(1 / 50.0))
     waits, queue, flipped = [], [], 0
     for _ in range(40):
-        idle_label = env._block["label_gpu"][env._ptr]
+        idle_label = env._block.label_gpu[env._ptr]
         label = env.current_label()
         if idle_label and not label["label_gpu"]:
             flipped += 1  # valid on an idle GPU, not after the wait
@@ -402,7 +402,7 @@ def test_contention_rate_calibrated_from_load(runs):
     _, info = env.reset(seed=0)
     k = env.n_actions
     block = env._block
-    mean_gpu_s = float(np.mean(block["time"][:, k + 1] * block["n_samples"]))
+    mean_gpu_s = float(np.mean(block.time_per_sample_s[:, k + 1] * block.n_samples))
     assert info["arrival_rate_per_s"] == pytest.approx(0.5 / mean_gpu_s)
 
 
