@@ -234,7 +234,7 @@ def test_observation_is_raw_feature_vector(desktop_runs):
     assert obs.dtype == np.float32 and obs.shape == (N_FEATURES,)
     assert expected.shape == (1, N_FEATURES)
     np.testing.assert_array_equal(obs, block.features[0])
-    job = env.source.pairs[(env.source.pairs["job_id"] == block["job_id"][0]) & (env.source.pairs["target_id"] == block["target_id"][0])]
+    job = env.source.pairs[(env.source.pairs["job_id"] == block.job_id[0]) & (env.source.pairs["target_id"] == block.target_id[0])]
     cols = {c: job[c].to_numpy() for c in job.columns if c.startswith("hw_") or c in (
         "family", "mode", "batch_size", "flops_per_batch", "param_count", "input_elems_per_sample", "input_bytes_per_sample")}
     cols["cpu_cores"] = job["hw_cpu_cores"].to_numpy()
