@@ -16,8 +16,10 @@ REPO=${1:-$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)}
 PYTHON=${PYTHON:-python3}
 TESTS=${NEWCOMER_TESTS:-1}
 REUSE=${NEWCOMER_REUSE:-}   # a clone kept by a failed run: pull into it instead of cloning (its .venv is reused)
-if [ -n "$REUSE" ]; then CLONE=$(cd "$REUSE" && pwd); WORK=$(dirname "$CLONE"); else
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/placement-newcomer.XXXXXX"); CLONE="$WORK/placement"; fi
+# WORK is always a folder of this script's own (state, log; removed at the end): a reused clone stays where
+# it is and is never removed with it (its parent once was WORK, and a clone kept anywhere took its folder along)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/placement-newcomer.XXXXXX")
+if [ -n "$REUSE" ]; then CLONE=$(cd "$REUSE" && pwd); else CLONE="$WORK/placement"; fi
 LOG="$WORK/run.log"
 START_ALL=$(date +%s)
 RUN_PID=""
@@ -112,5 +114,5 @@ fi
 
 printf '\nnewcomer: every step passed in %d s:\n' "$(( $(date +%s) - START_ALL ))"
 printf '%s\n' "${TIMES[@]}"
-echo "removing $WORK"
+echo "removing $WORK${REUSE:+ (the reused clone $CLONE stays)}"
 cd / && rm -rf "$WORK"
