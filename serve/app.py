@@ -66,11 +66,11 @@ from prometheus_client.core import GaugeMetricFamily
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
 
-from placement.serve import guard
+from placement.serve import bulk, guard
 from placement.serve.docs import mount_docs
 from placement.serve.examples import REQUEST_EXAMPLES
 from placement.serve.learning.learner import learner_fields, pin_version, release_pin
-from placement.serve.placer import InputError, Placer, bootstrap_store
+from placement.serve.placer import InputError, JobBatch, PlacementResult, Placer, bootstrap_store
 from placement.serve.schemas import (
     ErrorResponse,
     FeedbackRequest,
@@ -369,6 +369,8 @@ class PlacementService:
         """``POST /v1/placements``: decide every job of the request (large batches in a worker
         thread) and record the decisions."""
         raw = await self.body(request)
+        if bulk.is_bulk(request.headers.get("content-type", "")):
+            return await self.place_bulk(raw)
         try:
             req = await _parse(PlacementRequest, raw)
         except ValidationError as exc:
@@ -379,6 +381,27 @@ class PlacementService:
             result = self.placer.place(req)
         else:
             result = await asyncio.to_thread(self.placer.place, req)
+        self._count(result)
+        return Response(result.to_json(), media_type="application/json")
+
+    async def place_bulk(self, raw: bytes) -> Response:
+        """``POST /v1/placements`` in the bulk format (:mod:`placement.serve.bulk`): Arrow IPC in
+        and out, checked column by column; decided and recorded as a JSON request is."""
+        def decide() -> bytes:
+            req = bulk.read_request(raw, self.settings.max_batch_jobs)
+            result = self.placer.place_batch(JobBatch.from_arrays(req.n, req.columns), req.request)
+            self._count(result)
+            return bulk.write_response(result)
+
+        try:
+            body = decide() if len(raw) <= INLINE_MAX_BODY_BYTES else await asyncio.to_thread(decide)
+        except bulk.BulkError as exc:
+            return _error(exc.status, "too_large" if exc.status == 413 else "invalid_request",
+                          [{"field": exc.field, "message": exc.message}])
+        return Response(body, media_type=bulk.MEDIA_TYPE)
+
+    def _count(self, result: PlacementResult) -> None:
+        """Count a request's decisions (by device) and explorations for ``/metrics``."""
         n_gpu = int(result.gpu.sum())
         replica = self.metrics.labels["replica"]
         self.metrics.decisions.labels("gpu", replica).inc(n_gpu)
@@ -386,7 +409,6 @@ class PlacementService:
         explored = int(result.explored.sum())
         if explored:
             self.metrics.explored.labels(replica).inc(explored)
-        return Response(result.to_json(), media_type="application/json")
 
     async def feedback(self, request: Request) -> Response:
         """``POST /v1/feedback``: record a decision's measured outcome (idempotent per decision id:
@@ -596,13 +618,35 @@ def _add_error_handlers(app: FastAPI, service: PlacementService) -> None:
     async def _storage_unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:
         return storage_error(exc, service.store.path)
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    app.add_middleware(Observe, metrics=service.metrics)
+
+
+class Observe:
+    """Times every HTTP request for ``/metrics`` (route template, status, seconds): a pure ASGI
+    middleware (Starlette's ``BaseHTTPMiddleware`` cost about 0.3 ms a request in the profile)."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Pass the request on; observe its status when the response starts (500 when it raised)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        service.metrics.observe(getattr(route, "path", "other"), response.status_code, time.perf_counter() - start)
-        return response
+        status = [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")  # set in this very scope by the router
+            self.metrics.observe(getattr(route, "path", "other"), status[0], time.perf_counter() - start)
 
 
 def _add_routes(app: FastAPI, service: PlacementService) -> None:

@@ -232,7 +232,7 @@ class Guard:
         try:
             headers = _headers(scope)
             self._check_origin(headers)
-            declared = self._check_size_and_type(headers)
+            declared = self._check_size_and_type(headers, path)
             client = _client(scope)
             if path == PLACEMENTS:
                 self._rate(client)
@@ -274,7 +274,7 @@ class Guard:
         raise Refused(403, "forbidden", "Origin", f"Origin '{origin[:100]}' is another site than this service "
                       f"('{host[:100]}'): add it to PLACEMENT_ALLOWED_ORIGINS to allow it")
 
-    def _check_size_and_type(self, headers: dict[str, str]) -> int | None:
+    def _check_size_and_type(self, headers: dict[str, str], path: str) -> int | None:
         declared: int | None = None
         raw = headers.get("content-length")
         if raw is not None:
@@ -290,11 +290,15 @@ class Guard:
                               "(PLACEMENT_MAX_BODY_BYTES): split the batch",
                               drain_bytes=declared if declared <= drain_limit_bytes(limit) else 0)
         has_body = (declared or 0) > 0 or "chunked" in headers.get("transfer-encoding", "").lower()
-        if has_body and not _is_json(headers.get("content-type", "")):
+        content_type = headers.get("content-type", "")
+        # placements may also come in the bulk format (Arrow IPC): not a type a web page can send
+        # cross-site without a CORS preflight, like JSON
+        if has_body and not _is_json(content_type) and not (path == PLACEMENTS and is_arrow(content_type)):
             given = headers.get("content-type")
             raise Refused(415, "unsupported_media_type", "Content-Type",
                           f"the body must be JSON sent as 'Content-Type: application/json' (got "
-                          f"{repr(given[:80]) if given else 'none'})")
+                          f"{repr(given[:80]) if given else 'none'})"
+                          + (f"; placements also take '{ARROW_MEDIA_TYPE}'" if path == PLACEMENTS else ""))
         return declared
 
     def _rate(self, client: str) -> None:
@@ -375,6 +379,15 @@ def _headers(scope: Scope) -> dict[str, str]:
 def _client(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
+
+
+ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+"""The bulk format's media type (:data:`placement.serve.bulk.MEDIA_TYPE`; the guard imports no pyarrow)."""
+
+
+def is_arrow(content_type: str) -> bool:
+    """Whether ``content_type`` is the bulk format's media type."""
+    return content_type.split(";", 1)[0].strip().lower() == ARROW_MEDIA_TYPE
 
 
 def _is_json(content_type: str) -> bool:

@@ -217,6 +217,13 @@ class JobBatch:
         return cls._build(n, data, None, list(sigs) if sigs is not None and any(sigs) else None)
 
     @classmethod
+    def from_arrays(cls, n: int, columns: Mapping[str, Any]) -> JobBatch:
+        """The batch of checked job columns (:mod:`placement.serve.bulk`: every field of
+        ``_JOB_FIELDS``, ``dataset_size`` NaN where unknown, ``signature`` a list or None)."""
+        sigs = columns.get("signature")
+        return cls._build(n, columns, None, list(sigs) if sigs is not None else None)
+
+    @classmethod
     def _build(cls, n: int, columns: Mapping[str, Any], jobs: Sequence[Job] | None,
                signatures: list[str | None] | None = None) -> JobBatch:
         text = {k: [str(v) for v in columns[k]] if k != "name" else list(columns[k]) for k in ("name", "family", "mode")}
@@ -251,7 +258,11 @@ class JobBatch:
 
 
 def _float_or_none(values: npt.NDArray[np.float64]) -> list[float | None]:
-    return [float(v) if math.isfinite(v) else None for v in values.tolist()]
+    """The values as JSON numbers, None where not finite (vectorised: no Python test per value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    out = arr.astype(object)
+    out[~np.isfinite(arr)] = None
+    return out.tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

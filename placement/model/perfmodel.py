@@ -507,6 +507,8 @@ class PerformanceModel:
         # longest key first, so "resnet18" beats "resnet"
         self._overrides = tuple(sorted(p.model_overrides.items(), key=lambda kv: -len(kv[0])))
         self._edge_overrides = tuple(sorted(p.edge_model_overrides.items(), key=lambda kv: -len(kv[0])))
+        self._override_cache: dict[str, int] = {}
+        self._edge_override_cache: dict[str, int] = {}
 
     @property
     def version(self) -> str:
@@ -599,10 +601,10 @@ class PerformanceModel:
         fp = {name: self._fam[name][fam] for name in FAMILY_PARAM_NAMES}
         if (self._overrides or self._edge_overrides) and "model" in columns:
             names = c.strs("model")
-            fp = _apply_overrides(names, fp, self._overrides, np.ones(n, dtype=bool))
+            fp = _apply_overrides(names, fp, self._overrides, np.ones(n, dtype=bool), self._override_cache)
             edge = c.strs("hw_kind") == "edge"
             if edge.any():
-                fp = _apply_overrides(names, fp, self._edge_overrides, edge)
+                fp = _apply_overrides(names, fp, self._edge_overrides, edge, self._edge_override_cache)
         cpu_eff, gpu_eff, par = fp["cpu_eff"], fp["gpu_eff"], fp["parallel_frac"]
         kpp, abpf, wtf = fp["kernels_per_pass"], fp["act_bytes_per_flop"], fp["weight_traffic_frac"]
 
@@ -759,7 +761,8 @@ class PerformanceModel:
 
 
 def _apply_overrides(
-    models: np.ndarray, fp: dict[str, FloatArray], table: tuple[tuple[str, dict[str, float]], ...], rows: BoolArray
+    models: np.ndarray, fp: dict[str, FloatArray], table: tuple[tuple[str, dict[str, float]], ...], rows: BoolArray,
+    cache: dict[str, int],
 ) -> dict[str, FloatArray]:
     """``fp`` with the rows (of ``rows``) whose model name contains a key of ``table`` given
     that key's values (longest key first)."""
@@ -771,7 +774,7 @@ def _apply_overrides(
     else:
         codes, uniq = pd.factorize(models)
         uniques = uniq.tolist()
-    match = [next((i for i, (key, _) in enumerate(table) if key in str(u).lower()), -1) for u in uniques] + [-1]
+    match = [_override_index(u, table, cache) for u in uniques] + [-1]
     which = np.asarray(match, dtype=np.intp)[codes]  # code -1 (missing name) picks the trailing -1
     which = np.where(rows, which, -1)
     if (which < 0).all():
@@ -784,6 +787,22 @@ def _apply_overrides(
         for name, value in values.items():
             out[name] = np.where(hit, value, out[name])
     return out
+
+
+_OVERRIDE_CACHE_MAX = 65536
+
+
+def _override_index(name: Any, table: tuple[tuple[str, dict[str, float]], ...], cache: dict[str, int]) -> int:
+    """Index of the first key of ``table`` contained in the lower-cased model name, or -1;
+    remembered in ``cache`` (one per model and table: the service sees the same names again and again)."""
+    text = str(name)
+    hit = cache.get(text)
+    if hit is None:
+        hit = next((i for i, (k, _) in enumerate(table) if k in text.lower()), -1)
+        if len(cache) >= _OVERRIDE_CACHE_MAX:
+            cache.clear()
+        cache[text] = hit
+    return hit
 
 
 def _device_str(device: Any) -> str:
