@@ -1,0 +1,83 @@
+"""Temperature scaling of P(GPU) (:mod:`placement.agents.temperature`) and the grounding
+evaluation's inner fit, which must never read the held-out architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from placement.agents import grounding
+from placement.agents.temperature import fit_temperature, log_loss, logit, scale
+
+
+def test_scale_keeps_the_answer_and_moves_confidence_toward_one_half():
+    p = np.array([0.01, 0.2, 0.5, 0.7, 0.999])
+    assert np.array_equal(scale(p, 1.0), p)
+    hot = scale(p, 3.0)
+    assert np.array_equal(hot >= 0.5, p >= 0.5)
+    assert np.all(np.abs(hot - 0.5) <= np.abs(p - 0.5) + 1e-12)
+    assert np.all(np.abs(scale(p, 0.5) - 0.5) >= np.abs(p - 0.5) - 1e-12)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            scale(p, bad)
+
+
+def test_fit_recovers_the_temperature_of_overconfident_predictions():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 4.0, 20_000)
+    y = rng.random(z.size) < 1.0 / (1.0 + np.exp(-z / 3.0))  # the truth is 3x less sure than z says
+    p = 1.0 / (1.0 + np.exp(-z))
+    t = fit_temperature(p, y)
+    assert t == pytest.approx(3.0, rel=0.08)
+    assert log_loss(y, scale(p, t)) < log_loss(y, p)
+    calibrated = 1.0 / (1.0 + np.exp(-z / 3.0))
+    assert fit_temperature(calibrated, y) == pytest.approx(1.0, rel=0.08)
+    assert np.allclose(logit(calibrated), z / 3.0, atol=1e-6)
+
+
+def test_fit_refuses_what_it_cannot_use():
+    with pytest.raises(ValueError, match="labels"):
+        fit_temperature([0.2, 0.8], [True])
+    with pytest.raises(ValueError, match="labels"):
+        fit_temperature([], [])
+    with pytest.raises(ValueError, match="finite"):
+        fit_temperature([0.2, float("nan")], [True, False])
+
+
+class _Data:
+    """What inner_temperature reads of a labelled set: ``pairs['arch']`` and ``subset(rows).y``."""
+
+    def __init__(self, archs: list[str]) -> None:
+        self.pairs = pd.DataFrame({"arch": archs})
+        self.y = np.arange(len(archs)) % 2 == 0
+
+    def subset(self, rows):
+        out = _Data(list(self.pairs["arch"].iloc[rows]))
+        out.y = self.y[rows]
+        return out
+
+
+def test_inner_temperature_never_reads_the_held_out_architecture(monkeypatch):
+    archs = [a for a in "abcdefg" for _ in range(6)]
+    data = _Data(archs)
+    is_meas = np.ones(len(archs), dtype=bool)
+    trained, predicted = [], []
+
+    def fake_train(d, rows, s):
+        trained.append(set(np.asarray(archs)[rows]))
+        return object()
+
+    def fake_raw(dnn, d, rows, arch, th):
+        predicted.append((len(trained) - 1, set(np.asarray(archs)[rows])))  # by the last DNN trained
+        return np.full(len(rows), 0.9), np.ones(len(rows), dtype=bool)
+
+    monkeypatch.setattr(grounding, "_train", fake_train)
+    monkeypatch.setattr(grounding, "_zero_shot_raw", fake_raw)
+    t, n = grounding.inner_temperature(data, is_meas, "c", sorted(set(archs)), grounding.GroundingSettings(inner_folds=3))
+    assert len(trained) == 3 and all("c" not in seen for seen in trained)
+    assert all("c" not in seen for _, seen in predicted)
+    assert set().union(*(seen for _, seen in predicted)) == set("abdefg") and n == 36  # each other one once
+    for k, seen in predicted:  # predicted by a DNN that did not train on it
+        assert not trained[k] & seen
+    assert 0.25 <= t <= 20.0
