@@ -123,6 +123,21 @@ class PlacementClient:
         body = {"columns": {k: list(v) for k, v in columns.items()}, **self._request(target, thresholds, max_slowdown, explore)}
         return self._call("POST", "/v1/placements", PlacementResponse, body)
 
+    def place_bulk(self, columns: Mapping[str, Any], target: str | HardwareTarget = "local", *,
+                   thresholds: Mapping[str, float] | None = None, max_slowdown: float | None = None,
+                   explore: bool = True) -> tuple[dict[str, Any], Any]:
+        """Place jobs given as columns (lists, numpy arrays or pyarrow arrays) in the bulk format
+        (Arrow IPC, :mod:`placement.serve.bulk`): ``(head, decisions)``, the answer's target,
+        policy version and thresholds, and a ``pyarrow.Table`` with one row per job."""
+        from placement.serve import bulk
+
+        body = bulk.encode_request(dict(columns), **self._request(target, thresholds, max_slowdown, explore))
+        response = self._http.post("/v1/placements", content=body, headers={"content-type": bulk.MEDIA_TYPE})
+        if response.status_code >= 400:
+            data = response.json()
+            raise PlacementApiError(response.status_code, str(data.get("error", "error")), list(data.get("detail", [])))
+        return bulk.decode_response(response.content)
+
     def feedback(self, decision_id: str, outcome: ReportedOutcome | Mapping[str, Any],
                  other_outcome: ReportedOutcome | Mapping[str, Any] | None = None) -> FeedbackResponse:
         """Report the measured run of the chosen device (and the other device's, if measured)."""

@@ -125,3 +125,17 @@ def test_the_bulk_format_is_for_placements_only(client, example_job):  # noqa: F
     body = bulk.encode_request(_columns(example_job.model_dump()), target="B")
     r = client.post("/v1/feedback", content=body, headers={**HEADERS, **AUTH})
     assert r.status_code == 415 and r.json()["detail"][0]["field"] == "Content-Type"
+
+
+def test_the_python_client_places_in_the_bulk_format(client, example_job):  # noqa: F811
+    from placement.serve.client import PlacementApiError, PlacementClient
+
+    cols = _columns(example_job.model_dump())
+    api = PlacementClient("http://testserver")
+    api._http = client  # the in-process app behind the client's own HTTP calls
+    head, table = api.place_bulk({k: np.asarray(v) for k, v in cols.items()}, "B", explore=False)
+    assert head["target_id"] == "B" and table.num_rows == 4
+    assert set(table["device"].to_pylist()) <= {"cpu", "gpu"}
+    with pytest.raises(PlacementApiError) as err:
+        api.place_bulk({**cols, "batch_size": [0] * 4}, "B")
+    assert err.value.status == 422 and err.value.detail[0]["field"] == "columns.batch_size"
