@@ -30,9 +30,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn import metrics as skm
-from sklearn.calibration import calibration_curve
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from placement.agents.knobs import KnobLevels
@@ -248,6 +245,9 @@ def _split(n: int, y: npt.NDArray[np.bool_], config: DnnConfig) -> tuple[np.ndar
     if config.val_fraction == 0 or n_val < 1 or n - n_val < 1:
         return idx, idx[:0]
     stratify = y if min(int(y.sum()), int((~y).sum())) >= 2 else None
+    # training only: serving never imports sklearn
+    from sklearn.model_selection import train_test_split
+
     train, val = train_test_split(idx, test_size=n_val, random_state=config.seed, stratify=stratify)
     return np.sort(train), np.sort(val)
 
@@ -478,6 +478,9 @@ def expected_calibration_error(y: npt.ArrayLike, p: npt.ArrayLike, n_bins: int =
 def classification_metrics(y_true: npt.ArrayLike, p_gpu: npt.ArrayLike, n_bins: int = 10) -> dict[str, Any]:
     """Accuracy, precision, recall, F1, PR-AUC (average precision), ROC-AUC, Brier, log loss, ECE
     and the calibration curve (scikit-learn). AUCs are ``None`` when only one class is present."""
+    from sklearn import metrics as skm
+    from sklearn.calibration import calibration_curve
+
     y = np.asarray(y_true, dtype=bool)
     p = np.clip(np.asarray(p_gpu, dtype=np.float64), 0.0, 1.0)
     pred = p >= 0.5

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -70,6 +69,8 @@ def _check(action: npt.ArrayLike, propensity: npt.ArrayLike, target: npt.ArrayLi
 def _t(confidence: float, n: int) -> float:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    from scipy import stats
+
     return float(stats.t.ppf(0.5 + confidence / 2, max(n - 1, 1)))
 
 
@@ -137,6 +138,8 @@ def mean_interval(terms: npt.ArrayLike, confidence: float = 0.9, method: str = "
     value = float(np.sum(v * x) / total)
     n_eff = _effective_n(v)
     var = float(np.sum(v * v * (x - value) ** 2)) / total**2 * (n_eff / max(n_eff - 1, 1e-9)) if n_eff > 1 else math.inf
+    from scipy import stats
+
     half = float(stats.t.ppf(0.5 + confidence / 2, max(n_eff - 1, 1))) * math.sqrt(var)
     return Estimate(method, value, value - half, value + half, confidence, n, n_eff)
 

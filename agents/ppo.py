@@ -56,6 +56,7 @@ from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
 from placement.core.outcome import GPU
 from placement.core.threshold import Thresholds
+from placement.core.trace import file_sha256
 from placement.envs.device_placement import (
     DEFAULT_CAP_LEVEL,
     DEFAULT_CORE_LEVEL,
@@ -359,11 +360,34 @@ class PpoPolicy(Policy):
 
     name = "ppo"
 
-    def __init__(self, model: PPO, knob_levels: KnobLevels | None = None) -> None:
-        self.model = model
-        self.knobbed = _knobbed(model)
+    def __init__(self, model: PPO | None, knob_levels: KnobLevels | None = None, *, saved: Path | None = None) -> None:
+        """``model``: the SB3 agent; or None with ``saved``, the zip it was saved to: decisions then
+        come from the actor's weights read from the zip (no SB3 agent, so no optimizer, which costs
+        over 2 s of imports on first use), and :attr:`model` loads the agent on first access (the
+        learner's fine-tuning)."""
+        if model is None and saved is None:
+            raise ValueError("PpoPolicy needs the SB3 model or the path of its saved zip")
+        self._model = model
+        self._saved = saved
+        self._saved_sha256 = file_sha256(saved) if model is None and saved is not None else None
+        if model is not None:
+            self.knobbed = _knobbed(model)
+            self.refresh()
+        else:
+            self.mlp, self.knobbed = _saved_actor(saved)  # type: ignore[arg-type]
         self.knob_levels = knob_levels if knob_levels is not None else (KnobLevels() if self.knobbed else None)
-        self.refresh()
+
+    @property
+    def model(self) -> PPO:
+        """The SB3 agent (loaded from the saved zip on first access when built from one)."""
+        if self._model is None:
+            path = self._saved
+            if path is None:  # unreachable: __init__ refuses neither
+                raise ValueError("PpoPolicy has neither a model nor a saved zip")
+            if file_sha256(path) != self._saved_sha256:  # PPO.load unpickles: only the file that was read
+                raise ValueError(f"{path} changed since its policy was loaded: reload the model")
+            self._model = PPO.load(str(path), device="cpu", custom_objects={"policy_kwargs": _saved_policy_kwargs(path)})
+        return self._model
 
     def refresh(self) -> None:
         """Re-export the numpy weights (after the SB3 model was trained further)."""
@@ -432,10 +456,27 @@ class PpoPolicy(Policy):
 
 
 def load_ppo_policy(path: Path, knob_levels: KnobLevels | None = None) -> PpoPolicy:
-    """Load a PPO zip written by :meth:`PpoPolicy.save` (unpickles: verify the file first,
-    as :func:`placement.agents.artifact.load_model` does)."""
-    model = PPO.load(str(path), device="cpu", custom_objects={"policy_kwargs": _saved_policy_kwargs(path)})
-    return PpoPolicy(model, knob_levels)
+    """Load a PPO zip written by :meth:`PpoPolicy.save` (the SB3 agent, which unpickles, only when
+    :attr:`PpoPolicy.model` is first read: verify the file first, as
+    :func:`placement.agents.artifact.load_model` does)."""
+    _saved_policy_kwargs(path)  # refuse an architecture this module did not build, now
+    return PpoPolicy(None, knob_levels, saved=path)
+
+
+def _saved_actor(path: Path) -> tuple[NumpyMlp, bool]:
+    """The actor of a saved PPO zip as numpy (normaliser, policy layers, action head) read from its
+    weights file (``torch.load(weights_only=True)``: tensors only), and whether it has knob actions
+    (an action head wider than the two devices)."""
+    import io
+
+    with zipfile.ZipFile(path) as archive:
+        state = torch.load(io.BytesIO(archive.read("policy.pth")), map_location="cpu", weights_only=True)
+    prefix = "mlp_extractor.policy_net."
+    indices = sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)})
+    layers = [(state[f"{prefix}{i}.weight"].numpy(), state[f"{prefix}{i}.bias"].numpy()) for i in indices]
+    head = (state["action_net.weight"].numpy(), state["action_net.bias"].numpy())
+    mean, scale = state["features_extractor.mean"].numpy(), state["features_extractor.scale"].numpy()
+    return NumpyMlp.from_layers(layers, head, mean, scale, int(mean.shape[0])), int(head[0].shape[0]) > 2
 
 
 def _saved_policy_kwargs(path: Path) -> dict[str, Any]:

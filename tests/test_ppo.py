@@ -18,6 +18,7 @@ from placement.agents.ppo import (
     env_actions,
     fine_tune,
     knob_labels,
+    load_ppo_policy,
     make_env,
     make_ppo,
     model_actions,
@@ -141,6 +142,29 @@ def test_fine_tune_continues_or_rewarms(tmp_path, desktop, edge):
     edge_runs = edge[0]
     other = fine_tune(loaded, make_env(edge_runs), total_timesteps=64, seed=1, config=TINY)
     assert other.knobbed and other.env_action(runs_x[:3]).shape == (3, 3)
+
+
+def test_a_saved_policy_decides_from_its_weights_and_loads_the_agent_only_when_asked(tmp_path, desktop, edge):
+    """Serving reads the actor from ppo.zip's weights (no SB3 agent: its optimizer costs seconds of
+    imports per replica); the agent loads on first use of ``.model``, and only from the file that was read."""
+    for runs in (desktop[0], edge[0]):
+        dnn = desktop[2] if runs is desktop[0] else edge[2]
+        run = train_warm_ppo(dnn, make_env(runs), timesteps=64, config=TINY, seed=0, eval_jobs=64)
+        zip_path = tmp_path / f"ppo-{len(runs)}.zip"
+        run.policy.save(zip_path)
+        lazy = load_ppo_policy(zip_path)
+        assert lazy._model is None and lazy.knobbed == run.policy.knobbed
+        x = labelled_set(pair_outcomes(runs)).x
+        np.testing.assert_array_equal(lazy.mlp.logits(x), run.policy.mlp.logits(x))
+        np.testing.assert_array_equal(lazy.env_action(x), run.policy.env_action(x))
+        assert lazy.model.num_timesteps == run.policy.model.num_timesteps  # loaded now
+    changed = load_ppo_policy(zip_path)
+    data = zip_path.read_bytes()
+    zip_path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ValueError, match="changed since its policy was loaded"):
+        _ = changed.model
+    with pytest.raises(ValueError, match="needs the SB3 model"):
+        PpoPolicy(None)
 
 
 def test_bad_configs_are_named():
