@@ -22,7 +22,9 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    TypeAdapter,
     ValidationInfo,
+    WrapValidator,
     create_model,
     field_validator,
     model_validator,
@@ -108,6 +110,23 @@ class RequestThresholds(Record):
     )
 
 
+_PLAIN_NUMBER_TYPES = frozenset({int, float, type(None)})
+
+
+def _numbers_at_once(checked: TypeAdapter[Any]) -> Any:
+    """A column validator: a list whose values are all plain JSON numbers (or nulls) goes to the
+    column's own (Rust) validation at once; anything else -- a bool, a string, a numpy scalar --
+    through ``checked``, which tests every value as a single job's field would (same errors, each
+    located at its row). Both accept and refuse exactly the same columns; a 10 000-job request no
+    longer calls a Python function per value."""
+    def validate(values: Any, handler: Any) -> Any:
+        if type(values) is list and set(map(type, values)) <= _PLAIN_NUMBER_TYPES:
+            return handler(values)
+        return checked.validate_python(values)
+
+    return validate
+
+
 def _job_columns_model() -> type[BaseModel]:
     """:class:`JobColumns`: every :class:`~placement.core.job.Job` field as a list, with the same
     per-element constraints (derived from ``Job.model_fields``, so the two never disagree)."""
@@ -115,10 +134,15 @@ def _job_columns_model() -> type[BaseModel]:
     for name, info in Job.model_fields.items():
         element: Any = info.annotation
         extra: list[Any] = [Field(allow_inf_nan=False)] if element is float else []
+        column: Any
         if is_number_annotation(element):
-            extra.append(BeforeValidator(number_not_bool if admits_string(element) else json_number))
-        item: Any = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
-        column: Any = list[item]  # type: ignore[valid-type]
+            checked = BeforeValidator(number_not_bool if admits_string(element) else json_number)
+            plain: Any = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
+            each: Any = Annotated[(element, *info.metadata, *extra, checked)]
+            column = Annotated[list[plain], WrapValidator(_numbers_at_once(TypeAdapter(list[each])))]  # type: ignore[valid-type]
+        else:
+            item: Any = Annotated[(element, *info.metadata, *extra)] if (info.metadata or extra) else element
+            column = list[item]  # type: ignore[valid-type]
         required = info.is_required()
         fields[name] = (column if required else column | None, Field(default=... if required else None,
                                                                      description=info.description))

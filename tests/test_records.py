@@ -112,3 +112,38 @@ def test_numbers_and_words_are_not_true_or_false():
     assert ReportedOutcome.model_validate({**outcome, "feasible": True}).feasible is True
     with pytest.raises(ValidationError, match="feasible"):
         ReportedOutcome.model_validate({**outcome, "feasible": 0})
+
+
+def test_job_columns_accept_and_refuse_exactly_what_jobs_do():
+    """The columns format checks a column of plain numbers at once and anything else value by value:
+    every value must still be accepted or refused (and located) as the same field of one Job."""
+    import json
+
+    import numpy as np
+    from pydantic import ValidationError
+
+    from placement.serve.schemas import JobColumns
+
+    rng = np.random.default_rng(7)
+    base = dict(family="cnn", mode="infer", batch_size=4, flops_per_batch=1e9, param_count=10,
+                input_elems_per_sample=3, input_bytes_per_sample=12, dataset_size=100)
+    odd = [0, -1, 2.0, 2.5, True, False, "4", None, 1e30, 10**14, 3, 1.0e9]
+    for _ in range(300):
+        field = str(rng.choice(["batch_size", "flops_per_batch", "param_count", "dataset_size", "input_elems_per_sample"]))
+        values = [base[field]] * 4
+        for i in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):
+            values[int(i)] = odd[int(rng.integers(len(odd)))]
+        cols = {k: [v] * 4 for k, v in base.items()}
+        cols[field] = values
+        row_errors = []
+        for i, v in enumerate(values):
+            try:
+                Job.model_validate_json(json.dumps({**base, field: v}))
+            except ValidationError:
+                row_errors.append(i)
+        try:
+            JobColumns.model_validate_json(json.dumps(cols))
+            assert not row_errors, (field, values)
+        except ValidationError as exc:
+            locs = sorted({int(e["loc"][1]) for e in exc.errors() if len(e["loc"]) > 1 and e["loc"][0] == field})
+            assert locs == row_errors, (field, values, exc.errors())
