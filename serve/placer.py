@@ -330,7 +330,7 @@ class PlacementResult:
             "job_name": self.jobs.text["name"],
             "device": np.where(self.gpu, "gpu", "cpu").tolist(),
             "cpu_cores": self.cpu_cores.tolist(),
-            "gpu_mem_cap": [cap_to_wire(c, has_gpu) for c in self.gpu_mem_cap],
+            "gpu_mem_cap": self._wire_caps(has_gpu),
             "gpu_probability": self.gpu_probability.tolist() if has_gpu else [None] * self.n,
             "predicted_speedup": sp,
             "predicted_energy_ratio": er,
@@ -352,6 +352,15 @@ class PlacementResult:
                 "gpu_mem_need_mib": _float_or_none(est.gpu_mem_need_mib) if has_gpu else [None] * self.n,
             })
         return cols
+
+    def _wire_caps(self, has_gpu: bool) -> list[Any]:
+        """The caps as the answer spells them (:func:`placement.serve.schemas.cap_to_wire`), without a
+        call per job where they are all the same (off the edge every cap is GROW)."""
+        caps = self.gpu_mem_cap
+        caps = caps if isinstance(caps, list) else list(caps)
+        if caps and caps.count(caps[0]) == len(caps):
+            return [cap_to_wire(caps[0], has_gpu)] * len(caps)
+        return [cap_to_wire(c, has_gpu) for c in caps]
 
     def _head(self) -> dict[str, Any]:
         th = self.thresholds
