@@ -52,15 +52,19 @@ TOKEN = "bench-hostile-token-0123456789"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def _listener_rss(service: RayService, port: int) -> float:
-    """RSS in MiB of the service process listening on ``port`` (the ingress replica)."""
+def _listener_rss(service: RayService, ports: range | list[int]) -> float:
+    """The largest RSS in MiB of the service's processes listening on one of ``ports``: the ingress
+    replicas on their own (internal) ports. (The service port itself is HAProxy's, which holds
+    no request bodies: a body is parsed in a replica.)"""
+    wanted = set(ports)
+    found = []
     for p in service.processes():
         try:
-            if any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in p.net_connections("tcp")):
-                return p.memory_info().rss / 2**20
+            if any(c.laddr and c.laddr.port in wanted and c.status == psutil.CONN_LISTEN for c in p.net_connections("tcp")):
+                found.append(p.memory_info().rss / 2**20)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return float("nan")
+    return max(found) if found else float("nan")
 
 
 def _q(values: list[float], q: float) -> float:
@@ -94,23 +98,26 @@ def main() -> None:
     settings = _settings(state / "a")
     service = RayService(settings, TOKEN)
     port = settings.port
+    from placement.serve.app import ingress_ports
+
+    replica_ports = ingress_ports(settings)
     try:
         if "big" not in args.skip:
-            rss0 = _listener_rss(service, port)
+            rss0 = _listener_rss(service, replica_ports)
             trials = [big_body(port, 100 * 2**20) for _ in range(args.big_trials)]
-            rss1 = _listener_rss(service, port)
+            rss1 = _listener_rss(service, replica_ports)
             times = [t for _, t in trials]
             out["big_body"] = {"bytes": 100 * 2**20, "trials": len(trials), "statuses": sorted({s for s, _ in trials}),
                                "ms_p50": _q(times, 0.5), "ms_max": max(times) * 1000, "replica_rss_mib_before": rss0,
                                "replica_rss_mib_after": rss1}
             print("big body:", out["big_body"], flush=True)
         if "flood" not in args.skip:
-            rss0 = _listener_rss(service, port)
+            rss0 = _listener_rss(service, replica_ports)
             load0 = os.getloadavg()
             thread, stats, ready = slow_flood(port, args.slow, duration_s=args.flood_s + 15)
             opened = ready.wait(60)
             seen = probe(settings_url(settings), args.flood_s, address="127.0.0.2")
-            rss1 = _listener_rss(service, port)
+            rss1 = _listener_rss(service, replica_ports)
             load1 = os.getloadavg()
             thread.join(120)
             out["slow_flood"] = {
