@@ -71,6 +71,9 @@ bench: setup
 	$(PY) benchmarks/bench_http.py --no-haproxy --batches 4 --port 19100 --variant "direct ingress without HAProxy, 1 replica"
 	$(PY) benchmarks/bench_http.py --max-ongoing 4 --batches 4 --port 18900 --variant "max_ongoing_requests 4"
 	$(PY) benchmarks/bench_http.py --no-throughput-optimized --batches 4 --port 19000 --variant "Ray Serve default path (proxy actor)"
+	PYTHONPATH=. $(PY) benchmarks/bench_haproxy_floor.py
+	PYTHONPATH=. $(PY) benchmarks/bench_startup.py
+	PYTHONPATH=. $(PY) benchmarks/bench_two_nodes.py  # needs PostgreSQL's server binaries (initdb, pg_ctl)
 
 # load and fault tests against the real service, figures printed (fixed-rate load, replica SIGKILL, whole-service
 # SIGKILL, full and read-only disks, damaged artifacts, poisoned feedback) and the OpenAPI fuzzing

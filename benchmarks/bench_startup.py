@@ -1,0 +1,83 @@
+"""Start to first answer, step by step (a benchmark, not a test).
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_startup.py [--replicas 2] [--port 24400]``
+
+The steps of :func:`placement.serve.app.start` timed from this process's start: imports, Ray's
+import, ``ray.init`` (a local Ray of this run's own), ``serve.start`` (controller and the HAProxy
+ingress), ``serve.run`` (the ingress replicas and the learner, until Serve reports them running),
+then the first 200 answer of a placement at the stable address and at each replica's own port.
+Issue 16's target: start to first answer <= 12 s on a 2-core machine. Stops its own Ray at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _mark(what: str) -> float:
+    at = time.perf_counter() - T0
+    print(f"{at:7.2f} s  {what}", flush=True)
+    return at
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--replicas", type=int, default=2, help="ingress replicas")
+    parser.add_argument("--port", type=int, default=24400, help="the stable address (Ray's proxy: port + 20)")
+    parser.add_argument("--timeout-s", type=float, default=180.0)
+    args = parser.parse_args()
+
+    from placement.core.version import code_version
+    from placement.serve import app as serve_app
+    from placement.serve.settings import Settings
+
+    _mark("imports (placement.serve.app)")
+    settings = Settings.model_validate({"state_dir": tempfile.mkdtemp(prefix="bench_startup."), "port": args.port,
+                                        "ray_proxy_port": args.port + 20, "ingress_replicas": args.replicas})
+    os.environ.update(serve_app.ray_env(settings))
+    os.environ.pop("PLACEMENT_TOKEN", None)
+    import httpx
+    import ray
+    from ray import serve
+
+    _mark("import ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    _mark("ray.init")
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        _mark("serve.start (controller, HAProxy)")
+        serve.run(serve_app.build_app(settings), name=serve_app.APP_NAME, route_prefix="/", blocking=False)
+        _mark(f"serve.run returned ({args.replicas} ingress replicas, the learner)")
+        body = {"job": {"name": "x", "family": "cnn", "mode": "train", "batch_size": 8, "flops_per_batch": 1e9,
+                        "param_count": 10, "input_elems_per_sample": 3, "input_bytes_per_sample": 12}, "target": "B"}
+        ports = {"the stable address": settings.port,
+                 **{f"replica port {p}": p for p in serve_app.ingress_ports(settings)}}
+        answered: set[str] = set()
+        deadline = time.monotonic() + args.timeout_s
+        while len(answered) < 1 + args.replicas and time.monotonic() < deadline:
+            for name, port in ports.items():
+                if name in answered:
+                    continue
+                try:
+                    if httpx.post(f"http://127.0.0.1:{port}/v1/placements", json=body, timeout=1.0).status_code == 200:
+                        answered.add(name)
+                        _mark(f"first answer on {name}")
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.05)
+        print(f"code {code_version()}, load average {os.getloadavg()[0]:.1f}; target: start to first answer <= 12 s")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
