@@ -53,23 +53,6 @@ def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:
     raise RuntimeError(f"{url} did not answer /healthz within {timeout_s:.0f} s")
 
 
-def _replicas(settings: Any) -> dict[int, str]:
-    """Placer replicas answering on their own ports: port -> node id."""
-    import httpx
-
-    from placement.serve.app import ingress_ports
-
-    found = {}
-    for port in ingress_ports(settings):
-        try:
-            r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-        except httpx.HTTPError:
-            continue
-        if r.status_code == 200:
-            found[port] = str(r.json().get("node"))
-    return found
-
-
 def _load(url: str, body: bytes, rate: float, duration_s: float, kill_at: float, kill: Any) -> dict[str, Any]:
     """Fixed-rate placements (a thread per request, new connection each); ``kill()`` at ``kill_at``."""
     import http.client
@@ -134,7 +117,7 @@ def main() -> None:
     from benchmarks.bench_http import Conn, _pct, _wait
     from placement.core.version import code_version
     from placement.lab.probe import probe_local
-    from placement.serve.cluster import LocalCluster
+    from placement.serve.cluster import LocalCluster, answering_replicas
     from placement.serve.settings import Settings
     from tests.conftest import _free_port_block
     from tests.postgres_server import PostgresServer, find_bindir
@@ -158,10 +141,13 @@ def main() -> None:
             for url in cluster.urls:
                 _wait_healthy(url)
             deadline = time.monotonic() + 300
-            while len(set((reps := _replicas(settings)).values())) < 2 and time.monotonic() < deadline:
+            while True:
+                reps = answering_replicas(settings)
+                if len({h.get("node") for h in reps.values()}) >= 2 or time.monotonic() > deadline:
+                    break
                 time.sleep(0.5)
             record["deploy_to_two_nodes_s"] = time.perf_counter() - t0
-            record["replica_nodes"] = sorted(set(reps.values()))
+            record["replica_nodes"] = sorted({str(h.get("node")) for h in reps.values()})
             _wait(echo_port)
             body = json.dumps({"job": {"name": "resnet18", "family": "cnn", "mode": "train", "batch_size": 64,
                                        "flops_per_batch": 2.3e11, "param_count": 11_700_000,
@@ -198,7 +184,7 @@ def main() -> None:
             back = None
             deadline = time.monotonic() + args.settle_s
             while time.monotonic() < deadline:
-                if len(_replicas(settings)) >= 2:
+                if len(answering_replicas(settings)) >= 2:
                     back = time.perf_counter() - stopped_at[0]
                     break
                 time.sleep(0.5)

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from placement.core.job import FAMILIES, MODES, Job
 from placement.model.estimate import Estimate
 from placement.serve.guard import ARROW_MEDIA_TYPE, is_arrow
+from placement.serve.placer import InputError
 from placement.serve.schemas import PlacementRequest
 
 MEDIA_TYPE = ARROW_MEDIA_TYPE
@@ -53,16 +54,6 @@ _REQUIRED = ("family", "mode", "batch_size", "flops_per_batch", "param_count", "
              "input_bytes_per_sample")
 _OPTIONAL = ("name", "dataset_size", "signature")
 _HEAD_FIELDS = ("target", "thresholds", "max_slowdown", "explore")
-
-
-class BulkError(ValueError):
-    """A bulk request that cannot be used: ``field`` names what to fix (422)."""
-
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status = status
 
 
 def _head_model() -> type[BaseModel]:
@@ -88,25 +79,25 @@ class BulkRequest:
 
 
 def read_request(raw: bytes, max_jobs: int) -> BulkRequest:
-    """Decode and check a bulk request; :class:`BulkError` naming the field otherwise."""
+    """Decode and check a bulk request; :class:`~placement.serve.placer.InputError` naming the field otherwise (422; 413 beyond ``max_jobs``)."""
     try:
         table = pa.ipc.open_stream(raw).read_all()
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise BulkError("body", f"not an Arrow IPC stream ({exc}); send one record batch stream "
+        raise InputError("body", f"not an Arrow IPC stream ({exc}); send one record batch stream "
                         f"with Content-Type: {MEDIA_TYPE}") from None
     n = table.num_rows
     if n == 0:
-        raise BulkError("columns", "the stream holds no jobs")
+        raise InputError("columns", "the stream holds no jobs")
     if n > max_jobs:
-        raise BulkError("columns", f"{n} jobs exceed the limit of {max_jobs} per request: split the batch", status=413)
+        raise InputError("columns", f"{n} jobs exceed the limit of {max_jobs} per request: split the batch", status=413)
     unknown = sorted(set(table.column_names) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
         extra = " (operators are JSON-only)" if "operators" in unknown else ""
-        raise BulkError(f"columns.{unknown[0]}", f"not a job field of the bulk format{extra}; known: "
+        raise InputError(f"columns.{unknown[0]}", f"not a job field of the bulk format{extra}; known: "
                         f"{', '.join(_REQUIRED + _OPTIONAL)}")
     missing = [c for c in _REQUIRED if c not in table.column_names]
     if missing:
-        raise BulkError(f"columns.{missing[0]}", "required column missing")
+        raise InputError(f"columns.{missing[0]}", "required column missing")
     head = _head(table.schema.metadata or {})
     cols: dict[str, Any] = {
         "family": _words(table, "family", FAMILIES),
@@ -129,7 +120,7 @@ def _head(metadata: dict[bytes, bytes]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise BulkError(where or "placement.request", f"{first['msg']} (in the schema metadata "
+        raise InputError(where or "placement.request", f"{first['msg']} (in the schema metadata "
                         f"'{REQUEST_KEY.decode()}')") from None
 
 
@@ -145,13 +136,13 @@ def _first(mask: npt.NDArray[np.bool_]) -> int:
 def _words(table: pa.Table, name: str, allowed: tuple[str, ...]) -> list[str]:
     col = _column(table, name)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_dictionary(col.type)):
-        raise BulkError(f"columns.{name}", f"must be a string column, got {col.type}")
+        raise InputError(f"columns.{name}", f"must be a string column, got {col.type}")
     values = col.to_pylist()
     ok = pc.is_in(col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col,
                   value_set=pa.array(allowed)).fill_null(False).to_numpy(zero_copy_only=False)
     if not ok.all():
         i = _first(~ok)
-        raise BulkError(f"columns.{name}", f"row {i}: {values[i]!r} is not one of {', '.join(allowed)}")
+        raise InputError(f"columns.{name}", f"row {i}: {values[i]!r} is not one of {', '.join(allowed)}")
     return values  # type: ignore[no-any-return]
 
 
@@ -160,14 +151,14 @@ def _names(table: pa.Table, n: int) -> list[str]:
         return ["job"] * n
     col = _column(table, "name")
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        raise BulkError("columns.name", f"must be a string column, got {col.type}")
+        raise InputError("columns.name", f"must be a string column, got {col.type}")
     info = Job.model_fields["name"]
     lo, hi = _bounds(info.metadata, "min_length", "max_length")
     lengths = pc.utf8_length(col).fill_null(-1).to_numpy(zero_copy_only=False)
     bad = (lengths < lo) | (lengths > hi)
     if bad.any():
         i = _first(bad)
-        raise BulkError("columns.name", f"row {i}: a name of {lo}..{hi:g} characters (no nulls)")
+        raise InputError("columns.name", f"row {i}: a name of {lo}..{hi:g} characters (no nulls)")
     return col.to_pylist()  # type: ignore[no-any-return]
 
 
@@ -189,19 +180,19 @@ def _numbers(table: pa.Table, name: str, n: int) -> npt.NDArray[np.float64]:
         return np.full(n, np.nan)  # only dataset_size is optional
     col = _column(table, name)
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
-        raise BulkError(f"columns.{name}", f"must be an integer or floating-point column, got {col.type}")
+        raise InputError(f"columns.{name}", f"must be an integer or floating-point column, got {col.type}")
     values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
     null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     if null.any() and info.is_required():
-        raise BulkError(f"columns.{name}", f"row {_first(null)}: null; every job needs a {name}")
+        raise InputError(f"columns.{name}", f"row {_first(null)}: null; every job needs a {name}")
     known = ~null
     if not np.isfinite(values[known]).all():
-        raise BulkError(f"columns.{name}", f"row {_first(known & ~np.isfinite(values))}: must be a finite number")
+        raise InputError(f"columns.{name}", f"row {_first(known & ~np.isfinite(values))}: must be a finite number")
     integer = info.annotation is int or info.annotation == (int | None)
     if integer and pa.types.is_floating(col.type):
         frac = known & (values != np.floor(values))
         if frac.any():
-            raise BulkError(f"columns.{name}", f"row {_first(frac)}: {values[_first(frac)]!r} is not a whole number")
+            raise InputError(f"columns.{name}", f"row {_first(frac)}: {values[_first(frac)]!r} is not a whole number")
     for m in info.metadata:
         for attr, op, word in (("ge", np.less, ">="), ("gt", np.less_equal, ">"), ("le", np.greater, "<="),
                                ("lt", np.greater_equal, "<")):
@@ -211,7 +202,7 @@ def _numbers(table: pa.Table, name: str, n: int) -> npt.NDArray[np.float64]:
             bad = known & op(values, float(bound))
             if bad.any():
                 i = _first(bad)
-                raise BulkError(f"columns.{name}", f"row {i}: {values[i]:g} must be {word} {bound:g}")
+                raise InputError(f"columns.{name}", f"row {i}: {values[i]:g} must be {word} {bound:g}")
     return np.where(known, values, np.nan)
 
 
@@ -220,13 +211,13 @@ def _signatures(table: pa.Table) -> list[str | None] | None:
         return None
     col = _column(table, "signature")
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        raise BulkError("columns.signature", f"must be a string column, got {col.type}")
+        raise InputError("columns.signature", f"must be a string column, got {col.type}")
     pattern = next(m.pattern for m in Job.model_fields["signature"].metadata if getattr(m, "pattern", None))
     ok = pc.match_substring_regex(col, pattern).to_numpy(zero_copy_only=False)
     null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     bad = ~null & ~np.asarray(np.where(null, True, ok), dtype=bool)
     if bad.any():
-        raise BulkError("columns.signature", f"row {_first(bad)}: must match {pattern}")
+        raise InputError("columns.signature", f"row {_first(bad)}: must match {pattern}")
     values = col.to_pylist()
     return values if any(values) else None
 

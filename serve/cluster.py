@@ -60,6 +60,24 @@ def _free_ports(n: int, avoid: range = range(0)) -> list[int]:
     return ports
 
 
+def answering_replicas(settings: Settings) -> dict[int, dict[str, Any]]:
+    """Every placer replica answering ``/healthz`` on its own (internal) port: port -> its answer
+    (``node`` says which Ray node it runs on)."""
+    import httpx
+
+    from placement.serve.app import ingress_ports
+
+    found = {}
+    for port in ingress_ports(settings):
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        except httpx.HTTPError:
+            continue
+        if r.status_code == 200:
+            found[port] = r.json()
+    return found
+
+
 @dataclass
 class Node:
     """One Ray node of a :class:`LocalCluster`: its role (``head``, ``workerN``), process, log file,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from placement.core.catalogue import get_target
-from placement.serve.cluster import LocalCluster
+from placement.serve.cluster import LocalCluster, answering_replicas
 from placement.serve.settings import Settings
 from tests.conftest import ServeWorld, _free_port_block
 
@@ -36,21 +36,6 @@ def _wait_healthy(url: str, timeout_s: float = 240.0) -> dict:
         if time.monotonic() > deadline:
             raise AssertionError(f"{url} did not answer /healthz within {timeout_s:.0f} s")
         time.sleep(0.5)
-
-
-def _replicas(settings: Settings) -> dict[int, dict]:
-    """Every placer replica answering on its own (internal) port: port -> /healthz."""
-    from placement.serve.app import ingress_ports
-
-    found = {}
-    for port in ingress_ports(settings):
-        try:
-            r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-        except httpx.HTTPError:
-            continue
-        if r.status_code == 200:
-            found[port] = r.json()
-    return found
 
 
 @pytest.mark.slow
@@ -77,7 +62,7 @@ def test_two_nodes_share_the_store_and_serve_the_new_version(postgres_server, se
         for url in cluster.urls:
             _wait_healthy(url)
         deadline = time.monotonic() + 240
-        while len(replicas := _replicas(settings)) < 2 and time.monotonic() < deadline:
+        while len(replicas := answering_replicas(settings)) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
         nodes = {h["node"] for h in replicas.values()}
         assert len(replicas) == 2 and len(nodes) == 2, f"placer replicas not on both nodes: {replicas}"
@@ -117,8 +102,8 @@ def test_two_nodes_share_the_store_and_serve_the_new_version(postgres_server, se
 
             # every replica, on both nodes, serves the new version (they poll the shared store)
             deadline = time.monotonic() + 60
-            while {h["policy_version"] for h in _replicas(settings).values()} != {new}:
-                assert time.monotonic() < deadline, _replicas(settings)
+            while {h["policy_version"] for h in answering_replicas(settings).values()} != {new}:
+                assert time.monotonic() < deadline, answering_replicas(settings)
                 time.sleep(0.5)
             for url in cluster.urls:
                 out = c.post(f"{url}/v1/placements", json={"jobs": probe, "target": "B", "explore": False}).json()
