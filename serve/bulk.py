@@ -179,6 +179,8 @@ def _numbers(table: pa.Table, name: str, n: int) -> npt.NDArray[np.float64]:
     if name not in table.column_names:
         return np.full(n, np.nan)  # only dataset_size is optional
     col = _column(table, name)
+    if pa.types.is_null(col.type) and not info.is_required():  # a column of nulls only: unknown everywhere
+        return np.full(n, np.nan)
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         raise InputError(f"columns.{name}", f"must be an integer or floating-point column, got {col.type}")
     values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
@@ -210,6 +212,8 @@ def _signatures(table: pa.Table) -> list[str | None] | None:
     if "signature" not in table.column_names:
         return None
     col = _column(table, "signature")
+    if pa.types.is_null(col.type):  # no job sent one
+        return None
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise InputError("columns.signature", f"must be a string column, got {col.type}")
     pattern = next(m.pattern for m in Job.model_fields["signature"].metadata if getattr(m, "pattern", None))

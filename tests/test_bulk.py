@@ -79,6 +79,9 @@ def test_bulk_columns_may_be_numpy_typed_and_chunked(client, example_job):  # no
     r = _post(client, sink.getvalue().to_pybytes())
     assert r.status_code == 200, r.text
     assert bulk.decode_response(r.content)[1].num_rows == 6
+    # optional columns of nulls only (pyarrow types them 'null'): unknown, as if left out
+    nulls = bulk.encode_request({**cols, "dataset_size": [None] * 6, "signature": [None] * 6}, target="B")
+    assert _post(client, nulls).status_code == 200
 
 
 def _bad_cases(job: dict) -> list[tuple[bytes, int, str]]:
