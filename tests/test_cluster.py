@@ -86,8 +86,15 @@ def test_two_nodes_share_the_store_and_serve_the_new_version(postgres_server, se
                     r = c.post(f"{url}/v1/placements", json={"job": job.model_dump(), "target": "B"})
                     assert r.status_code == 200, r.text
                     (d,) = r.json()["decisions"]
+                    # both devices reported (the client measured the other one too): the gate's estimate
+                    # then rests on measured rewards of both actions, not on which replica explored what,
+                    # so the promotion does not depend on how the two nodes' HAProxies routed the requests
+                    # (with the chosen device alone CI saw it rejected twice, sessions 5 and 9: gain about
+                    # +0.05, its 90 % interval reaching below 0)
+                    other = "cpu" if d["device"] == "gpu" else "gpu"
                     fb = c.post(f"{(worker_url, head_url)[k % 2]}/v1/feedback", json={
-                        "decision_id": d["decision_id"], "outcome": world.outcome(job, TARGET, d["device"])})
+                        "decision_id": d["decision_id"], "outcome": world.outcome(job, TARGET, d["device"]),
+                        "other_outcome": world.outcome(job, TARGET, other)})
                     assert fb.status_code == 200, fb.text
                     if k < 40:
                         served_by.add(c.get(f"{url}/healthz").json()["node"])
