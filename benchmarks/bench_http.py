@@ -140,6 +140,27 @@ class Conn:
         self.conn.close()
 
 
+def interleaved(conns: dict[str, Conn], bodies: list[bytes], requests: int, rounds: int) -> dict[str, list[float]]:
+    """Single placements timed in ``rounds`` interleaved between the connections (so machine noise
+    hits every server alike), ``requests`` per connection in all, cycling through ``bodies``; each
+    answer parsed as JSON. Seconds per request, by connection name; raises on a non-200 answer."""
+    lat: dict[str, list[float]] = {name: [] for name in conns}
+    per_round = max(1, requests // rounds)
+    k = 0
+    for _ in range(rounds):
+        for name, c in conns.items():
+            for _ in range(per_round):
+                body = bodies[k % len(bodies)]
+                k += 1
+                t0 = time.perf_counter()
+                status, payload = c.post("/v1/placements", body)
+                json.loads(payload)
+                lat[name].append(time.perf_counter() - t0)
+                if status != 200:
+                    raise RuntimeError(f"{name} answered {status}: {payload[:200]!r}")
+    return lat
+
+
 def _wait(port: int, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -352,20 +373,7 @@ def main() -> None:
                 c.post("/v1/placements", bulk_body, bulk.MEDIA_TYPE)
 
         # 1. single decision, interleaved rounds
-        lat: dict[str, list[float]] = {name: [] for name in conns}
-        per_round = max(1, args.requests // args.rounds)
-        k = 0
-        for _ in range(args.rounds):
-            for name, c in conns.items():
-                for _ in range(per_round):
-                    body = singles[k % len(singles)]
-                    k += 1
-                    t0 = time.perf_counter()
-                    status, payload = c.post("/v1/placements", body)
-                    json.loads(payload)
-                    lat[name].append(time.perf_counter() - t0)
-                    if status != 200:
-                        raise RuntimeError(f"{name} answered {status}: {payload[:200]!r}")
+        lat = interleaved(conns, singles, args.requests, args.rounds)
         single = {
             name: {"p50_ms": _pct(v, 0.50) * 1e3, "p99_ms": _pct(v, 0.99) * 1e3, "mean_ms": statistics.fmean(v) * 1e3,
                    "requests_per_s": len(v) / sum(v), "n": len(v)}

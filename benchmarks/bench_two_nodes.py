@@ -39,20 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer /healthz within {timeout_s:.0f} s")
-
-
 def _load(url: str, body: bytes, rate: float, duration_s: float, kill_at: float, kill: Any) -> dict[str, Any]:
     """Fixed-rate placements (a thread per request, new connection each); ``kill()`` at ``kill_at``."""
     import http.client
@@ -114,7 +100,7 @@ def main() -> None:
 
     import httpx
 
-    from benchmarks.bench_http import Conn, _pct, _wait
+    from benchmarks.bench_http import Conn, _pct, _wait, interleaved
     from placement.core.version import code_version
     from placement.lab.probe import probe_local
     from placement.serve.cluster import LocalCluster, answering_replicas
@@ -138,8 +124,8 @@ def main() -> None:
             t0 = time.perf_counter()
             cluster.deploy(cluster.config())
             head_url, worker_url = cluster.urls
-            for url in cluster.urls:
-                _wait_healthy(url)
+            for node in cluster.nodes:
+                _wait(node.ingress_port, timeout_s=300)
             deadline = time.monotonic() + 300
             while True:
                 reps = answering_replicas(settings)
@@ -158,16 +144,7 @@ def main() -> None:
             for c in conns.values():
                 for _ in range(50):
                     c.post("/v1/placements", body)
-            lat: dict[str, list[float]] = {name: [] for name in conns}
-            per = max(1, args.requests // args.rounds)
-            for _ in range(args.rounds):
-                for name, c in conns.items():
-                    for _ in range(per):
-                        t = time.perf_counter()
-                        status, _ = c.post("/v1/placements", body)
-                        lat[name].append(time.perf_counter() - t)
-                        if status != 200:
-                            raise RuntimeError(f"{name} answered {status}")
+            lat = interleaved(conns, [body], args.requests, args.rounds)
             record["single"] = {name: {"p50_ms": _pct(v, 0.5) * 1e3, "p99_ms": _pct(v, 0.99) * 1e3, "n": len(v)}
                                 for name, v in lat.items()}
             for c in conns.values():
