@@ -3,7 +3,8 @@
 For each job (workload, mode, batch size) measured at default knobs in the long H200 sweeps
 (``data/traces/h200_measured.parquet``, ``h200_pairs_measured.parquet``) -- plus batch sizes
 8 and 64 of any zoo architecture absent from them -- :func:`placement.lab.job_probe.probe_workload`
-runs the job probe on this host (GPU side first, then the CPU; early exit; 5 s budget) and
+runs the job probe on this host (GPU timing first, then the CPU, then the GPU energy window where it can
+change the answer; early exit; 5 s budget) and
 the runs are written as a placement trace with ``source='probe'`` beside the long
 measurements they are scored against (``placement.agents.grounding``), with a JSON-lines journal of
 every :class:`~placement.lab.job_probe.ProbeResult` (cost ``wall_s``, early exits, windows).
@@ -25,15 +26,20 @@ import pandas as pd
 
 METHOD = (
     "placement.lab.job_probe.probe_workload per job at default knobs (all cores, no GPU memory cap), timed by "
-    "placement.lab.job_probe.ProbeTiming's defaults: GPU side first (warm-up of >= 3 steps over >= 50 ms, then "
-    "synchronised repeats of >= 20 ms inside an NVML total-energy counter window of >= 0.3 s aligned to counter "
-    "updates (measured): the time per step is the repeats' median; host CPU power over the same window by RAPL if "
-    "readable else modelled (idle + (TDP - idle) x utilisation); torch.cuda.max_memory_allocated as the memory "
-    "peak; OOM -> feasible=False), then the CPU: one cold step (an upper bound of a step, its power over it); early "
-    "exit when it decides the speed half by 1.25x (after a 0.1 s setup allowance on the slow side, and only for a "
-    "cold step of >= 1 s): the cold step is the CPU time (time_is_upper_bound in the journal); else warm-up to >= 2 "
-    "steps over >= 50 ms (a step of >= 0.25 s ends it), then repeats of >= 10 ms, >= 5 of them over >= 50 ms (or "
-    "0.5 s of long steps), their median. Budget 5 s per job."
+    "placement.lab.job_probe.ProbeTiming's defaults: GPU side first: warm-up of >= 3 steps over >= 50 ms, then "
+    "synchronised repeats of >= 10 ms, >= 5 of them over >= 50 ms (their median); the model stays on the GPU while "
+    "the CPU side runs: one cold step (an upper bound of a step, its power over it); early exit when it decides the "
+    "speed half by 1.25x (after a 0.1 s setup allowance on the slow side, and only for a cold step of >= 1 s): the "
+    "cold step is the CPU time (time_is_upper_bound in the journal); else warm-up to >= 2 steps over >= 50 ms (a step "
+    "of >= 0.25 s ends it), then repeats of >= 10 ms, >= 5 of them over >= 50 ms (or 0.5 s of long steps), their "
+    "median. Then, unless it cannot change the answer at T_t = 2, T_e = 1.5 (energy='auto': the CPU step's upper "
+    "bound below T_t x the GPU step by 1.25x, or its lower bound above 1.25x both T_t x the GPU step and the speedup "
+    "at which the GPU at NVML's enforced power limit plus the host would still pass T_e; energy_skipped in the "
+    "journal, no GPU power then), the GPU's energy window: repeats of >= 10 ms inside an NVML total-energy counter "
+    "window of >= 0.3 s aligned to counter updates (measured), whose median is the GPU time; host CPU power over "
+    "the GPU's windows by RAPL if readable else modelled (idle + (TDP - idle) x utilisation); "
+    "torch.cuda.max_memory_allocated as the memory peak; OOM -> feasible=False. Budget 5 s per job; phases_s in the "
+    "journal says where each probe's time went."
 )
 
 

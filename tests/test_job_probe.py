@@ -12,13 +12,14 @@ from placement.cli import app
 from placement.lab import job_probe
 from placement.lab.job_probe import (
     ProbeResult,
-    ProbeRun,
     ProbeTiming,
     _timed_repeats,
     _warm_up,
+    energy_skip_reason,
     probe_factory,
     probe_workload,
 )
+from placement.lab.meter import EnergyReading, ReplayMeter
 from placement.lab.signature import workload_signature
 
 
@@ -113,15 +114,87 @@ def test_a_module_path_is_probed_with_its_signature():
     assert result.runs[0].time_per_sample_s > 0
 
 
-def test_early_exit_when_the_cpu_warmup_already_decides(monkeypatch):
-    slow_gpu = ProbeRun(device="gpu", time_per_sample_s=1.0, avg_cpu_power_w=20.0, cpu_power_method="modelled",
-                        avg_gpu_power_w=100.0, gpu_power_method="measured")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(job_probe, "_probe_gpu", lambda *a, **k: slow_gpu)
-    result = probe_workload("mlp_covtype", 16, "infer", budget_s=3.0, cpu_tdp_w=60.0, cpu_idle_w=10.0)
-    cpu = result.run("cpu")
+class _LimitedReplay(ReplayMeter):
+    """Replayed GPU readings from a board that states a power limit."""
+
+    def power_limit_w(self) -> float | None:
+        return 700.0
+
+
+def _gpu_meter(limit: bool = False) -> ReplayMeter:
+    reading = EnergyReading("gpu", 0.4, 48.0, 120.0, "measured", "nvml_total_energy")
+    return (_LimitedReplay if limit else ReplayMeter)([reading], cycle=True)
+
+
+# The GPU side's code runs here on the CPU device (gpu_torch_device="cpu") with a replayed meter:
+# the same steps as on the H200, only the device and the meter differ.
+_HERE = {"gpu_torch_device": "cpu", "cpu_tdp_w": 60.0, "cpu_idle_w": 10.0, "budget_s": 3.0, "cpu_cores": 1}
+
+
+def test_early_exit_when_the_cpu_warmup_already_decides():
+    # T_t so high that the CPU's cold step (an upper bound) is far below T_t x the "GPU" step
+    result = probe_workload("mlp_covtype", 16, "infer", speedup_min=1e5, gpu_meter=_gpu_meter(), **_HERE)
+    cpu, gpu = result.run("cpu"), result.run("gpu")
     assert result.early_exit and cpu is not None and cpu.time_is_upper_bound and cpu.timed_steps == 0
-    assert result.run("gpu") == slow_gpu
+    assert gpu is not None and gpu.feasible and gpu.timed_repeats >= ProbeTiming().min_repeats
+    # the speed half answers CPU: no energy window, no GPU power
+    assert gpu.energy_skipped == "speed_decides_cpu" and gpu.avg_gpu_power_w is None and gpu.energy_window_s is None
+    assert gpu.gpu_power_method == "unknown" and "gpu_energy" not in (result.phases_s or {})
+    assert result.runs[0].device == "gpu"
+
+
+def test_the_energy_window_times_the_gpu_steps_when_it_can_change_the_answer():
+    # T_t tiny: the CPU's cold step never decides, so both devices are timed in full
+    result = probe_workload("mlp_covtype", 64, "infer", energy="always", speedup_min=1e-2, gpu_meter=_gpu_meter(),
+                            **_HERE)
+    gpu = result.run("gpu")
+    assert gpu is not None and gpu.energy_skipped is None
+    assert gpu.avg_gpu_power_w == pytest.approx(120.0) and gpu.gpu_power_method == "measured"
+    assert gpu.energy_window_s is not None and gpu.timed_window_s >= 0.3  # the window's repeats give the time
+    phases = result.phases_s or {}
+    assert {"gpu_setup", "gpu_warmup", "gpu_timed", "cpu_setup", "cpu_warmup", "cpu_timed", "gpu_energy",
+            "teardown"} <= set(phases)
+    assert phases["gpu_energy"] >= 0.3 and sum(phases.values()) == pytest.approx(result.wall_s, rel=0.05, abs=0.02)
+    assert ProbeResult.model_validate_json(result.model_dump_json()) == result
+
+
+def test_the_energy_window_is_skipped_when_the_power_limit_cannot_fail_the_energy_half():
+    # T_t tiny and T_e huge: any speedup passes both halves, whatever a 700 W board draws
+    result = probe_workload("mlp_covtype", 64, "infer", speedup_min=1e-3, energy_ratio_max=1e6,
+                            gpu_meter=_gpu_meter(limit=True), **_HERE)
+    gpu = result.run("gpu")
+    assert gpu is not None and gpu.energy_skipped == "power_limit_decides_gpu" and gpu.avg_gpu_power_w is None
+    # without a stated limit the bound is unknown: the window runs
+    result = probe_workload("mlp_covtype", 64, "infer", speedup_min=1e-3, energy_ratio_max=1e6,
+                            gpu_meter=_gpu_meter(), **_HERE)
+    assert result.run("gpu").energy_skipped is None and result.run("gpu").avg_gpu_power_w == pytest.approx(120.0)
+
+
+_SKIP = {"speedup_min": 2.0, "energy_ratio_max": 1.5, "margin": 1.25, "cpu_power_w": 100.0, "host_power_w": 100.0,
+         "gpu_power_max_w": 700.0}
+
+
+@pytest.mark.parametrize("low,high,gpu,expected", [
+    (0.0, 1.5, 1.0, "speed_decides_cpu"),       # 1.5 < 2 / 1.25
+    (0.0, 1.7, 1.0, None),                      # inside the margin
+    (6.0, 6.0, 1.0, None),                      # speed passes, energy at 700 W: (700+100)/(1.5*100) = 5.33 x 1.25 > 6
+    (6.7, 6.7, 1.0, "power_limit_decides_gpu"),  # 6.7 >= 1.25 x 5.33
+    (0.0, 50.0, 1.0, None),                     # an upper bound alone never answers GPU
+    (6.7, 6.7, float("nan"), None),             # no GPU time
+])
+def test_energy_skip_reason(low, high, gpu, expected):
+    assert energy_skip_reason(cpu_step_low_s=low, cpu_step_high_s=high, gpu_step_s=gpu, **_SKIP) == expected
+
+
+def test_energy_skip_reason_needs_the_powers_for_the_gpu_side():
+    for missing in ("cpu_power_w", "host_power_w", "gpu_power_max_w"):
+        args = {**_SKIP, missing: None}
+        assert energy_skip_reason(cpu_step_low_s=10.0, cpu_step_high_s=10.0, gpu_step_s=1.0, **args) is None
+
+
+def test_probe_refuses_an_unknown_energy_mode():
+    with pytest.raises(ValueError, match="energy"):
+        probe_workload("mlp_covtype", 16, "infer", energy="sometimes", **_HERE)  # type: ignore[arg-type]
 
 
 def test_cli_probe_keeps_the_host_probe_and_probes_a_job():
@@ -139,12 +212,14 @@ def test_cli_probe_keeps_the_host_probe_and_probes_a_job():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU side needs CUDA (runs on the lent H200)")
 def test_gpu_side_reads_the_energy_counter_over_a_window_and_the_memory_peak():
-    result = probe_workload("resnet18_cifar10", 64, "train", budget_s=5.0)
+    result = probe_workload("resnet18_cifar10", 64, "train", budget_s=5.0, energy="always")
     gpu = result.run("gpu")
     assert gpu is not None and gpu.feasible and gpu.timed_repeats >= ProbeTiming().min_repeats
     assert gpu.timed_window_s >= 0.3  # the timed repeats are the energy window's steps
     assert gpu.energy_window_s >= 0.3 and gpu.gpu_power_method == "measured" and gpu.avg_gpu_power_w > 0
     assert gpu.gpu_power_source in ("nvml_total_energy", "nvml_power_samples")
     assert gpu.gpu_mem_peak_mib > 0
+    auto = probe_workload("resnet18_cifar10", 64, "train", budget_s=5.0).run("gpu")
+    assert auto is not None and auto.feasible and (auto.energy_skipped is None) == (auto.avg_gpu_power_w is not None)
     oom = probe_workload("resnet18_cifar10", 256, "train", budget_s=5.0, gpu_mem_cap_mib=64, devices=("gpu",))
     assert oom.run("gpu") is not None and not oom.run("gpu").feasible and oom.run("gpu").infeasible_reason == "oom"

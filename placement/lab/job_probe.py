@@ -13,30 +13,40 @@ module with an example batch -- on the CPU and, where CUDA is present, the GPU:
    that a repeat lasts at least ``min_repeat_s``, synchronised at both ends (``torch.cuda.synchronize`` on the GPU),
    until at least ``min_repeats`` ran over at least ``min_window_s`` -- or one long step's
    repeats passed ``long_window_s`` -- and the time per step is their **median** (a slow
-   repeat left over from the warm-up does not move it). On the GPU the repeats run inside the
-   energy window below, so the time and the energy describe the same steps at steady clocks;
-3. **GPU energy**: the NVML total-energy counter over a window of at least
-   ``gpu_energy_window_s`` (default 0.3 s: the counter ticks every 100 ms) over the GPU's
-   timed repeats, read as ``measured``; a GPU without the counter is sampled for power over
-   the same window (``measured``, source ``nvml_power_samples``);
-4. **host CPU power**: RAPL where readable (``measured``), else the linear utilisation
-   model of :class:`placement.lab.meter.ModelledCpuMeter` (``modelled``), on CPU runs and as
-   the host's share of GPU runs;
-5. **GPU memory peak** (``torch.cuda.max_memory_allocated``), and ``feasible=False`` with
+   repeat left over from the warm-up does not move it);
+3. **order**: the GPU side first (it is cheap): build, warm-up, short timed repeats; the model
+   stays on the device while the CPU side runs (its cold step, the early exit of step 7, its
+   warm-up and repeats); then, unless skipped (below), the GPU's **energy window**: timed repeats
+   inside the NVML total-energy counter window of at least ``gpu_energy_window_s`` (default 0.3 s:
+   the counter ticks every 100 ms), read as ``measured``, whose median becomes the GPU time (the
+   time and the energy describe the same steps at steady clocks); a GPU without the counter is
+   sampled for power over the same window (``measured``, source ``nvml_power_samples``);
+4. **energy window skipped where it cannot change the answer** (``energy='auto'``, the default;
+   ``'always'`` never skips, :func:`energy_skip_reason`): when the CPU step's upper bound is
+   already below ``speedup_min`` x the GPU step by ``early_exit_margin`` (the speed half answers
+   CPU), or its lower bound is above, by the same margin, both ``speedup_min`` x the GPU step and
+   the speedup at which the GPU drawing its whole power limit (NVML's enforced limit) plus the
+   host would still pass ``energy_ratio_max`` (both halves answer GPU for any power the board can
+   draw). The run then reports no GPU power (``energy_skipped`` says why) and the service's
+   estimate keeps the model's power, labelled ``modelled``. The window costs 0.3-0.5 s, more than
+   the rest of a small job's probe;
+5. **host CPU power**: RAPL where readable (``measured``), else the linear utilisation model of
+   :class:`placement.lab.meter.ModelledCpuMeter` (``modelled``), on CPU runs and as the host's
+   share of GPU runs;
+6. **GPU memory peak** (``torch.cuda.max_memory_allocated``), and ``feasible=False`` with
    ``infeasible_reason='oom'`` when the GPU runs out of memory;
-6. **early exit**: the GPU side runs first (it is cheap), then the CPU's cold warm-up step,
-   which is an upper bound of its step time and at most ``setup_allowance_s`` (default
-   0.1 s; 69 ms of one-time setup was seen) above it. When that step is already below
-   ``T_t`` x the GPU step by a wide margin (``early_exit_margin``, default 1.25), or above
-   it by that margin after taking the allowance off and is itself at least ``slow_exit_min_s``
-   (default 1 s) long, the speed half of the joint
-   threshold has decided, the CPU's timed window is skipped, the warm-up is reported as
-   the CPU time (``time_is_upper_bound``, power over the warm-up) and the result says
-   ``early_exit`` -- slow CPU steps dominate a probe's cost, and this skips the second one;
-7. all within ``budget_s`` (default 5 s): a device whose warm-up step alone would break
+7. **early exit** of the CPU side: its cold warm-up step is an upper bound of its step time and
+   at most ``setup_allowance_s`` (default 0.1 s; 69 ms of one-time setup was seen) above it.
+   When that step is already below ``T_t`` x the GPU step by a wide margin (``early_exit_margin``,
+   default 1.25), or above it by that margin after taking the allowance off and is itself at
+   least ``slow_exit_min_s`` (default 1 s) long, the speed half of the joint threshold has
+   decided, the CPU's timed window is skipped, the warm-up is reported as the CPU time
+   (``time_is_upper_bound``, power over the warm-up) and the result says ``early_exit`` -- slow
+   CPU steps dominate a probe's cost, and this skips the second one;
+8. all within ``budget_s`` (default 5 s): a device whose warm-up step alone would break
    the budget is reported with the steps it ran; the CPU side runs under the core count
    asked for (affinity and torch threads, :func:`placement.lab.knobs.cpu_cores`) and the GPU
-   side under the memory cap asked for.
+   side under the memory cap asked for. ``phases_s`` says where the wall time went.
 
 The result (:class:`ProbeResult`) is what ``placement probe`` prints and what a placement
 request carries per job (``probes``): the service decides on it (source ``probe``) and
@@ -52,9 +62,9 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from placement.core.decision import GROW
 from placement.core.job import Job
@@ -87,6 +97,10 @@ class ProbeRun(Record):
     warmup_steps: int = Field(default=0, ge=0, le=10**9, description="Warm-up steps before the timed repeats (the cold one included).")
     timed_steps: int = Field(default=0, ge=0, le=10**9, description="Steps in the timed repeats.")
     timed_repeats: int = Field(default=0, ge=0, le=10**9, description="Timed repeats; the time per step is their median.")
+    energy_skipped: Literal["speed_decides_cpu", "power_limit_decides_gpu"] | None = Field(
+        default=None, description="Why the GPU energy window was skipped (it could not change the answer): the "
+                                  "speed half answers CPU, or the GPU at its power limit would still pass the "
+                                  "energy half. No GPU power is then reported.")
     time_is_upper_bound: bool = Field(default=False, description="Early exit: the time is the cold warm-up step (an upper bound).")
     timed_window_s: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False,
                                          description="Wall time of the timed repeats, s.")
@@ -123,6 +137,11 @@ class ProbeResult(Record):
     early_exit: bool = Field(default=False, description="The CPU timed window was skipped: its warm-up step already decided the speed half.")
     wall_s: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False, description="Probe cost, s.")
     budget_s: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False, description="The probe's time budget, s.")
+    phases_s: dict[Annotated[str, StringConstraints(max_length=32)],
+                   Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]] | None = Field(
+        default=None, max_length=16,
+        description="Where wall_s went, s: gpu_setup, gpu_warmup, gpu_timed, cpu_setup, cpu_warmup, cpu_timed, "
+                    "gpu_energy, teardown.")
 
     def run(self, device: str) -> ProbeRun | None:
         """The run on ``device`` (``cpu``/``gpu``), or ``None`` when that device was not probed."""
@@ -152,7 +171,7 @@ class ProbeTiming:
     gpu_warmup_steps: int = 3
     warmup_min_s: float = 0.05
     min_repeat_s: float = 0.01
-    gpu_min_repeat_s: float = 0.02
+    gpu_min_repeat_s: float = 0.01
     min_repeats: int = 5
     min_window_s: float = 0.05
     long_step_s: float = 0.25
@@ -226,6 +245,53 @@ def _timed_repeats(step: Callable[[], object], sync: Callable[[], object], *, pe
     return _Timed(step_s=statistics.median(times), steps=k * len(times), repeats=len(times), window_s=elapsed)
 
 
+EnergyMode = Literal["auto", "always"]
+
+
+@dataclass(frozen=True)
+class _CpuSide:
+    run: ProbeRun
+    early_exit: bool
+    step_low_s: float  # a lower bound of the CPU's step, s (0: none known)
+    step_high_s: float  # an upper bound of it, s
+
+
+def energy_skip_reason(*, cpu_step_low_s: float, cpu_step_high_s: float, gpu_step_s: float, speedup_min: float,
+                       energy_ratio_max: float, margin: float, cpu_power_w: float | None,
+                       host_power_w: float | None, gpu_power_max_w: float | None) -> str | None:
+    """Why the GPU energy window cannot change the joint threshold's answer, or None when it can.
+
+    ``speed_decides_cpu``: even the CPU step's upper bound is faster than ``speedup_min`` x the GPU
+    step by ``margin`` -- the speed half answers CPU whatever the energy. ``power_limit_decides_gpu``:
+    the CPU step's lower bound is slower than ``margin`` x both the speed threshold and the
+    speedup at which the GPU, drawing its whole power limit ``gpu_power_max_w`` plus the host's
+    ``host_power_w``, would still use at most ``energy_ratio_max`` x the CPU's energy per sample
+    (paper A eq. 2: ``(P_gpu + P_host) / (P_cpu x speedup) <= T_e``) -- both halves answer GPU
+    for any power the board can draw."""
+    if not (gpu_step_s > 0 and math.isfinite(gpu_step_s)):
+        return None
+    if cpu_step_high_s < speedup_min * gpu_step_s / margin:
+        return "speed_decides_cpu"
+    if cpu_power_w and cpu_power_w > 0 and gpu_power_max_w and host_power_w is not None:
+        speedup_for_energy = (gpu_power_max_w + host_power_w) / (energy_ratio_max * cpu_power_w)
+        if cpu_step_low_s >= margin * max(speedup_min, speedup_for_energy) * gpu_step_s:
+            return "power_limit_decides_gpu"
+    return None
+
+
+class _Phases:
+    """Where a probe's wall time goes (:attr:`ProbeResult.phases_s`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._at = _now()
+
+    def mark(self, name: str) -> None:
+        now = _now()
+        self.seconds[name] = self.seconds.get(name, 0.0) + (now - self._at)
+        self._at = now
+
+
 def probe_job(
     build: Callable[[], Any],
     example: tuple[Any, Any],
@@ -237,29 +303,38 @@ def probe_job(
     budget_s: float = 5.0,
     timing: ProbeTiming | None = None,
     gpu_energy_window_s: float = 0.3,
+    energy: EnergyMode = "auto",
     cpu_cores: int | None = None,
     gpu_mem_cap_mib: int | None = None,
     speedup_min: float = 2.0,
+    energy_ratio_max: float = 1.5,
     early_exit_margin: float = 1.25,
     setup_allowance_s: float = 0.1,
     slow_exit_min_s: float = 1.0,
     cpu_tdp_w: float | None = None,
     cpu_idle_w: float | None = None,
+    gpu_power_max_w: float | None = None,
     gpu_meter: Any = None,
     cpu_meter_factory: Callable[[], Any] | None = None,
+    gpu_torch_device: str = "cuda",
 ) -> ProbeResult:
     """Probe a job (see the module docstring). ``build()`` makes the module; ``example`` is one
-    batch ``(inputs, labels)`` on the host; ``mode`` ``infer``/``train``. ``gpu_meter`` and
-    ``cpu_meter_factory`` may be injected (tests); by default NVML and RAPL-or-modelled."""
+    batch ``(inputs, labels)`` on the host; ``mode`` ``infer``/``train``. ``energy``: ``auto``
+    skips the GPU energy window where it cannot change the answer at ``speedup_min`` /
+    ``energy_ratio_max`` (:func:`energy_skip_reason`), ``always`` never skips it.
+    ``gpu_power_max_w``: the GPU's power limit (default: NVML's enforced limit). ``gpu_meter``,
+    ``cpu_meter_factory`` and ``gpu_torch_device`` may be injected (tests run the GPU side's
+    code on ``cpu`` with a replayed meter); by default NVML and RAPL-or-modelled on ``cuda``."""
     import torch
 
-    from placement.lab.knobs import cpu_cores as applied_cores
     from placement.lab.meter import cpu_meter
     from placement.lab.probe import probe_local
-    from placement.lab.workloads import make_step
 
+    if energy not in ("auto", "always"):
+        raise ValueError(f"energy must be 'auto' or 'always', got {energy!r}")
     started = _now()
     deadline = started + budget_s
+    phases = _Phases()
     tm = timing or ProbeTiming()
     batch = int(example[0].shape[0])
     host_t = None
@@ -267,132 +342,250 @@ def probe_job(
         host_t = probe_local()
     tdp = cpu_tdp_w if cpu_tdp_w is not None else host_t.cpu_tdp_w  # type: ignore[union-attr]
     idle = cpu_idle_w if cpu_idle_w is not None else host_t.cpu_idle_w  # type: ignore[union-attr]
-    runs: list[ProbeRun] = []
-    early = False
 
     def make_cpu_meter(cores: int) -> Any:
         return cpu_meter_factory() if cpu_meter_factory is not None else cpu_meter(tdp, idle, cores)
 
-    gpu_step_s = math.nan
-    if "gpu" in devices and torch.cuda.is_available():
-        gpu_run = _probe_gpu(build, example, mode, batch, deadline, tm, gpu_energy_window_s,
-                             gpu_mem_cap_mib, gpu_meter, make_cpu_meter)
-        runs.append(gpu_run)
-        if gpu_run.feasible and gpu_run.time_per_sample_s is not None:
-            gpu_step_s = gpu_run.time_per_sample_s * batch
-    if "cpu" in devices:
-        x, y = example
-        from placement.lab.probe import usable_cores
-
-        with applied_cores(cpu_cores if cpu_cores is not None else usable_cores()) as used:
-            model = build()
-            step = make_step(model, mode)
-            meter = make_cpu_meter(used)
-            meter.begin_window()
-            t0 = _now()
-            step(x, y)  # warm-up: one-time setup included, so an upper bound of a step
-            warm = _now() - t0
-            warm_reading = meter.end_window()
-            gpu_bound = gpu_step_s * speedup_min  # the CPU step at which the speed half flips
-            fast = warm * early_exit_margin < gpu_bound
-            # slow side only for a step that is slow in itself: a cold step of a tiny job can carry
-            # well over setup_allowance_s of one-time setup (the H200 sweep saw tiny jobs 40x off)
-            slow = warm >= slow_exit_min_s and (warm - setup_allowance_s) > early_exit_margin * gpu_bound
-            if fast or slow or _now() + warm > deadline:
-                # the warm-up alone decides the speed half (or the budget is spent): it is the
-                # measurement -- an upper bound of a step, at most setup_allowance_s too long
-                early = fast or slow
-                runs.append(_run(device="cpu", time_per_sample_s=warm / batch, time_is_upper_bound=True,
-                                 avg_cpu_power_w=warm_reading.avg_power_w,
-                                 cpu_power_method=(warm_reading.method if warm_reading.avg_power_w is not None
-                                                   else "unknown"),
-                                 energy_window_s=warm_reading.duration_s, warmup_s=warm, warmup_steps=1, timed_steps=0,
-                                 cpu_cores=used))
-            else:
-                warm_steps, step_s = _warm_up(lambda: step(x, y), lambda: None, done_steps=1, done_s=warm,
-                                              last_s=warm, min_steps=tm.warmup_steps, timing=tm, deadline=deadline)
-                meter = make_cpu_meter(used)
-                meter.begin_window()
-                timed = _timed_repeats(lambda: step(x, y), lambda: None, per_step_s=step_s,
-                                       min_repeat_s=tm.min_repeat_s, timing=tm, deadline=deadline)
-                reading = meter.end_window()
-                runs.append(_run(device="cpu", time_per_sample_s=timed.step_s / batch,
-                                 avg_cpu_power_w=reading.avg_power_w,
-                                 cpu_power_method=reading.method if reading.avg_power_w is not None else "unknown",
-                                 warmup_s=warm, warmup_steps=warm_steps, timed_steps=timed.steps,
-                                 timed_repeats=timed.repeats, timed_window_s=timed.window_s, cpu_cores=used,
-                                 energy_window_s=reading.duration_s))
-        del model, step  # freed by reference counting: a full gc.collect() cost ~0.2 s a probe
-    return ProbeResult(job=job, host=host, runs=runs, early_exit=early, wall_s=_now() - started, budget_s=budget_s)
+    runs: list[ProbeRun] = []
+    cpu: _CpuSide | None = None
+    gpu: _GpuSide | None = None
+    try:
+        if "gpu" in devices and (gpu_torch_device != "cuda" or torch.cuda.is_available()):
+            gpu = _GpuSide(build, example, mode, tm, gpu_mem_cap_mib, gpu_meter, make_cpu_meter, gpu_energy_window_s,
+                           gpu_torch_device, phases)
+            gpu.start(deadline)
+        gpu_step_s = gpu.step_s if gpu is not None else math.nan
+        if "cpu" in devices:
+            cpu = _probe_cpu(build, example, mode, batch, cpu_cores, gpu_step_s, tm, deadline, make_cpu_meter,
+                             speedup_min=speedup_min, early_exit_margin=early_exit_margin,
+                             setup_allowance_s=setup_allowance_s, slow_exit_min_s=slow_exit_min_s, phases=phases)
+        if gpu is not None:
+            skipped = None
+            if gpu.feasible and energy == "auto" and cpu is not None:
+                skipped = energy_skip_reason(
+                    cpu_step_low_s=cpu.step_low_s, cpu_step_high_s=cpu.step_high_s, gpu_step_s=gpu_step_s,
+                    speedup_min=speedup_min, energy_ratio_max=energy_ratio_max, margin=early_exit_margin,
+                    cpu_power_w=cpu.run.avg_cpu_power_w, host_power_w=gpu.host_power_w,
+                    gpu_power_max_w=gpu_power_max_w if gpu_power_max_w is not None else gpu.power_limit_w)
+            if gpu.feasible and skipped is None:
+                gpu.energy_window(deadline)
+            runs.append(gpu.result(batch, skipped))
+    finally:
+        if gpu is not None:
+            gpu.close()
+    phases.mark("teardown")
+    if cpu is not None:
+        runs.append(cpu.run)
+    return ProbeResult(job=job, host=host, runs=runs, early_exit=cpu is not None and cpu.early_exit,
+                       wall_s=_now() - started, budget_s=budget_s, phases_s=phases.seconds)
 
 
-def _probe_gpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, batch: int, deadline: float,
-               tm: ProbeTiming, energy_window_s: float, cap_mib: int | None, gpu_meter: Any,
-               make_cpu_meter: Callable[[int], Any]) -> ProbeRun:
-    import torch
-
-    from placement.lab.knobs import TorchCudaMemory, gpu_memory_cap, is_oom
-    from placement.lab.meter import MeterError, NullMeter, NvmlMeter
+def _probe_cpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, batch: int, cores: int | None,
+               gpu_step_s: float, tm: ProbeTiming, deadline: float, make_cpu_meter: Callable[[int], Any], *,
+               speedup_min: float, early_exit_margin: float, setup_allowance_s: float, slow_exit_min_s: float,
+               phases: _Phases) -> _CpuSide:
+    """The CPU side (module docstring, steps 1, 2, 4 and 6) under ``cores`` (None: all usable)."""
+    from placement.lab.knobs import cpu_cores as applied_cores
+    from placement.lab.probe import usable_cores
     from placement.lab.workloads import make_step
 
-    dev = torch.device("cuda")
-    sync = torch.cuda.synchronize
-    if gpu_meter is None:
-        try:
-            gpu_meter = NvmlMeter(0, min_window_s=energy_window_s)
-        except MeterError:
-            gpu_meter = NullMeter("gpu")
-    torch.cuda.reset_peak_memory_stats()
-    model: Any = None
-    step: Any = None
-    oom = False
-    try:
-        with gpu_memory_cap(GROW if cap_mib is None else cap_mib, TorchCudaMemory(0)):  # None: no cap
-            model = build().to(dev)
-            step = make_step(model, mode)
-            x_host, y_host = example
+    x, y = example
+    with applied_cores(cores if cores is not None else usable_cores()) as used:
+        model = build()
+        step = make_step(model, mode)
+        meter = make_cpu_meter(used)
+        phases.mark("cpu_setup")
+        meter.begin_window()
+        t0 = _now()
+        step(x, y)  # warm-up: one-time setup included, so an upper bound of a step
+        warm = _now() - t0
+        warm_reading = meter.end_window()
+        gpu_bound = gpu_step_s * speedup_min  # the CPU step at which the speed half flips
+        fast = warm * early_exit_margin < gpu_bound
+        # slow side only for a step that is slow in itself: a cold step of a tiny job can carry
+        # well over setup_allowance_s of one-time setup (the H200 sweep saw tiny jobs 40x off)
+        slow = warm >= slow_exit_min_s and (warm - setup_allowance_s) > early_exit_margin * gpu_bound
+        if fast or slow or _now() + warm > deadline:
+            # the warm-up alone decides the speed half (or the budget is spent): it is the
+            # measurement -- an upper bound of a step, at most setup_allowance_s too long
+            phases.mark("cpu_warmup")
+            run = _run(device="cpu", time_per_sample_s=warm / batch, time_is_upper_bound=True,
+                       avg_cpu_power_w=warm_reading.avg_power_w,
+                       cpu_power_method=warm_reading.method if warm_reading.avg_power_w is not None else "unknown",
+                       energy_window_s=warm_reading.duration_s, warmup_s=warm, warmup_steps=1, timed_steps=0,
+                       cpu_cores=used)
+            low = max(0.0, warm - setup_allowance_s) if slow else 0.0
+            return _CpuSide(run, fast or slow, low, warm)
+        warm_steps, step_s = _warm_up(lambda: step(x, y), lambda: None, done_steps=1, done_s=warm,
+                                      last_s=warm, min_steps=tm.warmup_steps, timing=tm, deadline=deadline)
+        phases.mark("cpu_warmup")
+        meter = make_cpu_meter(used)
+        meter.begin_window()
+        timed = _timed_repeats(lambda: step(x, y), lambda: None, per_step_s=step_s,
+                               min_repeat_s=tm.min_repeat_s, timing=tm, deadline=deadline)
+        reading = meter.end_window()
+        phases.mark("cpu_timed")
+        run = _run(device="cpu", time_per_sample_s=timed.step_s / batch, avg_cpu_power_w=reading.avg_power_w,
+                   cpu_power_method=reading.method if reading.avg_power_w is not None else "unknown",
+                   warmup_s=warm, warmup_steps=warm_steps, timed_steps=timed.steps, timed_repeats=timed.repeats,
+                   timed_window_s=timed.window_s, cpu_cores=used, energy_window_s=reading.duration_s)
+        # the model is freed by reference counting on return (a full gc.collect() cost ~0.2 s a probe)
+        return _CpuSide(run, False, timed.step_s, timed.step_s)
 
-            def run() -> None:
-                step(x_host.to(dev, non_blocking=True), y_host.to(dev, non_blocking=True))
 
-            sync()
-            t0 = _now()
-            run()
-            sync()
-            warm = _now() - t0
-            warm_steps, step_s = _warm_up(run, sync, done_steps=1, done_s=warm, last_s=warm,
-                                          min_steps=tm.gpu_warmup_steps, timing=tm, deadline=deadline)
-            # timed repeats inside the energy window: >= energy_window_s of counter ticks
-            host = make_cpu_meter(1)
-            gpu_meter.begin_window()
-            host.begin_window()
-            timed = _timed_repeats(
-                run, sync, per_step_s=step_s, min_repeat_s=tm.gpu_min_repeat_s, timing=tm, deadline=deadline,
-                min_window_s=max(energy_window_s, tm.min_window_s),
-                can_end=lambda e: gpu_meter.window_can_end(e) and host.window_can_end(e),
-                hard_deadline=deadline + energy_window_s + 1.0)
-            host_r = host.end_window()
-            gpu_r = gpu_meter.end_window()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        return _run(device="gpu", time_per_sample_s=timed.step_s / batch, avg_cpu_power_w=host_r.avg_power_w,
-                        cpu_power_method=host_r.method if host_r.avg_power_w is not None else "unknown",
-                        avg_gpu_power_w=gpu_r.avg_power_w,
-                        gpu_power_method=gpu_r.method if gpu_r.avg_power_w is not None else "unknown",
-                        gpu_power_source=gpu_r.source, energy_window_s=gpu_r.duration_s, gpu_mem_peak_mib=peak,
-                        warmup_s=warm, warmup_steps=warm_steps, timed_steps=timed.steps, timed_repeats=timed.repeats,
-                        timed_window_s=timed.window_s, gpu_mem_cap_mib=cap_mib)
-    except Exception as exc:
+class _GpuSide:
+    """The GPU side (module docstring, steps 1-3 and 5): :meth:`start` builds, warms up and times
+    short synchronised repeats; the model stays on the device while the CPU side runs, then
+    :meth:`energy_window` (unless skipped) times repeats inside the energy window, whose median
+    becomes the GPU time; :meth:`close` frees the device."""
+
+    def __init__(self, build: Callable[[], Any], example: tuple[Any, Any], mode: str, tm: ProbeTiming,
+                 cap_mib: int | None, meter: Any, make_cpu_meter: Callable[[int], Any], window_s: float,
+                 torch_device: str, phases: _Phases) -> None:
+        import torch
+
+        self._torch = torch
+        self._build, self._example, self._mode, self._tm = build, example, mode, tm
+        self._cap, self._meter, self._make_cpu_meter, self._window_s = cap_mib, meter, make_cpu_meter, window_s
+        self._dev = torch.device(torch_device)
+        self._cuda = self._dev.type == "cuda"
+        self._sync: Callable[[], object] = torch.cuda.synchronize if self._cuda else (lambda: None)
+        self._phases = phases
+        self._stack = contextlib.ExitStack()
+        self._model: Any = None
+        self._step: Any = None
+        self._oom = False
+        self.feasible = True
+        self._warm = math.nan
+        self._warm_steps = 0
+        self._short: _Timed | None = None
+        self._window: _Timed | None = None
+        self._host_short: Any = None
+        self._host: Any = None
+        self._gpu: Any = None
+
+    def _run_step(self) -> None:
+        x_host, y_host = self._example
+        self._step(x_host.to(self._dev, non_blocking=True), y_host.to(self._dev, non_blocking=True))
+
+    def _failed(self, exc: BaseException) -> None:
+        from placement.lab.knobs import is_oom
+
         if not is_oom(exc):
-            raise
-        oom = True
-        return _run(device="gpu", feasible=False, infeasible_reason="oom",
-                        gpu_mem_peak_mib=torch.cuda.max_memory_allocated() / 2**20, gpu_mem_cap_mib=cap_mib)
-    finally:
-        model = step = None
-        if oom:  # a failed step's frames may hold GPU tensors in cycles; else reference counting frees them
+            raise exc
+        self._oom = True
+        self.feasible = False
+        self._model = self._step = None
+
+    def start(self, deadline: float) -> None:
+        from placement.lab.knobs import TorchCudaMemory, gpu_memory_cap
+        from placement.lab.meter import MeterError, NullMeter, NvmlMeter
+        from placement.lab.workloads import make_step
+
+        if self._meter is None:
+            try:
+                self._meter = NvmlMeter(0, min_window_s=self._window_s) if self._cuda else NullMeter("gpu")
+            except MeterError:
+                self._meter = NullMeter("gpu")
+        if self._cuda:
+            self._torch.cuda.reset_peak_memory_stats()
+        try:
+            if self._cuda:  # None: no cap
+                self._stack.enter_context(gpu_memory_cap(GROW if self._cap is None else self._cap, TorchCudaMemory(0)))
+            self._model = self._build().to(self._dev)
+            self._step = make_step(self._model, self._mode)
+            self._phases.mark("gpu_setup")
+            self._sync()
+            t0 = _now()
+            self._run_step()
+            self._sync()
+            self._warm = _now() - t0
+            self._warm_steps, step_s = _warm_up(self._run_step, self._sync, done_steps=1, done_s=self._warm,
+                                                last_s=self._warm, min_steps=self._tm.gpu_warmup_steps, timing=self._tm,
+                                                deadline=deadline)
+            self._phases.mark("gpu_warmup")
+            host = self._make_cpu_meter(1)
+            host.begin_window()
+            self._short = _timed_repeats(self._run_step, self._sync, per_step_s=step_s,
+                                         min_repeat_s=self._tm.gpu_min_repeat_s, timing=self._tm, deadline=deadline)
+            self._host_short = host.end_window()
+            self._phases.mark("gpu_timed")
+        except Exception as exc:
+            self._failed(exc)
+            self._phases.mark("gpu_setup")
+
+    @property
+    def step_s(self) -> float:
+        """The GPU's time per step so far (NaN when it did not run)."""
+        timed = self._window or self._short
+        return timed.step_s if (self.feasible and timed is not None) else math.nan
+
+    @property
+    def host_power_w(self) -> float | None:
+        """Host CPU power over the short timed window, W."""
+        return None if self._host_short is None else self._host_short.avg_power_w
+
+    @property
+    def power_limit_w(self) -> float | None:
+        """The meter's statement of the board's power limit, W (None: unknown)."""
+        limit = getattr(self._meter, "power_limit_w", None)
+        return limit() if callable(limit) else None
+
+    def energy_window(self, deadline: float) -> None:
+        """Synchronised repeats inside the energy window (>= ``window_s`` of counter ticks)."""
+        if not self.feasible or self._short is None:
+            return
+        meter = self._meter
+        host = self._make_cpu_meter(1)
+        opened = False
+        try:
+            meter.begin_window()
+            opened = True
+            host.begin_window()
+            self._window = _timed_repeats(
+                self._run_step, self._sync, per_step_s=self._short.step_s, min_repeat_s=self._tm.gpu_min_repeat_s,
+                timing=self._tm, deadline=deadline, min_window_s=max(self._window_s, self._tm.min_window_s),
+                can_end=lambda e: meter.window_can_end(e) and host.window_can_end(e),
+                hard_deadline=deadline + self._window_s + 1.0)
+            self._host = host.end_window()
+            opened = False
+            self._gpu = meter.end_window()
+        except Exception as exc:
+            if opened:
+                with contextlib.suppress(Exception):
+                    meter.end_window()
+            self._window = None
+            self._failed(exc)
+        self._phases.mark("gpu_energy")
+
+    def result(self, batch: int, skipped: str | None) -> ProbeRun:
+        peak = self._torch.cuda.max_memory_allocated() / 2**20 if self._cuda else None
+        if not self.feasible:
+            return _run(device="gpu", feasible=False, infeasible_reason="oom", gpu_mem_peak_mib=peak,
+                        gpu_mem_cap_mib=self._cap)
+        timed = self._window or self._short
+        host = self._host or self._host_short
+        gpu = self._gpu
+        if timed is None or host is None:  # start() times the short repeats of every feasible run
+            raise RuntimeError("the GPU side was not started before its result was asked for")
+        gpu_w = None if gpu is None else gpu.avg_power_w
+        return _run(device="gpu", time_per_sample_s=timed.step_s / batch, avg_cpu_power_w=host.avg_power_w,
+                    cpu_power_method=host.method if host.avg_power_w is not None else "unknown",
+                    avg_gpu_power_w=gpu_w, gpu_power_method=gpu.method if gpu_w is not None else "unknown",
+                    gpu_power_source=None if gpu is None else gpu.source,
+                    energy_window_s=None if gpu is None else gpu.duration_s, energy_skipped=skipped,
+                    gpu_mem_peak_mib=peak, warmup_s=self._warm, warmup_steps=self._warm_steps,
+                    timed_steps=timed.steps, timed_repeats=timed.repeats, timed_window_s=timed.window_s,
+                    gpu_mem_cap_mib=self._cap)
+
+    def close(self) -> None:
+        self._model = self._step = None
+        self._stack.close()
+        if self._oom:  # a failed step's frames may hold GPU tensors in cycles; else reference counting frees them
             gc.collect()
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache()
+        if self._cuda:
+            with contextlib.suppress(Exception):
+                self._torch.cuda.empty_cache()
 
 
 def probe_workload(name: str, batch_size: int, mode: str, *, seed: int = 0, **kwargs: Any) -> ProbeResult:
