@@ -220,6 +220,31 @@ def test_nvml_meter_windows_align_to_counter_updates():
         NvmlMeter(3, nvml=nv)
 
 
+def test_nvml_meter_runs_the_work_while_it_waits_for_the_first_update_and_states_the_power_limit():
+    nv = FakeNvml(power_w=200.0, tick_s=0.02)
+    m = NvmlMeter(0, min_window_s=0.05, nvml=nv)
+    steps: list[float] = []
+
+    def step() -> None:
+        steps.append(time.perf_counter())
+        time.sleep(0.002)
+
+    m.begin_window(busy=step)  # the fake counter updates every 20 ms: a few steps run first
+    opened = time.perf_counter()
+    assert steps and all(t <= opened for t in steps)
+    n = len(steps)
+    while not m.window_can_end(time.perf_counter() - opened):
+        step()
+    r = m.end_window()
+    assert len(steps) > n and r.duration_s >= 0.05 and r.avg_power_w == pytest.approx(200.0, rel=0.35)
+    m.begin_window()  # no work: the wait sleeps, as before
+    assert len(steps) > n
+    m.end_window()
+    assert m.power_limit_w() is None  # the fake NVML states none
+    nv.nvmlDeviceGetEnforcedPowerLimit = lambda handle: 700_000  # mW
+    assert m.power_limit_w() == 700.0
+
+
 def test_nvml_meter_falls_back_to_instant_power():
     m = NvmlMeter(0, nvml=FakeNvml(power_w=80.0, counter=False), interval_s=0.005)
     assert not m.has_counter and m.min_window_s == 0.0

@@ -102,12 +102,20 @@ class EnergyMeter(ABC):
 
     def __init__(self) -> None:
         self._open_at: float | None = None
+        self._busy: Callable[[], object] | None = None
 
-    def begin_window(self) -> None:
-        """Open a measurement window; :class:`MeterError` when one is already open."""
+    def begin_window(self, busy: Callable[[], object] | None = None) -> None:
+        """Open a measurement window; :class:`MeterError` when one is already open. ``busy``: one
+        step of the measured work, run by a meter whose window opens on a counter update while it
+        waits for one (the device stays at its steady state and no wall time idles); other
+        meters ignore it."""
         if self._open_at is not None:
             raise MeterError(f"{type(self).__name__}: a window is already open (call end_window first)")
-        self._begin()
+        self._busy = busy
+        try:
+            self._begin()
+        finally:
+            self._busy = None
         if self._open_at is None:
             self._open_at = time.perf_counter()
 
@@ -439,9 +447,11 @@ class NvmlMeter(EnergyMeter):
         return float(self._nv.nvmlDeviceGetPowerUsage(self._handle)) / 1000.0
 
     def _wait_tick(self) -> tuple[float, int]:
-        """Poll until the counter changes; returns (time, value) of the change."""
+        """Poll until the counter changes (running the window's ``busy`` step between polls where
+        one was given, else sleeping 0.5 ms); returns (time, value) of the change."""
         start = self._energy_mj()
         deadline = time.perf_counter() + self.tick_timeout_s
+        busy = self._busy
         while True:
             value = self._energy_mj()
             now = time.perf_counter()
@@ -449,7 +459,10 @@ class NvmlMeter(EnergyMeter):
                 return now, value
             if now > deadline:
                 return now, value  # an idle GPU may not tick: take the window as is
-            time.sleep(0.0005)
+            if busy is not None:
+                busy()
+            else:
+                time.sleep(0.0005)
 
     def _begin(self) -> None:
         self._pending = None
