@@ -127,10 +127,8 @@ def probe(
     gpu_mem_cap_mib: int = typer.Option(0, "--gpu-mem-cap-mib", min=0, help="GPU memory cap, MiB (0: grow)."),
     speedup_min: float = typer.Option(2.0, "--speedup-min", "-t", min=1e-6,
                                       help="T_t for the early exit and the energy window's skip."),
-    energy_ratio_max: float = typer.Option(1.5, "--energy-ratio-max", "-e", min=1e-6,
-                                           help="T_e for the energy window's skip."),
     energy: str = typer.Option("auto", "--energy", help="auto: skip the GPU energy window where it cannot "
-                               "change the answer at -t/-e; always: never skip it."),
+                               "change the answer at -t; always: never skip it."),
 ) -> None:
     """Probe a job on this machine's CPU and GPU (placement.lab.job_probe; JSON to send as a request's
     'probes'), or with --host / no MODEL print this machine as a hardware target (JSON)."""
@@ -148,7 +146,7 @@ def probe(
     if energy not in ("auto", "always"):
         _fail(f"--energy must be 'auto' or 'always', got {energy!r}")
     kwargs = {"budget_s": budget_s, "cpu_cores": cores or None, "gpu_mem_cap_mib": gpu_mem_cap_mib or None,
-              "speedup_min": speedup_min, "energy_ratio_max": energy_ratio_max, "energy": energy}
+              "speedup_min": speedup_min, "energy": energy}
     try:
         if model in ZOO:
             result = probe_workload(model, batch_size, mode, **kwargs)  # type: ignore[arg-type]

@@ -138,10 +138,6 @@ class EnergyMeter(ABC):
     @abstractmethod
     def _end(self) -> EnergyReading: ...
 
-    def power_limit_w(self) -> float | None:
-        """The most power this meter's hardware can draw, W, where it states one (None: unknown)."""
-        return None
-
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release handles (NVML, threads)."""
 
@@ -508,14 +504,6 @@ class NvmlMeter(EnergyMeter):
         power = energy / duration if duration > 0 else 0.0
         return EnergyReading("gpu", duration, energy, power, EnergyMethod.MEASURED.value, "nvml_total_energy",
                              detail=f"counter window aligned to updates, {duration:.3f} s")
-
-    def power_limit_w(self) -> float | None:
-        """The board's enforced power limit (``nvmlDeviceGetEnforcedPowerLimit``), W; None where NVML
-        does not say."""
-        try:
-            return float(self._nv.nvmlDeviceGetEnforcedPowerLimit(self._handle)) / 1000.0
-        except Exception:  # NVMLError_NotSupported
-            return None
 
     def close(self) -> None:
         """Stop the power sampler if one is running."""
