@@ -12,6 +12,7 @@ from placement.cli import app
 from placement.lab import job_probe
 from placement.lab.job_probe import (
     ProbeResult,
+    ProbeRun,
     ProbeTiming,
     _timed_repeats,
     _warm_up,
@@ -215,3 +216,24 @@ def test_a_factory_that_cannot_build_under_the_device_context_is_built_on_the_ho
     side = job_probe._GpuSide(build, (torch.randn(3, 4), torch.randint(0, 2, (3,))), "infer", ProbeTiming(), None,
                               None, lambda cores: NullMeter(), 0.3, "cpu", job_probe._Phases())
     assert isinstance(side._build_on_device(), torch.nn.Linear) and len(calls) == 2
+
+
+def test_probe_cost_reads_the_journal_with_and_without_phases(tmp_path):
+    from placement.agents.grounding import probe_cost
+
+    def line(wall: float, skipped: str | None, energy_s: float | None) -> str:
+        phases = {"gpu_timed": 0.06, "cpu_timed": wall - 0.06 - (energy_s or 0.0)}
+        if energy_s is not None:
+            phases["gpu_energy"] = energy_s
+        gpu = ProbeRun(device="gpu", time_per_sample_s=1e-3, energy_skipped=skipped)
+        return ProbeResult(runs=[gpu], wall_s=wall, phases_s=phases, early_exit=skipped is not None).model_dump_json()
+
+    journal = tmp_path / "p.journal.jsonl"
+    journal.write_text("\n".join([line(0.8, None, 0.5), line(0.3, "speed_decides_cpu", None), line(0.9, None, 0.45)]))
+    cost = probe_cost(journal)
+    assert (cost["jobs"], cost["early_exits"], cost["energy_windows_skipped"]) == (3, 1, 1)
+    assert cost["median_s"] == pytest.approx(0.8) and cost["median_without_energy_window_s"] == pytest.approx(0.3)
+    assert cost["energy_window_median_s"] == pytest.approx(0.475)
+    old = tmp_path / "old.journal.jsonl"  # journals from before phases_s: the cost figures only
+    old.write_text(ProbeResult(runs=[ProbeRun(device="cpu")], wall_s=0.7).model_dump_json() + "\n")
+    assert probe_cost(old) == {"jobs": 1, "median_s": 0.7, "p90_s": pytest.approx(0.7), "max_s": 0.7, "early_exits": 0}

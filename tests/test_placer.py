@@ -223,6 +223,22 @@ def test_a_clear_measured_estimate_settles_and_the_policy_keeps_the_rest(setting
         assert (strict.device, strict.decided_by) == ("cpu", "estimate")
 
 
+def test_a_probe_without_its_gpu_energy_window_settles_cpu_on_speed_and_labels_the_energy_modelled(
+        settings, serve_world):
+    from placement.agents.baselines import GpuOnlyPolicy
+
+    probe = _probe(0.5)
+    gpu = probe["runs"][1]
+    for k in ("avg_gpu_power_w", "gpu_power_method"):
+        gpu.pop(k)
+    gpu["energy_skipped"] = "speed_decides_cpu"  # as placement.lab.job_probe reports a skipped window
+    placer = Placer(PolicyBundle("gpu-only", GpuOnlyPolicy(), Thresholds()), settings=settings, store=None)
+    (d,) = _place(placer, job=serve_world.jobs(50)[3].model_dump(), target="B", explore=False,
+                  probes=[{**probe, "phases_s": {"gpu_timed": 0.06, "cpu_timed": 0.07}}]).decisions
+    assert (d.device, d.decided_by, d.estimate_source) == ("cpu", "estimate", "probe")
+    assert d.predicted_speedup == pytest.approx(0.5, rel=0.1) and d.energy_method == "modelled"
+
+
 def test_max_slowdown_overrides_a_cpu_policy(settings, serve_world):
     placer = Placer(PolicyBundle("cpu-only", CpuOnlyPolicy(), Thresholds()), settings=settings, store=None)
     jobs = [j.model_dump() for j in serve_world.jobs(150)]

@@ -366,7 +366,7 @@ def _probe_cpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, ba
                gpu_step_s: float, tm: ProbeTiming, deadline: float, make_cpu_meter: Callable[[int], Any], *,
                speedup_min: float, early_exit_margin: float, setup_allowance_s: float, slow_exit_min_s: float,
                phases: _Phases) -> _CpuSide:
-    """The CPU side (module docstring, steps 1, 2, 4 and 6) under ``cores`` (None: all usable)."""
+    """The CPU side (module docstring, steps 1, 2, 5 and 7) under ``cores`` (None: all usable)."""
     from placement.lab.knobs import cpu_cores as applied_cores
     from placement.lab.probe import usable_cores
     from placement.lab.workloads import make_step
@@ -415,7 +415,7 @@ def _probe_cpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, ba
 
 
 class _GpuSide:
-    """The GPU side (module docstring, steps 1-3 and 5): :meth:`start` builds, warms up and times
+    """The GPU side (module docstring, steps 1-6): :meth:`start` builds, warms up and times
     short synchronised repeats; the model stays on the device while the CPU side runs, then
     :meth:`energy_window` (unless skipped) times repeats inside the energy window, whose median
     becomes the GPU time; :meth:`close` frees the device."""
