@@ -169,7 +169,10 @@ class Settings(BaseSettings):
     min_holdout: int = Field(3, ge=1, description="Held-out rows an update needs before its gate can promote.")
     history_window: int = Field(5000, ge=10, le=10_000_000, description="Most recent feedback rows a learner update uses.")
     ppo_timesteps: int = Field(4096, ge=64, le=10_000_000)
-    gate_tolerance: float = Field(0.0, ge=0.0, le=10.0, description="Candidate may be this much worse in mean holdout reward.")
+    gate_tolerance: float = Field(0.0, ge=0.0, le=10.0,
+                                  description="The gate promotes a candidate whose lower bound of held-out reward is "
+                                              "at most this much below the serving policy's estimate (0: it must "
+                                              "reach it); the estimated gain must still be positive.")
     gate_confidence: float = Field(0.9, gt=0.0, lt=1.0, description="Two-sided confidence of the off-policy gate's interval (its lower end is the bound).")
     pinned_gate_confidence: float = Field(0.99, gt=0.0, lt=1.0, description="The gate's confidence while an operator's rollback pins the serving version.")
     recency_half_life: int = Field(64, ge=1, le=10_000_000, description="Feedback rows after which a row's weight in training and in the gate halves (the policy follows drift).")

@@ -263,3 +263,21 @@ def test_forming_rewards_for_some_decisions_gives_their_pairs_of_the_whole_set(t
     pd.testing.assert_frame_equal(part.reset_index(drop=True), expected[part.columns], check_dtype=False)
     with pytest.raises(ValueError, match="only names no decision"):
         form_rewards(feedback, Thresholds(), only=["nope"])
+
+
+def test_gate_decision_needs_a_positive_gain_and_a_bound_within_the_tolerance():
+    from placement.serve.learning.learner import gate_decision
+
+    common = {"serving": 1.0, "confidence": 0.95, "rows": 40, "differs": 5, "upper": 0.2}
+    # a tie or a loss is never promoted, whatever the tolerance
+    for gain in (0.0, -0.01):
+        passed, why = gate_decision(gain=gain, lower=-0.05, tolerance=10.0, **common)
+        assert not passed and "<= 0" in why
+    # default tolerance 0: the lower bound must reach the serving estimate
+    assert gate_decision(gain=0.05, lower=0.001, tolerance=0.0, **common)[0]
+    passed, why = gate_decision(gain=0.05, lower=-0.02, tolerance=0.0, **common)
+    assert not passed and "below the serving estimate 1.0000" in why
+    # a tolerance lets a bound that far below pass, and says so
+    passed, why = gate_decision(gain=0.05, lower=-0.02, tolerance=0.03, **common)
+    assert passed and "tolerance 0.03" in why and "5 of 40" in why
+    assert not gate_decision(gain=0.05, lower=-0.04, tolerance=0.03, **common)[0]

@@ -25,8 +25,8 @@ feedback rows arrived, or on demand (``POST /v1/policy/update``):
 7. **Off-policy gate** (:meth:`Learner._gate`, :mod:`placement.agents.offpolicy`): doubly robust
    estimates of both policies' reward on the held-out feedback with the logged propensities;
    promoted only when the candidate's lower bound (serving estimate + the lower end of the
-   paired difference's ``gate_confidence`` interval) is not below the serving estimate and
-   the estimated gain is positive. While an operator's rollback pins the serving version
+   paired difference's ``gate_confidence`` interval) is not below the serving estimate (less
+   ``gate_tolerance``, default 0) and the estimated gain is positive (:func:`gate_decision`). While an operator's rollback pins the serving version
    (``POST /v1/policy/rollback``; released by ``POST /v1/policy/release``) the interval is
    taken at ``pinned_gate_confidence``; a candidate that beats it there releases the pin.
 8. **Versions**: every trained candidate that changes an answer is saved
@@ -188,6 +188,26 @@ def holdout_mask(decision_ids: pd.Series | list[str], fraction: float, seed: int
 Trainer = Callable[[Any, Any, int, int], Any]
 """``(loaded model, env, timesteps, seed) -> PpoPolicy``: how a candidate is trained."""
 
+
+
+def gate_decision(*, gain: float, lower: float, upper: float, serving: float, tolerance: float, confidence: float,
+                  rows: int, differs: int) -> tuple[bool, str]:
+    """The gate's verdict from the paired difference's estimate ``gain`` and interval ``[lower, upper]``
+    (candidate - serving) and the serving estimate: promoted when the estimated gain is positive and
+    the candidate's lower bound ``serving + lower`` is not below ``serving - tolerance``
+    (``Settings.gate_tolerance``; 0 -- the default -- asks the bound to reach the serving estimate
+    itself). Returns ``(passed, why)``."""
+    bound = serving + lower
+    if gain <= 0:
+        return False, f"rejected: estimated gain {gain:+.4f} <= 0 on {rows} held-out rows ({differs} answered differently)"
+    floor = serving - tolerance
+    tol = f" - tolerance {tolerance:g}" if tolerance else ""
+    interval = f"{100 * confidence:g} % interval [{lower:+.4f}, {upper:+.4f}]"
+    if not bound >= floor:
+        return False, (f"rejected: candidate's lower bound {bound:.4f} (gain {gain:+.4f}, {interval}) is below the "
+                       f"serving estimate {serving:.4f}{tol}")
+    return True, (f"promoted: candidate's lower bound {bound:.4f} >= serving estimate {serving:.4f}{tol} (gain "
+                  f"{gain:+.4f}, {interval}, {differs} of {rows} held-out answers changed)")
 
 class Learner:
     """Turns feedback into PPO updates behind a safety gate; one instance per service."""
@@ -444,18 +464,9 @@ class Learner:
         diff = paired_difference(t_c, t_s, confidence, v)
         bound = v_s.value + diff.lower
         differs = int((serving_a != candidate_a).sum())
-        if diff.value <= 0:
-            passed, why = False, (f"rejected: estimated gain {diff.value:+.4f} <= 0 on {len(ids)} held-out rows "
-                                  f"({differs} answered differently)")
-        elif not bound >= v_s.value:
-            passed, why = False, (f"rejected: candidate's lower bound {bound:.4f} (gain {diff.value:+.4f}, "
-                                  f"{100 * confidence:g} % interval [{diff.lower:+.4f}, {diff.upper:+.4f}]) is below "
-                                  f"the serving estimate {v_s.value:.4f}")
-        else:
-            passed, why = True, (f"promoted: candidate's lower bound {bound:.4f} >= serving estimate {v_s.value:.4f} "
-                                 f"(gain {diff.value:+.4f}, {100 * confidence:g} % interval "
-                                 f"[{diff.lower:+.4f}, {diff.upper:+.4f}], {differs} of {len(ids)} held-out answers "
-                                 "changed)")
+        tolerance = float(self.settings.gate_tolerance)
+        passed, why = gate_decision(gain=diff.value, lower=diff.lower, upper=diff.upper, serving=v_s.value,
+                                    tolerance=tolerance, confidence=confidence, rows=len(ids), differs=differs)
         return {
             "method": "doubly_robust (reward model: estimated counterfactual; logged propensities; rows weighted "
                       f"by recency, half-life {self.settings.recency_half_life} feedback rows)",
@@ -467,6 +478,7 @@ class Learner:
             "candidate": v_c.to_dict(),
             "difference": diff.to_dict(),
             "candidate_lower_bound": bound,
+            "tolerance": tolerance,
             "passed": passed,
             "decision": why,
         }
