@@ -206,3 +206,29 @@ def test_cli_describe_records_operators(tmp_path):
     assert sum(r["flops"] for r in rows) == pytest.approx(job["flops_per_batch"]) and {"kind", "shapes", "phase"} <= set(rows[0])
     res = CliRunner().invoke(app, ["describe", "gnn_graph", "--no-operators"])
     assert res.exit_code == 0 and json.loads(res.stdout)["operators"] is None
+
+
+@pytest.mark.slow
+def test_zero_shot_answers_and_targets_are_computed_not_written_by_hand():
+    from placement.core.trace import pair_outcomes, read_trace
+    from placement.model.opcalibration import (
+        leave_one_architecture_out,
+        targets_text,
+        zero_shot_answers,
+    )
+
+    path = "data/traces/h200_pairs_measured.parquet"
+    answers = zero_shot_answers([path])
+    pairs = pair_outcomes(read_trace(Path(path)).frame)
+    assert answers["pairs"] == len(pairs) and 0 < answers["clear"] <= answers["pairs"]
+    assert answers["clear"] == int((pairs["margin"].abs() > np.log(1.25)).sum())
+    assert 0.5 < answers["agreement_clear"] <= 1.0 and answers["median_abs_log_speedup_error"] > 0
+    rows = [{"arch": a, "device": d, "mode": "infer", "pred_time_s": 1.0, "agg_pred_time_s": 1.0,
+             "time_per_batch_s": t, "err": 1.0 / t - 1.0, "agg_err": 0.5}
+            for a, t in (("x", 1.05), ("y", 1.0)) for d in ("cpu", "gpu")]
+    df = leave_one_architecture_out(pd.DataFrame(rows))
+    knobs = {"jobs": 4.0, "median_slowdown": 0.02, "over_10pct": 1.0, "caps_checked": 3.0,
+             "caps_below_measured_peak": 0.0}
+    text = targets_text(df, None, knobs, answers, ["x"])
+    assert f"{100 * answers['agreement_clear']:.1f} %" in text and "better on 1 on CPU and 1 on GPU" in text
+    assert "<= 15 % on CPU and GPU -- **met**" in text and "slowdown <= 5 % -- **met** (2.0 %" in text

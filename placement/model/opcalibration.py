@@ -15,8 +15,9 @@ Run: ``python -m placement.model.opcalibration`` (``make calibration`` runs it).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,8 @@ def report(df: pd.DataFrame, host: pd.DataFrame | None) -> str:
     zero-shot, leave-one-architecture-out and aggregate models on ``df``, and on the held-out host's
     rows ``host`` when given."""
     lines = ["## Operator-level model (issue 14)", "",
-             "Reproduce: `python -m placement.model.opcalibration --fit --report results/opmodel.md` (`make calibration`).", "",
+             "Reproduce: `python -m placement.model.opcalibration --fit --report docs/calibration.md` (`make calibration`; "
+             "without `--fit` it scores the bundled fit).", "",
              "Fitted from `data/traces/h200_microbench.json` alone (`placement.model.opmodel.fit`); every architecture below "
              "is unseen by that fit. *zero-shot*: the fitted model as is. *LOAO*: times one scale per (device, mode) "
              "fitted on the other architectures' rows (never the held-out one). *aggregate*: today's model "
@@ -175,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{100 * knobs['p90_slowdown']:.1f} %, {knobs['over_10pct']:.0f} jobs > 10 % slower. GPU caps: "
              f"{knobs['caps_below_measured_peak']:.0f} of {knobs['caps_checked']:.0f} advised caps below the job's measured "
              "peak reserved memory (journals, 'grow' rows).\n")
+    answers = zero_shot_answers(REFERENCE_TRACES, model)
+    from placement.core.trace import read_trace
+
+    third = read_trace(Path(REFERENCE_TRACES[2])).frame["model"].astype(str).str.split("_").str[0]
+    text += "\n" + targets_text(df, host, knobs, answers, sorted(set(third)))
     if args.report is not None:
         write_section(args.report, text)
     sys.stdout.write(text + "\n")
@@ -221,6 +228,88 @@ def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = ()) -> di
     arr = np.array(slow) if slow else np.array([np.nan])
     return {"jobs": float(len(slow)), "median_slowdown": float(np.median(arr)), "p90_slowdown": float(np.quantile(arr, 0.9)),
             "over_10pct": float((arr > 0.10).sum()), "caps_checked": float(checked), "caps_below_measured_peak": float(below)}
+
+
+def zero_shot_answers(paths: Sequence[str | Path], model: OperatorModel | None = None,
+                      band: float = math.log(1.25)) -> dict[str, float]:
+    """The operator model's own answers against the measured pairs of ``paths``: for each pair (the
+    job on all CPU cores and on the GPU), the joint threshold (T_t = 2, T_e = 1.5) on the model's
+    step times and modelled powers vs the measured label; agreement on the pairs whose measured
+    margin lies outside ``+-band``, and the median |ln(predicted / measured speedup)| over all."""
+    from placement.core.threshold import Thresholds
+    from placement.core.trace import pair_outcomes, read_traces
+
+    model = model or bundled_operator_model()
+    if model is None:
+        raise FileNotFoundError("no operator model: fit one (python -m placement.model.opcalibration --fit)")
+    th = Thresholds()
+    frame, _ = read_traces([Path(p) for p in paths])
+    pairs = pair_outcomes(frame, th)
+    agree, log_err = [], []
+    for _, row in pairs.iterrows():
+        job = _job(row)
+        target = get_target(str(row["target_id"]))
+        cpu, gpu = model.predict(job, target, "cpu"), model.predict(job, target, "gpu")
+        speedup = cpu.time_per_batch_s / gpu.time_per_batch_s
+        ratio = (gpu.time_per_batch_s * (gpu.avg_cpu_power_w + (gpu.avg_gpu_power_w or 0.0))
+                 / (cpu.time_per_batch_s * cpu.avg_cpu_power_w))
+        if abs(float(row["margin"])) > band:
+            agree.append((speedup >= th.speedup_min and ratio <= th.energy_ratio_max) == bool(row["label_gpu"]))
+        measured = float(row["speedup"])
+        if math.isfinite(measured) and measured > 0:
+            log_err.append(abs(math.log(speedup / measured)))
+    return {"pairs": float(len(pairs)), "clear": float(len(agree)), "agreement_clear": float(np.mean(agree)),
+            "median_abs_log_speedup_error": float(np.median(log_err)),
+            "cpu_labels_too_slow": float(((pairs["reason"] == "too_slow")).sum()),
+            "cpu_labels": float((~pairs["label_gpu"].astype(bool)).sum())}
+
+
+def targets_text(df: pd.DataFrame, host: pd.DataFrame | None, knobs: Mapping[str, float],
+                 answers: Mapping[str, float], new_archs: Sequence[str]) -> str:
+    """The issue-14 targets against this run's figures, and what limits the model (markdown bullets)."""
+    def med(frame: pd.DataFrame, col: str) -> float:
+        return _med(frame[col]) if len(frame) else float("nan")
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    cpu, gpu = df[df.device == "cpu"], df[df.device == "gpu"]
+    better = {dev: sum(med(g[g.device == dev], "loao_err") < med(g[g.device == dev], "agg_err")
+                       for a, g in df.groupby("arch") if a in new_archs) for dev in ("cpu", "gpu")}
+    lines = [
+        f"* **Zero-shot answers** (the operator model's step times and modelled powers, CPU on all cores vs GPU, "
+        f"the joint threshold T_t = 2, T_e = 1.5, against the labels of the {answers['pairs']:.0f} measured H200 "
+        f"pairs): {answers['clear']:.0f} pairs fall outside the +-25 % margin band; "
+        f"**{100 * answers['agreement_clear']:.1f} %** of them agree with the measured label (target >= 95 %: "
+        f"{'met' if answers['agreement_clear'] >= 0.95 else 'not met'}). Median |ln(predicted / measured speedup)| "
+        f"{answers['median_abs_log_speedup_error']:.2f}. ({answers['cpu_labels_too_slow']:.0f} of the "
+        f"{answers['cpu_labels']:.0f} measured CPU labels are `too_slow`: the speed criterion decides them.)",
+        f"* **Targets** (issue 14): LOAO median |time error| <= 15 % on CPU and GPU -- "
+        f"{verdict(med(cpu, 'loao_err') <= 15 and med(gpu, 'loao_err') <= 15)} ({med(cpu, 'loao_err'):.1f} % CPU, "
+        f"{med(gpu, 'loao_err'):.1f} % GPU; the aggregate model, fitted on these very architectures, is not a "
+        f"held-out comparison except on the {len(new_archs)} architectures of the third sweep, where the operator "
+        f"model (LOAO) is better on {better['cpu']} on CPU and {better['gpu']} on GPU)",
+    ]
+    if host is not None and len(host):
+        hc, hg = med(host[host.device == "cpu"], "err"), med(host[host.device == "gpu"], "err")
+        lines[-1] += f"; <= 25 % on the H100 host -- {verdict(hc <= 25 and hg <= 25)} ({hc:.1f} % CPU, {hg:.1f} % GPU)"
+    lines[-1] += (f"; knob advice median slowdown <= 5 % -- {verdict(knobs['median_slowdown'] <= 0.05)} "
+                  f"({100 * knobs['median_slowdown']:.1f} %, {knobs['over_10pct']:.0f} of {knobs['jobs']:.0f} jobs "
+                  f"> 10 % slower); no cap below the measured peak -- {verdict(knobs['caps_below_measured_peak'] == 0)} "
+                  f"({knobs['caps_below_measured_peak']:.0f} of {knobs['caps_checked']:.0f} caps below the peak "
+                  "*reserved* under 'grow', which overstates the need).")
+    lines += [
+        "* **What limits it** (per-bench residuals of the fit itself: median 28-43 % when last examined): the benches "
+        "fit one per-operator host cost per device, but real models pay per-module Python and autograd costs the "
+        "single-operator benches do not see; the CPU's 300 MiB L3 holds most zoo weights, which the DRAM roofline "
+        "misreads; the H200's fused kernels (cuDNN RNN, flash attention, the Transformer encoder's inference fast "
+        "path) launch far fewer kernels than the operators recorded on `meta`. Variants tried and dropped: a fitted "
+        "per-training-step overhead (CPU zero-shot 50.4 %, GPU 59.9 %); a second LOAO stage with one scale per "
+        "operator kind, overhead and fixed terms per (device, mode) instead of one, fitted on the other "
+        "architectures (CPU 54.2 %, GPU 26.1 %: no better than one scale).",
+        "* **Estimation cost**: `python benchmarks/bench_opmodel.py` (docs/benchmarks.md).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover
