@@ -34,7 +34,7 @@ from torch import nn
 
 from placement.agents.knobs import KnobLevels
 from placement.agents.network import NumpyMlp, PlacementNet, sigmoid
-from placement.agents.policy import Policy, as_batch
+from placement.agents.policy import Policy, as_batch, default_knobs
 from placement.core.decision import GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
@@ -201,6 +201,16 @@ class DnnPolicy(Policy):
             target, int(np.argmax(core_logits[0])), int(np.argmax(cap_logits[0])) if cap_logits.shape[1] else None,
             gpu=device == GPU,
         )
+
+    def knobs_batch(self, x: npt.ArrayLike, target: HardwareTarget, devices: npt.ArrayLike,
+                    job_at: Callable[[int], Job] | None = None) -> tuple[npt.NDArray[np.int64], list[GpuMemCap]]:
+        """:meth:`knobs` of many jobs from their feature rows in one pass of the knob heads."""
+        dev = np.asarray(devices, dtype=np.int64).reshape(-1)
+        if self.knob_levels is None or not target.is_edge or self.net.core_head is None:
+            return default_knobs(target, dev.size)
+        core_logits, cap_logits = self.knob_logits(x)
+        caps = np.argmax(cap_logits, axis=1) if cap_logits.shape[1] else None
+        return self.knob_levels.knobs_many(target, np.argmax(core_logits, axis=1), caps, dev == GPU)
 
     # --- persistence (torch.load(weights_only=True) safe: tensors and plain values) ---
     def to_checkpoint(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from placement.core.decision import GpuMemCap
 from placement.core.hardware import HardwareTarget
@@ -58,6 +59,20 @@ class KnobLevels:
         cap = self.n_cap_levels - 1 if cap_level is None else cap_level
         decision = decode_action(np.array([int(gpu), core_level, cap], dtype=np.int64), target)
         return decision.cpu_cores, decision.gpu_mem_cap
+
+    def knobs_many(self, target: HardwareTarget, core_levels: npt.ArrayLike, cap_levels: npt.ArrayLike | None,
+                   gpu: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], list[GpuMemCap]]:
+        """:meth:`knobs` of many jobs (levels and GPU placements per job): each distinct
+        (device, core level, cap level) is decoded once."""
+        core = np.asarray(core_levels, dtype=np.int64).reshape(-1)
+        cap = (np.full(core.size, self.n_cap_levels - 1, dtype=np.int64) if cap_levels is None
+               else np.asarray(cap_levels, dtype=np.int64).reshape(-1))
+        dev = np.asarray(gpu, dtype=bool).reshape(-1)
+        keys, inverse = np.unique(np.stack([dev.astype(np.int64), core, cap], axis=1), axis=0, return_inverse=True)
+        decoded = [self.knobs(target, int(c), int(m), gpu=bool(d)) for d, c, m in keys.tolist()]
+        table_cores = np.array([k[0] for k in decoded], dtype=np.int64)
+        inverse = inverse.reshape(-1)
+        return table_cores[inverse], [decoded[k][1] for k in inverse.tolist()]
 
     def to_dict(self) -> dict[str, Any]:
         """The grids as JSON-ready lists."""

@@ -15,6 +15,7 @@ normalised inputs holds its own fitted :class:`placement.model.features.Normalis
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +25,11 @@ from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
 from placement.core.outcome import CPU, as_device
 from placement.model.features import build_features
+
+
+def default_knobs(target: HardwareTarget, n: int) -> tuple[npt.NDArray[np.int64], list[GpuMemCap]]:
+    """The machine's defaults for ``n`` jobs: all cores, ``"grow"``."""
+    return np.full(n, target.cpu_cores, dtype=np.int64), [GROW] * n
 
 
 def as_batch(obs: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], bool]:
@@ -57,6 +63,22 @@ class Policy(ABC):
         """CPU cores and GPU memory cap for a job placed on ``device``: the machine's
         defaults (all cores, ``"grow"``). Edge-aware policies override this."""
         return target.cpu_cores, GROW
+
+    def knobs_batch(self, x: npt.ArrayLike, target: HardwareTarget, devices: npt.ArrayLike,
+                    job_at: Callable[[int], Job] | None = None) -> tuple[npt.NDArray[np.int64], list[GpuMemCap]]:
+        """:meth:`knobs` of many jobs at once: ``x`` their raw feature rows (:func:`feature_matrix` of
+        their model columns: row ``i`` is what :func:`build_features` gives job ``i``), ``devices``
+        0/1 per job. Returns ``(cpu_cores, gpu_mem_caps)``. Policies whose knobs come from their
+        features answer in one forward pass (the DNN's knob heads, PPO's knob actions); this
+        default answers the machine's defaults, or -- for a subclass that overrides only
+        :meth:`knobs` -- asks it job by job (``job_at(i)``: the typed job ``i``)."""
+        dev = np.asarray(devices, dtype=np.int64).reshape(-1)
+        if type(self).knobs is Policy.knobs:
+            return default_knobs(target, dev.size)
+        if job_at is None:
+            raise ValueError(f"{type(self).__name__} overrides knobs() only: knobs_batch needs job_at")
+        answers = [self.knobs(job_at(i), target, int(d)) for i, d in enumerate(dev.tolist())]
+        return np.array([a[0] for a in answers], dtype=np.int64), [a[1] for a in answers]
 
     def decide(self, job: Job, target: HardwareTarget) -> PlacementDecision:
         """The typed decision for one job on one target: the device (CPU when the target has no GPU)

@@ -50,7 +50,7 @@ from torch import nn
 from placement.agents.dnn import DnnPolicy
 from placement.agents.knobs import KnobLevels
 from placement.agents.network import NumpyMlp, sigmoid
-from placement.agents.policy import Policy, as_batch
+from placement.agents.policy import Policy, as_batch, default_knobs
 from placement.core.decision import GpuMemCap
 from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
@@ -448,6 +448,15 @@ class PpoPolicy(Policy):
             return super().knobs(job, target, device)
         action = self.env_action(build_features(job, target))
         return self.knob_levels.knobs(target, int(action[1]), int(action[2]), gpu=device == GPU)
+
+    def knobs_batch(self, x: npt.ArrayLike, target: HardwareTarget, devices: npt.ArrayLike,
+                    job_at: Callable[[int], Job] | None = None) -> tuple[npt.NDArray[np.int64], list[GpuMemCap]]:
+        """:meth:`knobs` of many jobs from their feature rows in one pass of the actor."""
+        dev = np.asarray(devices, dtype=np.int64).reshape(-1)
+        if not self.knobbed or not target.is_edge or self.knob_levels is None:
+            return default_knobs(target, dev.size)
+        action = np.asarray(self.env_action(np.asarray(x, dtype=np.float32).reshape(dev.size, -1)))
+        return self.knob_levels.knobs_many(target, action[:, 1], action[:, 2], dev == GPU)
 
     def save(self, path: Path) -> None:
         """Save the SB3 agent to ``path`` (zip), without its wall-clock episode statistics."""

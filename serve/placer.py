@@ -583,9 +583,10 @@ class Placer:
                 propensity = np.where(eligible, np.where(explored, rate, 1.0 - rate), 1.0)
 
         if target.is_edge:
-            knobs = [bundle.policy.knobs(batch.job(i), target, int(g)) for i, g in enumerate(gpu.tolist())]
-            cores = np.array([int(k[0]) for k in knobs], dtype=np.int64)
-            caps: list[GpuMemCap] = [k[1] for k in knobs]
+            # the knob heads read the jobs' own features (the model's estimate, as build_features gives
+            # them one by one), all rows in one pass
+            cores, caps = bundle.policy.knobs_batch(feature_matrix(cols), target, gpu.astype(np.int64),
+                                                    job_at=batch.job)
         else:
             cores = np.full(n, target.cpu_cores, dtype=np.int64)
             caps = [GROW] * n

@@ -26,7 +26,12 @@ from placement.serve.placer import (
     bootstrap_store,
     load_bundle,
 )
-from placement.serve.schemas import FeedbackRequest, PlacementRequest, PlacementResponse
+from placement.serve.schemas import (
+    FeedbackRequest,
+    PlacementRequest,
+    PlacementResponse,
+    cap_from_wire,
+)
 from placement.serve.settings import Settings, SettingsError
 from placement.serve.storage.store import FeedbackConflict, Store
 
@@ -237,6 +242,31 @@ def test_a_probe_without_its_gpu_energy_window_settles_cpu_on_speed_and_labels_t
                   probes=[{**probe, "phases_s": {"gpu_timed": 0.06, "cpu_timed": 0.07}}]).decisions
     assert (d.device, d.decided_by, d.estimate_source) == ("cpu", "estimate", "probe")
     assert d.predicted_speedup == pytest.approx(0.5, rel=0.1) and d.energy_method == "modelled"
+
+
+def test_edge_knobs_of_a_whole_batch_in_one_pass_equal_the_per_job_answers(settings, serve_world):
+    """The bundled model's knob actions (PPO) and the DNN's knob heads, for many jobs at once, are
+    what knobs() answers job by job; the placer's edge answers come from that one pass."""
+    from placement.agents.artifact import DEFAULT_MODEL_DIR, load_model
+    from placement.model.features import feature_matrix, pair_columns
+
+    loaded = load_model(DEFAULT_MODEL_DIR)
+    assert loaded.ppo is not None and loaded.ppo.knobbed and loaded.dnn.net.core_head is not None
+    jobs = serve_world.jobs(60)
+    for target_id in ("jetson-nano", "orin-nano", "agx-orin", "B"):
+        target = get_target(target_id)
+        rows = [pair_columns(j, target) for j in jobs]
+        x = feature_matrix({k: [r[k][0] for r in rows] for k in rows[0]})
+        devices = np.arange(len(jobs)) % 2 if target.has_gpu else np.zeros(len(jobs), dtype=np.int64)
+        for policy in (loaded.ppo, loaded.dnn):
+            cores, caps = policy.knobs_batch(x, target, devices)
+            one_by_one = [policy.knobs(j, target, int(d)) for j, d in zip(jobs, devices, strict=True)]
+            assert cores.tolist() == [k[0] for k in one_by_one] and caps == [k[1] for k in one_by_one]
+    placer = Placer(PolicyBundle("bundled", loaded.policy, Thresholds()), settings=settings, store=None)
+    resp = _place(placer, jobs=[j.model_dump() for j in jobs], target="agx-orin", explore=False)
+    for j, d in zip(jobs, resp.decisions, strict=True):
+        cores, cap = loaded.policy.knobs(j, get_target("agx-orin"), 1 if d.device == "gpu" else 0)
+        assert d.cpu_cores == cores and cap_from_wire(d.gpu_mem_cap) == cap
 
 
 def test_max_slowdown_overrides_a_cpu_policy(settings, serve_world):
