@@ -63,6 +63,7 @@ bench-decide: setup  # single-decision latency and batched decisions/s per polic
 # every benchmark, figures printed (docs/benchmarks.md records a run and its machine); traffic on 127.0.0.1 only
 bench: setup
 	$(PY) benchmarks/bench_decide.py
+	PYTHONPATH=. $(PY) benchmarks/bench_edge_batch.py
 	$(PY) benchmarks/bench_env.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_store.py
