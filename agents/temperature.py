@@ -56,11 +56,9 @@ def fit_temperature(p: npt.ArrayLike, y: npt.ArrayLike) -> float:
         raise ValueError(f"need as many labels as predictions (> 0), got {pp.size} and {yy.size}")
     if not np.all(np.isfinite(pp)):
         raise ValueError("predictions must be finite")
-    z = logit(pp)
 
     def loss(log_t: float) -> float:
-        q = 1.0 / (1.0 + np.exp(-z / math.exp(log_t)))
-        return log_loss(yy, q)
+        return log_loss(yy, scale(pp, math.exp(log_t)))
 
     res = minimize_scalar(loss, bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
                           options={"xatol": 1e-4})

@@ -252,7 +252,6 @@ EnergyMode = Literal["auto", "always"]
 class _CpuSide:
     run: ProbeRun
     early_exit: bool
-    step_high_s: float  # an upper bound of the CPU's step, s
 
 
 def energy_skip_reason(*, cpu_step_high_s: float, gpu_step_s: float, speedup_min: float,
@@ -347,7 +346,9 @@ def probe_job(
         if gpu is not None:
             skipped = None
             if gpu.feasible and energy == "auto" and cpu is not None:
-                skipped = energy_skip_reason(cpu_step_high_s=cpu.step_high_s, gpu_step_s=gpu_step_s,
+                # the CPU's time per step: the timed median, or the early exit's cold step (an upper bound)
+                cpu_step_s = float(cpu.run.time_per_sample_s or math.nan) * batch
+                skipped = energy_skip_reason(cpu_step_high_s=cpu_step_s, gpu_step_s=gpu_step_s,
                                              speedup_min=speedup_min, margin=early_exit_margin)
             if gpu.feasible and skipped is None:
                 gpu.energy_window(deadline)
@@ -396,7 +397,7 @@ def _probe_cpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, ba
                        cpu_power_method=warm_reading.method if warm_reading.avg_power_w is not None else "unknown",
                        energy_window_s=warm_reading.duration_s, warmup_s=warm, warmup_steps=1, timed_steps=0,
                        cpu_cores=used)
-            return _CpuSide(run, fast or slow, warm)
+            return _CpuSide(run, fast or slow)
         warm_steps, step_s = _warm_up(lambda: step(x, y), lambda: None, done_steps=1, done_s=warm,
                                       last_s=warm, min_steps=tm.warmup_steps, timing=tm, deadline=deadline)
         phases.mark("cpu_warmup")
@@ -411,7 +412,7 @@ def _probe_cpu(build: Callable[[], Any], example: tuple[Any, Any], mode: str, ba
                    warmup_s=warm, warmup_steps=warm_steps, timed_steps=timed.steps, timed_repeats=timed.repeats,
                    timed_window_s=timed.window_s, cpu_cores=used, energy_window_s=reading.duration_s)
         # the model is freed by reference counting on return (a full gc.collect() cost ~0.2 s a probe)
-        return _CpuSide(run, False, timed.step_s)
+        return _CpuSide(run, False)
 
 
 class _GpuSide:
