@@ -19,6 +19,8 @@ margin features -> the DNN) leave-one-architecture-out on the measured H200 jobs
     runs, both devices) and act as history for ``A``'s other jobs of the same mode; scored on
     the jobs not drawn;
 
+* the settling width of :func:`placement.model.estimate.settle` and the temperature of P(GPU) are
+  chosen per split from the training architectures only (:func:`inner_selection`);
 * scores: agreement with the joint threshold on the long measurements for jobs whose
   |margin| > ln 1.25 (and on all jobs), time and energy regret against the Oracle
   (:func:`placement.agents.evaluation.evaluate_choices`), per-split zero-shot accuracy against
@@ -140,8 +142,8 @@ def _observe(est: Any, i: int, dev: str, run: Mapping[str, Any], same_job: bool,
 
 
 SENSITIVITY_Z = (0.0, 1.0, 2.0, 3.0)
-"""Settling widths reported beside the served one (:data:`placement.model.estimate.SETTLE_Z`) as a
-diagnostic; the served width was fixed before this evaluation and is not chosen from it."""
+"""The settling widths :func:`inner_selection` chooses from, each also reported for every split as a
+diagnostic (that table is not a selection: the evaluation's widths come from the inner groups)."""
 
 
 def _decide(policy: Any, cols: Mapping[str, Any], est: Any, th: Thresholds,
@@ -179,28 +181,104 @@ def _zero_shot_raw(dnn: Any, data: Any, rows: npt.NDArray[np.intp], arch: str,
     return np.asarray(dnn.gpu_probability(x), dtype=np.float64).reshape(-1), np.asarray(base.gpu_usable, dtype=bool)
 
 
-def inner_temperature(data: Any, is_meas: npt.NDArray[np.bool_], held_out: str, archs: Sequence[str],
-                      s: GroundingSettings) -> tuple[float, int]:
-    """The temperature for the split that holds out ``held_out``, from the other architectures
-    only: they are split into ``s.inner_folds`` groups (seeded), each predicted zero-shot by a DNN
-    trained without that group (nor ``held_out``), and :func:`fit_temperature` fits the pooled
-    predictions. Returns ``(T, rows fitted)``; ``held_out``'s rows are never read."""
+@dataclass(frozen=True)
+class InnerSelection:
+    """What :func:`inner_selection` chose from the training architectures of one split."""
+
+    temperature: float
+    temperature_rows: int
+    settle_z: float
+    """The settling width with the most right answers on clear jobs (probe and history rows pooled)."""
+    z_correct: dict[float, int]
+    """Right answers on the inner clear jobs per candidate width (:data:`SENSITIVITY_Z`)."""
+    z_clear_jobs: int
+
+
+def _probe_observations(pairs: pd.DataFrame, base: Any,
+                        probes: Mapping[tuple[str, str, int], Mapping[str, Mapping[str, Any]]]) -> dict[int, list[Observation]]:
+    """The probe of each row's own job (rows without one are left out)."""
+    obs: dict[int, list[Observation]] = {}
+    for j in range(len(pairs)):
+        r = pairs.iloc[j]
+        runs = probes.get((str(r["model"]), str(r["mode"]), int(r["batch_size"])))
+        if runs:
+            obs[j] = [_observe(base, j, dev, run, True, "probe") for dev, run in runs.items()]
+    return obs
+
+
+def _history_observations(pairs: pd.DataFrame, base: Any, seen: Sequence[int]) -> dict[int, list[Observation]]:
+    """The long runs of the ``seen`` rows as history for every other row of the same mode."""
+    hobs: dict[int, list[Observation]] = {}
+    for j in range(len(pairs)):
+        if j in seen:
+            continue
+        for h in seen:
+            if pairs.iloc[h]["mode"] != pairs.iloc[j]["mode"]:
+                continue
+            for dev, run in _measured_runs(pairs, int(h)).items():
+                if dev == "gpu" and not run["feasible"]:
+                    continue
+                hobs.setdefault(j, []).append(_observe(base, int(h), dev, run, False, "history"))
+    return hobs
+
+
+def _seen(rng: np.random.Generator, n: int, k: int) -> npt.NDArray[np.intp]:
+    """The ``k`` jobs (of ``n``) whose outcomes act as history; at least one job is left to score."""
+    k = min(k, n - 1)
+    return rng.choice(n, size=k, replace=False) if k > 0 else np.array([], dtype=np.intp)
+
+
+def inner_selection(data: Any, is_meas: npt.NDArray[np.bool_], held_out: str | None, archs: Sequence[str],
+                    s: GroundingSettings,
+                    probes: Mapping[tuple[str, str, int], Mapping[str, Mapping[str, Any]]] | None = None
+                    ) -> InnerSelection:
+    """The temperature and the settling width for the split that holds out ``held_out`` (``None``:
+    the choice for the served model, over every architecture), from the other architectures only.
+
+    They are split into ``s.inner_folds`` groups (seeded); each group is predicted by a DNN trained
+    without it (nor ``held_out``): zero-shot, for :func:`fit_temperature` on the pooled predictions,
+    and -- given ``probes`` -- decided as served at each width of :data:`SENSITIVITY_Z` with a probe of
+    the same job and after ``s.outcomes`` measured outcomes; the width with the most right answers on
+    clear jobs wins (ties: the larger width, which leaves more to the policy). ``held_out``'s rows are
+    never read."""
     others = [a for a in archs if a != held_out]
     k = min(s.inner_folds, len(others))
-    order = np.random.default_rng([s.seed, 13, archs.index(held_out)]).permutation(len(others))
+    salt = archs.index(held_out) if held_out is not None else len(archs)
+    order = np.random.default_rng([s.seed, 13, salt]).permutation(len(others))
     arch_col = data.pairs["arch"].astype(str).to_numpy()
     ps: list[npt.NDArray[np.float64]] = []
     ys: list[npt.NDArray[np.bool_]] = []
+    z_correct = {zz: 0 for zz in SENSITIVITY_Z}
+    z_clear = 0
+    excluded = [held_out] if held_out is not None else []
     for g in range(k):
         group = [others[i] for i in order[g::k]]
-        dnn = _train(data, np.flatnonzero(~np.isin(arch_col, [held_out, *group])), s)
+        dnn = _train(data, np.flatnonzero(~np.isin(arch_col, [*excluded, *group])), s)
         for a in group:
             rows = np.flatnonzero(is_meas & (arch_col == a))
             raw, usable = _zero_shot_raw(dnn, data, rows, a, s.thresholds)
             ps.append(raw[usable])
             ys.append(np.asarray(data.subset(rows).y, dtype=bool)[usable])
+            if probes is None or rows.size == 0:
+                continue
+            test = data.subset(rows)
+            cols = _columns(test.pairs)
+            base = model_estimate(_fold_model(a), cols)
+            clear = np.abs(test.pairs["margin"].to_numpy(dtype=np.float64)) > BAND
+            y = np.asarray(test.y, dtype=bool)
+            pobs = _probe_observations(test.pairs, base, probes)
+            seen = _seen(np.random.default_rng([s.seed, 14, archs.index(a)]), len(test), s.outcomes)
+            for est, scored in ((correct(base, pobs), np.isin(np.arange(len(test)), list(pobs))),
+                                (correct(base, _history_observations(test.pairs, base, seen.tolist())),
+                                 ~np.isin(np.arange(len(test)), seen))):
+                sel = scored & clear
+                z_clear += int(sel.sum())
+                for zz, p in _decide_all(dnn, cols, est, s.thresholds, SENSITIVITY_Z).items():
+                    z_correct[zz] += int(((p[sel] >= 0.5) == y[sel]).sum())
     p, y = np.concatenate(ps), np.concatenate(ys)
-    return fit_temperature(p, y), int(p.size)
+    best = max(z_correct.values())
+    chosen = max(zz for zz, c in z_correct.items() if c == best) if z_clear else SETTLE_Z
+    return InnerSelection(fit_temperature(p, y), int(p.size), float(chosen), z_correct, z_clear)
 
 
 def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: GroundingSettings | None = None,
@@ -221,6 +299,7 @@ def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: Groundin
     p_zero_t1 = np.full(n, np.nan)  # the same DNN without its temperature
     p_probe = np.full(n, np.nan)
     p_hist = np.full(n, np.nan)
+    jobs: list[dict[str, Any]] = []
     p_probe_z = {zz: np.full(n, np.nan) for zz in SENSITIVITY_Z}
     p_hist_z = {zz: np.full(n, np.nan) for zz in SENSITIVITY_Z}
     probe_rule = np.zeros(n)
@@ -234,7 +313,9 @@ def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: Groundin
         test_rows = np.flatnonzero(is_meas & (data.pairs["arch"].astype(str).to_numpy() == arch))
         train = data.subset(train_rows)
         dnn = _train(data, train_rows, s)
-        temp, temp_rows = inner_temperature(data, is_meas, arch, archs, s) if s.inner_folds > 1 else (1.0, 0)
+        inner = inner_selection(data, is_meas, arch, archs, s, probes) if s.inner_folds > 1 else None
+        temp, temp_rows = (inner.temperature, inner.temperature_rows) if inner else (1.0, 0)
+        z_split = inner.settle_z if inner else SETTLE_Z
         rule = RuleBasedPolicy.fit(train.x, train.y)
         test = data.subset(test_rows)
         cols = _columns(test.pairs)
@@ -246,37 +327,20 @@ def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: Groundin
                                                                   s.thresholds.energy_ratio_max), base)})
         rule_choice[test_rows] = np.asarray(rule.predict(zero_x)[0], dtype=bool)
         # with a probe of the same job
-        obs: dict[int, list[Observation]] = {}
-        for j in range(len(test)):
-            r = test.pairs.iloc[j]
-            runs = probes.get((str(r["model"]), str(r["mode"]), int(r["batch_size"])))
-            if runs:
-                obs[j] = [_observe(base, j, dev, run, True, "probe") for dev, run in runs.items()]
+        obs = _probe_observations(test.pairs, base, probes)
         probed[test_rows[list(obs)]] = True
         probed_est = correct(base, obs)
-        by_z = _decide_all(dnn, cols, probed_est, s.thresholds, SENSITIVITY_Z + (SETTLE_Z,), temp)
-        p_probe[test_rows] = by_z[SETTLE_Z]
+        by_z = _decide_all(dnn, cols, probed_est, s.thresholds, SENSITIVITY_Z + (z_split,), temp)
+        p_probe[test_rows] = by_z[z_split]
         for zz in SENSITIVITY_Z:
             p_probe_z[zz][test_rows] = by_z[zz]
         pm = margins(probed_est, s.thresholds.speedup_min, s.thresholds.energy_ratio_max)
         probe_rule[test_rows] = (pm.joint > 0).astype(np.float64)
         # after k measured outcomes of this architecture
-        k = min(s.outcomes, len(test) - 1)
-        seen = rng.choice(len(test), size=k, replace=False) if k > 0 else np.array([], dtype=int)
-        hobs: dict[int, list[Observation]] = {}
-        for j in range(len(test)):
-            if j in seen:
-                continue
-            for h in seen:
-                if test.pairs.iloc[h]["mode"] != test.pairs.iloc[j]["mode"]:
-                    continue
-                for dev, run in _measured_runs(test.pairs, int(h)).items():
-                    ob = _observe(base, int(h), dev, run, False, "history")
-                    if dev == "gpu" and not run["feasible"]:
-                        continue
-                    hobs.setdefault(j, []).append(replace(ob, same_job=False))
-        by_z = _decide_all(dnn, cols, correct(base, hobs), s.thresholds, SENSITIVITY_Z + (SETTLE_Z,), temp)
-        p_hist[test_rows] = by_z[SETTLE_Z]
+        seen = _seen(rng, len(test), s.outcomes)
+        hist_est = correct(base, _history_observations(test.pairs, base, seen.tolist()))
+        by_z = _decide_all(dnn, cols, hist_est, s.thresholds, SENSITIVITY_Z + (z_split,), temp)
+        p_hist[test_rows] = by_z[z_split]
         for zz in SENSITIVITY_Z:
             p_hist_z[zz][test_rows] = by_z[zz]
         scored = np.ones(len(test), dtype=bool)
@@ -287,10 +351,26 @@ def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: Groundin
             ("dnn_zero_shot", p_zero[test_rows] >= 0.5), ("gpu_only", np.ones(len(test), bool)),
             ("rule_based", rule_choice[test_rows]), ("dnn_probe", p_probe[test_rows] >= 0.5))}
         per_split.append({"arch": arch, "jobs": int(len(test)), **acc, "temperature": temp,
-                          "temperature_rows": temp_rows})
+                          "temperature_rows": temp_rows, "settle_z": z_split,
+                          "inner_z_correct": {f"{k:g}": v for k, v in (inner.z_correct if inner else {}).items()},
+                          "inner_z_clear_jobs": inner.z_clear_jobs if inner else 0})
+        pm_h = margins(hist_est, s.thresholds.speedup_min, s.thresholds.energy_ratio_max)
+        for j, row in enumerate(test_rows.tolist()):
+            r = test.pairs.iloc[j]
+            jobs.append({"arch": arch, "model": str(r["model"]), "mode": str(r["mode"]),
+                         "batch_size": int(r["batch_size"]), "gpu_label": bool(test.y[j]),
+                         "margin": float(r["margin"]), "probed": bool(probed[row]),
+                         "probe_margin": float(pm.joint[j]) if probed[row] else None,
+                         "probe_sigma": float(np.hypot(pm.speedup_sigma[j], pm.energy_sigma[j]) / math.sqrt(2.0))
+                         if probed[row] else None,
+                         "p_gpu_probe": float(p_probe[row]) if probed[row] else None,
+                         "history_seen": bool(j in seen), "history_margin": float(pm_h.joint[j]),
+                         "p_gpu_history": None if j in seen else float(p_hist[row]),
+                         "p_gpu_zero_shot": float(p_zero[row])})
         if progress:
             print(f"{arch}: {per_split[-1]}", flush=True)
 
+    served = inner_selection(data, is_meas, None, archs, s, probes) if s.inner_folds > 1 else None
     pairs = data.pairs
     clear = np.abs(pairs["margin"].to_numpy(dtype=np.float64)) > BAND
     meas = data.subset(meas_idx)
@@ -330,6 +410,10 @@ def grounding_evaluation(pooled: Sequence[Path], probe: Path, settings: Groundin
         "history": score(p_hist, hist_scored, f"dnn_after_{s.outcomes}_outcomes"),
         "probe_cost": cost,
         "settle_z": SETTLE_Z,
+        "served_selection": None if served is None else {
+            "settle_z": served.settle_z, "z_correct": {f"{k:g}": v for k, v in served.z_correct.items()},
+            "clear_jobs": served.z_clear_jobs, "temperature": served.temperature},
+        "jobs": jobs,
         "settle_sensitivity": [
             {"z": zz, "probe_clear_accuracy": score(p_probe_z[zz], probed, f"probe_z{zz:g}")["clear_accuracy"],
              "history_clear_accuracy": score(p_hist_z[zz], hist_scored, f"history_z{zz:g}")["clear_accuracy"]}
@@ -375,6 +459,41 @@ def _temperature_lines(r: Mapping[str, Any]) -> list[str]:
         f"(fitting one for the served PPO policy needs the same grouped refits of DNN and PPO).",
         "",
     ]
+
+
+def _settle_lines(r: Mapping[str, Any]) -> list[str]:
+    """How the probe and history rows were decided, the settling width's selection, and the width table."""
+    def pct(x: Any) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f} %"
+
+    served = r.get("served_selection")
+    zs = sorted({float(s["settle_z"]) for s in r["per_split"] if "settle_z" in s})
+    lines = [
+        "The probe and history rows are decided as served: where both devices are measured and the joint margin's "
+        "+-z sigma interval is clear of the threshold the estimate settles the answer, elsewhere the DNN "
+        "(`placement.model.estimate.settle`). The width z is selected like the temperature, from the training "
+        f"architectures only: each of the {r['settings'].get('inner_folds')} inner groups is decided, with a probe of "
+        f"the same job and after {r['settings']['outcomes']} outcomes, by a DNN trained without it, and the width "
+        "with the most right answers on their clear jobs wins (ties: the larger width, which leaves more to the "
+        f"policy). Widths chosen per split: {', '.join(f'{z:g}' for z in zs) or 'n/a'} (table below).",
+    ]
+    if served:
+        counts = ", ".join(f"z = {k}: {v}" for k, v in served["z_correct"].items())
+        lines[-1] += (f" The served width (`placement.model.estimate.SETTLE_Z` = {r['settle_z']:g}) is the same "
+                      f"selection over all {len(r['architectures'])} architectures: right answers on "
+                      f"{served['clear_jobs']} inner clear jobs {counts} -> z = {served['settle_z']:g}.")
+    lines += [
+        "",
+        "Diagnostic (not a selection: every split at one width), agreement on clear jobs by the settling width "
+        "(z = 0: every measured row decided by its estimate):",
+        "",
+        "| z | with a probe (clear) | after 3 outcomes (clear) |",
+        "|---|---|---|",
+        *[f"| {e['z']:g} | {pct(e['probe_clear_accuracy'])} | {pct(e['history_clear_accuracy'])} |"
+          for e in r.get("settle_sensitivity", [])],
+        "",
+    ]
+    return lines
 
 
 def grounding_markdown(r: Mapping[str, Any], command: str) -> str:
@@ -427,23 +546,13 @@ def grounding_markdown(r: Mapping[str, Any], command: str) -> str:
         f"{z['jobs']} measured jobs have a probe of the same job.",
         "",
         *_temperature_lines(r),
-        f"The probe and history rows are decided as served: where both devices are measured and the joint margin's "
-        f"+-{r['settle_z']:g} sigma interval is clear of the threshold the estimate settles the answer, elsewhere the "
-        "DNN (`placement.model.estimate.settle`). Diagnostic only (the served width was fixed before this evaluation and "
-        "is not chosen from it), agreement on clear jobs by the settling width z (z = 0: every measured row "
-        "decided by its estimate):",
+        *_settle_lines(r),
+        "Per split (accuracy on all of the held-out architecture's measured jobs; z: the split's settling width):",
         "",
-        "| z | with a probe (clear) | after 3 outcomes (clear) |",
-        "|---|---|---|",
-        *[f"| {e['z']:g} | {pct(e['probe_clear_accuracy'])} | {pct(e['history_clear_accuracy'])} |"
-          for e in r.get("settle_sensitivity", [])],
-        "",
-        "Per split (accuracy on all of the held-out architecture's measured jobs):",
-        "",
-        "| held out | jobs | zero-shot DNN | always-GPU | rule-based | with probe |",
-        "|---|---|---|---|---|---|",
+        "| held out | jobs | zero-shot DNN | always-GPU | rule-based | with probe | z |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {s['arch']} | {s['jobs']} | {pct(s['dnn_zero_shot'])} | {pct(s['gpu_only'])} | {pct(s['rule_based'])} | "
-          f"{pct(s['dnn_probe'])} |" for s in r["per_split"]],
+          f"{pct(s['dnn_probe'])} | {s.get('settle_z', r['settle_z']):g} |" for s in r["per_split"]],
         "",
     ]
     if c:

@@ -240,7 +240,7 @@ class DecisionOut(BaseModel):
     prediction_method: Literal["modelled", "measured"] | None = Field(
         default=None, description="'modelled' when the speedup is the performance model's, 'measured' when a probe or the signature's history corrected it.")
     explored: bool = Field(description="True when this decision deliberately tried the other device (exploration).")
-    decided_by: DecidedBy = Field(description="What decided: policy, estimate (a measured estimate of both devices clear of the threshold by 2 sigma), thresholds, max_slowdown (the request's limit), exploration, infeasible (estimated not to fit in GPU memory), or no_gpu (the target has none).")
+    decided_by: DecidedBy = Field(description="What decided: policy, estimate (a measured estimate of both devices clear of the threshold by SETTLE_Z = 1 sigma), thresholds, max_slowdown (the request's limit), exploration, infeasible (estimated not to fit in GPU memory), or no_gpu (the target has none).")
     policy_version: str = Field(description="The policy version that decided (GET /v1/policy lists the versions).")
     estimate_source: EstimateSource | None = Field(
         default=None, description="The strongest source of the estimate the policy decided on: probe > history > model.")

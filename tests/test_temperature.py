@@ -46,7 +46,7 @@ def test_fit_refuses_what_it_cannot_use():
 
 
 class _Data:
-    """What inner_temperature reads of a labelled set: ``pairs['arch']`` and ``subset(rows).y``."""
+    """What inner_selection reads of a labelled set (without probes): ``pairs['arch']`` and ``subset(rows).y``."""
 
     def __init__(self, archs: list[str]) -> None:
         self.pairs = pd.DataFrame({"arch": archs})
@@ -58,7 +58,7 @@ class _Data:
         return out
 
 
-def test_inner_temperature_never_reads_the_held_out_architecture(monkeypatch):
+def test_inner_selection_never_reads_the_held_out_architecture(monkeypatch):
     archs = [a for a in "abcdefg" for _ in range(6)]
     data = _Data(archs)
     is_meas = np.ones(len(archs), dtype=bool)
@@ -74,10 +74,29 @@ def test_inner_temperature_never_reads_the_held_out_architecture(monkeypatch):
 
     monkeypatch.setattr(grounding, "_train", fake_train)
     monkeypatch.setattr(grounding, "_zero_shot_raw", fake_raw)
-    t, n = grounding.inner_temperature(data, is_meas, "c", sorted(set(archs)), grounding.GroundingSettings(inner_folds=3))
+    sel = grounding.inner_selection(data, is_meas, "c", sorted(set(archs)), grounding.GroundingSettings(inner_folds=3))
+    t, n = sel.temperature, sel.temperature_rows
     assert len(trained) == 3 and all("c" not in seen for seen in trained)
     assert all("c" not in seen for _, seen in predicted)
     assert set().union(*(seen for _, seen in predicted)) == set("abdefg") and n == 36  # each other one once
     for k, seen in predicted:  # predicted by a DNN that did not train on it
         assert not trained[k] & seen
     assert 0.25 <= t <= 20.0
+    assert sel.settle_z == grounding.SETTLE_Z and sel.z_clear_jobs == 0  # no probes: nothing to choose from
+
+    trained.clear()
+    predicted.clear()
+    served = grounding.inner_selection(data, is_meas, None, sorted(set(archs)), grounding.GroundingSettings(inner_folds=3))
+    assert set().union(*(seen for _, seen in predicted)) == set("abcdefg") and served.temperature_rows == 42
+    for k, seen in predicted:
+        assert not trained[k] & seen
+
+
+def test_the_served_settling_width_is_the_committed_selection():
+    """SETTLE_Z is what the grouped selection over every architecture chose in the committed evaluation."""
+    import json
+    from pathlib import Path
+
+    r = json.loads((Path(__file__).resolve().parent.parent / "docs" / "evaluation_grounding.json").read_text())
+    assert r["served_selection"]["settle_z"] == grounding.SETTLE_Z == r["settle_z"]
+    assert all(s["inner_z_clear_jobs"] > 0 for s in r["per_split"])
