@@ -7,9 +7,13 @@ import, ``ray.init`` (a local Ray of this run's own), ``serve.start`` (controlle
 ingress), ``serve.run`` (the ingress replicas and the learner, until Serve reports them running),
 then the first 200 answer of a placement at the stable address and at each replica's own port.
 Issue 16's target: start to first answer <= 12 s on a 2-core machine. Stops its own Ray at the end.
+
+``--floor``: the same steps with the same Ray settings (HAProxy, direct ingress, as many ingress
+replicas, a second deployment in the learner's place) but deployments that do nothing: a FastAPI
+ingress whose one route parses the same JSON body into a pydantic model and answers it, no
+``placement`` import in the replicas. What Ray Serve itself costs to start on this host.
 """
 
-from __future__ import annotations
 
 import argparse
 import os
@@ -17,6 +21,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from placement.serve.settings import Settings
 
 T0 = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,6 +43,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=2, help="ingress replicas")
     parser.add_argument("--port", type=int, default=24400, help="the stable address (Ray's proxy: port + 20)")
     parser.add_argument("--timeout-s", type=float, default=180.0)
+    parser.add_argument("--floor", action="store_true", help="deploy a bare echo app instead of the service")
     args = parser.parse_args()
 
     from placement.core.version import code_version
@@ -54,29 +65,85 @@ def main() -> None:
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         _mark("serve.start (controller, HAProxy)")
-        serve.run(serve_app.build_app(settings), name=serve_app.APP_NAME, route_prefix="/", blocking=False)
-        _mark(f"serve.run returned ({args.replicas} ingress replicas, the learner)")
+        if args.floor:
+            serve.run(_floor_app(settings), name="floor", route_prefix="/", blocking=False)
+            _mark(f"serve.run returned (floor: {args.replicas} echo replicas, one idle deployment)")
+        else:
+            serve.run(serve_app.build_app(settings), name=serve_app.APP_NAME, route_prefix="/", blocking=False)
+            _mark(f"serve.run returned ({args.replicas} ingress replicas, the learner)")
         body = {"job": {"name": "x", "family": "cnn", "mode": "train", "batch_size": 8, "flops_per_batch": 1e9,
                         "param_count": 10, "input_elems_per_sample": 3, "input_bytes_per_sample": 12}, "target": "B"}
         ports = {"the stable address": settings.port,
                  **{f"replica port {p}": p for p in serve_app.ingress_ports(settings)}}
         answered: set[str] = set()
+        last: dict[str, str] = {}
         deadline = time.monotonic() + args.timeout_s
         while len(answered) < 1 + args.replicas and time.monotonic() < deadline:
             for name, port in ports.items():
                 if name in answered:
                     continue
                 try:
-                    if httpx.post(f"http://127.0.0.1:{port}/v1/placements", json=body, timeout=1.0).status_code == 200:
+                    r = httpx.post(f"http://127.0.0.1:{port}/v1/placements", json=body, timeout=1.0)
+                    last[name] = f"HTTP {r.status_code}: {r.text[:200]}"
+                    if r.status_code == 200:
                         answered.add(name)
                         _mark(f"first answer on {name}")
-                except httpx.HTTPError:
-                    pass
+                except httpx.HTTPError as e:
+                    last[name] = type(e).__name__
             time.sleep(0.05)
-        print(f"code {code_version()}, load average {os.getloadavg()[0]:.1f}; target: start to first answer <= 12 s")
+        if len(answered) < 1 + args.replicas:
+            _mark(f"gave up; last outcome of the first ports: {dict(list(last.items())[:4])}")
+        what = "floor (bare echo app)" if args.floor else "the service"
+        print(f"{what}; code {code_version()}, load average {os.getloadavg()[0]:.1f}; "
+              "target: start to first answer <= 12 s")
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+class FloorJob(BaseModel):
+    """The floor route's job body (the fields the service's placement request carries here)."""
+
+    name: str
+    family: str
+    mode: str
+    batch_size: int
+    flops_per_batch: float
+    param_count: int
+    input_elems_per_sample: int
+    input_bytes_per_sample: int
+
+
+class FloorBody(BaseModel):
+    job: FloorJob
+    target: str
+
+
+def _floor_app(settings: "Settings") -> Any:  # no postponed annotations here: Serve re-reads the route's in the replica
+    """Two deployments shaped like the service's (``settings``' replicas and CPUs) that do nothing."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment
+    class Idle:
+        def ping(self) -> str:
+            return "ok"
+
+    @serve.deployment
+    @serve.ingress(api)
+    class Echo:
+        def __init__(self, idle: object) -> None:
+            self.idle = idle
+
+        @api.post("/v1/placements")
+        def place(self, body: FloorBody) -> dict[str, str]:
+            return {"target": body.target, "device": "cpu"}
+
+    idle = Idle.options(ray_actor_options={"num_cpus": settings.learner_num_cpus}).bind()  # type: ignore[attr-defined]
+    return Echo.options(num_replicas=settings.ingress_replicas,  # type: ignore[attr-defined]
+                        ray_actor_options={"num_cpus": settings.ingress_num_cpus}).bind(idle)
 
 
 if __name__ == "__main__":
