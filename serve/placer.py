@@ -18,7 +18,7 @@ vectorised over the batch:
 3. **Policy**: the serving version's ``gpu_probability`` on features that include the
    estimate's threshold margins ``log(speedup / T_t)``, ``log(T_e / energy_ratio)``, their
    sigma and the GPU fit (:func:`placement.model.features.feature_matrix`); GPU when ``p >= 0.5``.
-   Where both devices' figures are measured (probe or history) and the margin's ``+-2``
+   Where both devices' figures are measured (probe or history) and the margin's ``+-SETTLE_Z``
    sigma interval is clear of the threshold, the estimate settles the answer by itself
    (:func:`placement.model.estimate.settle`, ``decided_by='estimate'``, P(GPU) the estimate's
    probability of passing): the policy keeps the uncertain jobs and the unmeasured ones.
