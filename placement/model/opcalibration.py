@@ -190,12 +190,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 
+def journal_peaks(journals: Sequence[str | Path]) -> dict[tuple[str, str, int], float]:
+    """The peak *reserved* GPU memory (MiB) of every uncapped GPU run in profiler journals, by
+    (workload, mode, batch size)."""
+    import json
+
+    peaks: dict[tuple[str, str, int], float] = {}
+    for path in journals:
+        for line in Path(path).read_text().splitlines()[1:]:
+            rec = json.loads(line)
+            spec = rec.get("spec", {})
+            if spec.get("device") == "gpu" and spec.get("gpu_mem_cap_mib") is None and rec.get("peak_reserved_mib"):
+                peaks[(spec["workload"], spec["mode"], int(spec["batch_size"]))] = float(rec["peak_reserved_mib"])
+    return peaks
+
+
 def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = ()) -> dict[str, float]:
     """Core advice against the measured core counts (H200 CPU rows of jobs measured at >= 3
     core counts): slowdown of the advised count (chosen among the measured ones) vs the
     fastest measured; and GPU caps vs the journals' measured peak (reserved) memory."""
-    import json
-
     from placement.model.knob_advice import advise_knobs
 
     target = get_target("h200-host")
@@ -208,13 +221,7 @@ def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = ()) -> di
         job = _job(g.iloc[0])
         advice = advise_knobs(job, target, "cpu", candidates=sorted(times))
         slow.append(times[advice.cpu_cores] / min(times.values()) - 1.0)
-    peaks: dict[tuple[str, str, int], float] = {}
-    for path in journals:
-        for line in Path(path).read_text().splitlines()[1:]:
-            rec = json.loads(line)
-            spec = rec.get("spec", {})
-            if spec.get("device") == "gpu" and spec.get("gpu_mem_cap_mib") is None and rec.get("peak_reserved_mib"):
-                peaks[(spec["workload"], spec["mode"], int(spec["batch_size"]))] = float(rec["peak_reserved_mib"])
+    peaks = journal_peaks(journals)
     below = 0
     checked = 0
     for (model, mode, batch), peak in peaks.items():
