@@ -232,3 +232,12 @@ def test_zero_shot_answers_and_targets_are_computed_not_written_by_hand():
     text = targets_text(df, None, knobs, answers, ["x"])
     assert f"{100 * answers['agreement_clear']:.1f} %" in text and "better on 1 on CPU and 1 on GPU" in text
     assert "<= 15 % on CPU and GPU -- **met**" in text and "slowdown <= 5 % -- **met** (2.0 %" in text
+    assert "no cap below the measured peak -- **met**" in text and "not yet run under the caps" in text
+    # once the caps were run under the advice (experiments/cap_check.py), the measurement decides
+    measured = {**knobs, "caps_below_measured_peak": 2.0, "caps_ran_under_cap": 3.0, "caps_oom_under_cap": 0.0,
+                "caps_not_run": 0.0}
+    assert "runs out of memory -- **met** (measured: 0 of 3" in targets_text(df, None, measured, answers, ["x"])
+    oom = {**measured, "caps_ran_under_cap": 2.0, "caps_oom_under_cap": 1.0}
+    assert "runs out of memory -- **not met** (measured: 1 of 3" in targets_text(df, None, oom, answers, ["x"])
+    stale = {**measured, "caps_not_run": 1.0}
+    assert "runs out of memory -- **not met**" in targets_text(df, None, stale, answers, ["x"])

@@ -15,10 +15,12 @@ Run: ``python -m placement.model.opcalibration`` (``make calibration`` runs it).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -176,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"median slowdown vs the best measured {100 * knobs['median_slowdown']:.1f} %, 90th percentile "
              f"{100 * knobs['p90_slowdown']:.1f} %, {knobs['over_10pct']:.0f} jobs > 10 % slower. GPU caps: "
              f"{knobs['caps_below_measured_peak']:.0f} of {knobs['caps_checked']:.0f} advised caps below the job's measured "
-             "peak reserved memory (journals, 'grow' rows).\n")
+             "peak reserved memory (journals, 'grow' rows)" + _cap_run_text(knobs) + ".\n")
     answers = zero_shot_answers(REFERENCE_TRACES, model)
     from placement.core.trace import read_trace
 
@@ -188,6 +190,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+
+
+def _cap_run_text(knobs: Mapping[str, float]) -> str:
+    """The measured cap check (each job run under its advised cap on the lent H200), when there is one."""
+    if knobs["caps_ran_under_cap"] + knobs["caps_oom_under_cap"] == 0:
+        return "; not yet run under the caps (`python -m experiments.cap_check`)"
+    return (f"; run under the advised cap on the lent H200 (`python -m experiments.cap_check`, "
+            f"`{CAP_RUNS}`): {knobs['caps_ran_under_cap']:.0f} ran, {knobs['caps_oom_under_cap']:.0f} ran out of "
+            f"memory, {knobs['caps_not_run']:.0f} not run under today's advice (measured)")
 
 
 def journal_peaks(journals: Sequence[str | Path]) -> dict[tuple[str, str, int], float]:
@@ -205,7 +216,24 @@ def journal_peaks(journals: Sequence[str | Path]) -> dict[tuple[str, str, int], 
     return peaks
 
 
-def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = ()) -> dict[str, float]:
+CAP_RUNS = Path("results/cap_check/runs.jsonl")
+"""Advised caps run under the cap on the lent H200 (``python -m experiments.cap_check --run``)."""
+
+
+def cap_runs(path: Path = CAP_RUNS) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """The jobs of a cap-check run by (workload, mode, batch size): the cap it ran under and whether it ran."""
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if not rec.get("summary"):
+            out[(rec["workload"], rec["mode"], int(rec["batch_size"]))] = rec
+    return out
+
+
+def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = (),
+                    runs: Mapping[tuple[str, str, int], Mapping[str, Any]] | None = None) -> dict[str, float]:
     """Core advice against the measured core counts (H200 CPU rows of jobs measured at >= 3
     core counts): slowdown of the advised count (chosen among the measured ones) vs the
     fastest measured; and GPU caps vs the journals' measured peak (reserved) memory."""
@@ -222,8 +250,8 @@ def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = ()) -> di
         advice = advise_knobs(job, target, "cpu", candidates=sorted(times))
         slow.append(times[advice.cpu_cores] / min(times.values()) - 1.0)
     peaks = journal_peaks(journals)
-    below = 0
-    checked = 0
+    runs = cap_runs() if runs is None else runs
+    below = checked = ran = oom = unrun = 0
     for (model, mode, batch), peak in peaks.items():
         row = df[(df.model == model) & (df["mode"] == mode) & (df.batch_size == batch)]
         if row.empty:
@@ -232,9 +260,19 @@ def knob_evaluation(df: pd.DataFrame, journals: Sequence[str | Path] = ()) -> di
         checked += 1
         if advice.gpu_mem_cap_mib != GROW and float(advice.gpu_mem_cap_mib) < peak:
             below += 1
+        if advice.gpu_mem_cap_mib == GROW:
+            continue
+        rec = runs.get((model, mode, batch))
+        if rec is None or rec.get("cap_mib") != advice.gpu_mem_cap_mib or rec.get("feasible") is None:
+            unrun += 1  # not run, run under another cap (stale), or failed for another reason
+        elif rec["feasible"]:
+            ran += 1
+        else:
+            oom += 1
     arr = np.array(slow) if slow else np.array([np.nan])
     return {"jobs": float(len(slow)), "median_slowdown": float(np.median(arr)), "p90_slowdown": float(np.quantile(arr, 0.9)),
-            "over_10pct": float((arr > 0.10).sum()), "caps_checked": float(checked), "caps_below_measured_peak": float(below)}
+            "over_10pct": float((arr > 0.10).sum()), "caps_checked": float(checked), "caps_below_measured_peak": float(below),
+            "caps_ran_under_cap": float(ran), "caps_oom_under_cap": float(oom), "caps_not_run": float(unrun)}
 
 
 def zero_shot_answers(paths: Sequence[str | Path], model: OperatorModel | None = None,
@@ -302,9 +340,19 @@ def targets_text(df: pd.DataFrame, host: pd.DataFrame | None, knobs: Mapping[str
         lines[-1] += f"; <= 25 % on the H100 host -- {verdict(hc <= 25 and hg <= 25)} ({hc:.1f} % CPU, {hg:.1f} % GPU)"
     lines[-1] += (f"; knob advice median slowdown <= 5 % -- {verdict(knobs['median_slowdown'] <= 0.05)} "
                   f"({100 * knobs['median_slowdown']:.1f} %, {knobs['over_10pct']:.0f} of {knobs['jobs']:.0f} jobs "
-                  f"> 10 % slower); no cap below the measured peak -- {verdict(knobs['caps_below_measured_peak'] == 0)} "
-                  f"({knobs['caps_below_measured_peak']:.0f} of {knobs['caps_checked']:.0f} caps below the peak "
-                  "*reserved* under 'grow', which overstates the need).")
+                  f"> 10 % slower); ")
+    if knobs.get("caps_ran_under_cap", 0) + knobs.get("caps_oom_under_cap", 0) > 0:
+        ok = knobs["caps_oom_under_cap"] == 0 and knobs["caps_not_run"] == 0
+        lines[-1] += (f"no recommended cap that runs out of memory -- {verdict(ok)} (measured: "
+                      f"{knobs['caps_oom_under_cap']:.0f} of {knobs['caps_ran_under_cap'] + knobs['caps_oom_under_cap']:.0f} "
+                      f"jobs run under their advised cap on the lent H200 ran out of memory, "
+                      f"{knobs['caps_not_run']:.0f} not run; {knobs['caps_below_measured_peak']:.0f} of "
+                      f"{knobs['caps_checked']:.0f} caps are below the peak *reserved* under 'grow', which overstates "
+                      "the need).")
+    else:
+        lines[-1] += (f"no cap below the measured peak -- {verdict(knobs['caps_below_measured_peak'] == 0)} "
+                      f"({knobs['caps_below_measured_peak']:.0f} of {knobs['caps_checked']:.0f} caps below the peak "
+                      "*reserved* under 'grow', which overstates the need; not yet run under the caps).")
     lines += [
         "* **What limits it** (per-bench residuals of the fit itself: median 28-43 % when last examined): the benches "
         "fit one per-operator host cost per device, but real models pay per-module Python and autograd costs the "
