@@ -13,6 +13,10 @@ needs the GPU:
 
     python -m experiments.cap_check --plan                # here: results/cap_check/plan.json
     python -m experiments.cap_check --run                 # on the lent H200: results/cap_check/runs.jsonl
+    python -m experiments.cap_check --scan                # on the lent H200: results/cap_check/scan.jsonl
+
+``--scan`` reruns each job that ran out of memory under caps growing by 1.25x (64 MiB steps) until
+it runs: how far below its need the advice was.
 
 ``--run --devices cpu --limit 2`` is a smoke test without a GPU (no cap applies there).
 The calibration report (``python -m placement.model.opcalibration --report docs/calibration.md``)
@@ -35,6 +39,7 @@ OUT = Path("results/cap_check")
 class Args:
     plan: bool = False
     run: bool = False
+    scan: bool = False
     out: Path = OUT
     budget_s: float = 2.0
     """The probe's budget per job (timing only: no energy window, no CPU side)."""
@@ -116,24 +121,63 @@ def run_plan(args: Args) -> Path:
     return path
 
 
+def scan_ooms(args: Args, steps: int = 8) -> Path:
+    """For each job of runs.jsonl that ran out of memory: the smallest cap of advised x 1.25^k
+    (rounded up to 64 MiB, k = 1..steps) under which it runs."""
+    import math
+
+    import torch
+
+    from placement.core.version import code_version
+    from placement.lab.job_probe import probe_workload
+    from placement.lab.profiler import resolve_target
+
+    recs = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines()]
+    ooms = [r for r in recs if not r.get("summary") and r.get("feasible") is False]
+    target = resolve_target("auto")
+    torch.set_num_threads(target.cpu_cores)
+    path = args.out / "scan.jsonl"
+    with path.open("w") as fh:
+        for r in ooms:
+            tried = []
+            for k in range(1, steps + 1):
+                cap = int(math.ceil(r["cap_mib"] * 1.25**k / 64.0) * 64)
+                result = probe_workload(r["workload"], r["batch_size"], r["mode"], seed=args.seed, devices=("gpu",),
+                                        budget_s=args.budget_s, gpu_mem_cap_mib=cap, energy="auto",
+                                        cpu_tdp_w=target.cpu_tdp_w, cpu_idle_w=target.cpu_idle_w, host=target.id)
+                run = result.runs[0]
+                tried.append({"cap_mib": cap, "feasible": bool(run.feasible), "peak_allocated_mib": run.gpu_mem_peak_mib})
+                if run.feasible:
+                    break
+            fh.write(json.dumps({**{k: r[k] for k in ("workload", "mode", "batch_size", "cap_mib", "estimated_peak_mib",
+                                                      "reserved_peak_mib")}, "tried": tried,
+                                 "smallest_cap_that_ran_mib": next((t["cap_mib"] for t in tried if t["feasible"]), None),
+                                 "code_version": code_version(), "torch": torch.__version__}) + "\n")
+    print(path.read_text())
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--plan", action="store_true", help="write plan.json (advised caps; no GPU needed)")
     p.add_argument("--run", action="store_true", help="run plan.json's capped jobs on this machine's GPU")
+    p.add_argument("--scan", action="store_true", help="find the cap each out-of-memory job of runs.jsonl needs")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--budget-s", type=float, default=2.0)
     p.add_argument("--devices", default="gpu")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    args = Args(plan=a.plan, run=a.run, out=a.out, budget_s=a.budget_s, devices=tuple(a.devices.split(",")),
+    args = Args(plan=a.plan, run=a.run, scan=a.scan, out=a.out, budget_s=a.budget_s, devices=tuple(a.devices.split(",")),
                 limit=a.limit, seed=a.seed)
-    if not (args.plan or args.run):
-        p.error("give --plan, --run or both")
+    if not (args.plan or args.run or args.scan):
+        p.error("give --plan, --run and/or --scan")
     if args.plan:
         make_plan(args)
     if args.run:
         run_plan(args)
+    if args.scan:
+        scan_ooms(args)
 
 
 if __name__ == "__main__":
