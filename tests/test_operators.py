@@ -141,6 +141,27 @@ def test_fit_reads_only_the_micro_benchmarks(monkeypatch, tmp_path):
                         for name, _ in seen[0])
 
 
+def test_a_summary_at_a_freed_summarys_address_gets_its_own_prediction():
+    """The operator model remembers each summary's bins; a new summary allocated where a freed one
+    lived (same ``id``) must not be given the freed one's (the calibration report's figures once
+    changed from run to run through this)."""
+    from placement.model.opmodel import bundled_operator_model
+
+    model = bundled_operator_model()
+    assert model is not None
+    target = get_target("h200-host")
+    small = describe_workload("lenet_cifar10", 8, "infer")
+    small = small.model_copy(update={"operators": zoo_operators("lenet_cifar10", "infer", 8)})
+    big = describe_workload("vgg11_cifar10", 256, "train")
+    big = big.model_copy(update={"operators": zoo_operators("vgg11_cifar10", "train", 256)})
+    truth = model.time_s(big, target, "gpu")[0]
+    model._summary_bins(small.operators)
+    # what id reuse looks like: the big job's summary sits where the cache remembers another one
+    model._cache[id(big.operators)] = model._cache.pop(id(small.operators))
+    assert model.time_s(big, target, "gpu")[0] == pytest.approx(truth)
+    assert model.time_s(small, target, "gpu")[0] != pytest.approx(truth)
+
+
 def test_bundled_fit_says_where_it_came_from():
     from placement.model.opmodel import bundled_operator_model
 

@@ -198,7 +198,7 @@ class OperatorModel:
             reference = get_target(MEASURED_TARGET)
         self.reference = reference
         self._ref = Peaks.of(reference)
-        self._cache: dict[int, _Bins] = {}
+        self._cache: dict[int, tuple[OperatorSummary, _Bins]] = {}
 
     # -- persistence ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -235,13 +235,16 @@ class OperatorModel:
         return f"operators: {self.reference.id} efficiencies on {target.id}'s data-sheet peaks"
 
     def _summary_bins(self, summary: OperatorSummary) -> _Bins:
+        """The summary's bins, remembered per summary object. The entry holds the summary itself:
+        keyed by ``id`` alone, a summary freed and another allocated at the same address would be
+        given the first one's bins (seen: the calibration report's figures changed from run to run)."""
         key = id(summary)
         hit = self._cache.get(key)
-        if hit is None:
+        if hit is None or hit[0] is not summary:
             if len(self._cache) > 4096:
                 self._cache.clear()
-            hit = self._cache[key] = _bins(summary)
-        return hit
+            hit = self._cache[key] = (summary, _bins(summary))
+        return hit[1]
 
     def _host_scale(self, target: HardwareTarget) -> float:
         ref = self._ref.cpu_gflops / max(self._ref.cpu_cores, 1)
