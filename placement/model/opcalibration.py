@@ -196,9 +196,17 @@ def _cap_run_text(knobs: Mapping[str, float]) -> str:
     """The measured cap check (each job run under its advised cap on the lent H200), when there is one."""
     if knobs["caps_ran_under_cap"] + knobs["caps_oom_under_cap"] == 0:
         return "; not yet run under the caps (`python -m experiments.cap_check`)"
-    return (f"; run under the advised cap on the lent H200 (`python -m experiments.cap_check`, "
+    text = (f"; run under the advised cap on the lent H200 (`python -m experiments.cap_check`, "
             f"`{CAP_RUNS}`): {knobs['caps_ran_under_cap']:.0f} ran, {knobs['caps_oom_under_cap']:.0f} ran out of "
             f"memory, {knobs['caps_not_run']:.0f} not run under today's advice (measured)")
+    scan = CAP_RUNS.with_name("scan.jsonl")
+    if scan.exists():
+        recs = [json.loads(line) for line in scan.read_text().splitlines() if line.strip()]
+        text += "; the caps they needed (`--scan`, advised x 1.25^k): " + ", ".join(
+            f"{r['workload']} {r['mode']} b{r['batch_size']} {r['smallest_cap_that_ran_mib']} MiB "
+            f"(advised {r['cap_mib']}, estimated peak {r['estimated_peak_mib']:.0f}, uncapped reserved peak "
+            f"{r['reserved_peak_mib']:.0f})" for r in recs)
+    return text
 
 
 def journal_peaks(journals: Sequence[str | Path]) -> dict[tuple[str, str, int], float]:
