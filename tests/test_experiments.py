@@ -233,3 +233,25 @@ def test_mlp_step_check_times_both_protocols(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "c.jsonl").read_text()) == rec
     committed = [json.loads(line) for line in (ROOT / "data/traces/h200_mlp_step_check.jsonl").read_text().splitlines()]
     assert {(r["flush_denormal"], r["batch"]) for r in committed} == {(f, b) for f in (False, True) for b in (2, 4, 8, 16, 32)}
+
+
+def test_cap_check_runs_a_plan_and_the_committed_runs_match_it(tmp_path: Path) -> None:
+    from experiments.cap_check import Args, run_plan
+    from placement.model.opcalibration import cap_runs
+
+    plan = {"code_version": "test", "target": "h200-host", "advice": "test",
+            "jobs": [{"workload": "lenet_cifar10", "mode": "infer", "batch_size": 2, "cap_mib": 256,
+                      "estimated_peak_mib": 70.0, "reserved_peak_mib": 20.0},
+                     {"workload": "lenet_cifar10", "mode": "train", "batch_size": 2, "cap_mib": None,
+                      "estimated_peak_mib": 9e5, "reserved_peak_mib": 20.0}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    path = run_plan(Args(run=True, out=tmp_path, devices=("cpu",), budget_s=1.0))  # no cap applies on the CPU
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[-1]["summary"] and lines[-1]["jobs"] == 1 and lines[-1]["ran"] == 1 and lines[-1]["oom"] == 0
+    assert cap_runs(path)[("lenet_cifar10", "infer", 2)]["feasible"] is True  # the 'grow' job is not run
+    # the committed H200 run is of the committed plan, job for job and cap for cap
+    committed = cap_runs()
+    planned = json.loads((ROOT / "results/cap_check/plan.json").read_text())["jobs"]
+    assert {(j["workload"], j["mode"], j["batch_size"]): j["cap_mib"] for j in planned if j["cap_mib"]} == {
+        k: r["cap_mib"] for k, r in committed.items()}
+    assert sum(r["feasible"] is False for r in committed.values()) == 3
