@@ -58,6 +58,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -74,33 +76,35 @@ def _plain_server(settings_json: str) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
+class EchoJob(BaseModel):
+    """The echo floor's job body: the fields of a single-job placement request (no validation beyond types)."""
+
+    name: str
+    family: str
+    mode: str
+    batch_size: int
+    flops_per_batch: float
+    param_count: int
+    input_elems_per_sample: int
+    input_bytes_per_sample: int
+
+
+class EchoRequest(BaseModel):
+    job: EchoJob
+    target: str
+
+
 def _echo_server(port: int) -> None:
     """Child process: the floor -- a bare FastAPI app on uvicorn whose POST /v1/placements parses
     the single-job body into a pydantic model and answers a small JSON object (no policy, no store)."""
     import uvicorn
     from fastapi import FastAPI
-    from pydantic import BaseModel
-
-    class EchoJob(BaseModel):
-        name: str
-        family: str
-        mode: str
-        batch_size: int
-        flops_per_batch: float
-        param_count: int
-        input_elems_per_sample: int
-        input_bytes_per_sample: int
-
-    class EchoRequest(BaseModel):
-        job: EchoJob
-        target: str
 
     app = FastAPI()
 
     async def echo(req: EchoRequest) -> dict:
         return {"name": req.job.name, "target": req.target, "device": "cpu"}
 
-    echo.__annotations__ = {"req": EchoRequest, "return": dict}  # a local class: not a string annotation
     app.post("/v1/placements")(echo)
 
     @app.get("/healthz")

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 if TYPE_CHECKING:
     from placement.serve.settings import Settings
 
@@ -101,28 +99,12 @@ def main() -> None:
         ray.shutdown()
 
 
-class FloorJob(BaseModel):
-    """The floor route's job body (the fields the service's placement request carries here)."""
-
-    name: str
-    family: str
-    mode: str
-    batch_size: int
-    flops_per_batch: float
-    param_count: int
-    input_elems_per_sample: int
-    input_bytes_per_sample: int
-
-
-class FloorBody(BaseModel):
-    job: FloorJob
-    target: str
-
-
 def _floor_app(settings: "Settings") -> Any:  # no postponed annotations here: Serve re-reads the route's in the replica
     """Two deployments shaped like the service's (``settings``' replicas and CPUs) that do nothing."""
     from fastapi import FastAPI
     from ray import serve
+
+    from benchmarks.bench_http import EchoRequest
 
     api = FastAPI()
 
@@ -138,7 +120,7 @@ def _floor_app(settings: "Settings") -> Any:  # no postponed annotations here: S
             self.idle = idle
 
         @api.post("/v1/placements")
-        def place(self, body: FloorBody) -> dict[str, str]:
+        def place(self, body: EchoRequest) -> dict[str, str]:
             return {"target": body.target, "device": "cpu"}
 
     idle = Idle.options(ray_actor_options={"num_cpus": settings.learner_num_cpus}).bind()  # type: ignore[attr-defined]
