@@ -13,7 +13,7 @@ monitored), then refit on every row for the chosen number of epochs.
 Edge targets optionally train two more heads (core level, GPU-memory-cap level) by
 cross-entropy on the best knob setting seen in the trace (:mod:`placement.agents.knobs`).
 
-:class:`DnnPolicy` serves with numpy (:class:`placement.agents.network.NumpyMlp`), not torch.
+:class:`DnnPolicy` serves with numpy (:class:`placement.agents.actor.NumpyMlp`), not torch.
 Metrics (:func:`classification_metrics`): accuracy, precision, recall, average precision
 (area under PR), ROC-AUC, Brier score, log loss and expected calibration error, computed
 with scikit-learn.
@@ -32,8 +32,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from placement.agents.actor import NumpyMlp, sigmoid
 from placement.agents.knobs import KnobLevels
-from placement.agents.network import NumpyMlp, PlacementNet, sigmoid
+from placement.agents.network import PlacementNet
 from placement.agents.policy import Policy, as_batch, default_knobs
 from placement.core.decision import GpuMemCap
 from placement.core.hardware import HardwareTarget

@@ -47,13 +47,10 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from placement.agents.actor import ActorPolicy, NumpyMlp
 from placement.agents.dnn import DnnPolicy
 from placement.agents.knobs import KnobLevels
-from placement.agents.network import NumpyMlp, sigmoid
-from placement.agents.policy import Policy, as_batch, default_knobs
-from placement.core.decision import GpuMemCap
-from placement.core.hardware import HardwareTarget
-from placement.core.job import Job
+from placement.agents.policy import Policy
 from placement.core.outcome import GPU
 from placement.core.threshold import Thresholds
 from placement.core.trace import file_sha256
@@ -70,7 +67,6 @@ from placement.model.features import (
     FEATURE_INDEX,
     N_FEATURES,
     Normaliser,
-    build_features,
 )
 
 
@@ -350,8 +346,9 @@ def warm_start(dnn: DnnPolicy, env: gym.Env | Any, config: PpoConfig | None = No
 # --------------------------------------------------------------------------------------
 # serving
 # --------------------------------------------------------------------------------------
-class PpoPolicy(Policy):
-    """A trained SB3 PPO agent as a placement policy, decisions by numpy (the actor's weights).
+class PpoPolicy(ActorPolicy):
+    """A trained SB3 PPO agent as a placement policy, decisions by numpy (the actor's weights,
+    :class:`placement.agents.actor.ActorPolicy`).
 
     ``predict`` answers the device (0/1) like every :class:`~placement.agents.policy.Policy`;
     :meth:`env_action` answers the environment's full action (``[device, core_level,
@@ -371,11 +368,11 @@ class PpoPolicy(Policy):
         self._saved = saved
         self._saved_sha256 = file_sha256(saved) if model is None and saved is not None else None
         if model is not None:
-            self.knobbed = _knobbed(model)
-            self.refresh()
+            knobbed = _knobbed(model)
+            mlp = _exported_actor(model)
         else:
-            self.mlp, self.knobbed = _saved_actor(saved)  # type: ignore[arg-type]
-        self.knob_levels = knob_levels if knob_levels is not None else (KnobLevels() if self.knobbed else None)
+            mlp, knobbed = _saved_actor(saved)  # type: ignore[arg-type]
+        super().__init__(mlp, knobbed, knob_levels)
 
     @property
     def model(self) -> PPO:
@@ -391,72 +388,7 @@ class PpoPolicy(Policy):
 
     def refresh(self) -> None:
         """Re-export the numpy weights (after the SB3 model was trained further)."""
-        extractor = _extractor(self.model)
-        layers = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in _actor_layers(self.model)]
-        action_net = _action_net(self.model)
-        head = (action_net.weight.detach().numpy(), action_net.bias.detach().numpy())
-        self.mlp = NumpyMlp.from_layers(layers, head, extractor.mean.numpy(), extractor.scale.numpy(),
-                                        int(extractor.mean.shape[0]))
-
-    def gpu_logit(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """The actor's GPU-minus-CPU logit per row of raw features, shape ``(n,)``: log-odds of
-        picking the GPU."""
-        batch, _ = as_batch(obs)
-        logits = self.mlp.logits(self._pad(batch))
-        return logits[:, 1] - logits[:, 0]
-
-    def gpu_probability(self, obs: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """P(GPU) per row of raw features: the sigmoid of :meth:`gpu_logit`."""
-        return sigmoid(self.gpu_logit(obs))
-
-    def predict(
-        self, obs: npt.ArrayLike, state: object = None, episode_start: object = None, deterministic: bool = True
-    ) -> tuple[npt.NDArray[np.int64], None]:
-        """SB3-style ``(actions, None)``: the actor's argmax device per row (ties to the CPU, as SB3
-        does); a scalar for one observation. ``state``, ``episode_start`` and ``deterministic`` are
-        ignored."""
-        batch, single = as_batch(obs)
-        logits = self.mlp.logits(self._pad(batch))
-        actions = (logits[:, 1] > logits[:, 0]).astype(np.int64)  # argmax, ties to CPU as SB3 does
-        return (actions[0] if single else actions), None
-
-    def env_action(self, obs: npt.ArrayLike) -> npt.NDArray[np.int64]:
-        """Deterministic environment actions: ``(n,)`` devices or ``(n, 3)`` with knob levels."""
-        batch, single = as_batch(obs)
-        logits = self.mlp.logits(self._pad(batch))
-        device = (logits[:, 1] > logits[:, 0]).astype(np.int64)
-        if not self.knobbed:
-            return device[0] if single else device
-        core = np.argmax(logits[:, 2 : 2 + N_CORE_LEVELS], axis=1)
-        cap = np.argmax(logits[:, 2 + N_CORE_LEVELS :], axis=1)
-        out = np.stack([device, core, cap], axis=1).astype(np.int64)
-        return out[0] if single else out
-
-    def _pad(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Contention-mode models take extras after the features; plain feature rows get zeros."""
-        n_in = self.mlp.n_inputs
-        if batch.shape[1] < n_in:
-            if batch.shape[1] != N_FEATURES:
-                raise ValueError(f"observation has {batch.shape[1]} entries, the PPO policy needs {n_in}")
-            batch = np.concatenate([batch, np.zeros((batch.shape[0], n_in - N_FEATURES), dtype=np.float32)], axis=1)
-        return batch
-
-    def knobs(self, job: Job, target: HardwareTarget, device: int) -> tuple[int, GpuMemCap]:
-        """Cores and GPU memory cap from the actor's knob actions on edge targets (knobbed agents
-        only); the machine's defaults elsewhere."""
-        if not self.knobbed or not target.is_edge or self.knob_levels is None:
-            return super().knobs(job, target, device)
-        action = self.env_action(build_features(job, target))
-        return self.knob_levels.knobs(target, int(action[1]), int(action[2]), gpu=device == GPU)
-
-    def knobs_batch(self, x: npt.ArrayLike, target: HardwareTarget, devices: npt.ArrayLike,
-                    job_at: Callable[[int], Job] | None = None) -> tuple[npt.NDArray[np.int64], list[GpuMemCap]]:
-        """:meth:`knobs` of many jobs from their feature rows in one pass of the actor."""
-        dev = np.asarray(devices, dtype=np.int64).reshape(-1)
-        if not self.knobbed or not target.is_edge or self.knob_levels is None:
-            return default_knobs(target, dev.size)
-        action = np.asarray(self.env_action(np.asarray(x, dtype=np.float32).reshape(dev.size, -1)))
-        return self.knob_levels.knobs_many(target, action[:, 1], action[:, 2], dev == GPU)
+        self.mlp = _exported_actor(self.model)
 
     def save(self, path: Path) -> None:
         """Save the SB3 agent to ``path`` (zip), without its wall-clock episode statistics."""
@@ -470,6 +402,16 @@ def load_ppo_policy(path: Path, knob_levels: KnobLevels | None = None) -> PpoPol
     :func:`placement.agents.artifact.load_model` does)."""
     _saved_policy_kwargs(path)  # refuse an architecture this module did not build, now
     return PpoPolicy(None, knob_levels, saved=path)
+
+
+def _exported_actor(model: PPO) -> NumpyMlp:
+    """The SB3 agent's actor (normaliser, policy layers, action head) as numpy."""
+    extractor = _extractor(model)
+    layers = [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in _actor_layers(model)]
+    action_net = _action_net(model)
+    head = (action_net.weight.detach().numpy(), action_net.bias.detach().numpy())
+    return NumpyMlp.from_layers(layers, head, extractor.mean.numpy(), extractor.scale.numpy(),
+                                int(extractor.mean.shape[0]))
 
 
 def _saved_actor(path: Path) -> tuple[NumpyMlp, bool]:

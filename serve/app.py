@@ -53,6 +53,7 @@ import logging
 import math
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -249,11 +250,19 @@ class _StoreCollector:
 # --------------------------------------------------------------------------------------
 def limit_threads(n: int) -> None:
     """Hold torch and the BLAS pools (numpy's matrix products in the policies) to ``n`` threads:
-    on a small shared machine more threads than cores slow a replica down several-fold."""
-    import torch
+    on a small shared machine more threads than cores slow a replica down several-fold.
+
+    Torch is not imported for this: an ingress replica serving a model with the actor's numpy
+    file never loads it (:func:`placement.agents.artifact.load_served`; about 2 s of its start).
+    Loaded already, its pool is set; not yet, ``OMP_NUM_THREADS`` is, which torch reads when it
+    is imported (a rollback to an artifact without the numpy file, the learner's replica)."""
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(n)
     threadpool_limits(limits=n)
 
 LearnerCall = Callable[[], Awaitable[dict[str, Any]]]

@@ -156,22 +156,20 @@ class PolicyBundle:
     thresholds: Thresholds
     metrics: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
-    loaded: Any = None
-    """The :class:`placement.agents.artifact.LoadedModel` it came from (the learner fine-tunes it)."""
 
 
 def load_bundle(path: Path, version: str | None = None) -> PolicyBundle:
-    """Load a model directory (:func:`placement.agents.artifact.load_model`) as a servable bundle."""
-    from placement.agents.artifact import load_model
+    """Load a model directory's serving policy (:func:`placement.agents.artifact.load_served`: the
+    artifact's checks, and no torch for an artifact with the actor's numpy file) as a servable bundle."""
+    from placement.agents.artifact import load_served
 
-    loaded = load_model(Path(path))
+    served = load_served(Path(path))
     return PolicyBundle(
-        version=version or loaded.metadata.version,
-        policy=loaded.policy,
-        thresholds=loaded.thresholds,
-        metrics=dict(loaded.metadata.metrics),
+        version=version or served.metadata.version,
+        policy=served.policy,
+        thresholds=served.thresholds,
+        metrics=dict(served.metadata.metrics),
         path=Path(path),
-        loaded=loaded,
     )
 
 

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from placement.agents.actor import ActorPolicy, load_actor, save_actor
 from placement.agents.artifact import (
+    ACTOR_FILE,
+    DEFAULT_MODEL_DIR,
     DNN_FILE,
     METADATA_FILE,
     NORMALISER_FILE,
     ArtifactError,
     ModelMetadata,
     load_model,
+    load_served,
     save_model,
 )
 from placement.agents.dnn import DnnConfig, train_dnn
 from placement.agents.evaluation import labelled_set
+from placement.agents.ppo import PpoPolicy
 from placement.core.threshold import Thresholds
 from tests.agents_synthetic import synthetic_pairs
 
@@ -133,7 +142,7 @@ def _write_traces(tmp_path):
 
 @pytest.mark.slow
 def test_train_pipeline_dnn_then_ppo(tmp_path):
-    from placement.agents.ppo import PpoConfig, PpoPolicy
+    from placement.agents.ppo import PpoConfig
     from placement.agents.training import TrainSettings, train_from_traces
     from placement.core.trace import file_sha256
 
@@ -154,6 +163,59 @@ def test_train_pipeline_dnn_then_ppo(tmp_path):
     again = train_from_traces([a, b], tmp_path / "model2", settings)
     data = labelled_set(synthetic_pairs(5, seed=9))
     np.testing.assert_array_equal(load_model(again.path).dnn.gpu_logit(data.x), loaded.dnn.gpu_logit(data.x))
+
+    # what serving loads: the actor's numpy file, answers bit for bit those of the torch-loaded policy
+    assert ACTOR_FILE in meta.files
+    served = load_served(result.path)
+    assert isinstance(served.policy, ActorPolicy) and not isinstance(served.policy, PpoPolicy)
+    assert served.policy.knobbed and served.thresholds == loaded.thresholds and served.metadata == meta
+    x = np.concatenate([data.x, labelled_set(synthetic_pairs(20, seed=4)).x])
+    np.testing.assert_array_equal(served.policy.gpu_logit(x), loaded.policy.gpu_logit(x))
+    np.testing.assert_array_equal(served.policy.env_action(x), loaded.policy.env_action(x))
+    # the actor file is in the manifest: changed, it is refused like any other file
+    mlp, knobbed = load_actor(result.path / ACTOR_FILE)
+    save_actor(result.path / ACTOR_FILE, replace(mlp, head_b=mlp.head_b + 1.0), knobbed)
+    with pytest.raises(ArtifactError, match="actor.npz was modified"):
+        load_served(result.path)
+
+
+def test_served_dnn_and_older_artifacts_load_through_load_model(saved, trained):
+    # a DNN-serving artifact (no actor file), and a PPO artifact written before actor.npz existed:
+    # load_served falls back to load_model (torch) and serves the same policy
+    data, policy = trained
+    served = load_served(saved)
+    np.testing.assert_array_equal(served.policy.gpu_probability(data.x), policy.gpu_probability(data.x))
+    default = load_served(DEFAULT_MODEL_DIR)
+    assert isinstance(default.policy, ActorPolicy)
+    old = saved.parent / "old-ppo"
+    shutil.copytree(DEFAULT_MODEL_DIR, old)
+    meta = json.loads((old / METADATA_FILE).read_text())
+    del meta["files"][ACTOR_FILE]
+    (old / ACTOR_FILE).unlink()
+    (old / METADATA_FILE).write_text(json.dumps(meta))
+    fallback = load_served(old)
+    assert isinstance(fallback.policy, PpoPolicy)
+    np.testing.assert_array_equal(fallback.policy.gpu_logit(data.x), default.policy.gpu_logit(data.x))
+
+
+def test_a_damaged_actor_file_is_refused_with_its_name(tmp_path):
+    (tmp_path / "a.npz").write_bytes(b"not a zip")
+    with pytest.raises((ValueError, OSError)):
+        load_actor(tmp_path / "a.npz")
+    np.savez(tmp_path / "b.npz", format=np.array(1), w0=np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="not an actor file"):
+        load_actor(tmp_path / "b.npz")
+
+
+def test_serving_loads_the_bundled_model_without_torch():
+    # an ingress replica's imports and model load, in a fresh interpreter: torch (about 2 s of a
+    # replica's start-up) and stable-baselines3 stay out
+    code = ("import sys; from pathlib import Path; import placement.serve.app; "
+            "from placement.serve.placer import load_bundle; b = load_bundle(Path('models/default')); "
+            "print(type(b.policy).__name__, 'torch' in sys.modules, 'stable_baselines3' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == ["ActorPolicy", "False", "False"], out.stderr
 
 
 @pytest.mark.slow
