@@ -9,7 +9,8 @@ model with noise, time and energy ``modelled``):
 * **new_target** -- jobs on the known targets; from event ``drift_at`` on, a share
   ``new_target_share`` of the jobs run on a target absent from the training data.
 
-The starting model (DNN + warm PPO, trained on the simulated trace of the known targets) is
+The starting model (DNN + warm PPO, trained on the simulated trace of the known targets by the
+shipped recipe: labelled pairs plus their estimate-augmented copies, :mod:`placement.agents.augmentation`) is
 served by the service's library-level placer (:class:`placement.serve.placer.Placer`, bounded
 exploration on) and updated by its learner (:class:`placement.serve.learning.learner.Learner`: bandit feedback of
 the chosen device only, counterfactual estimated from residuals, PPO fine-tuning on the recent
@@ -117,9 +118,11 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
     """One stream: train the starting model, then place, report and learn event by event."""
     import torch
 
+    from placement.agents.augmentation import estimate_augmentation, with_augmentation
     from placement.agents.dnn import DnnConfig, train_dnn
     from placement.agents.evaluation import labelled_set
     from placement.agents.ppo import PpoConfig, make_env, train_warm_ppo
+    from placement.agents.training import TrainSettings
     from placement.core.catalogue import default_catalogue
     from placement.core.job import Job
     from placement.core.threshold import joint_threshold
@@ -133,7 +136,11 @@ def run_stream(scenario: str, seed: int, train_frame: pd.DataFrame, a: Args) -> 
     thr = Thresholds(a.speedup_min, a.energy_ratio_max)
     catalogue = default_catalogue()
     data = labelled_set(pair_outcomes(train_frame, thr))
-    dnn, _ = train_dnn(data.x, data.y, config=DnnConfig(seed=seed))
+    # the shipped recipe (placement.agents.training.train_from_traces): the labelled pairs plus their
+    # estimate-augmented copies, so the starting policy reads the estimate's margins as the served one does
+    xa, ya, _ = estimate_augmentation(data, TrainSettings().augment_copies, seed, thr.speedup_min, thr.energy_ratio_max)
+    x_fit, y_fit, _ = with_augmentation(data.x, data.y, {}, xa, ya)
+    dnn, _ = train_dnn(x_fit, y_fit, config=DnnConfig(seed=seed))
     run = train_warm_ppo(dnn, make_env(train_frame, thr), timesteps=a.ppo_steps, config=PpoConfig.warm(value_warmup_steps=a.ppo_warmup_steps), seed=seed,
                          eval_jobs=256)
     pm = PerformanceModel()
