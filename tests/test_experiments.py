@@ -235,6 +235,24 @@ def test_mlp_step_check_times_both_protocols(tmp_path: Path) -> None:
     assert {(r["flush_denormal"], r["batch"]) for r in committed} == {(f, b) for f in (False, True) for b in (2, 4, 8, 16, 32)}
 
 
+@pytest.mark.slow
+def test_unseen_rounds_feedback_through_http_moves_the_estimates(tmp_path: Path) -> None:
+    # one group of unseen architectures, one round: the zero-shot answers rest on the model; after
+    # chosen-device feedback through the HTTP service every answer rests on the architecture's history
+    from experiments.unseen_rounds import SMOKE, Args, main
+
+    summary = main(Args(out=str(tmp_path), smoke=True, **SMOKE))  # type: ignore[arg-type]
+    (fold,) = summary["per_fold"]
+    first, after = fold["rounds"]
+    assert first["round"] == 0 and after["round"] == 1 and first["jobs"] == after["jobs"] > 0
+    assert set(first["estimate_source"]) == {"model"} and set(after["estimate_source"]) == {"history"}
+    assert 0 < first["clear_jobs"] <= first["jobs"] and 0 <= after["right_clear"] <= after["clear_jobs"]
+    assert after["updates"], "the learner ran after the round's feedback"
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["groups"][0] == fold["held_out"] and prov["trace_hashes"] and prov["seed"] == 0
+    assert json.loads((tmp_path / "rounds.json").read_text())["pooled"][1]["round"] == 1
+
+
 def test_cap_check_runs_a_plan_and_the_committed_runs_match_it(tmp_path: Path) -> None:
     from experiments.cap_check import Args, run_plan
     from placement.model.opcalibration import cap_runs
