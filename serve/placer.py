@@ -8,7 +8,9 @@ vectorised over the batch:
    GPU memory need against the target's, each with a source and a log-scale sigma -- the
    performance model's (``model``), corrected by the stored outcomes of the job's signature
    on this target (``history``: feedback and earlier probes, shrunk toward the model by
-   the amount of evidence) and by a probe the request carries for it (``probe``). Every
+   the amount of evidence; a run that stands out from the signature's runs before and after
+   it is left out, the learner's poison screen) and by a probe the request carries for it
+   (``probe``). Every
    estimate on a target is first shifted by the median residual of the last outcomes
    reported on it, or of those since the device changed (:mod:`placement.serve.learning.offsets`): a drifted
    device is seen within about 20 outcomes. The offsets are recomputed every
@@ -123,6 +125,9 @@ def _bound(cache: dict[str, Any], limit: int) -> None:
     while len(cache) > limit:
         cache.pop(next(iter(cache)))
 
+
+MAX_SCREENED_GROUPS = 4096
+"""Signature/device groups of evidence whose screen verdicts a placer remembers (the most recent)."""
 
 OFFSET_REFRESH_ROWS = 8
 """New feedback rows after which a target's offsets are recomputed at the next placement."""
@@ -442,6 +447,8 @@ class Placer:
         False: placements use the last computed offsets and :meth:`refresh_offsets`, called by the
         service's own thread, recomputes them (no request pays for it)."""
         self._offset_targets: dict[str, HardwareTarget] = {}
+        self._screens: dict[Any, frozenset[int]] = {}
+        """Screen verdicts per evidence group (:meth:`_screened_evidence`), by the group's rows."""
 
     # -- policy versions -----------------------------------------------------------------
     @property
@@ -701,13 +708,14 @@ class Placer:
         by_sig: dict[str, list[int]] = {}
         for k, ev in enumerate(ev_rows):
             by_sig.setdefault(ev.signature, []).append(k)
+        screened = self._screened_evidence(ev_rows, ev_est, by_sig)
         for i, sig in enumerate(batch.signatures):
             if not sig or sig not in by_sig:
                 continue
             job = batch.job(i)
             for k in by_sig[sig]:
                 ev, ej = ev_rows[k], ev_jobs[k]
-                if ej.mode != job.mode:
+                if ej.mode != job.mode or k in screened:
                     continue
                 same = ej.batch_size == job.batch_size
                 obs = self._observation(ev_est, k, ev.device, ev.feasible, ev.time_per_sample_s, ev.power_w,
@@ -715,6 +723,47 @@ class Placer:
                 if ev.device == "gpu" and not same and not ev.feasible:
                     continue  # an OOM at another batch size says nothing certain about this one
                 rows.setdefault(i, []).append(obs)
+
+    def _screened_evidence(self, ev_rows: Sequence[Any], ev_est: Estimate, by_sig: Mapping[str, list[int]]) -> set[int]:
+        """Evidence rows left out of the history: per signature and device, in arrival order, the runs
+        whose log residuals against the model (time per sample, eq. 2 power) stand out from the runs
+        before and after them (:func:`placement.serve.learning.rewards.robust_outliers`, the learner's
+        signature screen). A client lying about a few of an architecture's runs (a GPU 3-10x slower
+        than it is) is outvoted by the architecture's other runs instead of moving its answers; a
+        device that really changed is followed by the target's offsets, and its newest runs here
+        once later runs agree with them."""
+        from placement.serve.learning.rewards import robust_outliers
+
+        out: set[int] = set()
+        for ks in by_sig.values():
+            for device in ("cpu", "gpu"):
+                group = [k for k in ks if ev_rows[k].device == device]
+                if len(group) < 4:
+                    continue
+                # the verdicts depend only on the group's runs (a target's offsets shift every residual
+                # of the group alike): remembered until a run joins or leaves it
+                first, last = ev_rows[group[0]], ev_rows[group[-1]]
+                key = (first.signature, first.target_key, device, len(group), first.at, first.decision_id,
+                       last.at, last.decision_id)
+                cached = self._screens.get(key)
+                if cached is not None:
+                    out.update(group[j] for j in cached)
+                    continue
+                res_t = np.full(len(group), np.nan)
+                res_p = np.full(len(group), np.nan)
+                for j, k in enumerate(group):
+                    ev = ev_rows[k]
+                    o = self._observation(ev_est, k, device, ev.feasible, ev.time_per_sample_s, ev.power_w,
+                                          ev.power_method, False, "history")
+                    if ev.feasible and ev.time_per_sample_s and o.model_time_per_sample_s > 0:
+                        res_t[j] = math.log(ev.time_per_sample_s / o.model_time_per_sample_s)
+                    if ev.power_w and o.model_power_w > 0:
+                        res_p[j] = math.log(ev.power_w / o.model_power_w)
+                flags = robust_outliers(res_t, res_p)
+                self._screens[key] = frozenset(int(j) for j in np.flatnonzero(flags))
+                _bound(self._screens, MAX_SCREENED_GROUPS)
+                out.update(k for k, flag in zip(group, flags, strict=True) if flag)
+        return out
 
     def _keep_signatures(self, result: PlacementResult, request: PlacementRequest) -> None:
         """Remember signed jobs (feedback becomes evidence) and keep carried probes as evidence."""

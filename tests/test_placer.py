@@ -33,7 +33,7 @@ from placement.serve.schemas import (
     cap_from_wire,
 )
 from placement.serve.settings import Settings, SettingsError
-from placement.serve.storage.store import FeedbackConflict, Store
+from placement.serve.storage.store import FeedbackConflict, Store, target_key
 
 
 class Tempered(Policy):
@@ -449,3 +449,59 @@ def test_background_offsets_are_paid_by_the_refresh_not_by_placements(settings, 
     assert placer.refresh_offsets() == 1 and placer.refresh_offsets() == 0  # fresh now: nothing to do
     (after,) = _place(placer, job=probe_job, target="B", explore=False).decisions
     assert after.predicted_speedup == pytest.approx(fresh.predicted_speedup / 3.0, rel=0.25)
+
+
+def test_robust_outliers_flag_a_lying_minority_not_a_change_of_regime():
+    from placement.serve.learning.rewards import robust_outliers
+
+    rng = np.random.default_rng(3)
+    honest = list(rng.normal(0.0, 0.05, 12))
+    lies = honest[:4] + [math.log(5.0)] + honest[4:8] + [math.log(8.0)] + honest[8:]
+    flags = robust_outliers(lies, [math.nan] * len(lies))
+    assert flags.tolist() == [i in (4, 9) for i in range(len(lies))]
+    # a change of regime (the last 8 runs 3x slower, agreeing with each other) is not screened away:
+    # at most a run at either edge of the change, judged by a window the other regime dominates
+    drift = honest[:8] + [math.log(3.0) + x for x in rng.normal(0.0, 0.05, 8)]
+    flags = robust_outliers(drift, [math.nan] * len(drift))
+    assert flags[8:].sum() <= 1 and flags[:8].sum() <= 1 and not flags[8:13].any()
+    assert not robust_outliers([0.0, 2.0, 0.1], [math.nan] * 3).any()  # too few to outvote anyone
+
+
+def test_a_lie_about_one_run_of_an_architecture_does_not_move_its_answers(tmp_path, serve_model_dir, serve_world):
+    # an architecture's history (five jobs, both devices measured) answers its jobs; one more report
+    # of one job with the GPU 5x slower than it ran is outvoted by the architecture's other runs
+    from placement.lab.signature import signature_of_factory
+    from placement.lab.workloads import describe_model
+    from tests.archs import GatedMlp
+
+    sig = signature_of_factory(GatedMlp, (256,), "float32")
+    jobs = []
+    for b in (16, 64, 256, 1024, 4096):
+        d = describe_model(GatedMlp, (256,), "float32", b, "infer")
+        jobs.append(Job(name="gated-mlp", family="mlp", mode="infer", batch_size=b, flops_per_batch=d.flops_per_batch,
+                        param_count=d.param_count, input_elems_per_sample=d.input_elems_per_sample,
+                        input_bytes_per_sample=d.input_bytes_per_sample, signature=sig))
+    target = get_target("B")
+    settings = Settings(state_dir=tmp_path, model_path=Path(serve_model_dir), exploration_rate=0.0)
+    store = Store(settings.database)
+    placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
+
+    def report(job: Job, gpu_factor: float = 1.0) -> None:
+        (d,) = placer.place(PlacementRequest(job=job, target="B", explore=False)).to_response().decisions
+        runs = {dev: serve_world.outcome(job, target, dev, noise=False) for dev in ("cpu", "gpu")}
+        runs["gpu"]["time_total_s"] *= gpu_factor
+        other = "cpu" if d.device == "gpu" else "gpu"
+        placer.feedback(FeedbackRequest.model_validate({"decision_id": d.decision_id, "outcome": runs[d.device],
+                                                        "other_outcome": runs[other]}))
+
+    def answers() -> list[tuple[str, str, float]]:
+        res = placer.place(PlacementRequest(jobs=jobs, target="B", explore=False), record=False).to_response()
+        return [(d.device, d.estimate_source, d.predicted_speedup) for d in res.decisions]
+
+    for job in jobs:
+        report(job)
+    before = answers()
+    assert {src for _, src, _ in before} == {"history"}
+    report(jobs[2], gpu_factor=5.0)
+    assert len(store.evidence([sig], target_key(target))[sig]) == 2 * len(jobs) + 2  # stored, not trusted
+    assert answers() == before

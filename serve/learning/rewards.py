@@ -238,6 +238,28 @@ def _stands_out(res_t: npt.NDArray[np.float64], res_p: npt.NDArray[np.float64], 
     return bool(known) and all(known)
 
 
+def robust_outliers(res_t: npt.ArrayLike, res_p: npt.ArrayLike, rs: RewardSettings | None = None,
+                    min_ref: int = 3) -> npt.NDArray[np.bool_]:
+    """Which runs of one group (e.g. one signature's runs on one target and device), given in
+    arrival order by their log residuals against the performance model (time per sample, eq. 2
+    power; NaN where unknown), stand out from the up to ``robust_neighbours`` runs before them
+    *and* those after them (:func:`_stands_out`; a side of fewer than ``min_ref`` runs does not
+    vouch): the learner's signature screen, for a caller that holds one group's runs (the placer's
+    per-architecture history, :meth:`placement.serve.placer.Placer.estimate`)."""
+    rs = rs or RewardSettings()
+    t = np.asarray(res_t, dtype=np.float64).reshape(-1)
+    p = np.asarray(res_p, dtype=np.float64).reshape(-1)
+    n, h = t.shape[0], rs.robust_neighbours
+    out = np.zeros(n, dtype=bool)
+    if n <= min_ref:  # no run has min_ref others
+        return out
+    for i in range(n):
+        if math.isfinite(t[i]):
+            out[i] = _stands_out(t, p, list(range(max(0, i - h), i)), list(range(i + 1, min(n, i + 1 + h))), i, rs,
+                                 min_ref)
+    return out
+
+
 def _robust_screens(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, owner: list[int],
                     res_t: npt.NDArray[np.float64], res_p: npt.NDArray[np.float64], rs: RewardSettings,
                     ) -> dict[str, set[int]]:
