@@ -22,7 +22,11 @@ whose |joint margin| > ln 1.25 ("clear") and on all; where the answers came from
 (``estimate_source``); the learner's updates. Energies mix measured GPU (NVML) and modelled CPU
 power (no RAPL on the lent host), as the traces label them.
 
-Run: ``python -m experiments.unseen_rounds`` (``--smoke``: one small group, one round).
+With ``--poison-share 0.2`` each group is played a second time with a fifth of the feedback lying
+consistently toward the CPU (the GPU 3-10x slower than it ran, or the CPU as much faster; issue 13's
+poison target: no answer flipped), and the answers flipped against the honest run are counted.
+
+Run: ``python -m experiments.unseen_rounds [--poison-share 0.2]`` (``--smoke``: one small group, one round).
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ class Args:
     """The grounding evaluation's shortened DNN recipe (no refit, at most this many epochs)."""
     ppo_steps: int = 4096
     ppo_warmup_steps: int = 2048
+    poison_share: float = 0.0
+    """With a share > 0 each group is played twice, honestly and with this share of the feedback
+    lying consistently toward the CPU (the GPU reported ``poison_factor`` slower, or the CPU as
+    much faster, varied batch sizes): the answers that flip against the honest run are counted."""
+    poison_factor: tuple[float, ...] = (3.0, 10.0)
+    """The range the lying factor is drawn from (log-uniform)."""
     threads: int = 2
     smoke: bool = False
 
@@ -90,8 +100,22 @@ def _outcome(pair: pd.Series, device: str, n_samples: int = 10_000) -> dict[str,
     return out
 
 
-def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame) -> dict[str, Any]:
-    """Train without ``held``, serve over HTTP, and play the rounds on ``held``'s measured jobs."""
+def _lie(outcome: dict[str, Any], factor: float) -> dict[str, Any]:
+    """The run reported ``factor`` times worse for the GPU: a GPU run slower, a CPU run faster (the
+    same power, so the energy moves with the time)."""
+    if not outcome.get("time_total_s"):
+        return outcome
+    scale = factor if outcome["device"] == "gpu" else 1.0 / factor
+    out = {**outcome, "time_total_s": outcome["time_total_s"] * scale}
+    if "energy_j" in out:
+        out["energy_j"] = out["energy_j"] * scale
+    return out
+
+
+def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame,
+             poison_share: float = 0.0) -> dict[str, Any]:
+    """Train without ``held``, serve over HTTP, and play the rounds on ``held``'s measured jobs
+    (``poison_share`` of the feedback lying, see :class:`Args`)."""
     import httpx
     import uvicorn
 
@@ -178,14 +202,19 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
                         "decided_by": dict(pd.Series([d["decided_by"] for d in answers]).value_counts()),
                         "serving_version": answers[0]["policy_version"] if answers else None,
                         "updates": [u.status for u in updates],
+                        "gpu": [bool(g) for g in gpu],
                     })
 
                 score(0, place(explore=False), [])
+                lies = np.random.default_rng([a.seed, fold, 17])
+                lo, hi = (math.log(f) for f in a.poison_factor)
                 for k in range(1, a.rounds + 1):
                     decisions = place(explore=True)
                     for d, (_, pair) in zip(decisions, test.iterrows(), strict=True):
-                        r = c.post("/v1/feedback", json={"decision_id": d["decision_id"],
-                                                         "outcome": _outcome(pair, d["device"])})
+                        outcome = _outcome(pair, d["device"])
+                        if lies.random() < poison_share:
+                            outcome = _lie(outcome, math.exp(lies.uniform(lo, hi)))
+                        r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": outcome})
                         if r.status_code != 200:
                             raise RuntimeError(f"feedback answered {r.status_code}: {r.text[:300]}")
                     updates = []
@@ -198,7 +227,7 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
             thread.join(timeout=30)
             service.close()
             store.close()
-    return {"fold": fold, "held_out": held, "rounds": rounds}
+    return {"fold": fold, "held_out": held, "poison_share": poison_share, "rounds": rounds}
 
 
 def main(args: Args | None = None) -> dict[str, Any]:
@@ -227,19 +256,36 @@ def main(args: Args | None = None) -> dict[str, Any]:
     groups = [sorted(archs[i] for i in order[k::args.folds]) for k in range(args.folds)]
     if args.smoke:
         groups = groups[:1]
-    results = []
+    results: list[dict[str, Any]] = []
+    poisoned: list[dict[str, Any]] = []
     for k, held in enumerate(groups):
-        r = run_fold(args, k, held, data, frame)
-        for row in r["rounds"]:
-            print(f"fold {k} ({', '.join(held)}) round {row['round']}: clear {row['agreement_clear']:.3f} "
-                  f"({row['right_clear']}/{row['clear_jobs']}), all {row['agreement_all']:.3f}, "
-                  f"sources {row['estimate_source']}, updates {row['updates']}", flush=True)
-        results.append(r)
+        for share, into in ((0.0, results), (args.poison_share, poisoned)):
+            if into is poisoned and share <= 0:
+                continue
+            r = run_fold(args, k, held, data, frame, share)
+            for row in r["rounds"]:
+                print(f"fold {k} ({', '.join(held)}) poison {share:g} round {row['round']}: clear "
+                      f"{row['agreement_clear']:.3f} ({row['right_clear']}/{row['clear_jobs']}), all "
+                      f"{row['agreement_all']:.3f}, sources {row['estimate_source']}, updates {row['updates']}", flush=True)
+            into.append(r)
     rows = pd.DataFrame([row for r in results for row in r["rounds"]])
     pooled_rounds = rows.groupby("round").agg(right_clear=("right_clear", "sum"), clear_jobs=("clear_jobs", "sum"))
     pooled_rounds["agreement_clear"] = pooled_rounds.right_clear / pooled_rounds.clear_jobs
-    summary = {"per_fold": results, "pooled": pooled_rounds.reset_index().to_dict(orient="records"),
-               "target": ">= 0.97 of clear jobs after <= 3 rounds"}
+    summary: dict[str, Any] = {"per_fold": results, "pooled": pooled_rounds.reset_index().to_dict(orient="records"),
+                               "target": ">= 0.97 of clear jobs after <= 3 rounds"}
+    if poisoned:
+        flips = []
+        for honest, lied in zip(results, poisoned, strict=True):
+            for h, p in zip(honest["rounds"], lied["rounds"], strict=True):
+                flips.append({"fold": honest["fold"], "round": h["round"], "jobs": h["jobs"],
+                              "flipped": int(sum(x != y for x, y in zip(h["gpu"], p["gpu"], strict=True))),
+                              "right_clear_honest": h["right_clear"], "right_clear_poisoned": p["right_clear"],
+                              "clear_jobs": h["clear_jobs"]})
+        pooled_flips = pd.DataFrame(flips).groupby("round")[["jobs", "flipped", "right_clear_honest",
+                                                             "right_clear_poisoned", "clear_jobs"]].sum()
+        print(pooled_flips.to_string())
+        summary.update(poisoned=poisoned, flips=flips, pooled_flips=pooled_flips.reset_index().to_dict(orient="records"),
+                       poison_target="no answer flipped by the lying share")
     (out / "rounds.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(pooled_rounds.to_string())
     write_provenance(out, "unseen_rounds", args, thresholds=th.as_dict(),

@@ -241,8 +241,14 @@ def test_unseen_rounds_feedback_through_http_moves_the_estimates(tmp_path: Path)
     # chosen-device feedback through the HTTP service every answer rests on the architecture's history
     from experiments.unseen_rounds import SMOKE, Args, main
 
-    summary = main(Args(out=str(tmp_path), smoke=True, **SMOKE))  # type: ignore[arg-type]
+    summary = main(Args(out=str(tmp_path), smoke=True, poison_share=0.2, **SMOKE))  # type: ignore[arg-type]
     (fold,) = summary["per_fold"]
+    (lied,) = summary["poisoned"]
+    assert lied["held_out"] == fold["held_out"] and lied["poison_share"] == 0.2
+    # before any feedback the two runs answer alike; the flips are counted per round
+    first_flips = [f for f in summary["flips"] if f["round"] == 0]
+    assert first_flips and all(f["flipped"] == 0 for f in first_flips)
+    assert [f["round"] for f in summary["pooled_flips"]] == [0, 1]
     first, after = fold["rounds"]
     assert first["round"] == 0 and after["round"] == 1 and first["jobs"] == after["jobs"] > 0
     assert set(first["estimate_source"]) == {"model"} and set(after["estimate_source"]) == {"history"}
