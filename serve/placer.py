@@ -58,6 +58,7 @@ version it started with.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import threading
@@ -708,7 +709,7 @@ class Placer:
         by_sig: dict[str, list[int]] = {}
         for k, ev in enumerate(ev_rows):
             by_sig.setdefault(ev.signature, []).append(k)
-        screened = self._screened_evidence(ev_rows, ev_est, by_sig)
+        screened = self._screened_evidence(ev_rows, ev_jobs, ev_est, by_sig)
         for i, sig in enumerate(batch.signatures):
             if not sig or sig not in by_sig:
                 continue
@@ -724,26 +725,29 @@ class Placer:
                     continue  # an OOM at another batch size says nothing certain about this one
                 rows.setdefault(i, []).append(obs)
 
-    def _screened_evidence(self, ev_rows: Sequence[Any], ev_est: Estimate, by_sig: Mapping[str, list[int]]) -> set[int]:
-        """Evidence rows left out of the history: per signature and device, in arrival order, the runs
+    def _screened_evidence(self, ev_rows: Sequence[Any], ev_jobs: Sequence[Job], ev_est: Estimate,
+                           by_sig: Mapping[str, list[int]]) -> set[int]:
+        """Evidence rows left out of the history: per signature, device and mode (the history is per
+        mode, and the model's error differs between training and inference), in arrival order, the runs
         whose log residuals against the model (time per sample, eq. 2 power) stand out from the runs
         before and after them (:func:`placement.serve.learning.rewards.robust_outliers`, the learner's
         signature screen). A client lying about a few of an architecture's runs (a GPU 3-10x slower
         than it is) is outvoted by the architecture's other runs instead of moving its answers; a
         device that really changed is followed by the target's offsets, and its newest runs here
         once later runs agree with them."""
+        from placement.core.job import MODES
         from placement.serve.learning.rewards import robust_outliers
 
         out: set[int] = set()
         for ks in by_sig.values():
-            for device in ("cpu", "gpu"):
-                group = [k for k in ks if ev_rows[k].device == device]
+            for device, mode in itertools.product(("cpu", "gpu"), MODES):
+                group = [k for k in ks if ev_rows[k].device == device and ev_jobs[k].mode == mode]
                 if len(group) < 4:
                     continue
                 # the verdicts depend only on the group's runs (a target's offsets shift every residual
                 # of the group alike): remembered until a run joins or leaves it
                 first, last = ev_rows[group[0]], ev_rows[group[-1]]
-                key = (first.signature, first.target_key, device, len(group), first.at, first.decision_id,
+                key = (first.signature, first.target_key, device, mode, len(group), first.at, first.decision_id,
                        last.at, last.decision_id)
                 cached = self._screens.get(key)
                 if cached is not None:
