@@ -96,9 +96,10 @@ def _columns(pairs: pd.DataFrame) -> dict[str, Any]:
     return cols
 
 
-def _fold_model(arch: str) -> PerformanceModel:
+def _fold_model(*archs: str) -> PerformanceModel:
+    """The bundled performance model without the per-architecture constants of ``archs``."""
     params = bundled_params()
-    kept = {k: v for k, v in params.model_overrides.items() if k not in arch and arch not in k}
+    kept = {k: v for k, v in params.model_overrides.items() if all(k not in a and a not in k for a in archs)}
     return PerformanceModel(replace(params, model_overrides=kept))
 
 

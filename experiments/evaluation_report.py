@@ -411,6 +411,14 @@ def _repo_relative(path: str) -> str:
         return path
 
 
+def pooled_traces() -> list[Path]:
+    """The traces the grounding evaluation pools: paper A's Table 2, the simulated trace and every
+    shipped measured trace except the held-out hosts' (:data:`NOT_POOLED`)."""
+    hosts = {TRACES / name for name in NOT_POOLED}
+    measured = [p for p in sorted(TRACES.glob("*_measured.parquet")) if p not in hosts]
+    return [p for p in [TRACES / "paper_table2.csv", TRACES / "simulated.parquet", *measured] if p.exists()]
+
+
 def write_grounding_section(out: Path, seed: int = 0, threads: int = 1) -> dict[str, Any]:
     """Issue 12's targets (:mod:`placement.agents.grounding`) as a section of ``out``: replaced between its
     markers when present, else appended; the figures also go to ``docs/evaluation_grounding.json``."""
@@ -420,9 +428,7 @@ def write_grounding_section(out: Path, seed: int = 0, threads: int = 1) -> dict[
         grounding_markdown,
     )
 
-    hosts = {TRACES / name for name in NOT_POOLED}
-    measured = [p for p in sorted(TRACES.glob("*_measured.parquet")) if p not in hosts]
-    pooled = [p for p in [TRACES / "paper_table2.csv", TRACES / "simulated.parquet", *measured] if p.exists()]
+    pooled = pooled_traces()
     # a shortened DNN recipe (no refit, 120 epochs at most): 11 splits in minutes on a shared 2-core host
     recipe = DnnConfig(seed=seed, max_epochs=120, patience=40, refit=False)
     result = grounding_evaluation(pooled, TRACES / "h200_probe.parquet",

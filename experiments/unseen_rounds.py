@@ -37,14 +37,14 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from experiments.evaluation_report import NOT_POOLED, TRACES
+from experiments.evaluation_report import pooled_traces
 from experiments.harness import parse_script_args, write_provenance
 
 
@@ -122,12 +122,11 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
     from placement.agents.artifact import ModelMetadata, save_model
     from placement.agents.dnn import DnnConfig
     from placement.agents.evaluation import model_architecture
-    from placement.agents.grounding import GroundingSettings, _train
+    from placement.agents.grounding import GroundingSettings, _fold_model, _train
     from placement.agents.ppo import PpoConfig, make_env, train_warm_ppo
     from placement.core.job import Job
     from placement.core.threshold import Thresholds
     from placement.lab.signature import workload_signature
-    from placement.model.perfmodel import PerformanceModel
     from placement.serve.app import PlacementService, build_fastapi
     from placement.serve.learning.learner import Learner
     from placement.serve.placer import Placer, bootstrap_store, seeded_batch_ids
@@ -145,11 +144,7 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
     train_frame = frame[~np.isin(model_architecture(frame["model"]).astype(str), held)].reset_index(drop=True)
     ppo = train_warm_ppo(dnn, make_env(train_frame, th), timesteps=a.ppo_steps,
                          config=PpoConfig.warm(value_warmup_steps=a.ppo_warmup_steps), seed=a.seed).policy
-    params = PerformanceModel().params
-    for h in held:  # the unseen architectures' own constants out, as _fold_model does for one
-        params = replace(params, model_overrides={k: v for k, v in params.model_overrides.items()
-                                                  if h not in k and k not in h})
-    perf = PerformanceModel(params)
+    perf = _fold_model(*held)  # the unseen architectures' own constants out
 
     jobs = [Job(name=str(r.model), family=str(r.family), mode=str(r.mode), batch_size=int(r.batch_size),
                 flops_per_batch=float(r.flops_per_batch), param_count=int(r.param_count),
@@ -245,10 +240,7 @@ def main(args: Args | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     th = Thresholds(args.speedup_min, args.energy_ratio_max)
-    hosts = {TRACES / name for name in NOT_POOLED}
-    measured = [p for p in sorted(TRACES.glob("*_measured.parquet")) if p not in hosts]
-    pooled = [p for p in [TRACES / "paper_table2.csv", TRACES / "simulated.parquet", *measured] if p.exists()]
-    frame, hashes = read_traces(pooled)
+    frame, hashes = read_traces(pooled_traces())
     data = labelled_set(pair_outcomes(frame, th))
     is_meas = (data.pairs["source"].astype(str) == "measured").to_numpy()
     archs = sorted(set(data.pairs["arch"].astype(str).to_numpy()[is_meas]))
