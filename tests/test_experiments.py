@@ -278,4 +278,4 @@ def test_cap_check_runs_a_plan_and_the_committed_runs_match_it(tmp_path: Path) -
     planned = json.loads((ROOT / "results/cap_check/plan.json").read_text())["jobs"]
     assert {(j["workload"], j["mode"], j["batch_size"]): j["cap_mib"] for j in planned if j["cap_mib"]} == {
         k: r["cap_mib"] for k, r in committed.items()}
-    assert sum(r["feasible"] is False for r in committed.values()) == 3
+    assert sum(r["feasible"] is False for r in committed.values()) == 0  # results/cap_check/README.md

@@ -22,6 +22,15 @@ Run on a measurement host (resumable journal, deadline)::
 
 writes ``<out>.journal.jsonl`` (a header with the host's facts, then one line per run)
 and ``<out>`` (header + runs, rewritten after every run).
+
+**GPU memory reference** (``--memory``): every GPU bench of :data:`BENCHES` and the recurrent
+layers of :data:`MEMORY_EXTRA` (more sizes: what a recurrent layer's cuDNN workspace grows
+with), each step run three times with the caching allocator's history recorded: the step's
+allocated peak above the module and its input, the largest single allocation, and the reserved
+peak. :mod:`placement.model.knob_advice` fits its recurrent-workspace constant from these runs
+alone::
+
+    python -m placement.lab.microbench --memory --out data/traces/h200_microbench_memory.json
 """
 
 from __future__ import annotations
@@ -176,10 +185,21 @@ def _benches() -> tuple[Bench, ...]:
 
 BENCHES: tuple[Bench, ...] = _benches()
 
+MEMORY_EXTRA: tuple[Bench, ...] = (
+    Bench("lstm-m", "recurrent", lambda: _Seq(nn.LSTM(64, 128, batch_first=True)), (32, 64, 64)),
+    Bench("gru-l", "recurrent", lambda: _Seq(nn.GRU(128, 256, batch_first=True)), (128, 64, 128)),
+    Bench("lstm-l", "recurrent", lambda: _Seq(nn.LSTM(32, 256, batch_first=True)), (64, 256, 32)),
+    Bench("gru-xl", "recurrent", lambda: _Seq(nn.GRU(64, 512, batch_first=True)), (256, 32, 64)),
+)
+"""Recurrent layers measured for memory only (not timed: the operator model's timing fit reads
+:data:`BENCHES`): other hidden sizes, sequence lengths and batches than ``lstm-s``/``gru-m``."""
+MEMORY_SCHEMA = "placement.microbench-memory/1"
+
 
 def get_bench(name: str) -> Bench:
-    """The micro-benchmark named ``name``; ``KeyError`` naming the known ones otherwise."""
-    for bench in BENCHES:
+    """The micro-benchmark named ``name`` (:data:`BENCHES`, then :data:`MEMORY_EXTRA`); ``KeyError``
+    naming the known ones otherwise."""
+    for bench in (*BENCHES, *MEMORY_EXTRA):
         if bench.name == name:
             return bench
     raise KeyError(f"unknown bench '{name}'; known: {', '.join(b.name for b in BENCHES)}")
@@ -258,6 +278,46 @@ def measure(run: RunSpec, quick: bool = False) -> dict[str, Any]:
             "first_step_s": stats.extra.get("first_step_s")}
 
 
+def measure_memory(bench: Bench, mode: str, steps: int = 3) -> dict[str, Any]:
+    """The GPU memory of ``steps`` steps of ``bench`` (module docstring): MiB above the module and
+    its input, the largest single allocation of the steps, the reserved peak."""
+    mib = float(2**20)
+    cuda = torch.cuda
+    cuda.empty_cache()
+    step = _step(bench, mode, torch.device("cuda"))
+    cuda.synchronize()
+    base = cuda.memory_allocated()
+    cuda.reset_peak_memory_stats()
+    cuda.memory._record_memory_history(max_entries=100_000)
+    try:
+        for _ in range(steps):
+            step()
+        cuda.synchronize()
+        snap = cuda.memory._snapshot()
+    finally:
+        cuda.memory._record_memory_history(enabled=None)
+    sizes = [int(e.get("size", 0)) for dev in snap.get("device_traces", []) for e in dev if e.get("action") == "alloc"]
+    rec = {"kind": "memory", "key": f"{bench.name}|{mode}|gpu", "bench": bench.name, "op_kind": bench.kind,
+           "mode": mode, "input_shape": list(bench.input_shape), "module_and_input_mib": base / mib,
+           "step_peak_mib": (cuda.max_memory_allocated() - base) / mib,
+           "largest_allocation_mib": max(sizes, default=0) / mib, "reserved_peak_mib": cuda.max_memory_reserved() / mib}
+    del step
+    cuda.empty_cache()
+    return rec
+
+
+def run_memory(out: Path) -> dict[str, Any]:
+    """:func:`measure_memory` for every GPU bench and mode (module docstring), written to ``out``."""
+    runs = [measure_memory(b, m) for b in (*BENCHES, *MEMORY_EXTRA) if b.kind != "copy"
+            for m in (MODES if b.train else ("infer",))]
+    header = {"kind": "header", "schema": MEMORY_SCHEMA, "environment": _environment(), "started_unix_s": time.time(),
+              "code_version": os.environ.get("PLACEMENT_CODE_VERSION", "")}
+    payload = {"schema": MEMORY_SCHEMA, "header": header, "runs": runs}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(payload, indent=1) + "\n")
+    return payload
+
+
 def _environment() -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "torch": torch.__version__, "cpu_count": os.cpu_count()}
@@ -333,7 +393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, default=None)
     parser.add_argument("--quick", action="store_true", help="short timings (tests)")
     parser.add_argument("--only", default="", help="comma-separated bench names (tests)")
+    parser.add_argument("--memory", action="store_true", help="the GPU memory reference instead of timings")
     args = parser.parse_args(argv)
+    if args.memory:
+        if not torch.cuda.is_available():
+            parser.error("--memory needs a CUDA GPU")
+        payload = run_memory(args.out)
+        sys.stdout.write(f"microbench memory: {len(payload['runs'])} runs in {args.out}\n")
+        return 0
     threads = [int(t) for t in args.threads.split(",") if t]
     gpu = not args.no_gpu and torch.cuda.is_available()
     runs = plan(threads, gpu)

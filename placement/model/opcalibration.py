@@ -200,7 +200,7 @@ def _cap_run_text(knobs: Mapping[str, float]) -> str:
             f"`{CAP_RUNS}`): {knobs['caps_ran_under_cap']:.0f} ran, {knobs['caps_oom_under_cap']:.0f} ran out of "
             f"memory, {knobs['caps_not_run']:.0f} not run under today's advice (measured)")
     scan = CAP_RUNS.with_name("scan.jsonl")
-    if scan.exists():
+    if knobs["caps_oom_under_cap"] > 0 and scan.exists():
         recs = [json.loads(line) for line in scan.read_text().splitlines() if line.strip()]
         text += "; the caps they needed (`--scan`, advised x 1.25^k): " + ", ".join(
             f"{r['workload']} {r['mode']} b{r['batch_size']} {r['smallest_cap_that_ran_mib']} MiB "

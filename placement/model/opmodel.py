@@ -332,15 +332,16 @@ def bundled_operator_model() -> OperatorModel | None:
 # --------------------------------------------------------------------------- fitting
 
 
-def bench_summaries() -> dict[tuple[str, str], OperatorSummary]:
-    """The operators of every reference bench and mode (recorded on ``meta``)."""
+def bench_summaries(benches: Sequence[Any] | None = None) -> dict[tuple[str, str], OperatorSummary]:
+    """The operators of every reference bench (default :data:`placement.lab.microbench.BENCHES`)
+    and mode (recorded on ``meta``)."""
     import torch
 
     from placement.lab import microbench
     from placement.model.operators import record_step, summarise
 
     out: dict[tuple[str, str], OperatorSummary] = {}
-    for bench in microbench.BENCHES:
+    for bench in microbench.BENCHES if benches is None else benches:
         for mode in microbench.MODES if bench.train else ("infer",):
             with torch.device("meta"):
                 module = bench.build()
