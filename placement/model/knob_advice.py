@@ -28,7 +28,9 @@ model-based counterpart of :func:`placement.model.recommend.recommend_cores` (me
   largest recurrent bin with FLOPs), at least :data:`RECURRENT_WORKSPACE_FLOOR_MIB`, both
   fitted by :func:`fit_recurrent_workspace` from the recurrent reference layers' inference
   runs of that file alone (never from the architectures advised): the upper envelope, since
-  the workspace per gate byte varies 1.4-7.5x with the hidden size there.
+  the workspace per gate byte varies 1.4-7.5x with the hidden size there. It was measured on the
+  H200 (torch 2.11, cuDNN 9) only; the same constants serve every target (Jetsons' cuDNN
+  workspaces are not measured).
 """
 
 from __future__ import annotations
