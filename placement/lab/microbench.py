@@ -199,10 +199,11 @@ MEMORY_SCHEMA = "placement.microbench-memory/1"
 def get_bench(name: str) -> Bench:
     """The micro-benchmark named ``name`` (:data:`BENCHES`, then :data:`MEMORY_EXTRA`); ``KeyError``
     naming the known ones otherwise."""
-    for bench in (*BENCHES, *MEMORY_EXTRA):
+    known = (*BENCHES, *MEMORY_EXTRA)
+    for bench in known:
         if bench.name == name:
             return bench
-    raise KeyError(f"unknown bench '{name}'; known: {', '.join(b.name for b in BENCHES)}")
+    raise KeyError(f"unknown bench '{name}'; known: {', '.join(b.name for b in known)}")
 
 
 @dataclass(frozen=True)
