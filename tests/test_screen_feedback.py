@@ -3,12 +3,13 @@ plausible feedback (noise, a 3x GPU drift) is kept; outliers and contradictory r
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from placement.core.catalogue import get_target
-from placement.serve.learning.rewards import RewardSettings, screen_feedback
+from placement.serve.learning.rewards import RewardSettings, robust_outliers, screen_feedback
 from placement.serve.placer import Placer, bootstrap_store
 from placement.serve.schemas import FeedbackRequest, PlacementRequest
 from placement.serve.settings import Settings
@@ -161,3 +162,9 @@ def test_drift_is_not_screened_once_it_is_the_majority(tmp_path, serve_model_dir
     feedback, _ = _stream(tmp_path, serve_model_dir, serve_world, none, drift=3.0, n=80)
     kept, excluded = screen_feedback(feedback)
     assert len(kept) == len(feedback), excluded  # all drifted alike: nothing stands out
+
+
+def test_a_lie_in_the_middle_of_a_small_group_is_flagged():
+    # no side of the lie has 3 runs, both together have 4: compared with all of them
+    res = [0.0, 0.05, math.log(5.0), -0.03, 0.02]
+    assert robust_outliers(res, [math.nan] * len(res)).tolist() == [False, False, True, False, False]

@@ -9,11 +9,13 @@ target's memory, each with its **source** and an **uncertainty**:
   returned ``time_per_batch_s``, ``avg_cpu_power_w``, ``avg_gpu_power_w``, ``feasible``,
   ``working_set_mib``), log-scale sigma :data:`SIGMA_MODEL_TIME` per device time;
 * ``history`` -- the model corrected by measured outcomes of the same job signature on the
-  same target (:func:`apply_history`), a log-offset per device shrunk toward the model by
+  same target (:func:`correct`), a log-offset per device shrunk toward the model by
   the amount of evidence (a normal prior on the offset, sigma :data:`SIGMA_MODEL_TIME`;
   each outcome of another batch size an observation of sigma :data:`SIGMA_HISTORY_OBS`,
-  of the same batch size :data:`SIGMA_PROBE`);
-* ``probe`` -- a short measured run of this very job (:func:`apply_probe`), sigma
+  of the same batch size :data:`SIGMA_PROBE`); from three observations of a device on, one
+  that stands out from the others by more than :data:`CONSISTENCY_Z` sds is left out
+  (:func:`_consistent`: a lying minority of reports moves nothing);
+* ``probe`` -- a short measured run of this very job (:func:`correct`, with the request), sigma
   :data:`SIGMA_PROBE`.
 
 Uncertainties are standard deviations of the natural log (``sigma = 0.1`` is about
@@ -364,6 +366,38 @@ def _posterior(residuals: Sequence[float], sigmas: Sequence[float], prior_sigma:
     return mean, max(SIGMA_FLOOR, math.sqrt(1.0 / prec))
 
 
+CONSISTENCY_Z = 3.0
+"""An observation whose log time residual lies more than this many standard deviations from what
+the row's other observations of that device say (:func:`_consistent`) is left out of its estimate."""
+
+
+def _consistent(residuals: Sequence[float], sigmas: Sequence[float], prior_sigma: float) -> list[bool]:
+    """Which observations of one row and device agree with the others: sequentially, the one whose
+    residual is farthest from the posterior of the others (prior included) is left out while that
+    distance exceeds :data:`CONSISTENCY_Z` sds and at least two others remain to vouch. The sd
+    combines the others' posterior sd with the observation's sigma, at least
+    :data:`SIGMA_HISTORY_OBS` (how far one batch size's offset strays from its signature's: a job's
+    own run, sigma 0.1, is not left out for an honest difference between batch sizes). A run
+    reported 3x off (ln 3 = 1.1) is more than 3 sds from two or more that agree, so a lying
+    minority moves no estimate -- the job's own report included, when its signature's other runs
+    outvote it. Each pass is O(n): the others' posterior is the whole posterior less one term."""
+    r = np.asarray(residuals, dtype=np.float64)
+    w = 1.0 / np.asarray(sigmas, dtype=np.float64) ** 2
+    floor = np.maximum(np.asarray(sigmas, dtype=np.float64), SIGMA_HISTORY_OBS)
+    keep = np.ones(r.shape[0], dtype=bool)
+    while keep.sum() >= 3:
+        mine = np.where(keep, w, 0.0)
+        prec = 1.0 / prior_sigma**2 + mine.sum() - mine  # each kept one's others
+        mean = ((mine * r).sum() - mine * r) / prec
+        sd = np.maximum(SIGMA_FLOOR, np.sqrt(1.0 / prec))
+        z = np.where(keep, np.abs(r - mean) / np.hypot(floor, sd), -np.inf)
+        worst = int(np.argmax(z))
+        if z[worst] <= CONSISTENCY_Z:
+            break
+        keep[worst] = False
+    return keep.tolist()
+
+
 def correct(estimate: Estimate, rows: Mapping[int, Sequence[Observation]]) -> Estimate:
     """The estimate with each row's observations applied (history and probes alike).
 
@@ -374,7 +408,8 @@ def correct(estimate: Estimate, rows: Mapping[int, Sequence[Observation]]) -> Es
     probe of this job moves it almost all the way and a few outcomes at other batch sizes
     move it by how much they agree. A feasible GPU observation of this job sets ``gpu_ran``;
     an OOM of this job on the GPU sets ``gpu_feasible`` to False; a CPU observation of this
-    job sets ``cpu_feasible`` to whether it ran."""
+    job sets ``cpu_feasible`` to whether it ran. From three timed observations of a device on,
+    one that stands out from the others (:func:`_consistent`) is left out first."""
     if not rows:
         return estimate
     f = {name: np.array(getattr(estimate, name), copy=True) for name in estimate.__dataclass_fields__}
@@ -396,6 +431,11 @@ def correct(estimate: Estimate, rows: Mapping[int, Sequence[Observation]]) -> Es
                 continue
             res = [math.log(o.time_per_sample_s / o.model_time_per_sample_s) for o in timed]  # type: ignore[operator]
             sig = [SIGMA_PROBE if o.same_job else SIGMA_HISTORY_OBS for o in timed]
+            if len(timed) >= 3:
+                keep = _consistent(res, sig, SIGMA_MODEL_TIME)
+                timed = [o for o, k in zip(timed, keep, strict=True) if k]
+                res = [r for r, k in zip(res, keep, strict=True) if k]
+                sig = [x for x, k in zip(sig, keep, strict=True) if k]
             off_t, sd_t = _posterior(res, sig, SIGMA_MODEL_TIME)
             powered = [o for o in timed if o.power_w and o.model_power_w > 0 and math.isfinite(o.model_power_w)]
             off_p, sd_p = 0.0, SIGMA_MODEL_POWER

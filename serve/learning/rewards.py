@@ -221,21 +221,27 @@ def _robust_flags(ref: list[float], x: float, rs: RewardSettings) -> bool:
 def _stands_out(res_t: npt.NDArray[np.float64], res_p: npt.NDArray[np.float64], past: list[int], future: list[int],
                 i: int, rs: RewardSettings, min_ref: int) -> bool:
     """Whether run ``i`` stands out from the runs before it *and* from the runs after it (a side
-    with fewer than ``min_ref`` runs does not vouch for it; at least one side must have them).
-    A change of regime (drift) agrees with what follows it, a lying minority with neither side."""
-    verdicts: list[bool | None] = []
-    for side in (past, future):
+    with fewer than ``min_ref`` runs does not vouch for it). A change of regime (drift) agrees with
+    what follows it, a lying minority with neither side. When neither side has ``min_ref`` runs but
+    both together do (a small group: an architecture's first round of runs, a lie in its middle),
+    the run is compared with all of them: too few runs a side to tell drift from a lie, enough to
+    outvote one."""
+
+    def verdict(side: list[int]) -> bool | None:
         ref_t = [x for x in res_t[side].tolist() if math.isfinite(x)]
         if len(ref_t) < min_ref:
-            verdicts.append(None)
-            continue
+            return None
         out = _robust_flags(ref_t, float(res_t[i]), rs)
         ref_p = [x for x in res_p[side].tolist() if math.isfinite(x)]
         if not out and math.isfinite(res_p[i]) and len(ref_p) >= min_ref:
             out = _robust_flags(ref_p, float(res_p[i]), rs)
-        verdicts.append(out)
-    known = [v for v in verdicts if v is not None]
-    return bool(known) and all(known)
+        return out
+
+    known = [v for v in (verdict(past), verdict(future)) if v is not None]
+    if not known:
+        pooled = verdict(past + future)
+        return bool(pooled)
+    return all(known)
 
 
 def robust_outliers(res_t: npt.ArrayLike, res_p: npt.ArrayLike, rs: RewardSettings | None = None,
@@ -299,7 +305,7 @@ def _robust_screens(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, own
             same, sp = by_sig[sig[i]], sig_pos[i]
             s_past, s_future = same[max(0, sp - h): sp], same[sp + 1: sp + 1 + h]
             reason = None
-            if len(s_past) >= 3 or len(s_future) >= 3:
+            if len(s_past) + len(s_future) >= 3:
                 if _stands_out(res_t, res_p, s_past, s_future, i, rs, 3):
                     reason = "excluded_robust_signature"
             else:
