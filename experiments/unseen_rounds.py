@@ -24,7 +24,10 @@ power (no RAPL on the lent host), as the traces label them.
 
 With ``--poison-share 0.2`` each group is played a second time with a fifth of the feedback lying
 consistently toward the CPU (the GPU 3-10x slower than it ran, or the CPU as much faster; issue 13's
-poison target: no answer flipped), and the answers flipped against the honest run are counted.
+poison target: no answer flipped), and the answers flipped against the honest run are counted --
+all of them, and the ``harmed`` ones: clear jobs the honest run answered right and the lying one
+wrong. Each round records which reports lied, the device each decision ran on, and per group the
+jobs' names, labels and clear flags, so a flip can be traced to the reports behind it.
 
 Run: ``python -m experiments.unseen_rounds [--poison-share 0.2]`` (``--smoke``: one small group, one round).
 """
@@ -186,7 +189,8 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
                     placer.refresh()  # the service's own poll, at a round's end rather than on a timer
                     return list(r.json()["decisions"])
 
-                def score(k: int, answers: list[dict[str, Any]], updates: list[Any]) -> None:
+                def score(k: int, answers: list[dict[str, Any]], updates: list[Any], lied: list[int] | None = None,
+                          reported: list[str] | None = None) -> None:
                     gpu = np.array([d["device"] == "gpu" for d in answers])
                     rounds.append({
                         "fold": fold, "round": k, "jobs": len(jobs), "clear_jobs": int(clear.sum()),
@@ -198,6 +202,8 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
                         "serving_version": answers[0]["policy_version"] if answers else None,
                         "updates": [u.status for u in updates],
                         "gpu": [bool(g) for g in gpu],
+                        "lied": lied or [],
+                        "reported_device": reported or [],
                     })
 
                 score(0, place(explore=False), [])
@@ -205,10 +211,12 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
                 lo, hi = (math.log(f) for f in a.poison_factor)
                 for k in range(1, a.rounds + 1):
                     decisions = place(explore=True)
-                    for d, (_, pair) in zip(decisions, test.iterrows(), strict=True):
+                    lied: list[int] = []
+                    for j, (d, (_, pair)) in enumerate(zip(decisions, test.iterrows(), strict=True)):
                         outcome = _outcome(pair, d["device"])
                         if lies.random() < poison_share:
                             outcome = _lie(outcome, math.exp(lies.uniform(lo, hi)))
+                            lied.append(j)
                         r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": outcome})
                         if r.status_code != 200:
                             raise RuntimeError(f"feedback answered {r.status_code}: {r.text[:300]}")
@@ -216,13 +224,15 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
                     while (u := learner.maybe_update()) is not None:
                         updates.append(u)
                     placer.refresh()
-                    score(k, place(explore=False), updates)
+                    score(k, place(explore=False), updates, lied, [str(d["device"]) for d in decisions])
         finally:
             server.should_exit = True
             thread.join(timeout=30)
             service.close()
             store.close()
-    return {"fold": fold, "held_out": held, "poison_share": poison_share, "rounds": rounds}
+    return {"fold": fold, "held_out": held, "poison_share": poison_share, "rounds": rounds,
+            "job_names": [f"{j.name}/{j.mode}/b{j.batch_size}" for j in jobs], "truth_gpu": [bool(t) for t in truth],
+            "clear": [bool(c) for c in clear]}
 
 
 def main(args: Args | None = None) -> dict[str, Any]:
@@ -268,12 +278,16 @@ def main(args: Args | None = None) -> dict[str, Any]:
     if poisoned:
         flips = []
         for honest, lied in zip(results, poisoned, strict=True):
+            truth, clear = honest["truth_gpu"], honest["clear"]
             for h, p in zip(honest["rounds"], lied["rounds"], strict=True):
                 flips.append({"fold": honest["fold"], "round": h["round"], "jobs": h["jobs"],
                               "flipped": int(sum(x != y for x, y in zip(h["gpu"], p["gpu"], strict=True))),
+                              # clear jobs the honest run answered right and the lying one wrong
+                              "harmed": int(sum(c and x == t and y != t for x, y, t, c
+                                                in zip(h["gpu"], p["gpu"], truth, clear, strict=True))),
                               "right_clear_honest": h["right_clear"], "right_clear_poisoned": p["right_clear"],
                               "clear_jobs": h["clear_jobs"]})
-        pooled_flips = pd.DataFrame(flips).groupby("round")[["jobs", "flipped", "right_clear_honest",
+        pooled_flips = pd.DataFrame(flips).groupby("round")[["jobs", "flipped", "harmed", "right_clear_honest",
                                                              "right_clear_poisoned", "clear_jobs"]].sum()
         print(pooled_flips.to_string())
         summary.update(poisoned=poisoned, flips=flips, pooled_flips=pooled_flips.reset_index().to_dict(orient="records"),
