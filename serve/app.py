@@ -85,7 +85,7 @@ from placement.serve.schemas import (
     ThresholdsOut,
     VersionInfo,
 )
-from placement.serve.settings import Settings
+from placement.serve.settings import SERVICE_CLIENT, Settings
 from placement.serve.storage.store import (
     FeedbackConflict,
     StorageUnavailable,
@@ -288,6 +288,7 @@ class PlacementService:
         self.store: Store = placer.store
         self.learner = learner
         self._token_digest = settings.token_digest  # read once (a token file too); never logged
+        self._client_tokens = settings.client_tokens  # sha256 -> client name, read once
         self.metrics = ServiceMetrics(self, replica)
         self.started_at = time.time()
         self._stop = threading.Event()
@@ -337,19 +338,39 @@ class PlacementService:
         self.placer.set_exploration(config.get("exploration_rate"), config.get("explore_band"))
 
     # -- request plumbing -----------------------------------------------------------------
+    @staticmethod
+    def _presented(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
+
     def authorize(self, request: Request) -> None:
         """Check the request's bearer token against the service's; :class:`HttpError` 401 when it
         does not match (no-op without a token)."""
         digest = self._token_digest
         if digest is None:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        presented = hashlib.sha256(token.strip().encode()).hexdigest() if scheme.lower() == "bearer" else ""
-        if not hmac.compare_digest(presented, digest):
+        if not hmac.compare_digest(self._presented(request), digest):
             raise HttpError(401, "unauthorized", "Authorization",
                             "this route needs 'Authorization: Bearer <token>' (the service's PLACEMENT_TOKEN)",
                             headers={"WWW-Authenticate": "Bearer"})
+
+    def feedback_client(self, request: Request) -> str | None:
+        """The client a feedback request is attributed to: ``service`` for the service's token, the
+        name of a ``client_tokens_file`` token, None without any token configured (loopback);
+        :class:`HttpError` 401 for any other token."""
+        digest = self._token_digest
+        if digest is None:
+            return None
+        presented = self._presented(request)
+        if hmac.compare_digest(presented, digest):
+            return SERVICE_CLIENT
+        for client_digest, name in self._client_tokens.items():  # each compared in constant time
+            if hmac.compare_digest(presented, client_digest):
+                return name
+        raise HttpError(401, "unauthorized", "Authorization",
+                        "feedback needs 'Authorization: Bearer <token>' (the service's PLACEMENT_TOKEN or a client "
+                        "token of PLACEMENT_CLIENT_TOKENS_FILE)", headers={"WWW-Authenticate": "Bearer"})
 
     async def body(self, request: Request) -> bytes:
         """The request body, refused with 413 beyond ``max_body_bytes`` (by its declared length, or
@@ -418,15 +439,16 @@ class PlacementService:
 
     async def feedback(self, request: Request) -> Response:
         """``POST /v1/feedback``: record a decision's measured outcome (idempotent per decision id:
-        a replay answers as the first time, a different payload is a 409)."""
-        self.authorize(request)
+        a replay answers as the first time, a different payload is a 409). Attributed to the client
+        whose token it carries (:meth:`feedback_client`)."""
+        client = self.feedback_client(request)
         raw = await self.body(request)
         try:
             req = await _parse(FeedbackRequest, raw)
         except ValidationError as exc:
             return _error(422, "invalid_request", validation_errors(exc))
         try:
-            answer, replayed = self.placer.feedback(req)
+            answer, replayed = self.placer.feedback(req, client=client)
         except FeedbackConflict as exc:
             return _error(409, "conflict", [{"field": "decision_id", "message": str(exc)}])
         except UnknownDecision:  # deleted by retention between the check and the write

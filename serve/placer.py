@@ -797,8 +797,9 @@ class Placer:
         self.store.add_evidence(evidence)
 
     # -- feedback --------------------------------------------------------------------------
-    def feedback(self, request: FeedbackRequest) -> tuple[str, bool]:
-        """Check and store feedback once. Returns ``(response JSON, replayed)``.
+    def feedback(self, request: FeedbackRequest, *, client: str | None = None) -> tuple[str, bool]:
+        """Check and store feedback once, attributed to ``client`` (the HTTP layer's name for the
+        bearer token it carried; None: unattributed). Returns ``(response JSON, replayed)``.
 
         Raises :class:`NotFound` (unknown decision), :class:`InputError` (outcome does not fit
         the decision) or :class:`placement.serve.storage.store.FeedbackConflict` (a different payload was
@@ -833,7 +834,7 @@ class Placer:
         digest = hashlib.sha256(payload.encode()).hexdigest()
         response = self._feedback_response(request, decision.device)
         answer, replayed = self.store.record_feedback(
-            request.decision_id, digest, response.model_dump_json(), request.outcome, request.other_outcome
+            request.decision_id, digest, response.model_dump_json(), request.outcome, request.other_outcome, client
         )
         if not replayed:
             self._feedback_evidence(request, target)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -37,7 +38,7 @@ from placement.core.threshold import MissingPower, Thresholds
 ENV_PREFIX = "PLACEMENT_"
 ENV_FILE = ".env"
 """Read from the working directory when present; the process environment wins over it."""
-EMPTY_IS_UNSET = ("token", "db_path", "model_path", "db_url", "token_file")
+EMPTY_IS_UNSET = ("token", "db_path", "model_path", "db_url", "token_file", "client_tokens_file")
 """Optional settings where an empty variable (``PLACEMENT_TOKEN=``) means "not set"."""
 MAX_EXPLORATION_RATE = 0.2
 """Hard upper bound on the exploration rate: at most one decision in five may explore."""
@@ -121,6 +122,50 @@ def read_token_file(path: Path) -> str:
     return token
 
 
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""A client's name in ``client_tokens_file``: what feedback is attributed to (letters, digits, ``_.-``)."""
+SERVICE_CLIENT = "service"
+"""The client feedback is attributed to when it carries the service's own token."""
+
+
+def read_client_tokens(path: Path) -> dict[str, str]:
+    """The per-client feedback tokens in ``path`` as ``{sha256 of the token: client name}``: one
+    ``<name> <token>`` per line, blank lines and ``#`` comments ignored. Same ownership and mode
+    rules as :func:`read_token_file`; raises :class:`SettingsError` naming the file, the line and
+    the fix (never a token)."""
+    where = f"PLACEMENT_CLIENT_TOKENS_FILE {path}"
+    try:
+        st = os.stat(path)
+        if st.st_uid != os.geteuid():
+            raise SettingsError(f"{where}: owned by uid {st.st_uid}, not the service user ({os.geteuid()}): chown it")
+        if st.st_mode & 0o077:
+            raise SettingsError(f"{where}: mode {st.st_mode & 0o777:o} lets others read it: chmod 600 {path}")
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot be read ({exc.strerror})") from None
+    out: dict[str, str] = {}
+    names: set[str] = set()
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split()
+        if len(parts) != 2:
+            raise SettingsError(f"{where} line {number}: expected '<client name> <token>'")
+        name, token = parts
+        if not CLIENT_NAME.match(name) or name == SERVICE_CLIENT:
+            raise SettingsError(f"{where} line {number}: client name must be 1-64 letters, digits or '_.-' "
+                                f"(not '{SERVICE_CLIENT}', the service token's)")
+        if len(token) < 16:
+            raise SettingsError(f"{where} line {number}: the token of '{name}' must have at least 16 characters")
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if name in names or digest in out:
+            raise SettingsError(f"{where} line {number}: client '{name}' or its token appears twice")
+        names.add(name)
+        out[digest] = name
+    return out
+
+
 class Settings(BaseSettings):
     """All service settings. See the module docstring for how they are set."""
 
@@ -177,6 +222,9 @@ class Settings(BaseSettings):
     pinned_gate_confidence: float = Field(0.99, gt=0.0, lt=1.0, description="The gate's confidence while an operator's rollback pins the serving version.")
     recency_half_life: int = Field(64, ge=1, le=10_000_000, description="Feedback rows after which a row's weight in training and in the gate halves (the policy follows drift).")
     max_signature_share: float = Field(0.25, gt=0.0, le=1.0, description="Largest share of an update's training weight one architecture signature may carry.")
+    max_client_share: float = Field(0.5, gt=0.0, le=1.0, description="Largest share of an update's training weight the "
+                                    "feedback of one client (its token, client_tokens_file) may carry, once two or more "
+                                    "clients reported.")
 
     # --- Ray resources (fractional CPUs so it runs on 2 cores) ---------------------------
     ingress_replicas: int = Field(1, ge=1, le=256)
@@ -202,6 +250,11 @@ class Settings(BaseSettings):
                                  "before placements_per_client_per_s applies.")
     token_file: Path | None = Field(None, description="File holding the bearer token (mode 0600, owned by the service "
                                     "user): replicas read it; the token never enters their environment.")
+    client_tokens_file: Path | None = Field(
+        None, description="File of per-client feedback tokens, one '<client name> <token>' per line (mode 0600, owned "
+                          "by the service user; replicas read it). Feedback carrying one is attributed to that client "
+                          "(the service token's to 'service'); a learner update takes at most max_client_share of its "
+                          "weight from one client. Client tokens open the feedback routes only, never the policy ones.")
 
     # --- retention of decisions that got no feedback ---------------------------------------
     retention_s: float = Field(30 * 86_400.0, gt=0, le=10 * 365 * 86_400.0, allow_inf_nan=False,
@@ -215,6 +268,13 @@ class Settings(BaseSettings):
     def _secure_bind(self) -> Settings:
         if self.token_file is not None:
             read_token_file(self.token_file)  # raises naming the file and the fix
+        if self.client_tokens_file is not None:
+            clients = read_client_tokens(self.client_tokens_file)  # raises naming the file, the line and the fix
+            if self.token_digest is None:
+                raise ValueError("client_tokens_file needs the service's own token (PLACEMENT_TOKEN or "
+                                 "PLACEMENT_TOKEN_FILE): client tokens open the feedback routes only")
+            if self.token_digest in clients:
+                raise ValueError("client_tokens_file: a client's token equals the service token; give each its own")
         if not is_loopback(self.host) and not (self.token or self.token_sha256 or self.token_file):
             raise ValueError(
                 f"host '{self.host}' is not a loopback address: set PLACEMENT_TOKEN (>= 16 characters) so "
@@ -248,6 +308,11 @@ class Settings(BaseSettings):
         if self.token_file is not None:
             return hashlib.sha256(read_token_file(self.token_file).encode()).hexdigest()
         return self.token_sha256
+
+    @property
+    def client_tokens(self) -> dict[str, str]:
+        """``{sha256 of a client token: client name}`` (read from ``client_tokens_file``; empty without one)."""
+        return read_client_tokens(self.client_tokens_file) if self.client_tokens_file is not None else {}
 
     def for_replicas(self) -> dict[str, Any]:
         """Settings to hand to Ray deployments: JSON-safe, the token replaced by its sha256

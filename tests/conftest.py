@@ -129,9 +129,11 @@ class ServeApp:
     replica Ray replaced (after a redeploy, a kill or a failed health check) may listen on the
     next free port of the range, so a stale URL is rediscovered instead of refused."""
 
-    def __init__(self, *, url: str, proxy_url: str, settings, token: str, headers: dict[str, str], module) -> None:
+    def __init__(self, *, url: str, proxy_url: str, settings, token: str, headers: dict[str, str], module,
+                 client_token: str | None = None) -> None:
         self._url, self.proxy_url, self.settings, self.token, self.headers, self.module = (
             url, proxy_url, settings, token, headers, module)
+        self.client_token = client_token
 
     @property
     def url(self) -> str:
@@ -179,14 +181,20 @@ def serve_app(tmp_path_factory, serve_model_dir):
     """One real Ray Serve instance of the placement app for the whole session (loopback only).
 
     Yields a namespace: ``url`` (direct ingress), ``proxy_url`` (Ray's HTTP proxy), ``settings``,
-    ``token`` and ``headers`` (bearer auth). Learner updates run on demand (POST /v1/policy/update)."""
+    ``token`` and ``headers`` (bearer auth), ``client_token`` (client ``team-e2e`` of its
+    ``client_tokens_file``). Learner updates run on demand (POST /v1/policy/update)."""
     from placement.serve import app as serve_app_module
     from placement.serve.settings import Settings
 
     base = _free_port_block(24)
     token = "e2e-test-token-0123456789"
+    client_token = "e2e-client-token-0123456789"
+    state = tmp_path_factory.mktemp("serve_state")
+    clients = state / "client_tokens"
+    clients.write_text(f"team-e2e {client_token}\n")
+    clients.chmod(0o600)
     settings = Settings(
-        state_dir=tmp_path_factory.mktemp("serve_state"), model_path=serve_model_dir, port=base,
+        state_dir=state, model_path=serve_model_dir, port=base, client_tokens_file=clients,
         ray_proxy_port=base + 20, token=token, exploration_rate=0.2, explore_band=0.45, learn_interval_s=3600,
         ppo_timesteps=8192, history_window=300, min_holdout=8, policy_poll_s=0.5, max_body_bytes=4 * 2**20,
         max_batch_jobs=20_000,
@@ -197,7 +205,8 @@ def serve_app(tmp_path_factory, serve_model_dir):
     saved_env = dict(os.environ)
     url = serve_app_module.start(settings, num_cpus=2, wait_s=180)
     yield ServeApp(url=url, proxy_url=f"http://127.0.0.1:{settings.ray_proxy_port}", settings=settings,
-                   token=token, headers={"Authorization": f"Bearer {token}"}, module=serve_app_module)
+                   token=token, headers={"Authorization": f"Bearer {token}"}, module=serve_app_module,
+                   client_token=client_token)
     import ray
     from ray import serve
 

@@ -164,6 +164,25 @@ def test_bad_input_is_4xx_naming_the_field(serve_app, example_job, serve_world):
         assert c.post("/v1/policy/rollback", json={"version": 3}).status_code == 422
 
 
+@pytest.mark.slow
+def test_a_client_token_reports_feedback_attributed_and_nothing_else(serve_app, example_job, serve_world):
+    with _client(serve_app) as c:
+        (d,) = _place(c, {"job": example_job.model_dump(), "target": "B", "explore": False})["decisions"]
+    run = serve_world.outcome(example_job, TARGET, d["device"])
+    with httpx.Client(base_url=serve_app.url, timeout=120,
+                      headers={"Authorization": f"Bearer {serve_app.client_token}"}) as c:
+        assert _feedback(c, {"decision_id": d["decision_id"], "outcome": run}).status_code == 200
+        assert c.get("/v1/policy").status_code == 401  # the policy routes stay the operator's
+        assert c.post("/v1/policy/rollback", json={}).status_code == 401
+    from placement.serve.storage.store import Store
+
+    store = Store.from_settings(serve_app.settings)
+    try:
+        assert {fb.decision.decision_id: fb.client for fb in store.recent_feedback(50)}[d["decision_id"]] == "team-e2e"
+    finally:
+        store.close()
+
+
 def _hammer(url: str, body: dict, stop: threading.Event, statuses: list[int]) -> None:
     """Keep placing one job (bounded: at most ~20 requests/s) until ``stop``; record every status."""
     with httpx.Client(base_url=url, timeout=60) as c:

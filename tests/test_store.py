@@ -117,6 +117,19 @@ def test_feedback_idempotent_and_conflicting(store_location, example_job):
         store.get_decision("not-an-id")
 
 
+def test_feedback_keeps_the_client_that_reported_it(store_location, example_job):
+    store = Store(store_location)
+    batch = _batch(example_job)
+    store.insert_decisions(batch)
+    run = _gpu_run(example_job)
+    store.record_feedback(batch.decision_id(0), "a", "answer-a", run, None, "alice")
+    store.record_feedback(batch.decision_id(1), "b", "answer-b", run, None)
+    # a replay from another client keeps the first attribution (feedback is stored once)
+    assert store.record_feedback(batch.decision_id(0), "a", "x", run, None, "mallory") == ("answer-a", True)
+    assert [fb.client for fb in store.recent_feedback()] == ["alice", None]
+    store.close()
+
+
 def test_versions_promote_and_roll_back(store_location, tmp_path):
     store = Store(store_location)
     th = Thresholds()
@@ -361,6 +374,7 @@ def test_database_from_before_alembic_is_adopted(tmp_path):
         conn.executescript(_LEGACY_SCHEMA)
     store = Store(path)
     assert store.active_version() == "old-v" and store.get_version("old-v").path.as_posix() == "/models/old"
+    assert "client" in {c["name"] for c in sqlalchemy.inspect(store._engine).get_columns("feedback")}  # 0003 ran
     store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD

@@ -77,7 +77,7 @@ from placement.core.trace import (
 from placement.core.version import code_version
 from placement.serve.schemas import ReportedOutcome
 
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 """The newest Alembic revision under ``serve/storage/migrations/versions`` (tests check they agree)."""
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _VERSION_LOCK_KEY = 0x706C6163  # pg_advisory_xact_lock key of version changes ("plac")
@@ -125,6 +125,7 @@ feedback_t = sa.Table(
     sa.Column("both_measured", sa.Integer, nullable=False),
     sa.Column("outcome_json", sa.Text, nullable=False),
     sa.Column("other_json", sa.Text),
+    sa.Column("client", sa.Text),
     sqlite_autoincrement=True,
 )
 versions_t = sa.Table(
@@ -329,6 +330,9 @@ class StoredFeedback:
     decision: StoredDecision
     outcome: ReportedOutcome
     other: ReportedOutcome | None
+    client: str | None = None
+    """The client the feedback is attributed to (its token's name, ``service`` for the service
+    token); None when the service ran without tokens or before attribution existed."""
 
 
 @dataclass(frozen=True)
@@ -656,9 +660,10 @@ class Store:
         response_json: str,
         outcome: ReportedOutcome,
         other: ReportedOutcome | None,
+        client: str | None = None,
     ) -> tuple[str, bool]:
         """Store feedback once. Returns ``(response_json, replayed)``: the stored answer and
-        whether this was a replay of the same payload. Raises :class:`UnknownDecision` or
+        whether this was a replay of the same payload; ``client``: who reported it. Raises :class:`UnknownDecision` or
         :class:`FeedbackConflict` (same decision, different payload). Atomic across replicas:
         one ``INSERT .. ON CONFLICT (decision_id) DO NOTHING``; the loser reads the winner's row."""
         batch_id, index = split_decision_id(decision_id)
@@ -667,6 +672,7 @@ class Store:
             "payload_sha256": payload_sha256, "response_json": response_json, "device": str(outcome.device),
             "feasible": int(outcome.feasible), "both_measured": int(other is not None),
             "outcome_json": outcome.model_dump_json(), "other_json": None if other is None else other.model_dump_json(),
+            "client": client,
         }
         with self._tx() as conn:
             self._decision(conn, batch_id, index)  # raises UnknownDecision
@@ -697,14 +703,14 @@ class Store:
         With ``skipped`` (a list), a row that no longer parses is appended to it as
         ``(seq, decision_id, error)`` instead of raising (:mod:`placement.serve.learning.quarantine`)."""
         f = feedback_t.c
-        query = (sa.select(f.seq, f.received_at, f.decision_id, f.outcome_json, f.other_json)
+        query = (sa.select(f.seq, f.received_at, f.decision_id, f.outcome_json, f.other_json, f.client)
                  .where(f.seq > after_seq).order_by(f.seq.desc()))
         if limit is not None:
             query = query.limit(int(limit))
         out: list[StoredFeedback] = []
         with self._read() as conn:
             rows = conn.execute(query).all()
-            for seq, received_at, decision_id, outcome_json, other_json in reversed(rows):
+            for seq, received_at, decision_id, outcome_json, other_json, client in reversed(rows):
                 try:
                     batch_id, index = split_decision_id(decision_id)
                     out.append(
@@ -714,6 +720,7 @@ class Store:
                             outcome=ReportedOutcome.model_validate_json(outcome_json),
                             other=None if other_json is None else ReportedOutcome.model_validate_json(other_json),
                             decision=self._decision(conn, batch_id, index),
+                            client=None if client is None else str(client),
                         )
                     )
                 except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
