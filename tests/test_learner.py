@@ -196,6 +196,33 @@ def test_label_weights_follow_confidence_and_cap_signatures(tmp_path, serve_mode
     assert (w[(src == "model") & single] <= w[single].max()).all()
 
 
+def test_label_weights_cap_the_share_of_one_client(tmp_path, serve_model_dir, serve_world):
+    import dataclasses
+
+    from placement.serve.learning.learner import label_weights
+
+    _, store, placer = _service(tmp_path, serve_model_dir)
+    _run(placer, serve_world, serve_world.jobs(24), both=True)
+    feedback = store.recent_feedback()
+    formed = form_rewards(feedback, Thresholds())
+    pairs = formed.pairs[formed.pairs["hw_gpu_gflops"] > 0].reset_index(drop=True)
+    names = ["flood"] * 18 + ["a"] * 3 + ["b"] * 3  # one token sent three quarters of the feedback
+    by_id = {fb.decision.decision_id: dataclasses.replace(fb, client=names[k]) for k, fb in enumerate(feedback)}
+    client = np.array([by_id[i].client for i in pairs["job_id"]])
+    plain, _ = label_weights(pairs, by_id, max_share=1.0)
+    w, info = label_weights(pairs, by_id, max_share=1.0, max_client_share=0.5)
+    assert plain[client == "flood"].sum() / plain.sum() > 0.6
+    assert w[client == "flood"].sum() / w.sum() == pytest.approx(0.5)
+    assert info["clients"] == 3 and info["clients_capped"] == ["flood"] and info["max_client_share"] == 0.5
+    # within a client the weights keep their proportions (confidence, the signature cap)
+    flood = client == "flood"
+    assert np.allclose(w[flood] / plain[flood], (w[flood] / plain[flood])[0])
+    # one client (or none attributed): nothing to cap
+    alone = {i: dataclasses.replace(fb, client="flood") for i, fb in by_id.items()}
+    w1, info1 = label_weights(pairs, alone, max_share=1.0, max_client_share=0.5)
+    assert np.allclose(w1, plain) and info1["clients_capped"] == []
+
+
 @pytest.mark.slow
 def test_rollback_pin_holds_until_released(tmp_path, serve_model_dir, serve_world):
     from placement.agents.ppo import PpoConfig, fine_tune, make_env

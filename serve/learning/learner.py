@@ -17,7 +17,8 @@ feedback rows arrived, or on demand (``POST /v1/policy/update``):
    decision id) is held out for the gate; the rest trains.
 6. **Candidate** (:func:`placement.agents.ppo.anchored_update`): a supervised step on the PPO actor on
    the formed labels, each weighted by its confidence (:data:`LABEL_CONFIDENCE`; no
-   architecture signature carries more than ``max_signature_share`` of the weight), then PPO
+   architecture signature carries more than ``max_signature_share`` of the weight, no client --
+   the token its feedback carried -- more than ``max_client_share``), then PPO
    on ``DevicePlacement-v0`` replaying the training rows, anchored (KL) to the supervised
    result. A candidate that answers as the serving policy on every evaluation row is not a
    new version (no tie promotions). Labels and held-out rows are weighted by recency
@@ -129,11 +130,40 @@ def recency_weights(by_id: dict[str, StoredFeedback], last_seq: int, half_life: 
     return {i: float(0.5 ** (max(last_seq - fb.seq, 0) / half_life)) for i, fb in by_id.items()}
 
 
+def _cap_shares(w: np.ndarray, group: np.ndarray, max_share: float) -> set[Any]:
+    """Scale ``w`` in place so that no ``group`` carries more than ``max_share`` of the total (or
+    ``1 / n_groups`` when there are fewer groups than ``1 / max_share``); returns the groups capped.
+    Water-filling: the heaviest groups are scaled down until none exceeds the share."""
+    groups = sorted(set(group.tolist()), key=str)
+    share = max(max_share, 1.0 / max(len(groups), 1))
+    capped: set[Any] = set()
+    for _ in range(100):
+        total = float(w.sum())
+        over = [g for g in groups if float(w[group == g].sum()) > share * total * (1 + 1e-9)]
+        if not over:
+            break
+        rest = float(sum(w[group == g].sum() for g in groups if g not in over))
+        # each over-share group gets exactly `share` of the new total: m = share * (rest + k m)
+        k = len(over)
+        target = share * rest / (1 - share * k) if share * k < 1 else None
+        for g in over:
+            rows = group == g
+            mass = float(w[rows].sum())
+            w[rows] *= (target / mass) if target is not None else (share * total / mass)
+            capped.add(g)
+    return capped
+
+
 def label_weights(pairs: pd.DataFrame, by_id: dict[str, StoredFeedback], max_share: float,
-                  ) -> tuple[np.ndarray, dict[str, Any]]:
+                  max_client_share: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
     """Per training row: :data:`LABEL_CONFIDENCE` of its source, then capped so no signature carries
     more than ``max_share`` of the total weight (or ``1 / n_signatures`` when there are fewer
-    signatures than ``1 / max_share``)."""
+    signatures than ``1 / max_share``), then so no client (:attr:`StoredFeedback.client`; the
+    unattributed rows one group) carries more than ``max_client_share`` (likewise at least
+    ``1 / n_clients``: with one client nothing is capped). The client cap comes last: one token
+    flooding an update is held to its share whatever architectures it reports on. With a single
+    large client and a small one, capping the large one raises the small one's share -- the cap
+    bounds a flood, it does not outvote a minority (the screens do)."""
     ids = pairs["job_id"].astype(str).tolist()
     source = pairs["estimate_source"].astype(str).tolist()
     w = np.empty(len(ids))
@@ -143,25 +173,13 @@ def label_weights(pairs: pd.DataFrame, by_id: dict[str, StoredFeedback], max_sha
             src = "measured_infeasible"
         w[k] = LABEL_CONFIDENCE.get(src, 0.2)
     sig = np.array([job_signature(by_id[i].decision.job) for i in ids], dtype=object)
-    groups = sorted(set(sig.tolist()))
-    share = max(max_share, 1.0 / max(len(groups), 1))
-    capped: set[str] = set()
-    for _ in range(100):  # water-filling: scale the heaviest signatures down until none exceeds the share
-        total = float(w.sum())
-        over = [g for g in groups if float(w[sig == g].sum()) > share * total * (1 + 1e-9)]
-        if not over:
-            break
-        rest = float(sum(w[sig == g].sum() for g in groups if g not in over))
-        # each over-share group gets exactly `share` of the new total: m = share * (rest + k m)
-        k = len(over)
-        target = share * rest / (1 - share * k) if share * k < 1 else None
-        for g in over:
-            rows = sig == g
-            mass = float(w[rows].sum())
-            w[rows] *= (target / mass) if target is not None else (share * total / mass)
-            capped.add(g)
-    return w, {"mean_confidence": float(w.mean()) if len(w) else 0.0, "signatures": len(groups),
-               "signatures_capped": len(capped), "max_signature_share": max_share}
+    capped = _cap_shares(w, sig, max_share)
+    client = np.array([by_id[i].client or "" for i in ids], dtype=object)
+    clients_capped = _cap_shares(w, client, max_client_share)
+    return w, {"mean_confidence": float(w.mean()) if len(w) else 0.0, "signatures": len(set(sig.tolist())),
+               "signatures_capped": len(capped), "max_signature_share": max_share,
+               "clients": len(set(client.tolist())), "clients_capped": sorted(c or "(unattributed)" for c in clients_capped),
+               "max_client_share": max_client_share}
 
 
 def with_margins(frame: pd.DataFrame, margins_by_id: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
@@ -306,7 +324,7 @@ class Learner:
         train_set = labelled_set(train_pairs)
         holdout = labelled_set(pairs[held].reset_index(drop=True))
         recency = recency_weights(by_id, last_seq, s.recency_half_life)
-        weights, weight_info = label_weights(train_set.pairs, by_id, s.max_signature_share)
+        weights, weight_info = label_weights(train_set.pairs, by_id, s.max_signature_share, s.max_client_share)
         weights = weights * np.array([recency[i] for i in train_set.pairs["job_id"].astype(str)])
 
         import torch
