@@ -9,8 +9,9 @@ vectorised over the batch:
    performance model's (``model``), corrected by the stored outcomes of the job's signature
    on this target (``history``: feedback and earlier probes, shrunk toward the model by
    the amount of evidence; a run that stands out from the signature's runs before and after
-   it is left out, the learner's poison screen) and by a probe the request carries for it
-   (``probe``). Every
+   it is left out, the learner's poison screen; so are the runs of a client whose reports sit
+   consistently off other clients', :mod:`placement.serve.learning.clients`) and by a probe the
+   request carries for it (``probe``). Every
    estimate on a target is first shifted by the median residual of the last outcomes
    reported on it, or of those since the device changed (:mod:`placement.serve.learning.offsets`): a drifted
    device is seen within about 20 outcomes. The offsets are recomputed every
@@ -92,7 +93,7 @@ from placement.model.estimate import (
 )
 from placement.model.features import MODEL_INPUT_COLUMNS, feature_matrix
 from placement.model.perfmodel import PerformanceModel
-from placement.serve.learning.offsets import shift, target_offsets
+from placement.serve.learning.offsets import OffsetTimeline, shift, target_timeline
 from placement.serve.schemas import (
     LOCAL_TARGET,
     FeedbackRequest,
@@ -115,6 +116,9 @@ from placement.serve.storage.store import (
 
 log = logging.getLogger(__name__)
 
+
+_NO_TIMELINE = OffsetTimeline(now={}, before={}, since_seq={})
+"""No offsets, nobody distrusted: a target before its first computation."""
 
 MAX_OFFSET_TARGETS = 64
 """Targets whose offsets a placer keeps (the most recently added): a client sending a new hardware
@@ -442,7 +446,7 @@ class Placer:
         self.exploration_rate = settings.exploration_rate
         self.explore_band = settings.explore_band
         self.explore_z = EXPLORE_Z
-        self._offsets: dict[str, tuple[int, dict[str, float]]] = {}
+        self._offsets: dict[str, tuple[int, OffsetTimeline]] = {}
         self.offsets_inline = offsets_inline
         """True: a placement recomputes stale target offsets itself (the library; deterministic).
         False: placements use the last computed offsets and :meth:`refresh_offsets`, called by the
@@ -614,7 +618,8 @@ class Placer:
                  request: PlacementRequest | None = None) -> Estimate:
         """The model's estimate of every job, corrected by the request's probes and by the stored
         outcomes of each job's signature on this target (:func:`placement.model.estimate.correct`)."""
-        offsets = self._target_offsets(target)
+        timeline = self._target_timeline(target)
+        offsets = timeline.now
         est = shift(model_estimate(self.perf_model, cols), offsets)
         rows: dict[int, list[Observation]] = {}
         probes = request.probes if request is not None else None
@@ -629,11 +634,16 @@ class Placer:
                                                                     run.time_per_sample_s, run.power_w,
                                                                     run.power_method, True, "probe"))
         if batch.signatures is not None and self.store is not None:
-            self._history(batch, target, est, rows, offsets)
+            self._history(batch, target, est, rows, offsets, timeline.distrusted)
         return correct(est, rows)
 
     def _target_offsets(self, target: HardwareTarget) -> dict[str, float]:
-        """The target's log offsets (:func:`placement.serve.learning.offsets.target_offsets`), recomputed once
+        """The target's log offsets now (:meth:`_target_timeline`)."""
+        return self._target_timeline(target).now
+
+    def _target_timeline(self, target: HardwareTarget) -> OffsetTimeline:
+        """The target's log offsets (:func:`placement.serve.learning.offsets.target_timeline`) and the
+        decision ids of distrusted clients' feedback there, recomputed once
         :data:`OFFSET_REFRESH_ROWS` new feedback rows arrived since the last computation (reading
         and screening the recent feedback takes a few hundred milliseconds; a placement after
         every feedback must not pay it each time). Counted in rows, not seconds, so the answers
@@ -641,24 +651,24 @@ class Placer:
         from placement.serve.storage.store import target_key
 
         if self.store is None:
-            return {}
+            return _NO_TIMELINE
         key = target_key(target)
         if not self.offsets_inline:
             if key not in self._offset_targets:
                 self._offset_targets[key] = target
                 _bound(self._offset_targets, MAX_OFFSET_TARGETS)
             cached = self._offsets.get(key)
-            return cached[1] if cached is not None else {}
+            return cached[1] if cached is not None else _NO_TIMELINE
         return self._recompute_if_stale(key, target, self.store.last_feedback_seq())
 
-    def _recompute_if_stale(self, key: str, target: HardwareTarget, seq: int) -> dict[str, float]:
+    def _recompute_if_stale(self, key: str, target: HardwareTarget, seq: int) -> OffsetTimeline:
         cached = self._offsets.get(key)
         if cached is not None and 0 <= seq - cached[0] < OFFSET_REFRESH_ROWS:
             return cached[1]
-        offsets = target_offsets(self.store, self.perf_model, target)
-        self._offsets[key] = (seq, offsets)
+        timeline = target_timeline(self.store, self.perf_model, target)
+        self._offsets[key] = (seq, timeline)
         _bound(self._offsets, MAX_OFFSET_TARGETS)
-        return offsets
+        return timeline
 
     def refresh_offsets(self) -> int:
         """Recompute the offsets of every target placed on since the start (at most
@@ -689,8 +699,10 @@ class Placer:
         return Observation(device, feasible, time_s, power_w, method, mt, mp, same_job, source)
 
     def _history(self, batch: JobBatch, target: HardwareTarget, est: Estimate, rows: dict[int, list[Observation]],
-                 offsets: Mapping[str, float] | None = None) -> None:
-        """Append each signed job's stored outcomes on ``target`` (same mode) as observations."""
+                 offsets: Mapping[str, float] | None = None, distrusted: frozenset[str] = frozenset()) -> None:
+        """Append each signed job's stored outcomes on ``target`` (same mode) as observations, but
+        not the runs of ``distrusted`` decisions (a distrusted client's feedback,
+        :mod:`placement.serve.learning.clients`)."""
         from placement.serve.storage.store import target_key
 
         assert batch.signatures is not None and self.store is not None
@@ -702,8 +714,12 @@ class Placer:
         ev_rows: list[Any] = []
         for ev_list in evidence.values():
             for ev in ev_list:
+                if ev.source == "feedback" and ev.decision_id in distrusted:
+                    continue
                 ev_jobs.append(Job.model_validate_json(ev.job_json))
                 ev_rows.append(ev)
+        if not ev_rows:
+            return
         ev_batch = JobBatch.from_jobs(ev_jobs)
         ev_est = shift(model_estimate(self.perf_model, ev_batch.model_columns(target)), offsets or {})
         by_sig: dict[str, list[int]] = {}

@@ -431,8 +431,8 @@ def test_background_offsets_are_paid_by_the_refresh_not_by_placements(settings, 
 
     placer = Placer(bundle, settings=settings, store=Store(settings.database), offsets_inline=False)
     calls = []
-    real = placer_module.target_offsets
-    monkeypatch.setattr(placer_module, "target_offsets", lambda *a, **k: calls.append(a[2].id) or real(*a, **k))
+    real = placer_module.target_timeline
+    monkeypatch.setattr(placer_module, "target_timeline", lambda *a, **k: calls.append(a[2].id) or real(*a, **k))
     jobs = serve_world.jobs(60)
     target = get_target("B")
     probe_job = jobs[-1].model_dump()

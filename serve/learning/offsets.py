@@ -71,6 +71,9 @@ class OffsetTimeline:
     now: dict[str, float]
     before: dict[str, float]
     since_seq: dict[str, int]
+    distrusted: frozenset[str] = frozenset()
+    """Decision ids of the window's feedback from clients the client screen distrusts
+    (:mod:`placement.serve.learning.clients`): the placer leaves their runs out of the history."""
 
     def at(self, seq: int) -> dict[str, float]:
         """The offsets that held when feedback ``seq`` arrived (the world that outcome measured)."""
@@ -100,7 +103,8 @@ def target_timeline(store: Any, perf_model: Any, target: HardwareTarget) -> Offs
     key = target_key(target)
     skipped: list[tuple[int, str, str]] = []
     stored = screen_stored(store.recent_feedback(limit=4 * TARGET_HISTORY, skipped=skipped), skipped).usable
-    stored, _ = screen_feedback(stored, perf_model)
+    distrusted: set[str] = set()
+    stored, _ = screen_feedback(stored, perf_model, distrusted=distrusted)
     jobs: list[Job] = []
     runs: list[Any] = []
     seqs: list[int] = []
@@ -116,7 +120,7 @@ def target_timeline(store: Any, perf_model: Any, target: HardwareTarget) -> Offs
             runs.append(run)
             seqs.append(int(fb.seq))
     jobs, runs, seqs = jobs[-TARGET_HISTORY:], runs[-TARGET_HISTORY:], seqs[-TARGET_HISTORY:]
-    timeline = OffsetTimeline(now={}, before={}, since_seq={})
+    timeline = OffsetTimeline(now={}, before={}, since_seq={}, distrusted=frozenset(distrusted))
     if not jobs:
         return timeline
     est = model_estimate(perf_model, JobBatch.from_jobs(jobs).model_columns(target))

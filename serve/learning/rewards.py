@@ -138,16 +138,19 @@ def _per_sample(frame: pd.DataFrame, pred_time_per_batch: npt.NDArray[np.float64
 
 def screen_feedback(
     feedback: Sequence[StoredFeedback], perf_model: PerformanceModel | None = None,
-    settings: RewardSettings | None = None,
+    settings: RewardSettings | None = None, distrusted: set[str] | None = None,
 ) -> tuple[list[StoredFeedback], dict[str, int]]:
     """Poisoned-feedback defence: ``(kept, excluded counts)``. Excluded are feedback with an
     *outlier* run (time per sample or eq. 2 power more than ``max_outlier_factor`` off the
     performance model: drift of a few times passes, a run 10^4 times too slow does not) and
     *contradictory* feedback (the same job on the same target and device reported with times
     per sample more than ``contradiction_factor`` apart: every report of that job is dropped,
-    since which one is true cannot be told), then the robust screens of :func:`_robust_screens`
-    (reasons ``excluded_robust_signature``, ``excluded_robust_target``,
-    ``excluded_contradictory_near``). Failed runs are not screened."""
+    since which one is true cannot be told), every feedback of a client whose runs sit
+    consistently off the other clients' (:mod:`placement.serve.learning.clients`, reason
+    ``excluded_client_bias``; their decision ids are added to ``distrusted`` when given), then the
+    robust screens of :func:`_robust_screens` (reasons ``excluded_robust_signature``,
+    ``excluded_robust_target``, ``excluded_contradictory_near``). Failed runs are not screened
+    one by one (a distrusted client's are left out with the rest of its feedback)."""
     rs = settings or RewardSettings()
     model = perf_model or PerformanceModel()
     rows: list[dict[str, Any]] = []
@@ -183,18 +186,46 @@ def screen_feedback(
                 contradictory.update(k for k, _ in items)
         with np.errstate(divide="ignore", invalid="ignore"):
             signed_t, signed_p = np.log(t / pred_t), np.log(power / pred_p)
-        robust = _robust_screens(feedback, frame, owner, signed_t, signed_p, rs)
+        biased = _client_screen(feedback, frame, owner, signed_t)
+        trusted = np.array([k not in biased for k in owner], dtype=bool)  # a distrusted client is no reference
+        robust = _robust_screens(feedback, frame[trusted].reset_index(drop=True),
+                                 [k for k, ok in zip(owner, trusted.tolist(), strict=True) if ok],
+                                 signed_t[trusted], signed_p[trusted], rs)
     else:
-        robust = {}
+        biased, robust = set(), {}
     contradictory -= outlier
-    kept_out = outlier | contradictory
-    excluded = {"excluded_outlier": len(outlier), "excluded_contradictory": len(contradictory)}
+    biased -= outlier | contradictory
+    if distrusted is not None:
+        distrusted.update(feedback[k].decision.decision_id for k in biased)
+    kept_out = outlier | contradictory | biased
+    excluded = {"excluded_outlier": len(outlier), "excluded_contradictory": len(contradictory),
+                "excluded_client_bias": len(biased)}
     for reason, flagged in robust.items():
         flagged = flagged - kept_out
         excluded[reason] = len(flagged)
         kept_out |= flagged
     kept = [fb for k, fb in enumerate(feedback) if k not in kept_out]
     return kept, {k: v for k, v in excluded.items() if v}
+
+
+def _client_screen(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, owner: list[int],
+                   res_t: npt.NDArray[np.float64]) -> set[int]:
+    """Feedback indices of the clients :func:`placement.serve.learning.clients.client_biases`
+    distrusts (runs grouped by target, signature, mode and device; time residuals against the model)."""
+    from placement.serve.learning.clients import client_biases, distrusted_clients
+
+    if len({fb.client for fb in feedback}) < 2:
+        return set()
+    devices = frame["device"].astype(str).tolist()
+    keys: dict[int, str] = {}
+    groups = []
+    for i, k in enumerate(owner):
+        d = feedback[k].decision
+        if id(d.target) not in keys:
+            keys[id(d.target)] = target_key(d.target)
+        groups.append((keys[id(d.target)], job_signature(d.job), d.job.mode, devices[i]))
+    bad = distrusted_clients(client_biases([feedback[k].client for k in owner], groups, devices, res_t))
+    return {k for k, fb in enumerate(feedback) if fb.client in bad} if bad else set()
 
 
 def job_signature(job: Any) -> str:
