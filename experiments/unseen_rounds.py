@@ -26,7 +26,10 @@ With ``--poison-share 0.2`` each group is played a second time with a fifth of t
 consistently toward the CPU (the GPU 3-10x slower than it ran, or the CPU as much faster; issue 13's
 poison target: no answer flipped), and the answers flipped against the honest run are counted --
 all of them, and the ``harmed`` ones: clear jobs the honest run answered right and the lying one
-wrong. Each round records which reports lied, the device each decision ran on, and per group the
+wrong. With ``--poison-client`` the lying share reports through a client token of its own (the
+service's ``client_tokens_file``; the other reports with the service token), in the honest play too
+(honestly there), so the client screen (:mod:`placement.serve.learning.clients`) can compare it with
+the rest. Each round records which reports lied, the device each decision ran on, and per group the
 jobs' names, labels and clear flags, so a flip can be traced to the reports behind it.
 
 Run: ``python -m experiments.unseen_rounds [--poison-share 0.2]`` (``--smoke``: one small group, one round).
@@ -72,6 +75,10 @@ class Args:
     much faster, varied batch sizes): the answers that flip against the honest run are counted."""
     poison_factor: tuple[float, ...] = (3.0, 10.0)
     """The range the lying factor is drawn from (log-uniform)."""
+    poison_client: bool = False
+    """The lying share's reports come from one client of their own (a client token of the
+    service's ``client_tokens_file``; the rest with the service token), in both plays: honest
+    in the honest one. Without it every report comes from one client and the lies fall at random."""
     threads: int = 2
     smoke: bool = False
 
@@ -160,14 +167,20 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
     clear = ~(np.abs(np.nan_to_num(margin, nan=np.inf)) <= BAND)  # a failed GPU run is clear (CPU)
 
     rounds: list[dict[str, Any]] = []
+    service_auth = {"Authorization": "Bearer unseen-rounds-service-token"}
+    other_auth = {"Authorization": "Bearer unseen-rounds-team-b-token"}
     with tempfile.TemporaryDirectory(prefix="unseen-rounds-") as tmp:
+        clients_file = Path(tmp) / "client_tokens"
+        clients_file.write_text("team-b unseen-rounds-team-b-token\n")
+        clients_file.chmod(0o600)
+        auth = dict(token="unseen-rounds-service-token", client_tokens_file=clients_file) if a.poison_client else {}
         model_dir = Path(tmp) / "model"
         save_model(model_dir, dnn=dnn, ppo=ppo, normaliser=dnn.normaliser, thresholds=th,
                    metadata=ModelMetadata(version=f"without-fold-{fold}", seed=a.seed, thresholds=th.as_dict(),
                                           trace_hashes={"pooled traces": "see provenance"}))
         settings = Settings(state_dir=Path(tmp) / "state", model_path=model_dir, speedup_min=th.speedup_min,
                             energy_ratio_max=th.energy_ratio_max, seed=a.seed, exploration_rate=a.exploration,
-                            torch_threads=a.threads)
+                            torch_threads=a.threads, **auth)
         store = Store(settings.database)
         placer = Placer(bootstrap_store(store, settings), settings=settings, store=store, perf_model=perf,
                         batch_ids=seeded_batch_ids(a.seed + fold))
@@ -180,7 +193,8 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
         while not server.started:
             time.sleep(0.05)
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300,
+                              headers=service_auth if a.poison_client else None) as c:
                 def place(explore: bool) -> list[dict[str, Any]]:
                     r = c.post("/v1/placements", json={"jobs": [j.model_dump(mode="json") for j in jobs],
                                                        "target": a.target, "explore": explore})
@@ -214,10 +228,19 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
                     lied: list[int] = []
                     for j, (d, (_, pair)) in enumerate(zip(decisions, test.iterrows(), strict=True)):
                         outcome = _outcome(pair, d["device"])
-                        if lies.random() < poison_share:
+                        headers = None
+                        if a.poison_client:  # the same reports come from team-b in both plays
+                            u, factor = lies.random(), math.exp(lies.uniform(lo, hi))
+                            if u < a.poison_share:
+                                headers = other_auth
+                                if poison_share > 0:
+                                    outcome = _lie(outcome, factor)
+                                    lied.append(j)
+                        elif lies.random() < poison_share:
                             outcome = _lie(outcome, math.exp(lies.uniform(lo, hi)))
                             lied.append(j)
-                        r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": outcome})
+                        r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": outcome},
+                                   headers=headers)
                         if r.status_code != 200:
                             raise RuntimeError(f"feedback answered {r.status_code}: {r.text[:300]}")
                     updates = []
