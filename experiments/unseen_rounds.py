@@ -123,7 +123,7 @@ def _lie(outcome: dict[str, Any], factor: float) -> dict[str, Any]:
 
 
 def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame,
-             poison_share: float = 0.0) -> dict[str, Any]:
+             poison_share: float = 0.0, silent: bool = False) -> dict[str, Any]:
     """Train without ``held``, serve over HTTP, and play the rounds on ``held``'s measured jobs
     (``poison_share`` of the feedback lying, see :class:`Args`)."""
     import httpx
@@ -232,6 +232,8 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
                         if a.poison_client:  # the same reports come from team-b in both plays
                             u, factor = lies.random(), math.exp(lies.uniform(lo, hi))
                             if u < a.poison_share:
+                                if silent:  # the third play: team-b never reports
+                                    continue
                                 headers = other_auth
                                 if poison_share > 0:
                                     outcome = _lie(outcome, factor)
@@ -283,13 +285,15 @@ def main(args: Args | None = None) -> dict[str, Any]:
         groups = groups[:1]
     results: list[dict[str, Any]] = []
     poisoned: list[dict[str, Any]] = []
+    silent: list[dict[str, Any]] = []
     for k, held in enumerate(groups):
-        for share, into in ((0.0, results), (args.poison_share, poisoned)):
-            if into is poisoned and share <= 0:
+        for share, into in ((0.0, results), (args.poison_share, poisoned), (0.0, silent)):
+            if into is poisoned and share <= 0 or into is silent and not (args.poison_client and args.poison_share > 0):
                 continue
-            r = run_fold(args, k, held, data, frame, share)
+            r = run_fold(args, k, held, data, frame, share, silent=into is silent)
             for row in r["rounds"]:
-                print(f"fold {k} ({', '.join(held)}) poison {share:g} round {row['round']}: clear "
+                play = "silent team-b" if into is silent else f"poison {share:g}"
+                print(f"fold {k} ({', '.join(held)}) {play} round {row['round']}: clear "
                       f"{row['agreement_clear']:.3f} ({row['right_clear']}/{row['clear_jobs']}), all "
                       f"{row['agreement_all']:.3f}, sources {row['estimate_source']}, updates {row['updates']}", flush=True)
             into.append(r)
@@ -299,28 +303,38 @@ def main(args: Args | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"per_fold": results, "pooled": pooled_rounds.reset_index().to_dict(orient="records"),
                                "target": ">= 0.97 of clear jobs after <= 3 rounds"}
     if poisoned:
-        flips = []
-        for honest, lied in zip(results, poisoned, strict=True):
-            truth, clear = honest["truth_gpu"], honest["clear"]
-            for h, p in zip(honest["rounds"], lied["rounds"], strict=True):
-                flips.append({"fold": honest["fold"], "round": h["round"], "jobs": h["jobs"],
-                              "flipped": int(sum(x != y for x, y in zip(h["gpu"], p["gpu"], strict=True))),
-                              # clear jobs the honest run answered right and the lying one wrong
-                              "harmed": int(sum(c and x == t and y != t for x, y, t, c
-                                                in zip(h["gpu"], p["gpu"], truth, clear, strict=True))),
-                              "right_clear_honest": h["right_clear"], "right_clear_poisoned": p["right_clear"],
-                              "clear_jobs": h["clear_jobs"]})
-        pooled_flips = pd.DataFrame(flips).groupby("round")[["jobs", "flipped", "harmed", "right_clear_honest",
-                                                             "right_clear_poisoned", "clear_jobs"]].sum()
-        print(pooled_flips.to_string())
-        summary.update(poisoned=poisoned, flips=flips, pooled_flips=pooled_flips.reset_index().to_dict(orient="records"),
-                       poison_target="no answer flipped by the lying share")
+        summary.update(_flips(results, poisoned, "poisoned vs honest"))
+    if silent:
+        # against the play in which the lying client never reported: what its lies did beyond
+        # taking its reports away (a distrusted client's reports are lost either way)
+        summary.update(_flips(silent, poisoned, "poisoned vs silent", key="_vs_silent"), silent=silent)
     (out / "rounds.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(pooled_rounds.to_string())
     write_provenance(out, "unseen_rounds", args, thresholds=th.as_dict(),
                      trace_hashes={Path(k).name: v for k, v in hashes.items()}, targets=[args.target], start=start,
                      groups=groups)
     return summary
+
+
+def _flips(results: list[dict[str, Any]], poisoned: list[dict[str, Any]], label: str, key: str = "") -> dict[str, Any]:
+    """Answers of the ``poisoned`` plays that differ from the ``results`` plays', per fold and round and
+    pooled: all of them, and the ``harmed`` ones (clear jobs answered right in ``results``, wrong here)."""
+    flips = []
+    for honest, lied in zip(results, poisoned, strict=True):
+        truth, clear = honest["truth_gpu"], honest["clear"]
+        for h, p in zip(honest["rounds"], lied["rounds"], strict=True):
+            flips.append({"fold": honest["fold"], "round": h["round"], "jobs": h["jobs"],
+                          "flipped": int(sum(x != y for x, y in zip(h["gpu"], p["gpu"], strict=True))),
+                          "harmed": int(sum(c and x == t and y != t for x, y, t, c
+                                            in zip(h["gpu"], p["gpu"], truth, clear, strict=True))),
+                          "right_clear_honest": h["right_clear"], "right_clear_poisoned": p["right_clear"],
+                          "clear_jobs": h["clear_jobs"]})
+    pooled_flips = pd.DataFrame(flips).groupby("round")[["jobs", "flipped", "harmed", "right_clear_honest",
+                                                         "right_clear_poisoned", "clear_jobs"]].sum()
+    print(label)
+    print(pooled_flips.to_string())
+    return {"poisoned": poisoned, f"flips{key}": flips, f"pooled_flips{key}": pooled_flips.reset_index().to_dict(orient="records"),
+            "poison_target": "no answer flipped by the lying share"}
 
 
 if __name__ == "__main__":
