@@ -220,7 +220,7 @@ class Settings(BaseSettings):
                                               "reach it); the estimated gain must still be positive.")
     gate_confidence: float = Field(0.9, gt=0.0, lt=1.0, description="Two-sided confidence of the off-policy gate's interval (its lower end is the bound).")
     pinned_gate_confidence: float = Field(0.99, gt=0.0, lt=1.0, description="The gate's confidence while an operator's rollback pins the serving version.")
-    recency_half_life: int = Field(64, ge=1, le=10_000_000, description="Feedback rows after which a row's weight in training and in the gate halves (the policy follows drift).")
+    recency_half_life: int = Field(64, ge=1, le=10_000_000, description="Feedback rows (of those an update uses) after which a row's weight in training and in the gate halves (the policy follows drift).")
     max_signature_share: float = Field(0.25, gt=0.0, le=1.0, description="Largest share of an update's training weight one architecture signature may carry.")
     max_client_share: float = Field(0.5, gt=0.0, le=1.0, description="Largest share of an update's training weight the "
                                     "feedback of one client (its token, client_tokens_file) may carry, once two or more "

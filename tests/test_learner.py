@@ -196,6 +196,23 @@ def test_label_weights_follow_confidence_and_cap_signatures(tmp_path, serve_mode
     assert (w[(src == "model") & single] <= w[single].max()).all()
 
 
+def test_recency_counts_the_feedback_used_not_the_rows_left_out(tmp_path, serve_model_dir, serve_world):
+    import dataclasses
+
+    from placement.serve.learning.learner import recency_weights
+
+    _, store, placer = _service(tmp_path, serve_model_dir)
+    _run(placer, serve_world, serve_world.jobs(6), both=True)
+    feedback = store.recent_feedback()
+    by_id = {fb.decision.decision_id: fb for fb in feedback}
+    w = recency_weights(by_id, half_life=2)
+    newest_first = [fb.decision.decision_id for fb in sorted(feedback, key=lambda fb: -fb.seq)]
+    assert [w[i] for i in newest_first] == pytest.approx([1.0, 0.5 ** 0.5, 0.5, 0.5 ** 1.5, 0.25, 0.5 ** 2.5])
+    # gaps in the sequence (rows quarantined, screened or distrusted in between) change nothing
+    spread = {i: dataclasses.replace(fb, seq=fb.seq * 100) for i, fb in by_id.items()}
+    assert recency_weights(spread, half_life=2) == w
+
+
 def test_label_weights_cap_the_share_of_one_client(tmp_path, serve_model_dir, serve_world):
     import dataclasses
 

@@ -123,11 +123,15 @@ def learner_fields(store: Store) -> dict[str, Any]:
             "recent_updates": json.loads(recent) if recent else []}
 
 
-def recency_weights(by_id: dict[str, StoredFeedback], last_seq: int, half_life: int) -> dict[str, float]:
-    """Per decision id: ``0.5 ** ((last_seq - seq) / half_life)`` -- the newest feedback counts
-    fully, one ``half_life`` older half (training labels and the gate's held-out rows alike), so
-    after a drift the new regime outweighs the old within the window."""
-    return {i: float(0.5 ** (max(last_seq - fb.seq, 0) / half_life)) for i, fb in by_id.items()}
+def recency_weights(by_id: dict[str, StoredFeedback], half_life: int) -> dict[str, float]:
+    """Per decision id: ``0.5 ** (k / half_life)`` for the ``k``-th newest of ``by_id`` (the feedback
+    the update uses) -- the newest counts fully, one ``half_life`` of feedback older half (training
+    labels and the gate's held-out rows alike), so after a drift the new regime outweighs the old
+    within the window. Counted over the feedback used, not the sequence numbers: rows left out
+    (quarantined, screened, a distrusted client's) age no one, so a client sending many reports
+    the screens leave out cannot make the others' count less."""
+    order = sorted(by_id.items(), key=lambda kv: kv[1].seq, reverse=True)
+    return {i: float(0.5 ** (k / half_life)) for k, (i, _) in enumerate(order)}
 
 
 def _cap_shares(w: np.ndarray, group: np.ndarray, max_share: float) -> set[Any]:
@@ -323,7 +327,7 @@ class Learner:
         train_trace = formed.trace[formed.trace["job_id"].astype(str).isin(train_ids)].reset_index(drop=True)
         train_set = labelled_set(train_pairs)
         holdout = labelled_set(pairs[held].reset_index(drop=True))
-        recency = recency_weights(by_id, last_seq, s.recency_half_life)
+        recency = recency_weights(by_id, s.recency_half_life)
         weights, weight_info = label_weights(train_set.pairs, by_id, s.max_signature_share, s.max_client_share)
         weights = weights * np.array([recency[i] for i in train_set.pairs["job_id"].astype(str)])
 
