@@ -194,9 +194,9 @@ def screen_feedback(
     else:
         biased, robust = set(), {}
     contradictory -= outlier
-    biased -= outlier | contradictory
-    if distrusted is not None:
+    if distrusted is not None:  # all of a distrusted client's feedback, whatever else excluded some of it
         distrusted.update(feedback[k].decision.decision_id for k in biased)
+    biased -= outlier | contradictory
     kept_out = outlier | contradictory | biased
     excluded = {"excluded_outlier": len(outlier), "excluded_contradictory": len(contradictory),
                 "excluded_client_bias": len(biased)}
