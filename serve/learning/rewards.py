@@ -174,10 +174,19 @@ def screen_feedback(
             res_p = np.abs(np.log(power / pred_p))
         far = (res_t > limit) | (np.isfinite(res_p) & (res_p > limit))
         outlier = {owner[i] for i in np.flatnonzero(far)}
+        # per run, once for every screen: its target's key and its architecture signature
+        keys: dict[int, str] = {}
+        row_key: list[str] = []
+        for k in owner:
+            target = feedback[k].decision.target
+            if id(target) not in keys:
+                keys[id(target)] = target_key(target)
+            row_key.append(keys[id(target)])
+        row_sig = [job_signature(feedback[k].decision.job) for k in owner]
         groups: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
         for i, k in enumerate(owner):
             fb = feedback[k]
-            key = (target_key(fb.decision.target), fb.decision.job.model_dump_json(exclude={"name", "dataset_size"}),
+            key = (row_key[i], fb.decision.job.model_dump_json(exclude={"name", "dataset_size"}),
                    str(frame["device"].iat[i]))
             groups[key].append((k, float(t[i])))
         for items in groups.values():
@@ -186,11 +195,15 @@ def screen_feedback(
                 contradictory.update(k for k, _ in items)
         with np.errstate(divide="ignore", invalid="ignore"):
             signed_t, signed_p = np.log(t / pred_t), np.log(power / pred_p)
-        biased = _client_screen(feedback, frame, owner, signed_t)
-        trusted = np.array([k not in biased for k in owner], dtype=bool)  # a distrusted client is no reference
-        robust = _robust_screens(feedback, frame[trusted].reset_index(drop=True),
-                                 [k for k, ok in zip(owner, trusted.tolist(), strict=True) if ok],
-                                 signed_t[trusted], signed_p[trusted], rs)
+        biased = _client_screen(feedback, frame, owner, row_key, row_sig, signed_t)
+        trusted = [k not in biased for k in owner]  # a distrusted client is no reference
+        mask = np.array(trusted, dtype=bool)
+
+        def trusted_only(xs: list[Any]) -> list[Any]:
+            return [x for x, ok in zip(xs, trusted, strict=True) if ok]
+
+        robust = _robust_screens(frame[mask].reset_index(drop=True), trusted_only(owner), trusted_only(row_key),
+                                 trusted_only(row_sig), signed_t[mask], signed_p[mask], rs)
     else:
         biased, robust = set(), {}
     contradictory -= outlier
@@ -208,8 +221,8 @@ def screen_feedback(
     return kept, {k: v for k, v in excluded.items() if v}
 
 
-def _client_screen(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, owner: list[int],
-                   res_t: npt.NDArray[np.float64]) -> set[int]:
+def _client_screen(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, owner: list[int], row_key: list[str],
+                   row_sig: list[str], res_t: npt.NDArray[np.float64]) -> set[int]:
     """Feedback indices of the clients :func:`placement.serve.learning.clients.client_biases`
     distrusts (runs grouped by target, signature, mode and device; time residuals against the model)."""
     from placement.serve.learning.clients import client_biases, distrusted_clients
@@ -217,13 +230,7 @@ def _client_screen(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, owne
     if len({fb.client for fb in feedback}) < 2:
         return set()
     devices = frame["device"].astype(str).tolist()
-    keys: dict[int, str] = {}
-    groups = []
-    for i, k in enumerate(owner):
-        d = feedback[k].decision
-        if id(d.target) not in keys:
-            keys[id(d.target)] = target_key(d.target)
-        groups.append((keys[id(d.target)], job_signature(d.job), d.job.mode, devices[i]))
+    groups = [(row_key[i], row_sig[i], feedback[k].decision.job.mode, devices[i]) for i, k in enumerate(owner)]
     bad = distrusted_clients(client_biases([feedback[k].client for k in owner], groups, devices, res_t))
     return {k for k, fb in enumerate(feedback) if fb.client in bad} if bad else set()
 
@@ -297,7 +304,7 @@ def robust_outliers(res_t: npt.ArrayLike, res_p: npt.ArrayLike, rs: RewardSettin
     return out
 
 
-def _robust_screens(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, owner: list[int],
+def _robust_screens(frame: pd.DataFrame, owner: list[int], row_key: list[str], sig: list[str],
                     res_t: npt.NDArray[np.float64], res_p: npt.NDArray[np.float64], rs: RewardSettings,
                     ) -> dict[str, set[int]]:
     """Poison screens on log residuals against the performance model (time per sample and eq. 2
@@ -308,16 +315,12 @@ def _robust_screens(feedback: Sequence[StoredFeedback], frame: pd.DataFrame, own
     batch sizes within ``near_batch_factor``) too few for a signature reference are checked
     against each other (``near_contradiction_factor``). A consistent lie by a minority stands
     out on both sides; drift agrees with the runs after it, and the newest drifted runs pass
-    once ``min_reference`` more runs confirm them. Returns feedback indices by reason."""
+    once ``min_reference`` more runs confirm them. ``row_key`` / ``sig``: each run's target key and
+    architecture signature. Returns feedback indices by reason."""
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     devices = frame["device"].astype(str).tolist()
-    tkeys: dict[int, str] = {}
-    for i, k in enumerate(owner):
-        target = feedback[k].decision.target
-        if id(target) not in tkeys:
-            tkeys[id(target)] = target_key(target)
-        groups[(tkeys[id(target)], devices[i])].append(i)
-    sig = [job_signature(feedback[k].decision.job) for k in owner]
+    for i in range(len(owner)):
+        groups[(row_key[i], devices[i])].append(i)
     batch = frame["batch_size"].astype("float64").to_numpy()
     flags: dict[str, set[int]] = {"excluded_robust_signature": set(), "excluded_robust_target": set(),
                                   "excluded_contradictory_near": set()}
