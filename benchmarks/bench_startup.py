@@ -12,6 +12,12 @@ Issue 16's target: start to first answer <= 12 s on a 2-core machine. Stops its 
 replicas, a second deployment in the learner's place) but deployments that do nothing: a FastAPI
 ingress whose one route parses the same JSON body into a pydantic model and answers it, no
 ``placement`` import in the replicas. What Ray Serve itself costs to start on this host.
+
+``--kill N``: after the first answers, SIGKILL one ingress replica's process N times (each after
+the previous replacement answered) and time, from the kill, the first 200 answer of a new replica on
+its own port (a process that did not listen before): how long Serve takes to bring the service back
+to full capacity after losing a replica, with no load on the host. With ``--floor`` the same for the
+bare echo replicas, so the service's own share of a replacement shows in one run.
 """
 
 
@@ -42,6 +48,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=24400, help="the stable address (Ray's proxy: port + 20)")
     parser.add_argument("--timeout-s", type=float, default=180.0)
     parser.add_argument("--floor", action="store_true", help="deploy a bare echo app instead of the service")
+    parser.add_argument("--kill", type=int, default=0, help="replica kills after the start (timed replacements)")
     args = parser.parse_args()
 
     from placement.core.version import code_version
@@ -91,12 +98,65 @@ def main() -> None:
             time.sleep(0.05)
         if len(answered) < 1 + args.replicas:
             _mark(f"gave up; last outcome of the first ports: {dict(list(last.items())[:4])}")
+        replacements = [_replace_one(serve_app.ingress_ports(settings), body, args.timeout_s) for _ in range(args.kill)]
+        if replacements:
+            print("replacement answering after " + ", ".join(f"{t:.2f}" for t in replacements) + " s (kill to first "
+                  "200 on a new replica's own port)", flush=True)
         what = "floor (bare echo app)" if args.floor else "the service"
         print(f"{what}; code {code_version()}, load average {os.getloadavg()[0]:.1f}; "
               "target: start to first answer <= 12 s")
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _listener(port: int) -> int | None:
+    """The pid listening on ``port`` on this host, if any."""
+    import psutil
+
+    for c in psutil.net_connections(kind="tcp"):
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid is not None:
+            return int(c.pid)
+    return None
+
+
+def _accepting(port: int) -> bool:
+    """Whether something accepts TCP connections on the loopback ``port`` (no HTTP request)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _replace_one(ports: range, body: dict[str, Any], timeout_s: float) -> float:
+    """SIGKILL the replica on the first listening port of ``ports``; seconds until a new process answers.
+    Watched cheaply (a TCP connect per port, one request where a port accepts), so that the watcher
+    does not take the CPU the replacement needs."""
+    import signal
+
+    import httpx
+
+    before = {p: pid for p in ports if (pid := _listener(p)) is not None}
+    victim_port = min(before)
+    survivors = set(before) - {victim_port}
+    os.kill(before[victim_port], signal.SIGKILL)
+    killed = time.perf_counter()
+    with httpx.Client(timeout=1.0) as client:
+        while time.perf_counter() - killed < timeout_s:
+            for p in ports:
+                if p in survivors or not _accepting(p):
+                    continue
+                try:
+                    if client.post(f"http://127.0.0.1:{p}/v1/placements", json=body).status_code == 200:
+                        took = time.perf_counter() - killed
+                        _mark(f"replica on port {victim_port} (pid {before[victim_port]}) replaced: port {p} "
+                              f"answered {took:.2f} s after the kill")
+                        return took
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.05)
+    return float("inf")
 
 
 def _floor_app(settings: "Settings") -> Any:  # no postponed annotations here: Serve re-reads the route's in the replica
