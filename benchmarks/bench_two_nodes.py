@@ -87,6 +87,73 @@ def _load(url: str, body: bytes, rate: float, duration_s: float, kill_at: float,
             "p50_ms": 1e3 * sorted(r[1] for r in results if r[2] == 200)[len(results) // 2] if results else None}
 
 
+def _node_ports(node: Any) -> set[int]:
+    """The TCP ports the processes of one :class:`placement.serve.cluster.Node` listen on."""
+    import psutil
+
+    ports: set[int] = set()
+    try:
+        procs = [psutil.Process(node.proc.pid), *psutil.Process(node.proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return ports
+    for proc in procs:
+        try:
+            ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return ports
+
+
+def _accepting(port: int) -> bool:
+    """Whether something accepts TCP connections on the loopback ``port`` (no HTTP request)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _watch_replacement(settings: Any, head_url: str, survivors: set[str], lost: set[str], since: float,
+                       timeout_s: float, out: dict[str, Any]) -> None:
+    """From the node stop on: until a replica that is neither a survivor nor lost answers on its own
+    port (the replacement: two replicas again), then until the head's stable address hands a request
+    to it. Watched cheaply (a TCP connect per port, one shared HTTP client), so that the watcher does
+    not take the CPU the replacement needs."""
+    import httpx
+
+    from placement.serve.app import ingress_ports
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        with httpx.Client(timeout=1.0) as client:
+            new: str | None = None
+            while new is None and time.monotonic() < deadline:
+                for port in ingress_ports(settings):
+                    if not _accepting(port):
+                        continue
+                    try:
+                        h = client.get(f"http://127.0.0.1:{port}/healthz").json()
+                    except (httpx.HTTPError, ValueError):
+                        continue
+                    if str(h.get("replica")) not in survivors | lost:
+                        new = str(h["replica"])
+                        out["node"] = str(h.get("node"))
+                        out["two_replicas_s"] = time.perf_counter() - since
+                        break
+                else:
+                    time.sleep(0.1)
+            while new is not None and time.monotonic() < deadline:
+                try:
+                    if str(client.get(f"{head_url}/healthz").json().get("replica")) == new:
+                        out["routed_s"] = time.perf_counter() - since
+                        return
+                except (httpx.HTTPError, ValueError):
+                    pass
+                time.sleep(0.05)
+    finally:
+        out["done"] = True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=600, help="single-decision requests per address")
@@ -152,20 +219,25 @@ def main() -> None:
 
             worker = cluster.nodes[1]
             stopped_at: list[float] = []
+            on_worker = _node_ports(worker)
+            before = answering_replicas(settings)
+            lost = {str(h["replica"]) for port, h in before.items() if port in on_worker}
+            survivors = {str(h["replica"]) for h in before.values()} - lost
+            watched: dict[str, Any] = {}
 
             def kill() -> None:
                 stopped_at.append(time.perf_counter())
                 cluster.stop(worker, sig=signal.SIGKILL, grace_s=0.0)
+                _watch_replacement(settings, head_url, survivors, lost, stopped_at[0], args.settle_s, watched)
 
             record["worker_stopped"] = _load(head_url, body, args.rate, args.duration_s, args.kill_at, kill)
-            back = None
             deadline = time.monotonic() + args.settle_s
-            while time.monotonic() < deadline:
-                if len(answering_replicas(settings)) >= 2:
-                    back = time.perf_counter() - stopped_at[0]
-                    break
-                time.sleep(0.5)
-            record["worker_stopped"]["two_replicas_again_after_s"] = back
+            while "done" not in watched and time.monotonic() < deadline:
+                time.sleep(0.2)
+            record["worker_stopped"]["lost_replicas"] = sorted(lost)
+            record["worker_stopped"]["two_replicas_again_after_s"] = watched.get("two_replicas_s")
+            record["worker_stopped"]["routed_at_stable_address_after_s"] = watched.get("routed_s")
+            record["worker_stopped"]["replacement_node"] = watched.get("node")
             with httpx.Client(timeout=10) as c:
                 record["after"] = {"healthz": c.get(f"{head_url}/healthz").status_code}
     finally:
@@ -188,7 +260,8 @@ def main() -> None:
     print(f"worker node SIGKILLed at {w['killed_at_s']:.1f} s of {args.duration_s:.0f} s at {args.rate:g} placements/s "
           f"(head's stable address): {w['failed']} of {w['requests']} failed ({w['failed_pct']:.2f} %; target <= 1 %); "
           f"first answer after the stop {w['first_answer_after_stop_s']}; two replicas again after "
-          f"{w['two_replicas_again_after_s']} s (target <= 10 s)")
+          f"{w['two_replicas_again_after_s']} s, routed to by the head's stable address after "
+          f"{w['routed_at_stable_address_after_s']} s (target <= 10 s); lost {w['lost_replicas']}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1, default=str))

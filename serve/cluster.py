@@ -185,7 +185,9 @@ class LocalCluster:
     # -- the app -------------------------------------------------------------------------------
     def config(self, *, ingress_replicas: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """``serve/config.yaml`` with this cluster's ports, database and state directory (and ``overrides``
-        of the application's args); the placer replicas spread one per node."""
+        of the application's args). The placer replicas spread over the nodes by Serve's default (SPREAD)
+        scheduling, one per node while every node has room; not a hard ``max_replicas_per_node`` = 1,
+        which would leave a stopped node's replica unplaceable until the node returns."""
         data = yaml.safe_load(CONFIG_YAML.read_text())
         s = self.settings
         replicas = ingress_replicas or self.n_workers + 1
@@ -200,7 +202,6 @@ class LocalCluster:
         for dep in app["deployments"]:
             if dep["name"] == "PlacementIngress":
                 dep["num_replicas"] = replicas
-                dep["max_replicas_per_node"] = 1
                 dep.pop("user_config", None)
                 dep["user_config"] = {"exploration_rate": app["args"].get("exploration_rate", s.exploration_rate),
                                       "explore_band": app["args"].get("explore_band", s.explore_band)}

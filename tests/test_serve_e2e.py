@@ -277,6 +277,27 @@ def test_serve_config_yaml_builds_the_app():
     assert {d.name for d in application.deployments} == {"PlacementIngress", "PlacementLearner"}
 
 
+def test_a_lost_node_is_detected_fast_and_its_replicas_can_move():
+    """The GCS's node health checks that decide how soon a stopped node's replicas are replaced are in
+    the environment Ray starts with and in the config's header an operator copies; the placer replicas
+    are not pinned one per node (a lost node's replica must be placeable on the nodes left)."""
+    import yaml
+
+    from placement.serve.app import NODE_HEALTH_CHECK_FAILURES, NODE_HEALTH_CHECK_PERIOD_MS, ray_env
+    from placement.serve.cluster import CONFIG_YAML
+    from placement.serve.settings import Settings
+
+    env = ray_env(Settings())
+    assert env["RAY_health_check_period_ms"] == str(NODE_HEALTH_CHECK_PERIOD_MS)
+    assert env["RAY_health_check_failure_threshold"] == str(NODE_HEALTH_CHECK_FAILURES)
+    assert NODE_HEALTH_CHECK_PERIOD_MS * NODE_HEALTH_CHECK_FAILURES <= 5000  # leaves a replica's start in 10 s
+    text = CONFIG_YAML.read_text()
+    for name in ("RAY_health_check_period_ms", "RAY_health_check_failure_threshold"):
+        assert f"{name}={env[name]}" in text, f"serve/config.yaml's header does not export {name}={env[name]}"
+    for dep in yaml.safe_load(text)["applications"][0]["deployments"]:
+        assert "max_replicas_per_node" not in dep
+
+
 @pytest.mark.slow
 def test_typed_client_and_apply(serve_app, serve_world, example_job):
     from placement.lab.knobs import FakeGpuMemory, allowed_cores
