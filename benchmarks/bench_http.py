@@ -37,7 +37,8 @@ Serve options (one Ray configuration per run; run several to compare, ``make ben
 ``--replicas N`` ingress replicas, ``--max-ongoing N`` (``max_ongoing_requests``), and
 ``--no-throughput-optimized`` (Ray Serve's default request path: no throughput-optimised
 mode, no direct ingress, every request through Ray's HTTP proxy actor). ``--variant`` names
-the run in the output.
+the run in the output. ``--decision-writes behind``: both servers answer placements before their
+decisions are committed (:mod:`placement.serve.storage.writer`).
 
 Jobs cycle through ``--pool`` distinct synthetic jobs (placement.model.simulate.generate_jobs,
 ``--seed``) on catalogue target ``--target``.
@@ -284,6 +285,8 @@ def main() -> None:
     parser.add_argument("--no-throughput-optimized", action="store_true",
                         help="Ray Serve's default path: no throughput-optimised mode, no direct ingress")
     parser.add_argument("--variant", default=None, help="name of this Serve configuration in the output")
+    parser.add_argument("--decision-writes", choices=("commit", "behind"), default="commit",
+                        help="decisions committed before the answer (default) or written behind it, in both servers")
     parser.add_argument("--no-haproxy", action="store_true",
                         help="no HAProxy ingress: clients go to the replicas' own ports (the pre-HAProxy setup)")
     parser.add_argument("--plain-server", default=None, help=argparse.SUPPRESS)
@@ -324,7 +327,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_http."))
     common = {"model_path": str(model), "max_batch_jobs": max(args.batch, 1000), "max_body_bytes": 256 * 2**20,
-              "learner_enabled": False, "policy_poll_s": 60.0, "seed": args.seed}
+              "learner_enabled": False, "policy_poll_s": 60.0, "seed": args.seed, "decision_writes": args.decision_writes}
     plain_settings = Settings.model_validate({**common, "state_dir": str(tmp / "plain"), "port": args.port,
                                               "ray_proxy_port": args.port + 1})
     ray_settings = Settings.model_validate({**common, "state_dir": str(tmp / "ray"), "port": args.port + 10,
@@ -334,7 +337,8 @@ def main() -> None:
     echo_port = args.port + 2
     direct = not args.no_throughput_optimized
     variant = args.variant or (f"{'throughput-optimised+direct' if direct else 'default proxy path'}, "
-                               f"{args.replicas} replica(s), max_ongoing_requests {args.max_ongoing}")
+                               f"{args.replicas} replica(s), max_ongoing_requests {args.max_ongoing}, "
+                               f"decisions {'written behind the answer' if args.decision_writes == 'behind' else 'committed'}")
     if not direct:
         base_env = serve_app.ray_env
         serve_app.ray_env = lambda s: {**base_env(s), "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",  # type: ignore[assignment]

@@ -71,7 +71,14 @@ from placement.serve import bulk, guard
 from placement.serve.docs import mount_docs
 from placement.serve.examples import REQUEST_EXAMPLES
 from placement.serve.learning.learner import learner_fields, pin_version, release_pin
-from placement.serve.placer import InputError, JobBatch, PlacementResult, Placer, bootstrap_store
+from placement.serve.placer import (
+    InputError,
+    JobBatch,
+    NotFound,
+    PlacementResult,
+    Placer,
+    bootstrap_store,
+)
 from placement.serve.schemas import (
     ErrorResponse,
     FeedbackRequest,
@@ -99,6 +106,8 @@ log = logging.getLogger(__name__)
 APP_NAME = "placement"
 OFFSETS_POLL_S = 0.25
 """How often a replica's own thread checks whether its target offsets are stale (one count query)."""
+DECISION_POLL_S = 0.02
+"""How often a feedback waiting for its decision to be stored looks again (``decision_writes = "behind"``)."""
 INLINE_MAX_JOBS = 256
 """Batches up to this size are decided on the event loop; larger ones in a worker thread."""
 INLINE_MAX_BODY_BYTES = 64 * 1024
@@ -302,8 +311,10 @@ class PlacementService:
             threading.Thread(target=self._refresh_offsets, name="offsets", daemon=True).start()
 
     def close(self) -> None:
-        """Stop the background threads (policy refresh, target offsets, retention)."""
+        """Stop the background threads (policy refresh, target offsets, retention) and commit the
+        decisions still queued behind answers (``decision_writes = "behind"``)."""
         self._stop.set()
+        self.placer.close()
 
     def _poll(self) -> None:
         """Pick up versions promoted by the learner (or rolled back) without a restart."""
@@ -448,13 +459,27 @@ class PlacementService:
         except ValidationError as exc:
             return _error(422, "invalid_request", validation_errors(exc))
         try:
-            answer, replayed = self.placer.feedback(req, client=client)
+            answer, replayed = await self._feedback(req, client)
         except FeedbackConflict as exc:
             return _error(409, "conflict", [{"field": "decision_id", "message": str(exc)}])
         except UnknownDecision:  # deleted by retention between the check and the write
             return _error(404, "not_found", [{"field": "decision_id", "message": f"no decision '{req.decision_id}' "
                                               "(decisions without feedback are kept PLACEMENT_RETENTION_S)"}])
         return Response(answer, media_type="application/json", headers={"Idempotent-Replayed": "true" if replayed else "false"})
+
+    async def _feedback(self, req: FeedbackRequest, client: str | None) -> tuple[str, bool]:
+        """:meth:`Placer.feedback`; with ``decision_writes = "behind"`` a decision another replica
+        answered may land in the store a moment after the feedback arrives: retried every
+        :data:`DECISION_POLL_S` for up to ``decision_wait_s`` (without blocking the event loop)."""
+        wait_s = self.settings.decision_wait_s if self.settings.decision_writes == "behind" else 0.0
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self.placer.feedback(req, client=client)
+            except NotFound:
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(DECISION_POLL_S)
 
     async def policy(self, request: Request) -> Response:
         """``GET /v1/policy``: the serving version, thresholds, decision and feedback counts,
@@ -844,6 +869,12 @@ def haproxy_state_dir(settings: Settings) -> Any:
     return Path(tempfile.gettempdir()) / f"placement-haproxy-{settings.port}"
 
 
+def _close(service: PlacementService | None) -> None:
+    """Close a replica's service (None: its constructor never finished)."""
+    if service is not None:
+        service.close()
+
+
 @functools.lru_cache(maxsize=1)
 def _deployments() -> tuple[Any, Any]:
     """The two deployment classes, defined once per process (lazily, so importing this module
@@ -904,6 +935,9 @@ def _deployments() -> tuple[Any, Any]:
 
         def reconfigure(self, config: dict[str, Any]) -> None:
             self.service.reconfigure(config)
+
+        def __del__(self) -> None:  # Serve stopping the replica: commit decisions queued behind answers
+            _close(getattr(self, "service", None))
 
         def check_health(self) -> None:
             self.service.store.active_version()  # raises if the database became unusable

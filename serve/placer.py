@@ -112,7 +112,9 @@ from placement.serve.storage.store import (
     UnknownDecision,
     caps_to_stored,
     iso,
+    split_decision_id,
 )
+from placement.serve.storage.writer import DecisionWriter
 
 log = logging.getLogger(__name__)
 
@@ -454,6 +456,15 @@ class Placer:
         self._offset_targets: dict[str, HardwareTarget] = {}
         self._screens: dict[Any, frozenset[int]] = {}
         """Screen verdicts per evidence group (:meth:`_screened_evidence`), by the group's rows."""
+        self.writer: DecisionWriter | None = None
+        """``decision_writes = "behind"``: commits this placer's decisions after the answers."""
+        if store is not None and settings.decision_writes == "behind":
+            self.writer = DecisionWriter(store, max_pending_jobs=settings.max_pending_decisions)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Commit the decisions still queued behind answers (``decision_writes = "behind"``)."""
+        if self.writer is not None:
+            self.writer.close(timeout_s)
 
     # -- policy versions -----------------------------------------------------------------
     @property
@@ -609,7 +620,10 @@ class Placer:
             decided_by=decided_by.tolist(), estimate=est,
         )
         if self.store is not None and record:
-            self.store.insert_decisions(result.record())
+            if self.writer is not None:
+                self.writer.submit(result.record())  # committed a moment after the answer
+            else:
+                self.store.insert_decisions(result.record())
             self._keep_signatures(result, request)
         return result
 
@@ -813,6 +827,20 @@ class Placer:
         self.store.add_evidence(evidence)
 
     # -- feedback --------------------------------------------------------------------------
+    def _stored_decision(self, decision_id: str) -> Any:
+        """The stored decision; one this placer answered but has not written yet (``decision_writes =
+        "behind"``) is written first. :class:`UnknownDecision` otherwise."""
+        store = self.store
+        if store is None:
+            raise RuntimeError("feedback needs a store")
+        try:
+            return store.get_decision(decision_id)
+        except UnknownDecision:
+            if self.writer is None or not self.writer.holds(split_decision_id(decision_id)[0]):
+                raise
+        self.writer.flush(self.settings.decision_wait_s)
+        return store.get_decision(decision_id)
+
     def feedback(self, request: FeedbackRequest, *, client: str | None = None) -> tuple[str, bool]:
         """Check and store feedback once, attributed to ``client`` (the HTTP layer's name for the
         bearer token it carried; None: unattributed). Returns ``(response JSON, replayed)``.
@@ -824,7 +852,7 @@ class Placer:
         if self.store is None:
             raise RuntimeError("feedback needs a store")
         try:
-            decision = self.store.get_decision(request.decision_id)
+            decision = self._stored_decision(request.decision_id)
         except UnknownDecision:
             raise NotFound("decision_id", f"no decision '{request.decision_id}' (quote decision_id from a placement answer)") from None
         target = decision.target

@@ -190,6 +190,17 @@ class Settings(BaseSettings):
     db_synchronous: str = Field("normal", pattern="^(normal|full)$",
                                 description="SQLite synchronous mode under WAL: normal survives process "
                                 "crashes; full also survives power loss (slower).")
+    decision_writes: str = Field("commit", pattern="^(commit|behind)$",
+                                 description="commit: a placement's decisions are committed before its answer; "
+                                 "behind: answered first, committed a moment later by one writer thread in group "
+                                 "commits (lower latency; a replica killed in between loses those decisions, and "
+                                 "feedback quoting one is refused). Feedback is committed before its answer either way.")
+    max_pending_decisions: int = Field(100_000, ge=1, le=100_000_000,
+                                       description="decision_writes=behind: decisions queued for the store at most; "
+                                       "past it placements answer 503 until the writer catches up.")
+    decision_wait_s: float = Field(2.0, ge=0, le=60, allow_inf_nan=False,
+                                   description="decision_writes=behind: how long a feedback waits for its decision "
+                                   "to be stored (by another replica's writer) before it is refused as unknown.")
     model_path: Path | None = Field(None, description="Initial model directory (default: the bundled models/default).")
     db_url: str | None = Field(None, pattern=r"^[a-z0-9+]+://", description="SQLAlchemy URL of a shared database for "
                                "clusters, e.g. postgresql+psycopg://placement:secret@db-host:5432/placement; when set "

@@ -558,33 +558,39 @@ class Store:
         self.close()
 
     # -- decisions ---------------------------------------------------------------------
-    def insert_decisions(self, batch: DecisionBatch) -> None:
-        """Commit a batch of decisions (one row, whatever its size) before the answer goes out."""
-        key = target_key(batch.target)
-        cols = batch.columns
-        n = len(cols["gpu"])
-        th = batch.thresholds
-        row = {
-            "batch_id": batch.batch_id, "created_at": batch.created_at, "n": n,
-            "n_gpu": int(np.count_nonzero(cols["gpu"])), "n_explored": int(np.count_nonzero(cols["explored"])),
-            "target_key": key, **th.as_dict(), "max_slowdown": batch.max_slowdown,
-            "policy_version": batch.policy_version, "columns": encode_columns(cols),
-        }
-        with self._tx() as conn:
+    def insert_decisions(self, *batches: DecisionBatch) -> None:
+        """Commit batches of decisions (one row each, whatever its size) in one transaction: before
+        the answer goes out, or behind it (:class:`placement.serve.storage.writer.DecisionWriter`)."""
+        rows, new_targets = [], {}
+        for batch in batches:
+            key = target_key(batch.target)
+            cols = batch.columns
+            th = batch.thresholds
+            rows.append({
+                "batch_id": batch.batch_id, "created_at": batch.created_at, "n": len(cols["gpu"]),
+                "n_gpu": int(np.count_nonzero(cols["gpu"])), "n_explored": int(np.count_nonzero(cols["explored"])),
+                "target_key": key, **th.as_dict(), "max_slowdown": batch.max_slowdown,
+                "policy_version": batch.policy_version, "columns": encode_columns(cols),
+            })
             if key not in self._known_targets:
-                conn.execute(self._ins_target, {"target_key": key, "target_id": batch.target.id,
-                                                "target_json": batch.target.model_dump_json()})
+                new_targets[key] = batch.target
+        if not rows:
+            return
+        with self._tx() as conn:
+            for key, target in new_targets.items():
+                conn.execute(self._ins_target, {"target_key": key, "target_id": target.id,
+                                                "target_json": target.model_dump_json()})
             if self.dialect == "sqlite":
                 # the driver's own execute in the same transaction: SQLAlchemy's statement
                 # machinery cost more than the insert itself for a one-job request
                 try:
                     driver: Any = conn.connection.driver_connection
-                    driver.execute(_INS_BATCH_QMARK, [row[c] for c in _BATCH_COLS])
+                    driver.executemany(_INS_BATCH_QMARK, [[row[c] for c in _BATCH_COLS] for row in rows])
                 except sqlite3.OperationalError as exc:
                     raise StorageUnavailable(str(exc)) from exc
             else:
-                conn.execute(_INS_BATCH, row)
-        self._known_targets.add(key)
+                conn.execute(_INS_BATCH, rows)
+        self._known_targets.update(new_targets)
 
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT (with ``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
