@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     max_pending_decisions: int = Field(100_000, ge=1, le=100_000_000,
                                        description="decision_writes=behind: decisions queued for the store at most; "
                                        "past it placements answer 503 until the writer catches up.")
-    decision_wait_s: float = Field(2.0, ge=0, le=60, allow_inf_nan=False,
+    decision_wait_s: float = Field(0.5, ge=0, le=60, allow_inf_nan=False,
                                    description="decision_writes=behind: how long a feedback waits for its decision "
                                    "to be stored (by another replica's writer) before it is refused as unknown.")
     model_path: Path | None = Field(None, description="Initial model directory (default: the bundled models/default).")

@@ -126,7 +126,7 @@ def test_past_the_queue_limit_placements_answer_503(tmp_path, serve_model_dir, s
 def test_feedback_through_another_replica_waits_for_the_write(tmp_path, serve_model_dir, serve_world, monkeypatch):
     """Two replicas on one database: A answers, its write is held back; the feedback reaches B,
     which waits (``decision_wait_s``) for A's writer instead of refusing the decision as unknown."""
-    settings = _settings(tmp_path, serve_model_dir, decision_wait_s=5.0)
+    settings = _settings(tmp_path, serve_model_dir, decision_wait_s=2.0)
     app_a, service_a = plain_app(settings, replica="a")
     app_b, service_b = plain_app(settings, replica="b")
     writer_a = service_a.placer.writer

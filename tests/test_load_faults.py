@@ -631,3 +631,40 @@ def test_candidate_trained_on_poisoned_feedback_is_not_served(two_replicas):
                                                "explore": False}).json()["decisions"]
         assert [d["device"] for d in again] == [d["device"] for d in probe]
         assert all(d["policy_version"] == serving for d in again)
+
+
+def test_decisions_written_behind_take_feedback_through_either_replica(two_replicas, tmp_path):
+    """``decision_writes = "behind"`` through Ray Serve: two replicas behind the stable address,
+    each feedback sent the moment its placement is answered, so HAProxy often hands it to the
+    replica that did not answer (and may not have written the decision yet): every feedback is
+    accepted, and every answered decision and feedback is in the store."""
+    module = serve_app_module
+    settings = Settings.model_validate({**two_replicas.settings.model_dump(), "state_dir": tmp_path / "behind",
+                                        "db_path": None, "decision_writes": "behind"})
+    before = {h["replica"] for p in module.ingress_ports(two_replicas.settings) if (h := _health(p, 1.0)) is not None}
+    found = _redeploy(module, settings, 2, before)
+    world = ServeWorld(6)
+    jobs = world.jobs(80, seed=23)
+    answered: set[str] = set()
+    reached: set[str] = set()
+    try:
+        url = f"http://127.0.0.1:{settings.port}" if module.uses_haproxy(settings) else \
+            f"http://127.0.0.1:{min(found)}"
+        with httpx.Client(base_url=url, timeout=60, headers=two_replicas.headers) as c:
+            for job in jobs:
+                r = c.post("/v1/placements", json={"job": job.model_dump(mode="json"), "target": "B", "explore": False})
+                assert r.status_code == 200, r.text
+                (d,) = r.json()["decisions"]
+                answered.add(d["decision_id"])
+                fb = c.post("/v1/feedback", json={"decision_id": d["decision_id"],
+                                                  "outcome": world.outcome(job, TARGET, d["device"], noise=False)})
+                assert fb.status_code == 200, fb.text
+                reached.add(c.get("/healthz").json()["replica"])
+        assert len(reached) == 2, "the stable address reached both replicas"
+    finally:
+        restored = _redeploy(module, two_replicas.settings, 2, set(found.values()))
+        two_replicas.ports = sorted(restored)
+    with sqlite3.connect(settings.database) as conn:
+        feedback = {row[0] for row in conn.execute("SELECT decision_id FROM feedback")}
+        decisions = conn.execute("SELECT COALESCE(SUM(n), 0) FROM decision_batches").fetchone()[0]
+    assert feedback == answered and decisions == len(jobs)
