@@ -70,9 +70,11 @@ class Args:
     ppo_steps: int = 4096
     ppo_warmup_steps: int = 2048
     poison_share: float = 0.0
-    """With a share > 0 each group is played twice, honestly and with this share of the feedback
+    """With a share > 0 each group is played three times: honestly, with this share of the feedback
     lying consistently toward the CPU (the GPU reported ``poison_factor`` slower, or the CPU as
-    much faster, varied batch sizes): the answers that flip against the honest run are counted."""
+    much faster, varied batch sizes), and with those same reports withheld (``--poison-client``:
+    the lying client never reports); the answers that flip against the honest and the withheld
+    plays are counted."""
     poison_factor: tuple[float, ...] = (3.0, 10.0)
     """The range the lying factor is drawn from (log-uniform)."""
     poison_client: bool = False
@@ -125,7 +127,7 @@ def _lie(outcome: dict[str, Any], factor: float) -> dict[str, Any]:
 def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame,
              poison_share: float = 0.0, silent: bool = False) -> dict[str, Any]:
     """Train without ``held``, serve over HTTP, and play the rounds on ``held``'s measured jobs
-    (``poison_share`` of the feedback lying, see :class:`Args`)."""
+    (``poison_share`` of the feedback lying, or withheld with ``silent``, see :class:`Args`)."""
     import httpx
     import uvicorn
 
@@ -233,13 +235,18 @@ def run_fold(a: Args, fold: int, held: list[str], data: Any, frame: pd.DataFrame
                             u, factor = lies.random(), math.exp(lies.uniform(lo, hi))
                             if u < a.poison_share:
                                 if silent:  # the third play: team-b never reports
+                                    lied.append(j)  # in this play: the reports withheld
                                     continue
                                 headers = other_auth
                                 if poison_share > 0:
                                     outcome = _lie(outcome, factor)
                                     lied.append(j)
                         elif lies.random() < poison_share:
-                            outcome = _lie(outcome, math.exp(lies.uniform(lo, hi)))
+                            factor = math.exp(lies.uniform(lo, hi))  # drawn in both plays: the same reports
+                            if silent:  # the third play: the reports that lie in the poisoned play are withheld
+                                lied.append(j)  # in this play: the reports withheld
+                                continue
+                            outcome = _lie(outcome, factor)
                             lied.append(j)
                         r = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "outcome": outcome},
                                    headers=headers)
@@ -287,12 +294,13 @@ def main(args: Args | None = None) -> dict[str, Any]:
     poisoned: list[dict[str, Any]] = []
     silent: list[dict[str, Any]] = []
     for k, held in enumerate(groups):
-        for share, into in ((0.0, results), (args.poison_share, poisoned), (0.0, silent)):
-            if into is poisoned and share <= 0 or into is silent and not (args.poison_client and args.poison_share > 0):
+        for share, into in ((0.0, results), (args.poison_share, poisoned), (args.poison_share, silent)):
+            if into is not results and share <= 0:
                 continue
             r = run_fold(args, k, held, data, frame, share, silent=into is silent)
             for row in r["rounds"]:
-                play = "silent team-b" if into is silent else f"poison {share:g}"
+                play = (("silent team-b" if args.poison_client else "lying reports withheld") if into is silent
+                        else f"poison {share:g}")
                 print(f"fold {k} ({', '.join(held)}) {play} round {row['round']}: clear "
                       f"{row['agreement_clear']:.3f} ({row['right_clear']}/{row['clear_jobs']}), all "
                       f"{row['agreement_all']:.3f}, sources {row['estimate_source']}, updates {row['updates']}", flush=True)
@@ -305,8 +313,9 @@ def main(args: Args | None = None) -> dict[str, Any]:
     if poisoned:
         summary.update(_flips(results, poisoned, "poisoned vs honest"))
     if silent:
-        # against the play in which the lying client never reported: what its lies did beyond
-        # taking its reports away (a distrusted client's reports are lost either way)
+        # against the play in which the lying client never reported (--poison-client), or the lying
+        # reports were never sent: what the lies did beyond taking those reports away (a report a
+        # screen leaves out is lost either way)
         summary.update(_flips(silent, poisoned, "poisoned vs silent", key="_vs_silent"), silent=silent)
     (out / "rounds.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(pooled_rounds.to_string())

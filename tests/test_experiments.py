@@ -249,6 +249,12 @@ def test_unseen_rounds_feedback_through_http_moves_the_estimates(tmp_path: Path)
     first_flips = [f for f in summary["flips"] if f["round"] == 0]
     assert first_flips and all(f["flipped"] == 0 for f in first_flips)
     assert [f["round"] for f in summary["pooled_flips"]] == [0, 1]
+    # the third play withholds the reports that lie in the poisoned one (the same draws): what the
+    # lies did beyond taking those reports away
+    (withheld,) = summary["silent"]
+    assert withheld["held_out"] == fold["held_out"]
+    assert withheld["rounds"][1]["lied"] == lied["rounds"][1]["lied"]  # withheld there, lied here
+    assert [f["round"] for f in summary["pooled_flips_vs_silent"]] == [0, 1]
     first, after = fold["rounds"]
     assert first["round"] == 0 and after["round"] == 1 and first["jobs"] == after["jobs"] > 0
     assert set(first["estimate_source"]) == {"model"} and set(after["estimate_source"]) == {"history"}
