@@ -120,15 +120,6 @@ def _listener(port: int) -> int | None:
     return None
 
 
-def _accepting(port: int) -> bool:
-    """Whether something accepts TCP connections on the loopback ``port`` (no HTTP request)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _replace_one(ports: range, body: dict[str, Any], timeout_s: float) -> float:
     """SIGKILL the replica on the first listening port of ``ports``; seconds until a new process answers.
     Watched cheaply (a TCP connect per port, one request where a port accepts), so that the watcher
@@ -136,6 +127,8 @@ def _replace_one(ports: range, body: dict[str, Any], timeout_s: float) -> float:
     import signal
 
     import httpx
+
+    from placement.serve.app import accepts_connections
 
     before = {p: pid for p in ports if (pid := _listener(p)) is not None}
     victim_port = min(before)
@@ -145,7 +138,7 @@ def _replace_one(ports: range, body: dict[str, Any], timeout_s: float) -> float:
     with httpx.Client(timeout=1.0) as client:
         while time.perf_counter() - killed < timeout_s:
             for p in ports:
-                if p in survivors or not _accepting(p):
+                if p in survivors or not accepts_connections(p):
                     continue
                 try:
                     if client.post(f"http://127.0.0.1:{p}/v1/placements", json=body).status_code == 200:

@@ -104,15 +104,6 @@ def _node_ports(node: Any) -> set[int]:
     return ports
 
 
-def _accepting(port: int) -> bool:
-    """Whether something accepts TCP connections on the loopback ``port`` (no HTTP request)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _watch_replacement(settings: Any, head_url: str, survivors: set[str], lost: set[str], since: float,
                        timeout_s: float, out: dict[str, Any]) -> None:
     """From the node stop on: until a replica that is neither a survivor nor lost answers on its own
@@ -121,7 +112,7 @@ def _watch_replacement(settings: Any, head_url: str, survivors: set[str], lost: 
     not take the CPU the replacement needs."""
     import httpx
 
-    from placement.serve.app import ingress_ports
+    from placement.serve.app import accepts_connections, ingress_ports
 
     deadline = time.monotonic() + timeout_s
     try:
@@ -129,7 +120,7 @@ def _watch_replacement(settings: Any, head_url: str, survivors: set[str], lost: 
             new: str | None = None
             while new is None and time.monotonic() < deadline:
                 for port in ingress_ports(settings):
-                    if not _accepting(port):
+                    if not accepts_connections(port):
                         continue
                     try:
                         h = client.get(f"http://127.0.0.1:{port}/healthz").json()

@@ -995,6 +995,16 @@ def ingress_ports(settings: Settings) -> range:
     return range(first, first + settings.ingress_replicas + 17)
 
 
+def accepts_connections(port: int, host: str = "127.0.0.1", timeout_s: float = 0.2) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` now (no HTTP request: a closed
+    port refuses at once, so watching a port range this way costs almost nothing)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        return sock.connect_ex((host, port)) == 0
+
+
 def live_replicas(settings: Settings, *, exclude: frozenset[str] = frozenset(),
                   timeout_s: float = 1.0) -> dict[int, str]:
     """Direct-ingress ports answering ``GET /healthz`` now, mapped to their replica ids (replicas

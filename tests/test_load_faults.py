@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -167,13 +166,6 @@ def run_load(ports: Callable[[], list[int]], make_request: Callable[[int], tuple
 
 def _jobs(n: int, seed: int) -> list[dict]:
     return [j.model_dump(mode="json") for j in ServeWorld(seed).jobs(n, seed=seed)]
-
-
-def _accepting(port: int) -> bool:
-    """Whether something accepts TCP connections on the loopback ``port`` (no HTTP request)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _health(port: int, timeout: float = 2.0) -> dict | None:
@@ -324,7 +316,7 @@ def test_replica_killed_under_load(two_replicas):
         with httpx.Client(timeout=0.5) as health:
             while time.monotonic() < deadline:
                 for port in serve_app_module.ingress_ports(two_replicas.settings):
-                    if port in busy or not _accepting(port):
+                    if port in busy or not serve_app_module.accepts_connections(port):
                         continue
                     try:
                         r = health.get(f"http://127.0.0.1:{port}/healthz")
