@@ -285,3 +285,32 @@ def test_cap_check_runs_a_plan_and_the_committed_runs_match_it(tmp_path: Path) -
     assert {(j["workload"], j["mode"], j["batch_size"]): j["cap_mib"] for j in planned if j["cap_mib"]} == {
         k: r["cap_mib"] for k, r in committed.items()}
     assert sum(r["feasible"] is False for r in committed.values()) == 0  # results/cap_check/README.md
+
+
+def test_train_step_split_times_each_phase(tmp_path: Path) -> None:
+    from experiments.train_step_split import Args, main
+
+    payload = main(Args(out=tmp_path / "s.json", device="cpu", jobs=(("mlp_covtype", 2),)))
+    (row,) = payload["rows"]  # type: ignore[misc]
+    assert row["model"] == "mlp_covtype" and row["params"] == 6.0
+    assert all(float(row[k]) > 0 for k in ("infer_s", "forward_s", "backward_s", "step_s"))
+    assert json.loads((tmp_path / "s.json").read_text())["rows"] == [row]
+    for lease in ("h200_lease2", "h200_lease3"):  # the committed runs on the lent H200
+        rows = json.loads((ROOT / f"results/train_step_split/{lease}.json").read_text())["rows"]
+        assert {r["device"] for r in rows} == {"cuda"} and len(rows) == len(Args().jobs)
+
+
+def test_opmodel_variants_lease_and_host_ratios_come_from_the_committed_files() -> None:
+    from experiments.opmodel_variants import Args, host_ratio, lease_ratios
+    from placement.model.opcalibration import load_variants
+
+    args = Args()
+    ratios = lease_ratios(args.fit_file, args.leases)
+    assert set(ratios) == {"h200_microbench_lease2.json", "h200_microbench_lease3.json"}
+    assert all(set(r) == {"cpu1", "cpu4", "cpu16", "gpu"} for r in ratios.values())
+    committed = load_variants()
+    assert committed is not None
+    for name, r in ratios.items():
+        assert committed["lease_ratio"][name] == pytest.approx(r)
+    assert committed["h100_over_h200"] == pytest.approx(host_ratio())
+    assert set(committed["variants"]) == {"bundled", "grouped", "chains", "all leases"}

@@ -127,8 +127,8 @@ def test_fit_reads_only_the_micro_benchmarks(monkeypatch, tmp_path):
     seen = []
     real = opmodel.bench_summaries
 
-    def only_kept():
-        out = real()
+    def only_kept(benches=None):
+        out = real(benches)
         seen.append(sorted(out))
         return {k: v for k, v in out.items() if k[0] in keep}
 
@@ -262,3 +262,106 @@ def test_zero_shot_answers_and_targets_are_computed_not_written_by_hand():
     assert "runs out of memory -- **not met** (measured: 1 of 3" in targets_text(df, None, oom, answers, ["x"])
     stale = {**measured, "caps_not_run": 1.0}
     assert "runs out of memory -- **not met**" in targets_text(df, None, stale, answers, ["x"])
+
+
+def test_an_opmodel_1_parameter_set_still_loads_with_its_three_host_costs():
+    """opmodel/1 kept one host cost for every kind but recurrent and attention; such a file loads
+    with that cost on each of those kinds (and no training-step term)."""
+    from placement.model.opmodel import FIT_KINDS, OperatorModel
+
+    data = json.loads(Path("placement/data/op_params.json").read_text())
+    for dev in data["devices"].values():
+        dev["overhead_s"] = {"op": 3e-5, "recurrent": 2e-7, "attention": 4e-7}
+        dev.pop("train_step_s")
+    model = OperatorModel.from_dict(data)
+    gpu = model.devices["gpu"]
+    assert set(gpu.overhead_s) == set(FIT_KINDS)
+    assert gpu.overhead_s["conv"] == gpu.overhead_s["matmul"] == 3e-5
+    assert gpu.overhead_s["recurrent"] == 2e-7 and gpu.overhead_s["attention"] == 4e-7
+    assert gpu.train_step_s == 0.0
+
+
+def test_host_costs_are_per_kind_and_training_pays_its_step_term():
+    """opmodel/2: a convolution's host cost is its own, not an element-wise launch's, and a
+    training step pays ``train_step_s`` once on top of its operators."""
+    from dataclasses import replace
+
+    from placement.model.opmodel import bundled_operator_model
+
+    model = bundled_operator_model()
+    assert model is not None
+    gpu = model.devices["gpu"]
+    assert gpu.overhead_s["conv"] != gpu.overhead_s["elementwise"]
+    assert gpu.train_step_s > 0
+    target = get_target("h200-host")
+    job = describe_workload("lenet_cifar10", 4, "train")
+    job = job.model_copy(update={"operators": zoo_operators("lenet_cifar10", "train", 4)})
+    with_step = model.time_s(job, target, "gpu")[0]
+    model.devices["gpu"] = replace(gpu, train_step_s=0.0)
+    try:
+        assert with_step - model.time_s(job, target, "gpu")[0] == pytest.approx(gpu.train_step_s)
+    finally:
+        model.devices["gpu"] = gpu
+
+
+def test_extra_benches_are_measured_on_request_and_never_fitted():
+    """The chains and SGD steps of EXTRA_BENCHES run with ``--extra`` only (the SGD steps as *train*
+    only) and the operator model's fit reads BENCHES alone by default."""
+    import placement.lab.microbench as mb
+    from placement.model.opmodel import bench_summaries
+
+    default = mb.plan((1,), gpu=True, host_cores=16)
+    extra = mb.plan((1,), gpu=True, host_cores=16, benches=(*mb.BENCHES, *mb.EXTRA_BENCHES))
+    names = {b.name for b in mb.EXTRA_BENCHES}
+    assert not names & {r.bench for r in default}
+    assert {r.bench for r in extra} - {r.bench for r in default} == names
+    assert {r.mode for r in extra if r.bench == "sgd-chain"} == {"train"}
+    assert not names & {k[0] for k in bench_summaries()}
+    # the committed later leases hold the whole plan with the extra benches
+    lease3 = json.loads(Path("data/traces/h200_microbench_lease3.json").read_text())["runs"]
+    assert {r["key"] for r in lease3} == {r.key for r in mb.plan((1, 4, 16), gpu=True, host_cores=16,
+                                                                  benches=(*mb.BENCHES, *mb.EXTRA_BENCHES))}
+
+
+def test_an_optimizer_bench_records_the_optimizer_step():
+    import placement.lab.microbench as mb
+    from placement.model.opmodel import bench_summaries
+
+    sgd = mb.get_bench("sgd-chain")
+    s = bench_summaries([sgd, mb.get_bench("linear-chain")])
+    opt = [b for b in s[("sgd-chain", "train")].bins if b.kind == "optimizer"]
+    assert opt and sum(b.count for b in opt) == 3 * 16  # weight decay, momentum, update per parameter tensor
+    assert not [b for b in s[("linear-chain", "train")].bins if b.kind == "optimizer"]
+    step = mb._step(sgd, "train", torch.device("cpu"))
+    step()  # runs forward, backward and the SGD step
+
+
+def test_limits_text_reports_lease_ratios_and_variants():
+    from placement.model.opcalibration import limits_text
+
+    fit = {"gpu": {"median_abs_err": 0.16}, "cpu16": {"median_abs_err": 0.27}, "cpu1": {"median_abs_err": 0.21}}
+    row = {"bench_fit_median_pct": 19.6, "cpu_zero_shot_pct": 43.0, "cpu_loao_pct": 38.7, "cpu_h100_pct": 40.6,
+           "gpu_zero_shot_pct": 30.8, "gpu_loao_pct": 25.2, "gpu_h100_pct": 43.8}
+    variants = {"lease_ratio": {"h200_microbench_lease2.json": {"cpu1": 1.24, "gpu": 1.51}},
+                "h100_over_h200": {"cpu": 1.77, "gpu": 1.5}, "variants": {"bundled": row}}
+    text = "\n".join(limits_text(fit, variants))
+    assert "cpu1 21 %, cpu16 27 %, gpu 16 %" in text
+    assert "lease2: cpu1 1.24x, gpu 1.51x" in text and "1.77x (CPU) and 1.50x (GPU)" in text
+    assert "| bundled | 19.6 | 43.0 | 38.7 | 40.6 | 30.8 | 25.2 | 43.8 |" in text
+    assert "lease" not in "\n".join(limits_text(fit, None))
+
+
+def test_committed_variants_match_the_bundled_model():
+    """results/opmodel_variants.json's *bundled* row scores today's bundled fit (rerun
+    ``python -m experiments.opmodel_variants`` after refitting)."""
+    from placement.model.opcalibration import load_variants
+    from placement.model.opmodel import bundled_operator_model
+
+    variants = load_variants()
+    assert variants is not None
+    model = bundled_operator_model()
+    assert model is not None
+    fit = model.provenance["fit"]
+    expect = float(np.median([v["median_abs_err"] for v in fit.values()])) * 100
+    assert variants["variants"]["bundled"]["bench_fit_median_pct"] == pytest.approx(expect)
+    assert set(variants["lease_ratio"]) == {"h200_microbench_lease2.json", "h200_microbench_lease3.json"}

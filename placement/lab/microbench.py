@@ -67,6 +67,16 @@ class Bench:
     vocab: int = 0
     train: bool = True
     """Whether a training (backward) run is defined (not for integer-only inputs' copies)."""
+    optimizer: bool = False
+    """Whether the training step also runs the zoo's optimizer (:func:`placement.lab.workloads.make_optimizer`);
+    such a bench runs only as *train*."""
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes this bench runs in."""
+        if self.optimizer:
+            return ("train",)
+        return MODES if self.train else ("infer",)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -146,6 +156,27 @@ class _Pool(nn.Module):
         return nn.functional.max_pool2d(x * self.w, 2)
 
 
+def _linear_chain() -> nn.Module:
+    """Eight Linear(128, 128) + ReLU layers: sixteen small modules, launch-bound on a GPU."""
+    return nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(128, 128), nn.ReLU())])
+
+
+def _deep_chain() -> nn.Module:
+    """Thirty-two Linear(32, 32) + ReLU layers: 64 parameter tensors (what an optimizer step's cost grows with)."""
+    return nn.Sequential(*[m for _ in range(32) for m in (nn.Linear(32, 32), nn.ReLU())])
+
+
+def _conv_chain() -> nn.Module:
+    """Four Conv2d(16, 16, 3) + BatchNorm2d + ReLU blocks on small maps."""
+    return nn.Sequential(*[m for _ in range(4) for m in (nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())])
+
+
+def _block_chain() -> nn.Module:
+    """Four pre-norm MLP blocks, LayerNorm(128) + Linear(128, 256) + GELU + Linear(256, 128)."""
+    return nn.Sequential(*[m for _ in range(4)
+                           for m in (nn.LayerNorm(128), nn.Linear(128, 256), nn.GELU(), nn.Linear(256, 128))])
+
+
 class _Copy(nn.Module):
     """Identity on the device: the bench times the host->GPU copy of its input."""
 
@@ -185,6 +216,20 @@ def _benches() -> tuple[Bench, ...]:
 
 BENCHES: tuple[Bench, ...] = _benches()
 
+EXTRA_BENCHES: tuple[Bench, ...] = (
+    Bench("linear-chain", "matmul", _linear_chain, (16, 128)),
+    Bench("conv-chain", "conv", _conv_chain, (4, 16, 16, 16)),
+    Bench("block-chain", "norm", _block_chain, (8, 16, 128)),
+    Bench("sgd-chain", "optimizer", _linear_chain, (16, 128), optimizer=True),
+    Bench("linear-deep", "matmul", _deep_chain, (16, 32)),
+    Bench("sgd-deep", "optimizer", _deep_chain, (16, 32), optimizer=True),
+)
+"""Measured with ``--extra``, **not fitted**: chains of small layers stacked the way networks stack
+them (Linear+ReLU, Conv+BatchNorm+ReLU, LayerNorm+MLP blocks: what an operator costs among many
+rather than alone) and the zoo's SGD step over 16 and 64 parameter tensors. Measured on two later
+leases (``data/traces/h200_microbench_lease2.json``/``_lease3.json``) with the whole plan; fitting them
+(lease-normalised by the shared benches) did not improve the held-out architectures (docs/calibration.md)."""
+
 MEMORY_EXTRA: tuple[Bench, ...] = (
     Bench("lstm-m", "recurrent", lambda: _Seq(nn.LSTM(64, 128, batch_first=True)), (32, 64, 64)),
     Bench("gru-l", "recurrent", lambda: _Seq(nn.GRU(128, 256, batch_first=True)), (128, 64, 128)),
@@ -199,7 +244,7 @@ MEMORY_SCHEMA = "placement.microbench-memory/1"
 def get_bench(name: str) -> Bench:
     """The micro-benchmark named ``name`` (:data:`BENCHES`, then :data:`MEMORY_EXTRA`); ``KeyError``
     naming the known ones otherwise."""
-    known = (*BENCHES, *MEMORY_EXTRA)
+    known = (*BENCHES, *EXTRA_BENCHES, *MEMORY_EXTRA)
     for bench in known:
         if bench.name == name:
             return bench
@@ -221,17 +266,19 @@ class RunSpec:
         return f"{self.bench}|{self.mode}|{self.device}|t{self.threads}"
 
 
-def plan(threads: Sequence[int] = CPU_THREADS, gpu: bool = True, host_cores: int | None = None) -> list[RunSpec]:
-    """Every bench x mode on the CPU at each thread count (copies: GPU only), then on the GPU."""
+def plan(threads: Sequence[int] = CPU_THREADS, gpu: bool = True, host_cores: int | None = None,
+         benches: Sequence[Bench] | None = None) -> list[RunSpec]:
+    """Every bench (default :data:`BENCHES`) x mode on the CPU at each thread count (copies: GPU
+    only), then on the GPU."""
+    benches = BENCHES if benches is None else benches
     cores = host_cores or os.cpu_count() or 1
     ths = sorted({min(t, cores) for t in threads})
     runs: list[RunSpec] = []
-    for b in BENCHES:
-        modes = MODES if b.train else ("infer",)
+    for b in benches:
         if b.kind != "copy":
-            runs += [RunSpec(b.name, m, "cpu", t) for m in modes for t in ths]
+            runs += [RunSpec(b.name, m, "cpu", t) for m in b.modes for t in ths]
     if gpu:
-        runs += [RunSpec(b.name, m, "gpu", cores) for b in BENCHES for m in (MODES if b.train else ("infer",))]
+        runs += [RunSpec(b.name, m, "gpu", cores) for b in benches for m in b.modes]
     return runs
 
 
@@ -250,12 +297,19 @@ def _step(bench: Bench, mode: str, device: torch.device) -> Callable[[], None]:
         return infer
     model.train()
     xs = x.float().requires_grad_(True) if not bench.vocab else x
+    opt = None
+    if bench.optimizer:
+        from placement.lab.workloads import make_optimizer
+
+        opt = make_optimizer(model)
 
     def train() -> None:
         model.zero_grad(set_to_none=True)
         if xs.is_floating_point():
             xs.grad = None
         model(xs).float().sum().backward()
+        if opt is not None:
+            opt.step()
 
     return train
 
@@ -310,7 +364,7 @@ def measure_memory(bench: Bench, mode: str, steps: int = 3) -> dict[str, Any]:
 def run_memory(out: Path) -> dict[str, Any]:
     """:func:`measure_memory` for every GPU bench and mode (module docstring), written to ``out``."""
     runs = [measure_memory(b, m) for b in (*BENCHES, *MEMORY_EXTRA) if b.kind != "copy"
-            for m in (MODES if b.train else ("infer",))]
+            for m in b.modes]
     header = {"kind": "header", "schema": MEMORY_SCHEMA, "environment": _environment(), "started_unix_s": time.time(),
               "code_version": os.environ.get("PLACEMENT_CODE_VERSION", "")}
     payload = {"schema": MEMORY_SCHEMA, "header": header, "runs": runs}
@@ -395,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short timings (tests)")
     parser.add_argument("--only", default="", help="comma-separated bench names (tests)")
     parser.add_argument("--memory", action="store_true", help="the GPU memory reference instead of timings")
+    parser.add_argument("--extra", action="store_true", help="also the chains and optimizer steps of EXTRA_BENCHES (not fitted)")
     args = parser.parse_args(argv)
     if args.memory:
         if not torch.cuda.is_available():
@@ -404,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     threads = [int(t) for t in args.threads.split(",") if t]
     gpu = not args.no_gpu and torch.cuda.is_available()
-    runs = plan(threads, gpu)
+    runs = plan(threads, gpu, benches=(*BENCHES, *EXTRA_BENCHES) if args.extra else None)
     if args.only:
         names = set(args.only.split(","))
         runs = [r for r in runs if r.bench in names]

@@ -436,10 +436,16 @@ def zoo_operators(name: str, mode: str, batch_size: int) -> OperatorSummary:
 
 def record_step(module: nn.Module, bench: Any, mode: str) -> list[Operator]:
     """The operators of a reference micro-benchmark's step (:mod:`placement.lab.microbench`) on
-    ``meta``: forward (``infer``) or forward + ``sum().backward()`` (``train``), recorded as a
-    job's are (same kinds, regions and FLOP formulas)."""
+    ``meta``: forward (``infer``) or forward + ``sum().backward()`` (``train``; + the optimizer's
+    step for a bench that runs one), recorded as a job's are (same kinds, regions and FLOP formulas)."""
     rec = _Recorder()
     handles: list[Any] = []
+    optimizer = None
+    if mode == "train" and getattr(bench, "optimizer", False):
+        from placement.lab.workloads import make_optimizer
+
+        optimizer = make_optimizer(module)
+        handles += _optimizer_hooks(optimizer, rec)
 
     def pre(m: nn.Module, inputs: Any) -> None:
         rec.region.append("recurrent")
@@ -466,7 +472,12 @@ def record_step(module: nn.Module, bench: Any, mode: str) -> list[Operator]:
             else:
                 module.train()
                 module(x).float().sum().backward()
+                if optimizer is not None:
+                    optimizer.step()
     finally:
         for h in handles:
             h.remove()
-    return rec.ops
+    ops = rec.ops
+    if optimizer is not None:
+        _spread_optimizer_flops(ops, sum(p.numel() for p in module.parameters() if p.requires_grad))
+    return ops

@@ -13,9 +13,11 @@ Time of one step on a device (seconds), over the bins of the job's
 ``e_k`` and ``m_k`` (per kind, at most 1.5 of the data-sheet peak) are the achieved shares of
 peak FLOP/s and bandwidth; ``f_half``/``b_half`` make a small operator reach only part of
 them (``e_k * f / (f + f_half)``: a bounded, size-dependent utilisation); ``dispatch_k``/
-``launch_k`` are the per-operator host costs (separate for recurrent and attention
-operators, which real kernels fuse: cuDNN's RNN, flash attention); ``h2d`` is a latency
-plus the batch over the host link. CPU thread scaling per kind: the CPU is fitted at each
+``launch_k`` are the per-operator host costs, **one per kind**: a cuDNN convolution's host
+side costs several times an element-wise launch's, and recurrent and attention operators,
+which real kernels fuse (cuDNN's RNN, flash attention), cost almost nothing each;
+``train_step_s`` is what a training step pays once beyond its operators (the autograd
+engine's start, the loss); ``h2d`` is a latency plus the batch over the host link. CPU thread scaling per kind: the CPU is fitted at each
 reference thread count (1, 4, 16) and a prediction at ``c`` cores interpolates log time
 in ``log2 c`` between the two nearest.
 
@@ -51,19 +53,19 @@ from placement.core.hardware import HardwareTarget
 from placement.core.job import Job
 from placement.core.operator_summary import OperatorSummary
 
-OPMODEL_VERSION = "opmodel/1"
+OPMODEL_VERSION = "opmodel/2"
 OP_PARAMS_SCHEMA = "placement.op_params/1"
 OP_PARAMS_RESOURCE = "data/op_params.json"
 MEASURED_TARGET = "h200-host"
 CPU_THREAD_POINTS = (1, 4, 16)
 FIT_KINDS = ("matmul", "conv", "dwconv", "attention", "recurrent", "gather", "norm", "pool", "elementwise")
 KIND_SOURCE = {k: k for k in FIT_KINDS} | {"reduction": "elementwise", "copy": "elementwise", "optimizer": "elementwise"}
-OVERHEAD_GROUPS = ("op", "recurrent", "attention")
+_OLD_GROUPS = ("op", "recurrent", "attention")  # opmodel/1 kept three host costs: every other kind was "op"
 GPU_POWER_BASE = 0.35
 LABEL_BYTES = 8  # an int64 label per sample travels with the batch
 
 
-def _overhead_group(kind: str) -> str:
+def _old_group(kind: str) -> str:
     return kind if kind in ("recurrent", "attention") else "op"
 
 
@@ -75,7 +77,7 @@ class DeviceParams:
     mem_eff: dict[str, float]  # m_k: share of peak bandwidth
     f_half: float  # FLOPs
     b_half: float  # bytes
-    overhead_s: dict[str, float]  # per operator (CPU dispatch) / per launch (GPU), by group
+    overhead_s: dict[str, float]  # per operator (CPU dispatch) / per launch (GPU), by kind
     step_s: float
     h2d_latency_s: float = 0.0
     h2d_gbs: float = 0.0
@@ -89,10 +91,13 @@ class DeviceParams:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeviceParams:
-        """The parameters from :meth:`to_dict` output (absent host-transfer and training-step terms are 0)."""
+        """The parameters from :meth:`to_dict` output (absent host-transfer and training-step terms are 0;
+        an ``opmodel/1`` set's three host costs, op/recurrent/attention, stand for every kind of their group)."""
+        ov = {k: float(v) for k, v in d["overhead_s"].items()}
+        if set(ov) <= set(_OLD_GROUPS):
+            ov = {k: ov[_old_group(k)] for k in FIT_KINDS}
         return cls(eff={k: float(v) for k, v in d["eff"].items()}, mem_eff={k: float(v) for k, v in d["mem_eff"].items()},
-                   f_half=float(d["f_half"]), b_half=float(d["b_half"]),
-                   overhead_s={k: float(v) for k, v in d["overhead_s"].items()}, step_s=float(d["step_s"]),
+                   f_half=float(d["f_half"]), b_half=float(d["b_half"]), overhead_s=ov, step_s=float(d["step_s"]),
                    h2d_latency_s=float(d.get("h2d_latency_s", 0.0)), h2d_gbs=float(d.get("h2d_gbs", 0.0)),
                    train_step_s=float(d.get("train_step_s", 0.0)))
 
@@ -119,7 +124,6 @@ class Peaks:
 @dataclass(frozen=True)
 class _Bins:
     kind_idx: np.ndarray  # index into FIT_KINDS (the parameter source)
-    group_idx: np.ndarray  # index into OVERHEAD_GROUPS
     count: np.ndarray
     flops: np.ndarray  # per operator
     nbytes: np.ndarray  # per operator
@@ -127,20 +131,19 @@ class _Bins:
 
 
 def _bins(summary: OperatorSummary) -> _Bins:
-    ki, gi, n, f, b, la = [], [], [], [], [], []
+    ki, n, f, b, la = [], [], [], [], []
     for x in summary.bins:
         ki.append(FIT_KINDS.index(KIND_SOURCE.get(x.kind, "elementwise")))
-        gi.append(OVERHEAD_GROUPS.index(_overhead_group(x.kind)))
         n.append(x.count)
         f.append(x.flops / x.count)
         b.append((x.bytes_read + x.bytes_written) / x.count)
         la.append(x.launches)
-    return _Bins(np.array(ki), np.array(gi), np.array(n, float), np.array(f, float), np.array(b, float), np.array(la, float))
+    return _Bins(np.array(ki, dtype=np.intp), np.array(n, float), np.array(f, float), np.array(b, float), np.array(la, float))
 
 
 def _vec(p: DeviceParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.array([p.eff[k] for k in FIT_KINDS]), np.array([p.mem_eff[k] for k in FIT_KINDS]),
-            np.array([p.overhead_s[g] for g in OVERHEAD_GROUPS]))
+            np.array([p.overhead_s[k] for k in FIT_KINDS]))
 
 
 def _exec_s(b: _Bins, p: DeviceParams, gflops: float, bw_gbs: float) -> np.ndarray:
@@ -155,7 +158,7 @@ def _cpu_time(b: _Bins, p: DeviceParams, gflops: float, bw_gbs: float, train: bo
     _, _, ov = _vec(p)
     work = float(np.dot(b.count, ex))
     step = p.step_s + (p.train_step_s if train else 0.0)
-    return step + float(np.dot(b.count, ov[b.group_idx])) + work, work
+    return step + float(np.dot(b.count, ov[b.kind_idx])) + work, work
 
 
 def _gpu_time(b: _Bins, p: DeviceParams, gflops: float, bw_gbs: float, h2d_bytes: float,
@@ -163,7 +166,7 @@ def _gpu_time(b: _Bins, p: DeviceParams, gflops: float, bw_gbs: float, h2d_bytes
     ex = _exec_s(b, p, gflops, bw_gbs)
     _, _, ov = _vec(p)
     work = float(np.dot(b.count, ex))
-    per_bin = np.maximum(b.launches * ov[b.group_idx], b.count * ex)
+    per_bin = np.maximum(b.launches * ov[b.kind_idx], b.count * ex)
     h2d = p.h2d_latency_s + h2d_bytes / (p.h2d_gbs * 1e9) if h2d_bytes > 0 and p.h2d_gbs > 0 else 0.0
     step = p.step_s + (p.train_step_s if train else 0.0)
     return step + h2d + float(per_bin.sum()), work
@@ -342,7 +345,7 @@ def bench_summaries(benches: Sequence[Any] | None = None) -> dict[tuple[str, str
 
     out: dict[tuple[str, str], OperatorSummary] = {}
     for bench in microbench.BENCHES if benches is None else benches:
-        for mode in microbench.MODES if bench.train else ("infer",):
+        for mode in bench.modes:
             with torch.device("meta"):
                 module = bench.build()
             ops = record_step(module, bench, mode)
@@ -356,33 +359,35 @@ def _device_keys() -> list[str]:
 
 
 def _unpack(theta: np.ndarray, gpu: bool) -> DeviceParams:
+    """Parameters from the fit's log vector: per-kind e_k, m_k; f_half, b_half; per-kind host cost;
+    step; training step; (GPU) host-link latency and GB/s."""
     n = len(FIT_KINDS)
     e = np.exp(theta[:n])
     m = np.exp(theta[n:2 * n])
     f_half, b_half = np.exp(theta[2 * n:2 * n + 2])
-    ov = np.exp(theta[2 * n + 2:2 * n + 5])
-    step = math.exp(theta[2 * n + 5])
-    # a separate per-training-step overhead was tried (fitted on the benches): it traded the
-    # benches' fit for the architectures' (docs/calibration.md), so it is not fitted: 0
-    train_step = 0.0
-    lat, gbs = (math.exp(theta[2 * n + 6]), math.exp(theta[2 * n + 7])) if gpu else (0.0, 0.0)
+    ov = np.exp(theta[2 * n + 2:3 * n + 2])
+    step, train_step = math.exp(theta[3 * n + 2]), math.exp(theta[3 * n + 3])
+    lat, gbs = (math.exp(theta[3 * n + 4]), math.exp(theta[3 * n + 5])) if gpu else (0.0, 0.0)
     return DeviceParams(dict(zip(FIT_KINDS, e.tolist(), strict=True)), dict(zip(FIT_KINDS, m.tolist(), strict=True)),
-                        float(f_half), float(b_half), dict(zip(OVERHEAD_GROUPS, ov.tolist(), strict=True)), step, lat, gbs,
+                        float(f_half), float(b_half), dict(zip(FIT_KINDS, ov.tolist(), strict=True)), step, lat, gbs,
                         train_step)
 
 
 def _prior(gpu: bool) -> np.ndarray:
+    """The fit's start and prior centre (log units; see :func:`_unpack` for the order)."""
     n = len(FIT_KINDS)
     theta = [math.log(0.5)] * n + [math.log(0.5)] * n + [math.log(1e6 if gpu else 1e4), math.log(1e5 if gpu else 1e3)]
-    theta += [math.log(5e-6 if gpu else 3e-6), math.log(3e-6), math.log(3e-6)]
-    theta += [math.log(2e-5 if gpu else 1e-5)]
+    theta += [math.log(5e-6 if gpu else 3e-6)] * n
+    theta += [math.log(2e-5 if gpu else 1e-5), math.log(2e-4 if gpu else 1e-4)]
     if gpu:
         theta += [math.log(1e-5), math.log(10.0)]
     return np.array(theta)
 
 
-def fit(microbench_path: Path, reference: HardwareTarget | None = None, prior_weight: float = 0.05) -> OperatorModel:
-    """Fit every device configuration from the micro-benchmark file alone (see module docstring)."""
+def fit(microbench_path: Path, reference: HardwareTarget | None = None, prior_weight: float = 0.05,
+        benches: Sequence[Any] | None = None) -> OperatorModel:
+    """Fit every device configuration from the micro-benchmark file alone (see module docstring);
+    ``benches`` (default :data:`placement.lab.microbench.BENCHES`) are the benches whose runs it reads."""
     from scipy.optimize import least_squares
 
     from placement.core.catalogue import get_target
@@ -391,7 +396,7 @@ def fit(microbench_path: Path, reference: HardwareTarget | None = None, prior_we
     data = microbench.load(microbench_path)
     ref = reference or get_target(MEASURED_TARGET)
     peaks = Peaks.of(ref)
-    summaries = bench_summaries()
+    summaries = bench_summaries(benches)
     runs = data["runs"]
     devices: dict[str, DeviceParams] = {}
     report: dict[str, Any] = {}
