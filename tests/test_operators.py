@@ -190,6 +190,24 @@ def test_leave_one_architecture_out_never_sees_the_held_out_architecture():
     assert not np.allclose(base.loc[~held, "loao_pred_time_s"], after.loc[~held, "loao_pred_time_s"])
 
 
+def test_loao_within_a_lease_scales_from_that_leases_other_architectures_only():
+    from placement.model.opcalibration import leave_one_architecture_out
+
+    rows = [{"arch": arch, "trace": trace, "device": "gpu", "mode": "infer", "pred_time_s": 1.0,
+             "time_per_batch_s": speed}
+            for trace, speed in (("fast.parquet", 1.0), ("slow.parquet", 2.0)) for arch in ("a", "b", "c")]
+    rows.append({"arch": "a", "trace": "slow.parquet", "device": "gpu", "mode": "train", "pred_time_s": 1.0,
+                 "time_per_batch_s": 5.0})
+    df = pd.DataFrame(rows)
+    lease = leave_one_architecture_out(df, per_lease=True)
+    infer = lease[lease["mode"] == "infer"]
+    np.testing.assert_allclose(infer["loao_pred_time_s"], infer["time_per_batch_s"])  # each lease's level, exactly
+    pooled = leave_one_architecture_out(df)
+    assert not np.allclose(pooled[pooled["mode"] == "infer"]["loao_err"], 0.0)
+    # a (device, mode, lease) with no other architecture keeps the zero-shot prediction
+    assert float(lease[lease["mode"] == "train"]["loao_pred_time_s"].iloc[0]) == 1.0
+
+
 def test_archs_plan_and_micro_benchmark_plan_are_the_committed_sweeps():
     from placement.core.trace import read_trace
     from placement.lab.microbench import plan
