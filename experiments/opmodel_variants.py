@@ -20,6 +20,12 @@ on two things that bound what a model fitted from micro-benchmarks can reach her
      ratio per device configuration;
    * ``all leases``: every run of the three files as measured (no scaling), the extra benches in.
 
+3. **Few-shot host adaptation** (HELP, about 10 measurements on the new device): ``k`` measured rows
+   of the H100 host, from architectures other than the one scored, set one scale per device.
+4. **Where the GPU's error sits**: the bundled model's GPU errors by the modelled share of the step
+   the GPU executes -- launch-bound rows (host dispatch) against compute-bound ones (what a
+   tile-level kernel model such as NeuSight's would sharpen).
+
 It fits only on micro-benchmark files; the traces are read to score. Run (about 3 minutes on
 2 cores)::
 
@@ -84,6 +90,59 @@ def host_ratio() -> dict[str, float]:
     m = frames[0].merge(frames[1], on=keys, suffixes=("_h100", "_h200"))
     r = np.log(m["time_per_batch_s_h100"].astype(float) / m["time_per_batch_s_h200"].astype(float))
     return {str(dev): float(np.exp(np.median(r[m["device"] == dev]))) for dev in sorted(m["device"].unique())}
+
+
+def host_adaptation(shots: tuple[int, ...] = (4, 10, 20), seeds: int = 50) -> dict[str, dict[str, float]]:
+    """HELP-style few-shot adaptation to the held-out H100 host: ``k`` of its measured rows (half CPU,
+    half GPU, drawn from architectures other than the one scored) set one scale per device; median
+    |time error| (%) of the bundled model on the scored architecture's rows, pooled over ``seeds`` draws."""
+    from placement.model import opcalibration as oc
+
+    h = oc.predictions([oc.HELD_OUT_HOST])
+    logr = np.log(h["time_per_batch_s"].astype(float) / h["pred_time_s"].astype(float))
+    out: dict[str, dict[str, float]] = {}
+    for k in shots:
+        errs: dict[str, list[float]] = {"cpu": [], "gpu": []}
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            for arch in sorted(h["arch"].unique()):
+                others = h["arch"] != arch
+                for dev in ("cpu", "gpu"):
+                    pool = h.index[others & (h["device"] == dev)].to_numpy()
+                    pick = rng.choice(pool, k // 2, replace=False)
+                    scale = float(np.exp(np.median(logr.loc[pick])))
+                    held = h[(h["arch"] == arch) & (h["device"] == dev)]
+                    errs[dev] += list(held["pred_time_s"] * scale / held["time_per_batch_s"] - 1.0)
+        out[str(k)] = {dev: float(np.median(np.abs(v))) * 100 for dev, v in errs.items()}
+    return out
+
+
+def gpu_rows_by_busy_share() -> list[dict[str, float]]:
+    """The bundled model's GPU errors (zero-shot, pooled LOAO) by the share of the step the GPU
+    executes (modelled work / step time): launch-bound rows against compute-bound ones."""
+    import pandas as pd
+
+    from placement.core.catalogue import get_target
+    from placement.model import opcalibration as oc
+    from placement.model.opmodel import bundled_operator_model
+
+    model = bundled_operator_model()
+    target = get_target("h200-host")
+    df = oc.leave_one_architecture_out(oc.predictions(oc.REFERENCE_TRACES))
+    g = df[df["device"] == "gpu"].copy()
+    busy = []
+    for _, row in g.iterrows():
+        t, work = model.time_s(oc._job(row), target, "gpu")  # type: ignore[union-attr]
+        busy.append(work / t)
+    g["busy"] = busy
+    edges = [0.0, 0.1, 0.3, 0.6, 1.01]
+    g["bucket"] = pd.cut(g["busy"], edges)
+    rows = []
+    for (lo, hi), (_, part) in zip(zip(edges[:-1], edges[1:], strict=True), g.groupby("bucket", observed=False), strict=True):
+        rows.append({"busy_from": lo, "busy_to": min(hi, 1.0), "rows": float(len(part)),
+                     "zero_shot_pct": oc._med(part["err"]) if len(part) else float("nan"),
+                     "loao_pct": oc._med(part["loao_err"]) if len(part) else float("nan")})
+    return rows
 
 
 def _merged(fit_file: Path, leases: tuple[Path, ...], scale: bool, tmp: Path) -> Path:
@@ -163,6 +222,7 @@ def main(args: Args) -> dict[str, Any]:
     payload = {"schema": "placement.opmodel_variants/1", "seed": args.seed, "code_version": code_version(),
                "fit_file": str(args.fit_file), "leases": [str(p) for p in args.leases],
                "lease_ratio": lease_ratios(args.fit_file, args.leases), "h100_over_h200": host_ratio(),
+               "h100_few_shot": host_adaptation(), "gpu_by_busy_share": gpu_rows_by_busy_share(),
                "variants": variants}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1) + "\n")

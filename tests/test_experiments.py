@@ -314,3 +314,5 @@ def test_opmodel_variants_lease_and_host_ratios_come_from_the_committed_files() 
         assert committed["lease_ratio"][name] == pytest.approx(r)
     assert committed["h100_over_h200"] == pytest.approx(host_ratio())
     assert set(committed["variants"]) == {"bundled", "grouped", "chains", "all leases"}
+    assert set(committed["h100_few_shot"]) == {"4", "10", "20"}
+    assert sum(b["rows"] for b in committed["gpu_by_busy_share"]) == 246

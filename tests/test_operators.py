@@ -367,6 +367,12 @@ def test_limits_text_reports_lease_ratios_and_variants():
     assert "lease2: cpu1 1.24x, gpu 1.51x" in text and "1.77x (CPU) and 1.50x (GPU)" in text
     assert "| bundled | 19.6 | 43.0 | 38.7 | 40.6 | 30.8 | 25.2 | 43.8 |" in text
     assert "lease" not in "\n".join(limits_text(fit, None))
+    variants["h100_few_shot"] = {"10": {"cpu": 33.1, "gpu": 31.5}}
+    variants["gpu_by_busy_share"] = [{"busy_from": 0.0, "busy_to": 0.1, "rows": 138.0, "loao_pct": 28.2},
+                                     {"busy_from": 0.6, "busy_to": 1.0, "rows": 30.0, "loao_pct": 27.6}]
+    text = "\n".join(limits_text(fit, variants))
+    assert "10 rows: CPU 33.1 %, GPU 31.5 %" in text
+    assert "138 of 168 rows with the GPU busy 0-10 % of the step (LOAO 28.2 %)" in text
 
 
 def test_committed_variants_match_the_bundled_model():

@@ -411,6 +411,20 @@ def limits_text(fit: Mapping[str, Mapping[str, float]], variants: Mapping[str, A
                  "H200 host although both report the same CPU model: no data-sheet figure tells a model this, so "
                  "a zero-shot estimate for an unmeasured lease carries this spread, and the traces scored here come "
                  "from three leases.")
+        few = variants.get("h100_few_shot") or {}
+        if few:
+            text += (" Adapting to the H100 host from a few of its measurements (HELP's way: k rows of other "
+                     "architectures set one scale per device) leaves " + "; ".join(
+                         f"{k} rows: CPU {v['cpu']:.1f} %, GPU {v['gpu']:.1f} %" for k, v in few.items())
+                     + " -- the rest is per architecture.")
+        busy = variants.get("gpu_by_busy_share") or []
+        if busy:
+            total = sum(b["rows"] for b in busy)
+            text += (" On the GPU, " + ", ".join(
+                f"{b['rows']:.0f} of {total:.0f} rows with the GPU busy {100 * b['busy_from']:.0f}-{100 * b['busy_to']:.0f} % "
+                f"of the step (LOAO {b['loao_pct']:.1f} %)" for b in busy)
+                + ": most rows are launch-bound, where the host's dispatch decides, so a tile-level kernel model "
+                "(NeuSight's) would sharpen only the few compute-bound rows.")
     out = [text]
     if variants:
         out += ["", "Variants (`python -m experiments.opmodel_variants`, `results/opmodel_variants.json`; median |time "
