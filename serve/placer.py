@@ -648,7 +648,7 @@ class Placer:
                                                                     run.time_per_sample_s, run.power_w,
                                                                     run.power_method, True, "probe"))
         if batch.signatures is not None and self.store is not None:
-            self._history(batch, target, est, rows, offsets, timeline.distrusted)
+            self._history(batch, target, est, rows, offsets, timeline.distrusted, timeline.distrusted_clients)
         return correct(est, rows)
 
     def _target_offsets(self, target: HardwareTarget) -> dict[str, float]:
@@ -713,10 +713,12 @@ class Placer:
         return Observation(device, feasible, time_s, power_w, method, mt, mp, same_job, source)
 
     def _history(self, batch: JobBatch, target: HardwareTarget, est: Estimate, rows: dict[int, list[Observation]],
-                 offsets: Mapping[str, float] | None = None, distrusted: frozenset[str] = frozenset()) -> None:
+                 offsets: Mapping[str, float] | None = None, distrusted: frozenset[str] = frozenset(),
+                 distrusted_clients: frozenset[str] = frozenset()) -> None:
         """Append each signed job's stored outcomes on ``target`` (same mode) as observations, but
-        not the runs of ``distrusted`` decisions (a distrusted client's feedback,
-        :mod:`placement.serve.learning.clients`)."""
+        not the runs of ``distrusted`` decisions nor any feedback of ``distrusted_clients`` (a
+        distrusted client's, :mod:`placement.serve.learning.clients`: its runs older than the
+        window that distrusted it would otherwise count again)."""
         from placement.serve.storage.store import target_key
 
         assert batch.signatures is not None and self.store is not None
@@ -728,7 +730,7 @@ class Placer:
         ev_rows: list[Any] = []
         for ev_list in evidence.values():
             for ev in ev_list:
-                if ev.source == "feedback" and ev.decision_id in distrusted:
+                if ev.source == "feedback" and (ev.decision_id in distrusted or ev.client in distrusted_clients):
                     continue
                 ev_jobs.append(Job.model_validate_json(ev.job_json))
                 ev_rows.append(ev)

@@ -151,3 +151,80 @@ def test_a_lying_client_is_left_out_of_the_learner_and_of_the_placers_history(tm
     assert lying._target_timeline(target).distrusted == liar_ids
     assert honest._target_timeline(target).distrusted == frozenset()
     assert answers(lying) == answers(without)
+
+
+def test_a_distrusted_clients_older_runs_beyond_the_window_stay_out_of_the_history(tmp_path, serve_model_dir, serve_world,
+                                                                                     monkeypatch):
+    # the client screen judges the recent feedback (4 x TARGET_HISTORY rows); a liar it distrusts there
+    # may have lied before that window too. Those older runs are still in the signature's history:
+    # while the window distrusts the client, none of its runs may count, old or new -- the answers
+    # equal those of the same service without the old lies
+    import placement.serve.learning.offsets as offsets
+    from placement.lab.signature import signature_of_factory
+    from placement.lab.workloads import describe_model
+    from tests.archs import GatedMlp
+
+    monkeypatch.setattr(offsets, "TARGET_HISTORY", 4)  # a 16-row window
+    target = get_target("B")
+    sig = signature_of_factory(GatedMlp, (256,), "float32")
+    jobs = []
+    for b in (16, 32, 64, 128, 256, 512, 1024, 2048):
+        d = describe_model(GatedMlp, (256,), "float32", b, "infer")
+        jobs.append(Job(name="gated-mlp", family="mlp", mode="infer", batch_size=b, flops_per_batch=d.flops_per_batch,
+                        param_count=d.param_count, input_elems_per_sample=d.input_elems_per_sample,
+                        input_bytes_per_sample=d.input_bytes_per_sample, signature=sig))
+    old_lies = [(j, "liar") for j in jobs + jobs[:4]]  # the majority of the history's runs: no per-run screen outvotes them
+    recent = [(j, "a") for j in jobs[:4]] + [(j, "b") for j in jobs[4:]] + [(j, "liar") for j in jobs] \
+        + [(jobs[6], "a"), (jobs[7], "b")]
+
+    def play(tmp: Path, reports: list[tuple[Job, str]]) -> Placer:
+        settings = Settings(state_dir=tmp, model_path=Path(serve_model_dir), exploration_rate=0.0)
+        store = Store(settings.database)
+        placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
+        for job, client in reports:
+            (d,) = placer.place(PlacementRequest(job=job, target="B", explore=False)).to_response().decisions
+            runs = {dev: serve_world.outcome(job, target, dev, noise=False) for dev in ("cpu", "gpu")}
+            if client == "liar":
+                runs["gpu"]["time_total_s"] *= 5.0
+            other = "cpu" if d.device == "gpu" else "gpu"
+            placer.feedback(FeedbackRequest.model_validate({"decision_id": d.decision_id, "outcome": runs[d.device],
+                                                            "other_outcome": runs[other]}), client=client)
+        placer._offsets.clear()  # the answers below see screens of the last 16 rows, in both plays
+        return placer
+
+    def answers(placer: Placer) -> list[tuple[str, float]]:
+        res = placer.place(PlacementRequest(jobs=jobs, target="B", explore=False), record=False).to_response()
+        return [(d.device, round(d.predicted_speedup, 6)) for d in res.decisions]
+
+    with_old = play(tmp_path / "old", old_lies + recent)
+    without_old = play(tmp_path / "recent", recent)
+    timeline = with_old._target_timeline(target)
+    assert timeline.distrusted_clients == {"liar"}
+    old_ids = {fb.decision.decision_id for fb in with_old.store.recent_feedback() if fb.client == "liar"} - timeline.distrusted
+    assert len(old_ids) == 12  # the old lies are outside the window: no decision-id screen knows them
+    from placement.serve.storage.store import target_key
+
+    (rows,) = with_old.store.evidence([sig], target_key(target)).values()  # each run carries its reporter
+    assert {ev.client for ev in rows} == {"a", "b", "liar"}
+    assert sum(ev.client == "liar" for ev in rows) > 2 * 8  # more than its recent runs: older lies are in the history
+    assert answers(with_old) == answers(without_old)
+    # the history leaves out a distrusted client's runs by its name, not only by the window's decision ids
+    ids_only = _history_rows(with_old, jobs, target, by_client=False)
+    served = _history_rows(with_old, jobs, target)
+    assert sum(map(len, served.values())) < sum(map(len, ids_only.values()))
+    assert sum(map(len, served.values())) == sum(map(len, _history_rows(with_old, jobs, target, by_ids=False).values()))
+
+
+def _history_rows(placer: Placer, jobs: list[Job], target, by_ids: bool = True, by_client: bool = True) -> dict[int, list]:
+    """The observations the placer's history adds for ``jobs`` on ``target`` (no probes), leaving out
+    distrusted feedback by the window's decision ids and/or by client name."""
+    from placement.model.estimate import model_estimate
+    from placement.serve.placer import JobBatch
+
+    batch = JobBatch.from_jobs(jobs)
+    timeline = placer._target_timeline(target)
+    est = model_estimate(placer.perf_model, batch.model_columns(target))
+    rows: dict[int, list] = {}
+    Placer._history(placer, batch, target, est, rows, timeline.now, timeline.distrusted if by_ids else frozenset(),
+                    timeline.distrusted_clients if by_client else frozenset())
+    return rows

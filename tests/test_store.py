@@ -130,6 +130,28 @@ def test_feedback_keeps_the_client_that_reported_it(store_location, example_job)
     store.close()
 
 
+def test_evidence_carries_the_client_that_reported_it(store_location, example_job):
+    """A feedback run's evidence row says who reported it (read from its feedback row); a probe's says
+    no one -- the placer leaves a distrusted client's runs out of the history by this name."""
+    from placement.serve.storage.store import EvidenceRow
+
+    store = Store(store_location)
+    batch = _batch(example_job)
+    store.insert_decisions(batch)
+    run = _gpu_run(example_job)
+    store.record_feedback(batch.decision_id(0), "a", "answer-a", run, None, "alice")
+    store.record_feedback(batch.decision_id(1), "b", "answer-b", run, None)
+    job_json = example_job.model_dump_json()
+    rows = [EvidenceRow("sig", "tk", float(k), source, decision_id, job_json, "gpu", True, 1e-3, 300.0, "measured")
+            for k, (source, decision_id) in enumerate((("feedback", batch.decision_id(0)), ("feedback", batch.decision_id(1)),
+                                                       ("probe", batch.decision_id(2))))]
+    store.add_evidence(rows)
+    got = store.evidence(["sig"], "tk")["sig"]
+    assert [(ev.source, ev.client) for ev in got] == [("feedback", "alice"), ("feedback", None), ("probe", None)]
+    assert [ev.decision_id for ev in got] == [batch.decision_id(k) for k in range(3)]
+    store.close()
+
+
 def test_versions_promote_and_roll_back(store_location, tmp_path):
     store = Store(store_location)
     th = Thresholds()

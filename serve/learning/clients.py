@@ -18,7 +18,8 @@ target differ by the run-to-run and batch-size spread, a median far below 2x.
 
 Distrusted clients' feedback is left out of the learner's training and gate (reason
 ``excluded_client_bias``, :func:`placement.serve.learning.rewards.screen_feedback`), of the target
-offsets, and of the history the placer decides on (:class:`placement.serve.placer.Placer`).
+offsets, and of the history the placer decides on (:class:`placement.serve.placer.Placer`): there
+every run of the client's, by its name, older ones than the window that judged it too.
 Feedback without a client (a service run without tokens) is one client, ``None``, compared like
 the others.
 """

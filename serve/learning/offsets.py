@@ -74,6 +74,9 @@ class OffsetTimeline:
     distrusted: frozenset[str] = frozenset()
     """Decision ids of the window's feedback from clients the client screen distrusts
     (:mod:`placement.serve.learning.clients`): the placer leaves their runs out of the history."""
+    distrusted_clients: frozenset[str] = frozenset()
+    """Those clients' names (attributed feedback only): the placer leaves out *every* run of theirs
+    the history holds, older ones beyond this window too, while the window distrusts them."""
 
     def at(self, seq: int) -> dict[str, float]:
         """The offsets that held when feedback ``seq`` arrived (the world that outcome measured)."""
@@ -102,9 +105,10 @@ def target_timeline(store: Any, perf_model: Any, target: HardwareTarget) -> Offs
 
     key = target_key(target)
     skipped: list[tuple[int, str, str]] = []
-    stored = screen_stored(store.recent_feedback(limit=4 * TARGET_HISTORY, skipped=skipped), skipped).usable
+    window = screen_stored(store.recent_feedback(limit=4 * TARGET_HISTORY, skipped=skipped), skipped).usable
     distrusted: set[str] = set()
-    stored, _ = screen_feedback(stored, perf_model, distrusted=distrusted)
+    stored, _ = screen_feedback(window, perf_model, distrusted=distrusted)
+    liars = frozenset(str(fb.client) for fb in window if fb.client is not None and fb.decision.decision_id in distrusted)
     jobs: list[Job] = []
     runs: list[Any] = []
     seqs: list[int] = []
@@ -120,7 +124,7 @@ def target_timeline(store: Any, perf_model: Any, target: HardwareTarget) -> Offs
             runs.append(run)
             seqs.append(int(fb.seq))
     jobs, runs, seqs = jobs[-TARGET_HISTORY:], runs[-TARGET_HISTORY:], seqs[-TARGET_HISTORY:]
-    timeline = OffsetTimeline(now={}, before={}, since_seq={}, distrusted=frozenset(distrusted))
+    timeline = OffsetTimeline(now={}, before={}, since_seq={}, distrusted=frozenset(distrusted), distrusted_clients=liars)
     if not jobs:
         return timeline
     est = model_estimate(perf_model, JobBatch.from_jobs(jobs).model_columns(target))

@@ -365,6 +365,9 @@ class EvidenceRow:
     time_per_sample_s: float | None
     power_w: float | None
     power_method: str
+    client: str | None = None
+    """Who reported it (the feedback's client, read from the feedback row; None for probes and
+    unattributed feedback)."""
 
 
 def target_key(target: HardwareTarget) -> str:
@@ -939,11 +942,15 @@ class Store:
         e = evidence_t.c
         with self._read() as conn:
             for sig in dict.fromkeys(signatures):
-                rows = conn.execute(sa.select(*_EVIDENCE_COLS)
+                rows = conn.execute(sa.select(*_EVIDENCE_COLS, feedback_t.c.client)
+                                    .select_from(evidence_t.outerjoin(
+                                        feedback_t, sa.and_(e.source == "feedback",
+                                                            feedback_t.c.decision_id == e.decision_id)))
                                     .where(e.signature == sig, e.target_key == target_key)
                                     .order_by(e.seq.desc()).limit(int(limit))).all()
                 if rows:
-                    out[sig] = [EvidenceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10])
+                    out[sig] = [EvidenceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10],
+                                            None if r[11] is None else str(r[11]))
                                 for r in reversed(rows)]
         return out
 
