@@ -13,13 +13,13 @@ Time of one step on a device (seconds), over the bins of the job's
 ``e_k`` and ``m_k`` (per kind, at most 1.5 of the data-sheet peak) are the achieved shares of
 peak FLOP/s and bandwidth; ``f_half``/``b_half`` make a small operator reach only part of
 them (``e_k * f / (f + f_half)``: a bounded, size-dependent utilisation); ``dispatch_k``/
-``launch_k`` are the per-operator host costs, **one per kind**: a cuDNN convolution's host
-side costs several times an element-wise launch's, and recurrent and attention operators,
-which real kernels fuse (cuDNN's RNN, flash attention), cost almost nothing each;
+``launch_k`` are the per-operator host costs, **one per kind** (fitted: a cuDNN
+convolution's host side costs several times an element-wise launch's, and the per-step
+operators of a recurrent layer, which real kernels fuse, almost nothing each);
 ``train_step_s`` is what a training step pays once beyond its operators (the autograd
-engine's start, the loss); ``h2d`` is a latency plus the batch over the host link. CPU thread scaling per kind: the CPU is fitted at each
-reference thread count (1, 4, 16) and a prediction at ``c`` cores interpolates log time
-in ``log2 c`` between the two nearest.
+engine's start, the loss); ``h2d`` is a latency plus the batch over the host link. CPU
+thread scaling per kind: the CPU is fitted at each reference thread count (1, 4, 16) and a
+prediction at ``c`` cores interpolates log time in ``log2 c`` between the two nearest.
 
 **Fitted only from the reference micro-benchmarks** (``data/traces/h200_microbench.json``,
 :mod:`placement.lab.microbench`): :func:`fit` takes the benchmark file and nothing else; it
