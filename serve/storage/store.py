@@ -176,6 +176,11 @@ _EVIDENCE_COLS = (evidence_t.c.signature, evidence_t.c.target_key, evidence_t.c.
                   evidence_t.c.decision_id, evidence_t.c.job_json, evidence_t.c.device, evidence_t.c.feasible,
                   evidence_t.c.time_per_sample_s, evidence_t.c.power_w, evidence_t.c.power_method)
 # statements on the request path, built once (building one costs more than running it on SQLite)
+_Q_EVIDENCE = (sa.select(*_EVIDENCE_COLS, feedback_t.c.client)  # each run with the client that reported it
+               .select_from(evidence_t.outerjoin(feedback_t, sa.and_(evidence_t.c.source == "feedback",
+                                                                     feedback_t.c.decision_id == evidence_t.c.decision_id)))
+               .where(evidence_t.c.signature == sa.bindparam("sig"), evidence_t.c.target_key == sa.bindparam("tk"))
+               .order_by(evidence_t.c.seq.desc()).limit(sa.bindparam("lim", type_=sa.Integer)))
 _Q_META = sa.select(meta_t.c.value).where(meta_t.c.key == sa.bindparam("key"))
 _Q_TARGET = sa.select(targets_t.c.target_json).where(targets_t.c.target_key == sa.bindparam("key"))
 _Q_BATCH = sa.select(
@@ -939,15 +944,9 @@ class Store:
     def evidence(self, signatures: list[str], target_key: str, limit: int = 50) -> dict[str, list[EvidenceRow]]:
         """The latest ``limit`` outcomes of each signature on a target, oldest first."""
         out: dict[str, list[EvidenceRow]] = {}
-        e = evidence_t.c
         with self._read() as conn:
             for sig in dict.fromkeys(signatures):
-                rows = conn.execute(sa.select(*_EVIDENCE_COLS, feedback_t.c.client)
-                                    .select_from(evidence_t.outerjoin(
-                                        feedback_t, sa.and_(e.source == "feedback",
-                                                            feedback_t.c.decision_id == e.decision_id)))
-                                    .where(e.signature == sig, e.target_key == target_key)
-                                    .order_by(e.seq.desc()).limit(int(limit))).all()
+                rows = conn.execute(_Q_EVIDENCE, {"sig": sig, "tk": target_key, "lim": int(limit)}).all()
                 if rows:
                     out[sig] = [EvidenceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10],
                                             None if r[11] is None else str(r[11]))
