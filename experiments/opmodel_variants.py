@@ -92,13 +92,11 @@ def host_ratio() -> dict[str, float]:
     return {str(dev): float(np.exp(np.median(r[m["device"] == dev]))) for dev in sorted(m["device"].unique())}
 
 
-def host_adaptation(shots: tuple[int, ...] = (4, 10, 20), seeds: int = 50) -> dict[str, dict[str, float]]:
+def host_adaptation(h: Any, shots: tuple[int, ...] = (4, 10, 20), seeds: int = 50) -> dict[str, dict[str, float]]:
     """HELP-style few-shot adaptation to the held-out H100 host: ``k`` of its measured rows (half CPU,
     half GPU, drawn from architectures other than the one scored) set one scale per device; median
-    |time error| (%) of the bundled model on the scored architecture's rows, pooled over ``seeds`` draws."""
-    from placement.model import opcalibration as oc
-
-    h = oc.predictions([oc.HELD_OUT_HOST])
+    |time error| (%) of a model on the scored architecture's rows (``h``: its predictions of the H100
+    host, :func:`scored_frames`), pooled over ``seeds`` draws."""
     logr = np.log(h["time_per_batch_s"].astype(float) / h["pred_time_s"].astype(float))
     out: dict[str, dict[str, float]] = {}
     for k in shots:
@@ -117,22 +115,19 @@ def host_adaptation(shots: tuple[int, ...] = (4, 10, 20), seeds: int = 50) -> di
     return out
 
 
-def gpu_rows_by_busy_share() -> list[dict[str, float]]:
-    """The bundled model's GPU errors (zero-shot, pooled LOAO) by the share of the step the GPU
-    executes (modelled work / step time): launch-bound rows against compute-bound ones."""
+def gpu_rows_by_busy_share(model: Any, df: Any) -> list[dict[str, float]]:
+    """``model``'s GPU errors (zero-shot, pooled LOAO; ``df`` from :func:`scored_frames`) by the share of
+    the step the GPU executes (modelled work / step time): launch-bound rows against compute-bound ones."""
     import pandas as pd
 
     from placement.core.catalogue import get_target
     from placement.model import opcalibration as oc
-    from placement.model.opmodel import bundled_operator_model
 
-    model = bundled_operator_model()
     target = get_target("h200-host")
-    df = oc.leave_one_architecture_out(oc.predictions(oc.REFERENCE_TRACES))
     g = df[df["device"] == "gpu"].copy()
     busy = []
     for _, row in g.iterrows():
-        t, work = model.time_s(oc._job(row), target, "gpu")  # type: ignore[union-attr]
+        t, work = model.time_s(oc._job(row), target, "gpu")
         busy.append(work / t)
     g["busy"] = busy
     edges = [0.0, 0.1, 0.3, 0.6, 1.01]
@@ -190,12 +185,20 @@ def _grouped_fit(fit_file: Path) -> Any:
     return model
 
 
-def score(model: Any) -> dict[str, float]:
-    """Zero-shot and LOAO median |time error| (%) on the H200 traces; zero-shot on the H100 host."""
+def scored_frames(model: Any) -> tuple[Any, Any]:
+    """``model``'s predictions of the H200 traces (with the pooled LOAO stage) and of the H100 host."""
     from placement.model import opcalibration as oc
 
-    df = oc.leave_one_architecture_out(oc.predictions(oc.REFERENCE_TRACES, model))
-    host = oc.predictions([oc.HELD_OUT_HOST], model)
+    return (oc.leave_one_architecture_out(oc.predictions(oc.REFERENCE_TRACES, model)),
+            oc.predictions([oc.HELD_OUT_HOST], model))
+
+
+def score(model: Any, frames: tuple[Any, Any] | None = None) -> dict[str, float]:
+    """Zero-shot and LOAO median |time error| (%) on the H200 traces; zero-shot on the H100 host
+    (``frames``: :func:`scored_frames` of ``model``, computed when not given)."""
+    from placement.model import opcalibration as oc
+
+    df, host = frames if frames is not None else scored_frames(model)
     out: dict[str, float] = {}
     for dev in ("cpu", "gpu"):
         d = df[df["device"] == dev]
@@ -214,7 +217,9 @@ def main(args: Args) -> dict[str, Any]:
 
     extra = (*microbench.BENCHES, *microbench.EXTRA_BENCHES)
     variants: dict[str, dict[str, float]] = {}
-    variants["bundled"] = score(OperatorModel.load())
+    bundled = OperatorModel.load()
+    bundled_frames = scored_frames(bundled)
+    variants["bundled"] = score(bundled, bundled_frames)
     variants["grouped"] = score(_grouped_fit(args.fit_file))
     with tempfile.TemporaryDirectory() as tmp:
         variants["chains"] = score(fit(_merged(args.fit_file, args.leases, True, Path(tmp)), benches=extra))
@@ -222,7 +227,7 @@ def main(args: Args) -> dict[str, Any]:
     payload = {"schema": "placement.opmodel_variants/1", "seed": args.seed, "code_version": code_version(),
                "fit_file": str(args.fit_file), "leases": [str(p) for p in args.leases],
                "lease_ratio": lease_ratios(args.fit_file, args.leases), "h100_over_h200": host_ratio(),
-               "h100_few_shot": host_adaptation(), "gpu_by_busy_share": gpu_rows_by_busy_share(),
+               "h100_few_shot": host_adaptation(bundled_frames[1]), "gpu_by_busy_share": gpu_rows_by_busy_share(bundled, bundled_frames[0]),
                "variants": variants}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1) + "\n")

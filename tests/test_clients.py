@@ -103,38 +103,18 @@ def test_a_lying_client_is_left_out_of_the_learner_and_of_the_placers_history(tm
     # runs, which no per-run screen can outvote. Outvoted as a client (two others, one vote each),
     # its feedback leaves the learner's training and the placer's history: the answers are those of
     # a service that never heard from it
-    from placement.lab.signature import signature_of_factory
-    from placement.lab.workloads import describe_model
-    from tests.archs import GatedMlp
-
     target = get_target("B")
-    sig = signature_of_factory(GatedMlp, (256,), "float32")
-    jobs = []
-    for b in (16, 32, 64, 128, 256, 512, 1024, 2048):
-        d = describe_model(GatedMlp, (256,), "float32", b, "infer")
-        jobs.append(Job(name="gated-mlp", family="mlp", mode="infer", batch_size=b, flops_per_batch=d.flops_per_batch,
-                        param_count=d.param_count, input_elems_per_sample=d.input_elems_per_sample,
-                        input_bytes_per_sample=d.input_bytes_per_sample, signature=sig))
+    _, jobs = _gated_mlp_jobs()
     first = [(j, "a") for j in jobs[:3]] + [(j, "b") for j in jobs[3:6]]
     last = [(jobs[6], "a"), (jobs[7], "b")]  # 16 reports in all: the answers see fresh screens (every 8 rows)
 
     def play(tmp: Path, reports: list[tuple[Job, str]], liar_factor: float) -> tuple[Placer, Store]:
-        settings = Settings(state_dir=tmp, model_path=Path(serve_model_dir), exploration_rate=0.0)
-        store = Store(settings.database)
-        placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
-        for job, client in reports:
-            (d,) = placer.place(PlacementRequest(job=job, target="B", explore=False)).to_response().decisions
-            runs = {dev: serve_world.outcome(job, target, dev, noise=False) for dev in ("cpu", "gpu")}
-            if client == "liar":
-                runs["gpu"]["time_total_s"] *= liar_factor
-            other = "cpu" if d.device == "gpu" else "gpu"
-            placer.feedback(FeedbackRequest.model_validate({"decision_id": d.decision_id, "outcome": runs[d.device],
-                                                            "other_outcome": runs[other]}), client=client)
-        return placer, store
+        placer = _play(tmp, reports, liar_factor, serve_model_dir, serve_world)
+        assert placer.store is not None
+        return placer, placer.store
 
     def answers(placer: Placer) -> list[tuple[str, float]]:
-        res = placer.place(PlacementRequest(jobs=jobs, target="B", explore=False), record=False).to_response()
-        return [(d.device, round(d.predicted_speedup, 6)) for d in res.decisions]
+        return _answers(placer, jobs)
 
     lying, lying_store = play(tmp_path / "lying", first + [(j, "liar") for j in jobs] + last, 5.0)
     honest, honest_store = play(tmp_path / "honest", first + [(j, "liar") for j in jobs] + last, 1.0)
@@ -160,41 +140,21 @@ def test_a_distrusted_clients_older_runs_beyond_the_window_stay_out_of_the_histo
     # while the window distrusts the client, none of its runs may count, old or new -- the answers
     # equal those of the same service without the old lies
     import placement.serve.learning.offsets as offsets
-    from placement.lab.signature import signature_of_factory
-    from placement.lab.workloads import describe_model
-    from tests.archs import GatedMlp
 
     monkeypatch.setattr(offsets, "TARGET_HISTORY", 4)  # a 16-row window
     target = get_target("B")
-    sig = signature_of_factory(GatedMlp, (256,), "float32")
-    jobs = []
-    for b in (16, 32, 64, 128, 256, 512, 1024, 2048):
-        d = describe_model(GatedMlp, (256,), "float32", b, "infer")
-        jobs.append(Job(name="gated-mlp", family="mlp", mode="infer", batch_size=b, flops_per_batch=d.flops_per_batch,
-                        param_count=d.param_count, input_elems_per_sample=d.input_elems_per_sample,
-                        input_bytes_per_sample=d.input_bytes_per_sample, signature=sig))
+    sig, jobs = _gated_mlp_jobs()
     old_lies = [(j, "liar") for j in jobs + jobs[:4]]  # the majority of the history's runs: no per-run screen outvotes them
     recent = [(j, "a") for j in jobs[:4]] + [(j, "b") for j in jobs[4:]] + [(j, "liar") for j in jobs] \
         + [(jobs[6], "a"), (jobs[7], "b")]
 
     def play(tmp: Path, reports: list[tuple[Job, str]]) -> Placer:
-        settings = Settings(state_dir=tmp, model_path=Path(serve_model_dir), exploration_rate=0.0)
-        store = Store(settings.database)
-        placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
-        for job, client in reports:
-            (d,) = placer.place(PlacementRequest(job=job, target="B", explore=False)).to_response().decisions
-            runs = {dev: serve_world.outcome(job, target, dev, noise=False) for dev in ("cpu", "gpu")}
-            if client == "liar":
-                runs["gpu"]["time_total_s"] *= 5.0
-            other = "cpu" if d.device == "gpu" else "gpu"
-            placer.feedback(FeedbackRequest.model_validate({"decision_id": d.decision_id, "outcome": runs[d.device],
-                                                            "other_outcome": runs[other]}), client=client)
+        placer = _play(tmp, reports, 5.0, serve_model_dir, serve_world)
         placer._offsets.clear()  # the answers below see screens of the last 16 rows, in both plays
         return placer
 
     def answers(placer: Placer) -> list[tuple[str, float]]:
-        res = placer.place(PlacementRequest(jobs=jobs, target="B", explore=False), record=False).to_response()
-        return [(d.device, round(d.predicted_speedup, 6)) for d in res.decisions]
+        return _answers(placer, jobs)
 
     with_old = play(tmp_path / "old", old_lies + recent)
     without_old = play(tmp_path / "recent", recent)
@@ -228,3 +188,43 @@ def _history_rows(placer: Placer, jobs: list[Job], target, by_ids: bool = True, 
     Placer._history(placer, batch, target, est, rows, timeline.now, timeline.distrusted if by_ids else frozenset(),
                     timeline.distrusted_clients if by_client else frozenset())
     return rows
+
+
+def _gated_mlp_jobs() -> tuple[str, list[Job]]:
+    """One architecture (tests.archs.GatedMlp, inference) at eight batch sizes, signed: its signature and jobs."""
+    from placement.lab.signature import signature_of_factory
+    from placement.lab.workloads import describe_model
+    from tests.archs import GatedMlp
+
+    sig = signature_of_factory(GatedMlp, (256,), "float32")
+    jobs = []
+    for b in (16, 32, 64, 128, 256, 512, 1024, 2048):
+        d = describe_model(GatedMlp, (256,), "float32", b, "infer")
+        jobs.append(Job(name="gated-mlp", family="mlp", mode="infer", batch_size=b, flops_per_batch=d.flops_per_batch,
+                        param_count=d.param_count, input_elems_per_sample=d.input_elems_per_sample,
+                        input_bytes_per_sample=d.input_bytes_per_sample, signature=sig))
+    return sig, jobs
+
+
+def _play(tmp: Path, reports: list[tuple[Job, str]], liar_factor: float, serve_model_dir, serve_world) -> Placer:
+    """A fresh service on target B that places each job and takes both devices' runs as its client's
+    feedback; the client ``liar`` reports every GPU run ``liar_factor`` times slower."""
+    target = get_target("B")
+    settings = Settings(state_dir=tmp, model_path=Path(serve_model_dir), exploration_rate=0.0)
+    store = Store(settings.database)
+    placer = Placer(bootstrap_store(store, settings), settings=settings, store=store)
+    for job, client in reports:
+        (d,) = placer.place(PlacementRequest(job=job, target="B", explore=False)).to_response().decisions
+        runs = {dev: serve_world.outcome(job, target, dev, noise=False) for dev in ("cpu", "gpu")}
+        if client == "liar":
+            runs["gpu"]["time_total_s"] *= liar_factor
+        other = "cpu" if d.device == "gpu" else "gpu"
+        placer.feedback(FeedbackRequest.model_validate({"decision_id": d.decision_id, "outcome": runs[d.device],
+                                                        "other_outcome": runs[other]}), client=client)
+    return placer
+
+
+def _answers(placer: Placer, jobs: list[Job]) -> list[tuple[str, float]]:
+    """The device and predicted speedup of every job on target B, not recorded."""
+    res = placer.place(PlacementRequest(jobs=jobs, target="B", explore=False), record=False).to_response()
+    return [(d.device, round(d.predicted_speedup, 6)) for d in res.decisions]

@@ -117,13 +117,19 @@ def test_feedback_idempotent_and_conflicting(store_location, example_job):
         store.get_decision("not-an-id")
 
 
-def test_feedback_keeps_the_client_that_reported_it(store_location, example_job):
+def _alice_and_unattributed(store_location, example_job) -> tuple[Store, DecisionBatch, ReportedOutcome]:
+    """A store with three decisions: the first's feedback from client ``alice``, the second's from no one."""
     store = Store(store_location)
     batch = _batch(example_job)
     store.insert_decisions(batch)
     run = _gpu_run(example_job)
     store.record_feedback(batch.decision_id(0), "a", "answer-a", run, None, "alice")
     store.record_feedback(batch.decision_id(1), "b", "answer-b", run, None)
+    return store, batch, run
+
+
+def test_feedback_keeps_the_client_that_reported_it(store_location, example_job):
+    store, batch, run = _alice_and_unattributed(store_location, example_job)
     # a replay from another client keeps the first attribution (feedback is stored once)
     assert store.record_feedback(batch.decision_id(0), "a", "x", run, None, "mallory") == ("answer-a", True)
     assert [fb.client for fb in store.recent_feedback()] == ["alice", None]
@@ -135,12 +141,7 @@ def test_evidence_carries_the_client_that_reported_it(store_location, example_jo
     no one -- the placer leaves a distrusted client's runs out of the history by this name."""
     from placement.serve.storage.store import EvidenceRow
 
-    store = Store(store_location)
-    batch = _batch(example_job)
-    store.insert_decisions(batch)
-    run = _gpu_run(example_job)
-    store.record_feedback(batch.decision_id(0), "a", "answer-a", run, None, "alice")
-    store.record_feedback(batch.decision_id(1), "b", "answer-b", run, None)
+    store, batch, _ = _alice_and_unattributed(store_location, example_job)
     job_json = example_job.model_dump_json()
     rows = [EvidenceRow("sig", "tk", float(k), source, decision_id, job_json, "gpu", True, 1e-3, 300.0, "measured")
             for k, (source, decision_id) in enumerate((("feedback", batch.decision_id(0)), ("feedback", batch.decision_id(1)),
