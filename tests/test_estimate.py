@@ -4,6 +4,7 @@ outcomes move an estimate by their weight; a lying minority among them moves it 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -86,3 +87,14 @@ def test_honest_spread_across_batch_sizes_is_not_screened():
     assert kept / 1200 > 0.98  # about a 3-sd tail left out at most
     assert CONSISTENCY_Z == 3.0
 
+
+
+def test_an_outcome_may_carry_its_own_sd():
+    # a distant batch size's outcome given a wider sd moves the estimate less than the default sd would
+    default = correct(_estimate(), {0: [_cpu(2.0)]})
+    wide = correct(_estimate(), {0: [replace(_cpu(2.0), sigma=0.6)]})
+    off, _ = _posterior([math.log(2.0)], [0.6], SIGMA_MODEL_TIME)
+    assert float(wide.cpu_time_per_sample_s[0]) == pytest.approx(MODEL_T * math.exp(off))
+    assert float(wide.cpu_time_per_sample_s[0]) < float(default.cpu_time_per_sample_s[0])
+    with pytest.raises(ValueError, match="Observation.sigma"):
+        replace(_cpu(2.0), sigma=0.0)

@@ -316,3 +316,16 @@ def test_opmodel_variants_lease_and_host_ratios_come_from_the_committed_files() 
     assert set(committed["variants"]) == {"bundled", "grouped", "chains", "all leases"}
     assert set(committed["h100_few_shot"]) == {"4", "10", "20"}
     assert sum(b["rows"] for b in committed["gpu_by_busy_share"]) == 246
+
+
+def test_history_distance_scores_both_weightings_on_the_same_jobs(tmp_path: Path) -> None:
+    from experiments.history_distance import TRACES, Args, main
+
+    out = main(Args(traces=tuple(ROOT / p for p in TRACES), out=tmp_path / "h.json"))
+    right = out["threshold_on_estimate_right"]
+    assert out["clear_scored_jobs"] > 100 and set(right) == {"constant", "distance", "zero_shot"}
+    assert all(0 < v <= out["clear_scored_jobs"] for v in right.values())
+    # the fitted growth with distance is positive on both devices (the semivariogram rises)
+    assert all(k > 0 for _, k in out["fit_all_architectures"].values())
+    committed = json.loads((ROOT / "results/history_distance.json").read_text())
+    assert committed["threshold_on_estimate_right"] == right

@@ -353,7 +353,10 @@ class Observation:
     ``same_job``: the observed job is this very row's job (same batch size and mode), so it
     measures this row directly; otherwise it is evidence of the signature's offset from the
     model. ``model_time_per_sample_s`` / ``model_power_w``: the model's figures for the
-    observed job (the residual is taken against them)."""
+    observed job (the residual is taken against them). ``sigma``: this observation's own log-scale
+    sd of the time residual, where the caller knows better than the defaults (:data:`SIGMA_PROBE` for
+    the same job, :data:`SIGMA_HISTORY_OBS` for another batch size); ``experiments/history_distance.py``
+    sets it from the batch-size distance."""
 
     device: str
     feasible: bool
@@ -364,6 +367,11 @@ class Observation:
     model_power_w: float
     same_job: bool
     source: Source
+    sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.sigma is not None and not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"Observation.sigma must be a finite sd > 0 (or None for the default), got {self.sigma!r}")
 
 
 def _posterior(residuals: Sequence[float], sigmas: Sequence[float], prior_sigma: float) -> tuple[float, float]:
@@ -437,7 +445,7 @@ def correct(estimate: Estimate, rows: Mapping[int, Sequence[Observation]]) -> Es
             if not timed:
                 continue
             res = [math.log(o.time_per_sample_s / o.model_time_per_sample_s) for o in timed]  # type: ignore[operator]
-            sig = [SIGMA_PROBE if o.same_job else SIGMA_HISTORY_OBS for o in timed]
+            sig = [o.sigma if o.sigma is not None else (SIGMA_PROBE if o.same_job else SIGMA_HISTORY_OBS) for o in timed]
             if len(timed) >= 3:
                 keep = _consistent(res, sig, SIGMA_MODEL_TIME)
                 timed = [o for o, k in zip(timed, keep, strict=True) if k]
