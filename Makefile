@@ -56,6 +56,7 @@ calibration: setup  # performance model: fit on the measured traces, report, the
 MODEL_TRACES = $(wildcard data/traces/paper_table2.csv data/traces/simulated.parquet) $(MEASURED_TRACES)
 model: setup
 	$(VENV)/bin/placement train --traces $(MODEL_TRACES) --out models/default --force --seed 0 --ppo-steps 20000 --threads 1 --quiet
+	$(VENV)/bin/placement temperature models/default --traces $(MODEL_TRACES) --folds 4 --threads 1
 
 bench-decide: setup  # single-decision latency and batched decisions/s per policy
 	$(PY) benchmarks/bench_decide.py

@@ -80,6 +80,21 @@ class ModelMetadata:
     serving: str = "dnn"
     format: str = MODEL_FORMAT
     files: dict[str, str] = field(default_factory=dict)
+    temperature: dict[str, Any] | None = None
+    """The serving policy's temperature and its provenance (:class:`placement.agents.temperature.PolicyTemperature`
+    as a dict; written by :func:`set_temperature`); ``None``: P(GPU) as the network gives it (T = 1)."""
+
+    @property
+    def temperature_value(self) -> float:
+        """The temperature the answers' P(GPU) is scaled by (1.0 without one)."""
+        if self.temperature is None:
+            return 1.0
+        from placement.agents.temperature import PolicyTemperature
+
+        try:
+            return PolicyTemperature.from_dict(self.temperature).value
+        except (TypeError, ValueError) as exc:
+            raise ArtifactError(f"{METADATA_FILE}: bad temperature ({exc}): refit it with `placement temperature`") from exc
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata as JSON-ready values (``feature_names`` a list), as written to the metadata file."""
@@ -170,6 +185,18 @@ def save_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def set_temperature(path: Path, temperature: Any) -> ModelMetadata:
+    """Record the serving policy's temperature (a :class:`placement.agents.temperature.PolicyTemperature`)
+    in the model directory's metadata (rewritten atomically; the hashed files are untouched)."""
+    path = Path(path)
+    meta = read_metadata(path)
+    updated = replace(meta, temperature=temperature.to_dict())
+    tmp = path / f".{METADATA_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(updated.to_dict(), indent=1, sort_keys=True, default=_json_default))
+    os.replace(tmp, path / METADATA_FILE)
+    return updated
 
 
 def read_metadata(path: Path) -> ModelMetadata:

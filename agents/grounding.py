@@ -171,15 +171,16 @@ def _train(data: Any, rows: npt.NDArray[np.intp], s: GroundingSettings) -> Any:
     return dnn
 
 
-def _zero_shot_raw(dnn: Any, data: Any, rows: npt.NDArray[np.intp], arch: str,
-                   th: Thresholds) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    """The DNN's own P(GPU) on the zero-shot features of ``rows`` (all of architecture ``arch``),
-    and which rows the estimate lets run on the GPU (the others are answered CPU whatever P says)."""
+def zero_shot_probability(policy: Any, data: Any, rows: npt.NDArray[np.intp], arch: str,
+                          th: Thresholds) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """A policy's own P(GPU) on the zero-shot features of ``rows`` (all of architecture ``arch``: the
+    performance model without its per-architecture constants), and which rows the estimate lets run on
+    the GPU (the others are answered CPU whatever P says)."""
     test = data.subset(rows)
     cols = _columns(test.pairs)
     base = model_estimate(_fold_model(arch), cols)
     x = feature_matrix({**cols, **margin_columns(margins(base, th.speedup_min, th.energy_ratio_max), base)})
-    return np.asarray(dnn.gpu_probability(x), dtype=np.float64).reshape(-1), np.asarray(base.gpu_usable, dtype=bool)
+    return np.asarray(policy.gpu_probability(x), dtype=np.float64).reshape(-1), np.asarray(base.gpu_usable, dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ def inner_selection(data: Any, is_meas: npt.NDArray[np.bool_], held_out: str | N
         dnn = _train(data, np.flatnonzero(~np.isin(arch_col, [*excluded, *group])), s)
         for a in group:
             rows = np.flatnonzero(is_meas & (arch_col == a))
-            raw, usable = _zero_shot_raw(dnn, data, rows, a, s.thresholds)
+            raw, usable = zero_shot_probability(dnn, data, rows, a, s.thresholds)
             ps.append(raw[usable])
             ys.append(np.asarray(data.subset(rows).y, dtype=bool)[usable])
             if probes is None or rows.size == 0:
@@ -456,8 +457,10 @@ def _temperature_lines(r: Mapping[str, Any]) -> list[str]:
         f"Temperatures {min(temps):.2f}-{max(temps):.2f} (median {float(np.median(temps)):.2f}); the answers (which "
         f"side of 0.5) do not change. Zero-shot ECE {z['ece']:.3f} with the temperature vs "
         f"{z['ece_without_temperature']:.3f} without; log-loss {z['log_loss']:.3f} vs "
-        f"{z['log_loss_without_temperature']:.3f} nats. The bundled model does not carry a temperature yet "
-        f"(fitting one for the served PPO policy needs the same grouped refits of DNN and PPO).",
+        f"{z['log_loss_without_temperature']:.3f} nats. The served policy carries its own temperature, fitted "
+        f"the same way from grouped refits of its whole recipe (DNN and warm PPO; `placement temperature`, "
+        f"`make model`) and checked on architectures outside its training traces "
+        f"(`experiments/served_temperature.py`).",
         "",
     ]
 

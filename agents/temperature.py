@@ -13,6 +13,10 @@ confidence the policy deserves on an unseen architecture -- never on the rows it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,3 +67,91 @@ def fit_temperature(p: npt.ArrayLike, y: npt.ArrayLike) -> float:
     res = minimize_scalar(loss, bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
                           options={"xatol": 1e-4})
     return float(math.exp(res.x))
+
+
+@dataclass(frozen=True)
+class PolicyTemperature:
+    """A serving policy's temperature and how it was obtained: ``folds`` grouped refits of the model's
+    own recipe (:func:`fit_policy_temperature`), each without a group of measured architectures, predict
+    those architectures zero-shot; ``rows`` such predictions fit the temperature. Log-loss (nats) and
+    expected calibration error of those predictions before (T = 1) and after."""
+
+    value: float
+    rows: int
+    folds: int
+    seed: int
+    log_loss_before: float
+    log_loss_after: float
+    ece_before: float
+    ece_after: float
+    held_out: str = "arch"
+    code_version: str = ""
+    """The code that fitted it (:func:`placement.core.version.code_version`)."""
+    method: str = ("grouped refits of the model's recipe; zero-shot P(GPU) on the held-out measured "
+                   "architectures; log-loss (Guo et al. 2017)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as the model's metadata stores it (``ModelMetadata.temperature``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PolicyTemperature:
+        """Read back from :meth:`to_dict` (unknown keys ignored); ``ValueError`` on a bad value."""
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        t = cls(**known)
+        if not (math.isfinite(t.value) and T_MIN <= t.value <= T_MAX):
+            raise ValueError(f"temperature.value must lie in [{T_MIN}, {T_MAX}], got {t.value!r}")
+        return t
+
+
+def fit_policy_temperature(trace_paths: Sequence[Path], settings: Any, folds: int = 4,
+                           work_dir: Path | None = None) -> PolicyTemperature:
+    """The temperature of the policy that ``settings`` (a :class:`placement.agents.training.TrainSettings`)
+    trains from ``trace_paths``: the measured architectures are split into ``folds`` seeded groups; per
+    group the whole recipe (DNN, warm PPO) is trained on every row of the other architectures and its
+    serving policy predicts the group's measured jobs zero-shot (the performance model without the
+    group's per-architecture constants, as for an architecture the service has never seen). Each refit
+    goes to a temporary model directory under ``work_dir`` (removed afterwards)."""
+    import tempfile
+    from dataclasses import replace
+
+    from placement.agents.artifact import load_served
+    from placement.agents.dnn import expected_calibration_error
+    from placement.agents.evaluation import labelled_set, model_architecture
+    from placement.agents.grounding import zero_shot_probability
+    from placement.agents.training import train_from_frame
+    from placement.core.trace import pair_outcomes, read_traces
+
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2 (grouped refits), got {folds}")
+    frame, hashes = read_traces([Path(p) for p in trace_paths])
+    data = labelled_set(pair_outcomes(frame, settings.thresholds))
+    arch_col = data.pairs["arch"].astype(str).to_numpy()
+    is_meas = (data.pairs["source"].astype(str) == "measured").to_numpy()
+    archs = sorted(set(arch_col[is_meas]))
+    if len(archs) < folds:
+        raise ValueError(f"{len(archs)} measured architectures in the traces: need at least {folds} for {folds} folds")
+    frame_arch = model_architecture(frame["model"] if "model" in frame.columns else frame["job_id"])
+    order = np.random.default_rng([settings.seed, 15]).permutation(len(archs))
+    ps: list[npt.NDArray[np.float64]] = []
+    ys: list[npt.NDArray[np.bool_]] = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for g in range(folds):
+            group = [archs[i] for i in order[g::folds]]
+            sub = frame[~np.isin(frame_arch, group)].reset_index(drop=True)
+            fold_settings = replace(settings, cv_folds=0, version=f"temperature-fold-{g}", progress=False)
+            out = train_from_frame(sub, hashes, Path(tmp) / f"fold{g}", fold_settings)
+            policy = load_served(out.path).policy
+            for a in group:
+                rows = np.flatnonzero(is_meas & (arch_col == a))
+                raw, usable = zero_shot_probability(policy, data, rows, a, settings.thresholds)
+                ps.append(raw[usable])
+                ys.append(np.asarray(data.subset(rows).y, dtype=bool)[usable])
+    p, y = np.concatenate(ps), np.concatenate(ys)
+    t = fit_temperature(p, y)
+    from placement.core.version import code_version
+
+    return PolicyTemperature(value=t, rows=int(p.size), folds=folds, seed=int(settings.seed), code_version=code_version(),
+                             log_loss_before=log_loss(y, p), log_loss_after=log_loss(y, scale(p, t)),
+                             ece_before=float(expected_calibration_error(y, p)),
+                             ece_after=float(expected_calibration_error(y, scale(p, t))))

@@ -196,11 +196,19 @@ def train_from_traces(
     trace_paths: Sequence[Path], out_dir: Path, settings: TrainSettings | None = None
 ) -> TrainResult:
     """Train a model from trace files and write it to ``out_dir`` (see the module docstring)."""
-    s = settings or TrainSettings()
-    torch.set_num_threads(s.threads)
     if not trace_paths:
         raise ValueError("give at least one trace (--traces A.parquet B.csv ...)")
     frame, hashes = read_traces([Path(p) for p in trace_paths])
+    return train_from_frame(frame, hashes, out_dir, settings)
+
+
+def train_from_frame(frame: pd.DataFrame, hashes: Mapping[str, str], out_dir: Path,
+                     settings: TrainSettings | None = None) -> TrainResult:
+    """:func:`train_from_traces` on traces already read (``frame`` as :func:`placement.core.trace.read_traces`
+    gives it, ``hashes`` its files' sha256): the grouped refits of :mod:`placement.agents.temperature` train
+    the same recipe on a subset of the rows."""
+    s = settings or TrainSettings()
+    torch.set_num_threads(s.threads)
     pairs = pair_outcomes(frame, s.thresholds)
     data = labelled_set(pairs)
     if data.y.all() or not data.y.any():

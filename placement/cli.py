@@ -219,6 +219,45 @@ def train(
     console.print(f"model [bold]{result.metadata.version}[/] written to {result.path} (serving: {result.metadata.serving})")
 
 
+@app.command(context_settings=_VARIADIC)
+def temperature(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="Model directory to calibrate (its metadata gains the temperature)."),
+    traces: list[Path] = TRACES_OPT,
+    folds: int = typer.Option(4, "--folds", help="Groups of measured architectures, one refit of the recipe each."),
+    threads: int = typer.Option(1, "--threads", help="torch threads of the refits."),
+) -> None:
+    """Fit the serving policy's temperature: refit the model's own recipe (DNN, warm PPO) without each group of
+    measured architectures, predict those zero-shot, fit T by log-loss, record it in the model's metadata."""
+    from placement.agents.artifact import ArtifactError, read_metadata, set_temperature
+    from placement.agents.dnn import DnnConfig
+    from placement.agents.ppo import PpoConfig
+    from placement.agents.temperature import fit_policy_temperature
+    from placement.agents.training import TrainSettings
+    from placement.core.trace import TraceValidationError, file_sha256
+
+    paths = _variadic(traces, ctx, "--traces")
+    try:
+        meta = read_metadata(model)
+        given = sorted(file_sha256(Path(p)) for p in paths)
+        if given != sorted(meta.trace_hashes.values()):
+            _fail(f"--traces must be the traces {model} was trained on (by sha256): {', '.join(sorted(meta.trace_hashes))}")
+            return
+        ppo_steps = int(meta.metrics.get("ppo", {}).get("timesteps", 0)) if meta.serving == "ppo" else 0
+        settings = TrainSettings(
+            seed=meta.seed, thresholds=Thresholds(**meta.thresholds), dnn=DnnConfig.from_dict(meta.dnn_config),
+            ppo_timesteps=ppo_steps, ppo=PpoConfig.from_dict(meta.ppo_config) if ppo_steps else None, cv_folds=0,
+            threads=threads, augment_copies=int(meta.metrics.get("estimate_augmentation", {}).get("copies", 0)))
+        fit = fit_policy_temperature(paths, settings, folds=folds, work_dir=model.parent)
+        set_temperature(model, fit)
+    except (ArtifactError, FileNotFoundError, TraceValidationError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    console.print(f"{model}: temperature {fit.value:.3f} from {fit.rows} zero-shot predictions ({fit.folds} folds); "
+                  f"log-loss {fit.log_loss_before:.3f} -> {fit.log_loss_after:.3f} nats, "
+                  f"ECE {fit.ece_before:.3f} -> {fit.ece_after:.3f}")
+
+
 def _print_table5(frame: pd.DataFrame, title: str) -> None:
     table = Table(title=title)
     heads = {"policy": "policy", "throughput_vs_cpu_only": "throughput", "energy_efficiency_vs_gpu_only": "energy eff",

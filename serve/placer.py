@@ -75,6 +75,7 @@ import numpy.typing as npt
 import pydantic_core
 
 from placement.agents.policy import Policy
+from placement.agents.temperature import scale
 from placement.core.catalogue import default_catalogue
 from placement.core.decision import GROW, GpuMemCap
 from placement.core.hardware import HardwareTarget
@@ -168,6 +169,9 @@ class PolicyBundle:
     thresholds: Thresholds
     metrics: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    temperature: float = 1.0
+    """The answers' P(GPU) is the policy's, scaled by this temperature (:mod:`placement.agents.temperature`;
+    the model's metadata): which side of 0.5 never changes, only how sure the answer claims to be."""
 
 
 def load_bundle(path: Path, version: str | None = None) -> PolicyBundle:
@@ -182,6 +186,7 @@ def load_bundle(path: Path, version: str | None = None) -> PolicyBundle:
         thresholds=served.thresholds,
         metrics=dict(served.metadata.metrics),
         path=Path(path),
+        temperature=served.metadata.temperature_value,
     )
 
 
@@ -561,6 +566,7 @@ class Placer:
         p_gpu = np.asarray(bundle.policy.gpu_probability(x), dtype=np.float64).reshape(-1)
         if p_gpu.shape != (n,) or not np.all(np.isfinite(p_gpu)):
             raise RuntimeError(f"policy {bundle.version} returned bad GPU probabilities (shape {p_gpu.shape})")
+        p_gpu = scale(p_gpu, bundle.temperature)
         speedup, ratio = est.speedup, est.energy_ratio
         usable = est.gpu_usable
 

@@ -124,3 +124,35 @@ def test_train_draws_no_progress_bars_into_a_log(tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", "--traces", trace, "--out", str(tmp_path / "m")])  # stderr: not a TTY
     assert result.exit_code == 2 and "stop here" in result.output
     assert seen == {"progress": False}
+
+
+def test_temperature_refits_the_models_own_recipe_on_its_own_traces(tmp_path, monkeypatch):
+    import shutil
+
+    import placement.agents.temperature
+    from placement.agents.artifact import read_metadata
+    from placement.agents.temperature import PolicyTemperature
+
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / "models/default", model)
+    meta = read_metadata(model)
+    wrong = runner.invoke(app, ["temperature", str(model), "--traces", str(ROOT / "data/traces/paper_table2.csv")],
+                          terminal_width=200)
+    assert wrong.exit_code == 2 and "trained on" in " ".join(wrong.output.split())
+    assert read_metadata(model).temperature is None
+    seen = {}
+
+    def fit(paths, settings, folds, work_dir):
+        seen.update(settings=settings, folds=folds)
+        return PolicyTemperature(value=3.0, rows=200, folds=folds, seed=settings.seed, log_loss_before=0.5,
+                                 log_loss_after=0.3, ece_before=0.1, ece_after=0.04)
+
+    monkeypatch.setattr(placement.agents.temperature, "fit_policy_temperature", fit)
+    traces = [str(ROOT / p) for p in meta.trace_hashes]
+    result = runner.invoke(app, ["temperature", str(model), "--traces", *traces, "--folds", "3"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "temperature 3.000" in " ".join(result.output.split()) and read_metadata(model).temperature["value"] == 3.0
+    s = seen["settings"]  # the model's recipe, read from its metadata
+    assert seen["folds"] == 3 and s.seed == meta.seed and s.dnn.to_dict() == meta.dnn_config
+    assert s.ppo_timesteps == meta.metrics["ppo"]["timesteps"] and s.cv_folds == 0
+    assert s.augment_copies == meta.metrics["estimate_augmentation"]["copies"]

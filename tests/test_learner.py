@@ -105,10 +105,21 @@ def test_gate_rejects_a_worse_candidate(tmp_path, serve_model_dir, serve_world):
         wrong = make_env(env.source, thresholds=Thresholds(speedup_min=1000.0))
         return fine_tune(loaded, wrong, timesteps, seed=seed, config=PpoConfig.cold(value_warmup_steps=0, learning_rate=3e-3))
 
-    settings, store, placer = _service(tmp_path, serve_model_dir, ppo_timesteps=2048)
+    import shutil
+
+    from placement.agents.artifact import read_metadata, set_temperature
+    from placement.agents.temperature import PolicyTemperature
+
+    model = tmp_path / "model"  # the serving model with a temperature: its candidates keep it
+    shutil.copytree(serve_model_dir, model)
+    set_temperature(model, PolicyTemperature(value=2.5, rows=10, folds=2, seed=0, log_loss_before=0.6,
+                                             log_loss_after=0.4, ece_before=0.2, ece_after=0.05))
+    settings, store, placer = _service(tmp_path, model, ppo_timesteps=2048)
     _run(placer, serve_world, serve_world.jobs(80), both=True)
     report = Learner(settings, store, trainer=cpu_minded).update()
     assert report.status == "rejected", report.reason
+    inherited = read_metadata(store.get_version(report.candidate_version).path).temperature
+    assert inherited is not None and inherited["value"] == 2.5 and inherited["inherited_from"] == "serve-test-dnn"
     assert report.candidate_holdout_reward < report.serving_holdout_reward
     assert store.active_version() == "serve-test-dnn" and not placer.refresh()
     version = store.get_version(report.candidate_version)

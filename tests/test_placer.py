@@ -95,6 +95,36 @@ def test_single_job_follows_the_policy(placer, bundle, example_job):
     assert stored.gpu_probability == pytest.approx(p)
 
 
+def test_the_models_temperature_scales_the_answers_probability_not_its_side(bundle, settings, serve_world,
+                                                                           serve_model_dir, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from placement.agents.artifact import ArtifactError, read_metadata, set_temperature
+    from placement.agents.temperature import PolicyTemperature, scale
+
+    jobs = [j.model_dump() for j in serve_world.jobs(40)]
+    plain = _place(Placer(bundle, settings=settings, store=None), jobs=jobs, target="A", explore=False).decisions
+    warm = _place(Placer(replace(bundle, temperature=3.0), settings=settings, store=None), jobs=jobs, target="A",
+                  explore=False).decisions
+    policy_rows = [(a, b) for a, b in zip(plain, warm, strict=True) if a.decided_by == "policy"]
+    assert policy_rows and [a.device for a in plain] == [b.device for b in warm]
+    for a, b in policy_rows:
+        assert b.gpu_probability == pytest.approx(float(scale(a.gpu_probability, 3.0)[()]), rel=1e-9)
+        assert abs(b.gpu_probability - 0.5) <= abs(a.gpu_probability - 0.5)
+    # the temperature travels in the model's metadata, read by load_bundle
+    model = tmp_path / "m"
+    shutil.copytree(serve_model_dir, model)
+    fit = PolicyTemperature(value=2.5, rows=10, folds=2, seed=0, log_loss_before=0.6, log_loss_after=0.4,
+                            ece_before=0.2, ece_after=0.05)
+    set_temperature(model, fit)
+    assert load_bundle(model).temperature == 2.5 and read_metadata(model).temperature == fit.to_dict()
+    assert load_bundle(serve_model_dir).temperature == 1.0  # none recorded: the network's own P
+    set_temperature(model, replace(fit, value=0.0))
+    with pytest.raises(ArtifactError, match="temperature"):
+        load_bundle(model)
+
+
 def test_rows_and_columns_formats_agree(placer, serve_world):
     jobs = serve_world.jobs(200)
     rows = _place(placer, jobs=[j.model_dump() for j in jobs], target="A", explore=False)

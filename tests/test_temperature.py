@@ -73,7 +73,7 @@ def test_inner_selection_never_reads_the_held_out_architecture(monkeypatch):
         return np.full(len(rows), 0.9), np.ones(len(rows), dtype=bool)
 
     monkeypatch.setattr(grounding, "_train", fake_train)
-    monkeypatch.setattr(grounding, "_zero_shot_raw", fake_raw)
+    monkeypatch.setattr(grounding, "zero_shot_probability", fake_raw)
     sel = grounding.inner_selection(data, is_meas, "c", sorted(set(archs)), grounding.GroundingSettings(inner_folds=3))
     t, n = sel.temperature, sel.temperature_rows
     assert len(trained) == 3 and all("c" not in seen for seen in trained)
@@ -100,3 +100,51 @@ def test_the_served_settling_width_is_the_committed_selection():
     r = json.loads((Path(__file__).resolve().parent.parent / "docs" / "evaluation_grounding.json").read_text())
     assert r["served_selection"]["settle_z"] == grounding.SETTLE_Z == r["settle_z"]
     assert all(s["inner_z_clear_jobs"] > 0 for s in r["per_split"])
+
+
+def test_policy_temperature_refits_the_recipe_without_each_group(tmp_path, monkeypatch):
+    # a tiny recipe (DNN of a few epochs, no PPO) on two shipped measured traces: every measured
+    # architecture is predicted by a refit that did not train on it
+    from pathlib import Path
+
+    from placement.agents import artifact, training
+    from placement.agents.dnn import DnnConfig
+    from placement.agents.evaluation import model_architecture
+    from placement.agents.temperature import T_MAX, T_MIN, PolicyTemperature, fit_policy_temperature
+    from placement.agents.training import TrainSettings
+
+    root = Path(__file__).resolve().parents[1]
+    traces = [root / "data/traces/h200_measured.parquet", root / "data/traces/h200_pairs_measured.parquet"]
+    trained_on: dict[str, set[str]] = {}  # refit directory -> architectures in its training rows
+    predicted: list[tuple[str, set[str]]] = []  # (architecture predicted, what that refit trained on)
+    real_train, real_load, real_predict = (training.train_from_frame, artifact.load_served,
+                                           grounding.zero_shot_probability)
+
+    def train(frame, hashes, out_dir, settings):
+        trained_on[str(out_dir)] = set(model_architecture(frame["model"]).tolist())
+        return real_train(frame, hashes, out_dir, settings)
+
+    def load(path):
+        served = real_load(path)
+        served.policy.trained_on = trained_on[str(path)]
+        return served
+
+    def predict(policy, data, rows, arch, th):
+        predicted.append((arch, policy.trained_on))
+        return real_predict(policy, data, rows, arch, th)
+
+    monkeypatch.setattr(training, "train_from_frame", train)
+    monkeypatch.setattr(artifact, "load_served", load)
+    monkeypatch.setattr(grounding, "zero_shot_probability", predict)
+    settings = TrainSettings(seed=0, dnn=DnnConfig(max_epochs=3, patience=3, refit=False), ppo_timesteps=0, cv_folds=0,
+                             threads=1, augment_copies=0)
+    fit = fit_policy_temperature(traces, settings, folds=2, work_dir=tmp_path)
+    assert T_MIN <= fit.value <= T_MAX and fit.rows > 100 and fit.folds == 2
+    assert fit.log_loss_after <= fit.log_loss_before + 1e-9
+    everything = set().union(*trained_on.values())
+    assert len(trained_on) == 2 and {a for a, _ in predicted} == everything
+    assert all(a not in seen for a, seen in predicted)
+    assert PolicyTemperature.from_dict(fit.to_dict()) == fit
+    assert not any(tmp_path.iterdir())  # the refits' model directories are gone
+    with pytest.raises(ValueError, match="folds"):
+        fit_policy_temperature(traces, settings, folds=1)

@@ -383,6 +383,10 @@ class Learner:
         meta = ModelMetadata(
             version=version, seed=s.seed, thresholds=thresholds.as_dict(), trace_hashes={str(trace_path): trace_sha},
             code_version=code_version(), metrics=metrics, ppo_config=PpoConfig.warm().to_dict(),
+            # a fine-tune of the serving policy keeps its temperature (refitting one needs grouped refits
+            # of the whole recipe: `placement temperature`)
+            temperature=({**loaded.metadata.temperature, "inherited_from": serving_version}
+                         if loaded.metadata.temperature is not None else None),
         )
         out = save_model(s.policies_dir / version, dnn=loaded.dnn, ppo=candidate, normaliser=loaded.normaliser,
                          thresholds=thresholds, metadata=replace(meta))
