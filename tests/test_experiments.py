@@ -329,3 +329,18 @@ def test_history_distance_scores_both_weightings_on_the_same_jobs(tmp_path: Path
     assert all(k > 0 for _, k in out["fit_all_architectures"].values())
     committed = json.loads((ROOT / "results/history_distance.json").read_text())
     assert committed["threshold_on_estimate_right"] == right
+
+
+def test_served_temperature_scores_the_bundled_model_on_architectures_it_never_trained_on(tmp_path: Path) -> None:
+    from experiments.served_temperature import Args, main
+
+    out = main(Args(model=ROOT / "models/default", trace=ROOT / "data/traces/h200_archs_measured.parquet",
+                    out=tmp_path / "t.json"))
+    before, after = out["without_temperature"], out["with_temperature"]
+    assert out["temperature"] > 1 and out["jobs"] == 80
+    assert after["agreement"] == before["agreement"]  # the answers never change
+    assert after["log_loss"] < before["log_loss"] and after["ece"] < before["ece"]
+    committed = json.loads((ROOT / "results/served_temperature.json").read_text())
+    assert committed["with_temperature"] == after and committed["without_temperature"] == before
+    with pytest.raises(ValueError, match="training traces"):
+        main(Args(model=ROOT / "models/default", trace=ROOT / "data/traces/h200_measured.parquet", out=tmp_path / "x"))
