@@ -139,7 +139,7 @@ def test_temperature_refits_the_models_own_recipe_on_its_own_traces(tmp_path, mo
     wrong = runner.invoke(app, ["temperature", str(model), "--traces", str(ROOT / "data/traces/paper_table2.csv")],
                           terminal_width=200)
     assert wrong.exit_code == 2 and "trained on" in " ".join(wrong.output.split())
-    assert read_metadata(model).temperature is None
+    assert read_metadata(model).temperature == meta.temperature  # untouched
     seen = {}
 
     def fit(paths, settings, folds, work_dir):
