@@ -511,6 +511,8 @@ class PlacementService:
             versions=versions,
             exploration_rate=self.placer.exploration_rate,
             explore_band=self.placer.explore_band,
+            explore_z=self.placer.explore_z,
+            temperature=bundle.temperature,
         )
         return Response(info.model_dump_json(), media_type="application/json")
 

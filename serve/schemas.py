@@ -496,7 +496,12 @@ class PolicyInfo(BaseModel):
     learner: dict[str, Any] = Field(description="Learner state: enabled, interval, counts of promoted/rejected/skipped updates.")
     versions: list[VersionInfo] = Field(description="Every stored version, newest first.")
     exploration_rate: float = Field(description="Share of unsure decisions that explore (at most 0.2).")
-    explore_band: float = Field(description="Exploration happens only when |P(GPU) - 0.5| is below this.")
+    explore_band: float = Field(description="Kept for configuration compatibility; it no longer gates exploration "
+                                "(explore_z does).")
+    explore_z: float = Field(description="Exploration is eligible only where the estimate's +-explore_z sigma "
+                             "interval straddles the joint threshold.")
+    temperature: float = Field(description="The serving policy's temperature: an answer's gpu_probability is "
+                               "sigmoid(logit(P) / T) of the policy's P (1.0: none recorded in the model).")
 
 
 class RollbackRequest(Record):

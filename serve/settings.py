@@ -43,8 +43,8 @@ EMPTY_IS_UNSET = ("token", "db_path", "model_path", "db_url", "token_file", "cli
 MAX_EXPLORATION_RATE = 0.2
 """Hard upper bound on the exploration rate: at most one decision in five may explore."""
 MAX_EXPLORE_BAND = 0.45
-"""Exploration happens only when ``|p_gpu - 0.5| < explore_band``; the band may not reach the
-certain ends (p < 0.05 or p > 0.95 never explore)."""
+"""Upper bound of ``explore_band``, a setting kept for configuration compatibility: exploration is
+gated by the estimate's uncertainty (:data:`placement.serve.placer.EXPLORE_Z`), not by a band of P(GPU)."""
 
 
 class SettingsError(ValueError):

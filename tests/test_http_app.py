@@ -119,6 +119,7 @@ def test_policy_routes_need_the_token_and_check_their_input(client):
         assert r.status_code == 401 and r.json()["detail"][0]["field"] == "Authorization", (path, r.text)
     policy = client.get("/v1/policy", headers=AUTH).json()
     assert policy["version"] == "serve-test-dnn" and (policy["exploration_rate"], policy["explore_band"]) == (0.2, 0.45)
+    assert policy["explore_z"] == 1.0 and policy["temperature"] == 1.0  # the test model records no temperature
     assert client.post("/v1/policy/update", headers=AUTH).json()["status"] == "skipped"  # no feedback yet
     r = client.post("/v1/policy/rollback", json={}, headers=AUTH)
     assert r.status_code == 409 and r.json()["detail"][0]["field"] == "version"  # nothing earlier to serve
