@@ -121,6 +121,7 @@ def fit_policy_temperature(trace_paths: Sequence[Path], settings: Any, folds: in
     from placement.agents.grounding import zero_shot_probability
     from placement.agents.training import train_from_frame
     from placement.core.trace import pair_outcomes, read_traces
+    from placement.core.version import code_version
 
     if folds < 2:
         raise ValueError(f"folds must be >= 2 (grouped refits), got {folds}")
@@ -149,8 +150,6 @@ def fit_policy_temperature(trace_paths: Sequence[Path], settings: Any, folds: in
                 ys.append(np.asarray(data.subset(rows).y, dtype=bool)[usable])
     p, y = np.concatenate(ps), np.concatenate(ys)
     t = fit_temperature(p, y)
-    from placement.core.version import code_version
-
     return PolicyTemperature(value=t, rows=int(p.size), folds=folds, seed=int(settings.seed), code_version=code_version(),
                              log_loss_before=log_loss(y, p), log_loss_after=log_loss(y, scale(p, t)),
                              ece_before=float(expected_calibration_error(y, p)),
